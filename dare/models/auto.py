@@ -1,0 +1,160 @@
+"""Model-family registry, transformers Auto* registration and checkpoint loading.
+
+`import dare` registers the three families with `AutoConfig` / `AutoModel` (and the masked-LM /
+causal-LM auto classes their checkpoints' `auto_map` name), so a local folder of a released
+checkpoint loads with plain transformers and **no** `trust_remote_code`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
+
+from dare.models.dream import DreamConfig, DreamModel, dream_tiny
+from dare.models.llada import LLaDAConfig, LLaDAModelLM, llada_tiny
+from dare.models.sdar import SDARConfig, SDARForCausalLM, SDARModel, sdar_tiny
+from dare.registry import Registry
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One diffusion-LM family: its config, its top-level (logits) class and its tiny preset."""
+
+    name: str
+    config_cls: type[PreTrainedConfig]
+    lm_cls: type[PreTrainedModel]
+    tiny_config: object  # (vocab_size, **overrides) -> config
+
+    @property
+    def model_type(self) -> str:
+        return self.config_cls.model_type
+
+
+FAMILIES: Registry[ModelFamily] = Registry("model family")
+FAMILIES.register("llada", ModelFamily("llada", LLaDAConfig, LLaDAModelLM, llada_tiny))
+FAMILIES.register("dream", ModelFamily("dream", DreamConfig, DreamModel, dream_tiny))
+FAMILIES.register("sdar", ModelFamily("sdar", SDARConfig, SDARForCausalLM, sdar_tiny))
+
+_BY_MODEL_TYPE = {fam.model_type: fam for _, fam in FAMILIES.items()}
+
+
+def _register_auto_classes() -> None:
+    # LLaDA's auto_map names AutoModel and AutoModelForCausalLM -> LLaDAModelLM.
+    # Dream's names only AutoModel -> DreamModel (masked LM registered too, for convenience).
+    # SDAR's names AutoModel -> SDARModel and AutoModelForCausalLM -> SDARForCausalLM.
+    pairs = [
+        (AutoModel, LLaDAConfig, LLaDAModelLM),
+        (AutoModelForCausalLM, LLaDAConfig, LLaDAModelLM),
+        (AutoModelForMaskedLM, LLaDAConfig, LLaDAModelLM),
+        (AutoModel, DreamConfig, DreamModel),
+        (AutoModelForMaskedLM, DreamConfig, DreamModel),
+        (AutoModel, SDARConfig, SDARModel),
+        (AutoModelForCausalLM, SDARConfig, SDARForCausalLM),
+    ]
+    for cfg in (LLaDAConfig, DreamConfig, SDARConfig):
+        AutoConfig.register(cfg.model_type, cfg, exist_ok=True)
+    for auto, cfg, model in pairs:
+        auto.register(cfg, model, exist_ok=True)
+
+
+_register_auto_classes()
+
+
+def family_of(model_or_config: PreTrainedModel | PreTrainedConfig) -> ModelFamily:
+    config = getattr(model_or_config, "config", model_or_config)
+    try:
+        return _BY_MODEL_TYPE[config.model_type]
+    except KeyError:
+        raise ValueError(f"model_type {config.model_type!r} is not a dare family; known: {sorted(_BY_MODEL_TYPE)}") from None
+
+
+def tiny(family: str, vocab_size: int = 64, *, seed: int = 0, **overrides) -> PreTrainedModel:
+    """A tiny randomly initialised model of `family` ("llada" | "dream" | "sdar").
+
+    Token ids default to the end of the vocabulary (mask = V-1, eos = pad = V-2); pass
+    `mask_token_id=...` etc. (e.g. from `dare.models.tokenizer`) to override.
+    """
+    fam = FAMILIES.get(family)
+    config = fam.tiny_config(vocab_size, **overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return fam.lm_cls(config)
+
+
+def load_config(path: str | Path) -> PreTrainedConfig:
+    """Read `path/config.json` and build the family config, with errors that name the file."""
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: not a checkpoint folder (expected a directory with config.json)")
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{cfg_file}: missing; a dare/Hugging Face checkpoint folder needs config.json")
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_file}: not valid JSON ({e})") from None
+    model_type = raw.get("model_type")
+    if model_type not in _BY_MODEL_TYPE:
+        raise ValueError(
+            f"{cfg_file}: unknown model_type {model_type!r}; dare supports {sorted(_BY_MODEL_TYPE)}"
+        )
+    fam = _BY_MODEL_TYPE[model_type]
+    raw = {k: v for k, v in raw.items() if k not in ("model_type", "auto_map", "transformers_version")}
+    try:
+        config = fam.config_cls(**raw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{cfg_file}: invalid {fam.config_cls.__name__}: {e}") from None
+    if getattr(config, "mask_token_id", None) is None:
+        raise ValueError(
+            f"{cfg_file}: mask_token_id is missing; dare needs the id of the [MASK] token the checkpoint "
+            "was trained with (LLaDA 126336, Dream 151666, SDAR 151669)"
+        )
+    config.diffusion_spec()  # validates ids (mask != eos/pad, ...)
+    return config
+
+
+def from_pretrained(
+    path: str | Path, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None
+) -> PreTrainedModel:
+    """Load a local checkpoint folder (config.json + safetensors) of any dare family.
+
+    Refuses an unknown `model_type`, a missing mask token id, and weights that do not match the
+    config (missing or unexpected keys, wrong shapes), naming the file and the keys.
+    """
+    path = Path(path)
+    config = load_config(path)
+    fam = family_of(config)
+    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("pytorch_model*.bin"))
+    if not weights:
+        raise FileNotFoundError(f"{path}: no *.safetensors (or pytorch_model*.bin) weight files")
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]  # fmt: skip
+    try:
+        model, info = fam.lm_cls.from_pretrained(
+            path, config=config, dtype=dtype or torch.float32, output_loading_info=True
+        )
+    except RuntimeError as e:  # size mismatches
+        raise ValueError(f"{path}: weights do not match config.json: {e}") from None
+    problems = {k: sorted(v) for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if problems:
+        names = ", ".join(w.name for w in weights)
+        detail = "; ".join(f"{k}: {v[:8]}{' ...' if len(v) > 8 else ''}" for k, v in problems.items())
+        raise ValueError(f"{path} ({names}): weights do not match config.json: {detail}")
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+__all__ = ["FAMILIES", "ModelFamily", "family_of", "from_pretrained", "load_config", "tiny"]
