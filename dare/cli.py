@@ -1,7 +1,7 @@
 """The `dare` command.
 
-    dare --help
-    dare info PATH                      # print a checkpoint's family and DiffusionSpec
+dare --help
+dare info PATH                      # print a checkpoint's family and DiffusionSpec
 """
 
 from __future__ import annotations

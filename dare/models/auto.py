@@ -76,7 +76,9 @@ def family_of(model_or_config: PreTrainedModel | PreTrainedConfig) -> ModelFamil
     try:
         return _BY_MODEL_TYPE[config.model_type]
     except KeyError:
-        raise ValueError(f"model_type {config.model_type!r} is not a dare family; known: {sorted(_BY_MODEL_TYPE)}") from None
+        raise ValueError(
+            f"model_type {config.model_type!r} is not a dare family; known: {sorted(_BY_MODEL_TYPE)}"
+        ) from None
 
 
 def tiny(family: str, vocab_size: int = 64, *, seed: int = 0, **overrides) -> PreTrainedModel:
@@ -106,9 +108,7 @@ def load_config(path: str | Path) -> PreTrainedConfig:
         raise ValueError(f"{cfg_file}: not valid JSON ({e})") from None
     model_type = raw.get("model_type")
     if model_type not in _BY_MODEL_TYPE:
-        raise ValueError(
-            f"{cfg_file}: unknown model_type {model_type!r}; dare supports {sorted(_BY_MODEL_TYPE)}"
-        )
+        raise ValueError(f"{cfg_file}: unknown model_type {model_type!r}; dare supports {sorted(_BY_MODEL_TYPE)}")
     fam = _BY_MODEL_TYPE[model_type]
     raw = {k: v for k, v in raw.items() if k not in ("model_type", "auto_map", "transformers_version")}
     try:
@@ -147,7 +147,9 @@ def from_pretrained(
         )
     except RuntimeError as e:  # size mismatches
         raise ValueError(f"{path}: weights do not match config.json: {e}") from None
-    problems = {k: sorted(v) for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    problems = {
+        k: sorted(v) for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")
+    }
     if problems:
         names = ", ".join(w.name for w in weights)
         detail = "; ".join(f"{k}: {v[:8]}{' ...' if len(v) > 8 else ''}" for k, v in problems.items())

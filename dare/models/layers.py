@@ -112,9 +112,7 @@ class DiffusionCache:
             r, q = replace_position, k.shape[2]
             if torch.is_grad_enabled():  # keep autograd history intact
                 keys = torch.cat([self.keys[layer_idx][:, :, :r], k, self.keys[layer_idx][:, :, r + q :]], 2)
-                values = torch.cat(
-                    [self.values[layer_idx][:, :, :r], v, self.values[layer_idx][:, :, r + q :]], 2
-                )
+                values = torch.cat([self.values[layer_idx][:, :, :r], v, self.values[layer_idx][:, :, r + q :]], 2)
                 self.keys[layer_idx], self.values[layer_idx] = keys, values
             else:  # decoding: overwrite in place, no copy of the whole cache
                 self.keys[layer_idx][:, :, r : r + q] = k
@@ -207,7 +205,9 @@ def build_attention_context(
                 f"attention_mask has width {mask2d.shape[1]}; expected {Q} (new tokens) or {S + Q} (cache + new)"
             )
     elif attention_mask is not None and not explicit_4d:
-        raise ValueError(f"attention_mask must be 2-D [B, L] or 4-D [B, 1, Q, K], got shape {tuple(attention_mask.shape)}")
+        raise ValueError(
+            f"attention_mask must be 2-D [B, L] or 4-D [B, 1, Q, K], got shape {tuple(attention_mask.shape)}"
+        )
     elif replace_position is not None:
         new_valid = cache.valid[:, replace_position : replace_position + Q]
     else:

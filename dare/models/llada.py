@@ -285,4 +285,12 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
         )
 
 
-__all__ = ["LLaDAConfig", "LLaDALlamaBlock", "LLaDAModel", "LLaDAModelLM", "LLaDAPreTrainedModel", "llada_8b", "llada_tiny"]
+__all__ = [
+    "LLaDAConfig",
+    "LLaDALlamaBlock",
+    "LLaDAModel",
+    "LLaDAModelLM",
+    "LLaDAPreTrainedModel",
+    "llada_8b",
+    "llada_tiny",
+]
