@@ -70,6 +70,9 @@ class LLaDAConfig(PreTrainedConfig):
     pad_token_id: int | None = 126081
 
     def __post_init__(self, **kwargs):
+        # attention always runs through dare.models.layers.attend (SDPA); a checkpoint's backend
+        # choice (SDAR ships "flex_attention", Dream "eager") is accepted and ignored
+        kwargs.pop("attn_implementation", None)
         if self.n_kv_heads is None:
             self.n_kv_heads = 1 if self.multi_query_attention else self.n_heads
         if self.embedding_size is None:

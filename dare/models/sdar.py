@@ -56,6 +56,9 @@ class SDARConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = 151643
 
     def __post_init__(self, **kwargs):
+        # attention always runs through dare.models.layers.attend (SDPA); a checkpoint's backend
+        # choice (SDAR ships "flex_attention", Dream "eager") is accepted and ignored
+        kwargs.pop("attn_implementation", None)
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         super().__post_init__(**kwargs)

@@ -1,0 +1,17 @@
+# The two commands a newcomer needs (README): `make quickstart` and `make test`.
+# Both create/refresh the project's virtual environment at .venv/ first (scripts/install.sh).
+.PHONY: install quickstart test lint
+
+install:
+	@bash scripts/install.sh
+
+quickstart: install
+	.venv/bin/dare --help
+	.venv/bin/dare generate --model tiny:llada --prompt "12+34=" --gen-length 16 --steps 16 --block-length 8
+
+test: install
+	.venv/bin/python -m pytest -q
+
+lint: install
+	.venv/bin/ruff check dare rewards evals tests benchmarks
+	.venv/bin/ruff format --check dare rewards evals tests benchmarks
