@@ -152,9 +152,7 @@ class Countdown(Task):
         if self.num_numbers < 2:
             raise ValueError(f"countdown: num_numbers must be >= 2, got {self.num_numbers}")
         if not 1 <= self.min_number <= self.max_number:
-            raise ValueError(
-                f"countdown: need 1 <= min_number <= max_number, got {self.min_number}, {self.max_number}"
-            )
+            raise ValueError(f"countdown: need 1 <= min_number <= max_number, got {self.min_number}, {self.max_number}")
         if self.max_target < 1:
             raise ValueError(f"countdown: max_target must be >= 1, got {self.max_target}")
         if not self.operators or set(self.operators) - set(_PREC):
@@ -181,14 +179,19 @@ class Countdown(Task):
             value = lv - rv
         elif op == "*":
             value = lv * rv
+        elif rv == 0:
+            raise _Malformed("division by zero")  # caught in sample_problem, which redraws
         else:
-            value = lv / rv if rv != 0 else Fraction(-1)  # an invalid target, resampled below
+            value = lv / rv
         return value, f"{lt}{op}{rt}", prec
 
     def sample_problem(self, rng: random.Random) -> Problem:
         while True:
             numbers = [rng.randint(self.min_number, self.max_number) for _ in range(self.num_numbers)]
-            value, text, _ = self._random_expression(numbers, rng)
+            try:
+                value, text, _ = self._random_expression(numbers, rng)
+            except _Malformed:
+                continue
             if value.denominator == 1 and 1 <= value <= self.max_target:
                 break
         target = int(value)

@@ -1,0 +1,188 @@
+"""Built-in tasks: registry, determinism, split disjointness, demonstrations and scorers."""
+
+from __future__ import annotations
+
+import pytest
+
+from dare.data.tasks import (
+    BUILTIN_SYMBOLS,
+    TASKS,
+    builtin_tokenizer,
+    evaluate_expression,
+    extract_answer,
+    get_task,
+    split_of,
+)
+from dare.data.tasks.sudoku import all_grids, is_valid_grid, solutions
+
+NAMES = ["addition", "countdown", "sort", "sudoku"]
+
+
+def canonical_key(task: str, row: dict) -> str:
+    """The problem's canonical key, recomputed from the row independently of the task code."""
+    gt = row["ground_truth"]
+    if task == "countdown":
+        return ",".join(map(str, sorted(gt["numbers"]))) + f"={gt['target']}"
+    if task == "addition":
+        a, b = sorted(int(x) for x in row["prompt"].split("+"))
+        return f"{a}+{b}"
+    if task == "sort":
+        return "".join(sorted(row["prompt"].removeprefix("sort ")))
+    return gt["puzzle"]
+
+
+def test_registry_names_and_errors():
+    assert TASKS.names() == NAMES
+    with pytest.raises(KeyError, match="did you mean 'countdown'"):
+        get_task("countdwn")
+    with pytest.raises(TypeError, match="no knob"):
+        get_task("sort", length=3)
+    with pytest.raises(ValueError, match="min_len"):
+        get_task("sort", min_len=5, max_len=2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generate_is_deterministic_and_prefix_stable(name):
+    task = get_task(name)
+    rows = task.generate("train", 50, seed=3)
+    assert rows == task.generate("train", 50, seed=3)
+    assert rows[:20] == task.generate("train", 20, seed=3)
+    assert rows != task.generate("train", 50, seed=4)
+    assert len({canonical_key(name, r) for r in rows}) == 50  # distinct problems within a call
+    assert all(set(r) == {"prompt", "response", "ground_truth", "task"} and r["task"] == name for r in rows)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_train_and_eval_are_disjoint(name):
+    task = get_task(name)
+    train = {canonical_key(name, r) for seed in (0, 1) for r in task.generate("train", 300, seed)}
+    evals = {canonical_key(name, r) for seed in (0, 1) for r in task.generate("eval", 100, seed)}
+    assert not train & evals
+    assert all(split_of(name, k, task.eval_fraction) == "eval" for k in evals)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_demonstrations_score_one_and_fit_the_vocabulary(name):
+    task = get_task(name)
+    tok = builtin_tokenizer()
+    assert set(task.symbols) <= set(BUILTIN_SYMBOLS)
+    for split, n in (("train", 500), ("eval", 100)):
+        for row in task.generate(split, n, seed=0):
+            assert task.score(row["response"], row["ground_truth"]) == 1.0, row
+            assert set(row["prompt"] + row["response"]) <= set(task.symbols), row
+            assert len(row["prompt"]) <= 30 and len(row["response"]) <= 16, row
+    ids = tok(row["prompt"] + row["response"], add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids) == row["prompt"] + row["response"]
+
+
+def test_generate_errors():
+    with pytest.raises(ValueError, match="split must be one of"):
+        get_task("sort").generate("test", 3)
+    with pytest.raises(ValueError, match="found only"):  # 1-digit sums: 55 unordered pairs in all
+        get_task("addition", max_digits=1).generate("train", 100)
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"num_numbers": 4, "max_number": 10},
+        {"operators": "+-*/"},
+        {"num_numbers": 2, "max_number": 50, "operators": "+-"},
+    ],
+)
+def test_countdown_knobs(knobs):
+    task = get_task("countdown", **knobs)
+    rows = task.generate("train", 200, seed=0)
+    assert all(len(r["ground_truth"]["numbers"]) == task.num_numbers for r in rows)
+    assert all(task.score(r["response"], r["ground_truth"]) == 1.0 for r in rows)
+
+
+def test_extract_answer():
+    assert extract_answer("  123 \n") == "123"
+    assert extract_answer("123<|eos|><|eos|>") == "123"
+    assert extract_answer("12<|eot|>3") == "12"
+    assert extract_answer(None) is None
+
+
+def test_countdown_scorer():
+    task = get_task("countdown")
+    gt = {"numbers": [3, 8, 1], "target": 24}
+    for good in ["3*8*1", "8*3/1", "(8*1)*3", " 3 * 8 * 1 \n", "3*8*1<|eos|>"]:
+        assert task.score(good, gt) == 1.0, good
+    assert task.score("(8+1)*3-3", {"numbers": [8, 1, 3, 3], "target": 24}) == 1.0
+    assert task.score("8/(1-2/3)", {"numbers": [8, 1, 2, 3], "target": 24}) == 1.0  # exact fractions
+    bad = [
+        "3*8+1",  # wrong value
+        "3*8",  # a number unused
+        "3*8*1*1",  # 1 used twice
+        "3*3*8/3*1",  # reuse of 3
+        "24",  # a number not given
+        "3*08*1",  # leading zero
+        "-3*-8*1",  # unary minus
+        "3*8*1)",  # unbalanced
+        "(3*8*1",
+        "3**8*1",
+        "3*8*1=24",
+        "3x8x1",
+        "__import__('os').system('true')",
+        "3*8*1; print(1)",
+        "3*8*1/0",
+        "(" * 40 + "3*8*1" + ")" * 40,  # nested deeper than 32
+        "1+" * 200 + "3*8*1",  # longer than 256 characters
+        "",
+        None,
+        42,
+    ]
+    for answer in bad:
+        assert task.score(answer, gt) == 0.0, answer
+    assert evaluate_expression("2+3*4-(5-1)") == (10, [2, 3, 4, 5, 1])
+    assert evaluate_expression("2+") is None
+
+
+def test_sudoku_grids_and_scorer():
+    grids = all_grids()
+    assert len(grids) == 288 and all(is_valid_grid(g) for g in grids)
+    task = get_task("sudoku")
+    # A puzzle with several solutions: blank the cells where two valid grids differ.
+    a, b = grids[0], next(g for g in grids[1:] if sum(x != y for x, y in zip(grids[0], g)) == 4)
+    puzzle = "".join("." if x != y else x for x, y in zip(a, b))
+    assert {a, b} <= set(solutions(puzzle))
+    gt = {"puzzle": puzzle, "solution": a}
+    assert task.score(a, gt) == 1.0
+    assert task.score(b, gt) == 1.0  # the valid alternative, not the stored solution
+    assert task.score(f"  {b}\n", gt) == 1.0
+    other = next(g for g in grids if any(p != "." and p != c for p, c in zip(puzzle, g)))
+    assert task.score(other, gt) == 0.0  # valid grid, but changes a given
+    swapped = a[1] + a[0] + a[2:]  # first row still a permutation, columns broken
+    assert not is_valid_grid(swapped)
+    for answer in [swapped, "1" * 16, a[:15], a + "1", a.replace("1", "5"), a[:8] + "/" + a[8:], "", None]:
+        assert task.score(answer, gt) == 0.0, answer
+    with pytest.raises(ValueError, match="16 characters"):
+        solutions("123")
+
+
+def test_sudoku_generated_puzzles_are_unique_by_default():
+    task = get_task("sudoku")
+    for row in task.generate("train", 100, seed=0):
+        puzzle = row["ground_truth"]["puzzle"]
+        assert solutions(puzzle) == [row["response"]]
+        assert task.min_blanks <= puzzle.count(".") <= task.max_blanks
+
+
+def test_addition_and_sort_scorers():
+    add = get_task("addition")
+    assert add.score("168", "168") == 1.0
+    assert add.score(" 168\n", "168") == 1.0
+    for wrong in ["0168", "168.0", "+168", "16 8", "167", "", None]:
+        assert add.score(wrong, "168") == 0.0, wrong
+    srt = get_task("sort")
+    assert srt.score("13799", "13799") == 1.0
+    for wrong in ["1379", "97331", "1 3 7 9 9", "1,3,7,9,9", None]:
+        assert srt.score(wrong, "13799") == 0.0, wrong
+
+
+def test_task_tokenizer_is_the_shared_one():
+    a, b = get_task("sort").tokenizer(), get_task("sudoku").tokenizer()
+    assert a.get_vocab() == b.get_vocab()
+    assert (a.pad_token_id, a.eos_token_id, a.mask_token_id, a.bos_token_id) == (0, 1, 2, 3)
