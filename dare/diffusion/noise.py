@@ -74,6 +74,7 @@ def bernoulli_mask(eligible: torch.Tensor, p_mask: torch.Tensor, generator: torc
     Returns:
         `[B, L]` bool mask, False wherever `eligible` is False.
     """
+    p_mask = p_mask.to(eligible.device)
     if p_mask.dim() == 1:
         p_mask = p_mask[:, None]  # [B] -> [B, 1]
     u = _uniform(tuple(eligible.shape), generator, eligible.device)  # [B, L]
@@ -129,9 +130,21 @@ def block_ids(position_ids: torch.Tensor, block_size: int) -> torch.Tensor:
     return torch.div(position_ids, block_size, rounding_mode="floor")
 
 
-def sample_block_p_mask(
-    blocks: torch.Tensor, generator: torch.Generator, *, eps: float = DEFAULT_EPS
-) -> torch.Tensor:
+def response_aligned_positions(valid: torch.Tensor, prompt_len: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Positions of a block-attention model whose blocks start at the response: `[B, L]`.
+
+    Left-padding aware positions (real tokens 0, 1, ...; pads 0) shifted per row by
+    `(-prompt_len) % block_size`, so the first response token sits on a block boundary. RoPE is
+    relative, so the shift changes nothing but block membership; it makes every row's response
+    blocks line up in a batch of different prompt lengths (batched decoding == one prompt alone).
+    Training (block SFT) and decoding (the SDAR sampler) both use it, so the blocks trained on
+    are the blocks decoded.
+    """
+    pos = (valid.long().cumsum(-1) - 1).clamp(min=0)  # [B, L], pads at 0
+    return pos + ((-prompt_len) % block_size)[:, None]
+
+
+def sample_block_p_mask(blocks: torch.Tensor, generator: torch.Generator, *, eps: float = DEFAULT_EPS) -> torch.Tensor:
     """One masking probability per (sequence, block), broadcast to its tokens: `[B, L]` -> `[B, L]`.
 
     `blocks` are block indices (`block_ids`); each block b of each sequence gets its own
@@ -237,6 +250,7 @@ def complementary_masks(
 
 
 __all__ = [
+    "response_aligned_positions",
     "DEFAULT_EPS",
     "MaskedNoise",
     "apply_mask",

@@ -1,0 +1,61 @@
+"""The algorithm interface and registry.
+
+An algorithm is one class, registered by name, that declares its stage `kind`, the attention
+kinds it supports, the roles it needs and its `Args` dataclass (the recipe keys it accepts), and
+computes its loss from a batch. Trainers and workers never branch on algorithm names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from dare.models.spec import DiffusionSpec
+from dare.registry import Registry
+
+
+class Algorithm:
+    """Base class. Subclasses set the class attributes and implement `compute_loss`."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]  # "sft" | "rl" | "preference" | "distill"
+    attention: ClassVar[tuple[str, ...]] = ("full", "block")
+    roles: ClassVar[tuple[str, ...]] = ("actor",)
+    required_batch_keys: ClassVar[tuple[str, ...]] = ()
+
+    @dataclass
+    class Args:
+        pass
+
+    def __init__(self, args: Any, spec: DiffusionSpec) -> None:
+        self.args = args
+        self.spec = spec
+
+    def compute_loss(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+
+ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
+
+
+def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
+    """Class decorator: register under `cls.name`."""
+    ALGORITHMS.register(cls.name, cls)
+    return cls
+
+
+def row_generators(seeds: torch.Tensor) -> list[torch.Generator]:
+    """One generator per batch row from the row's seed `[B]`.
+
+    The driver draws every row's noise seed, so a row's noise does not depend on how the batch
+    is split across data-parallel workers or micro-batches (2 workers == 1 worker, bit for bit),
+    and a resumed run replays the same noise.
+    """
+    return [torch.Generator().manual_seed(int(s)) for s in seeds.tolist()]
+
+
+__all__ = ["ALGORITHMS", "Algorithm", "register_algorithm", "row_generators"]

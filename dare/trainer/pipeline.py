@@ -1,0 +1,277 @@
+"""The pipeline runner: stages in order, checkpoints, resume, evaluation after each stage, report.
+
+Run directory layout:
+
+    RUN/recipe.yaml                  the resolved recipe (what `--resume` reads)
+    RUN/tokenizer/                   the tokenizer every stage uses
+    RUN/base/                        initial weights of a preset model (base of LoRA adapters)
+    RUN/stage-K-NAME/state/step_N/   training state: policy + optimizer/scheduler + trainer_state.json
+    RUN/stage-K-NAME/checkpoint/     the stage's final HF checkpoint (or PEFT adapter) + tokenizer
+    RUN/stage-K-NAME/metrics.jsonl   one line per step
+    RUN/eval/results.json            evaluation of every stage
+    RUN/report.md                    table of the stages
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dare.config import Recipe, StageSpec, build_recipe
+from dare.config.schema import BUILTIN_PREFIX, stage_to_dict
+from dare.data.loading import load_dataset_spec
+from dare.registry import Registry
+from dare.trainer.evaluate import evaluate_accuracy
+from dare.trainer.runtime import start_ray, worker_group
+from dare.workers.actor import ActorWorker
+from dare.workers.builder import load_tokenizer
+
+TRAINER_STATE = "trainer_state.json"
+RUN_STATE = "run_state.json"
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    return hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stage_dir_name(index: int, stage: StageSpec) -> str:
+    return f"stage-{index + 1}-{stage.name or stage.algorithm}"
+
+
+@dataclass
+class StageContext:
+    """What a stage trainer gets from the pipeline."""
+
+    recipe: Recipe
+    index: int
+    stage: StageSpec
+    dir: Path
+    actor: Any  # RayWorkerGroup of ActorWorker
+    tokenizer: Any
+    train_rows: list[dict[str, Any]]
+    base_dir: str | None
+    start_step: int  # steps already done (resume)
+
+
+STAGE_TRAINERS: Registry[Any] = Registry("stage kind")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)  # atomic: a killed run never leaves a half-written file
+
+
+def save_training_state(ctx: StageContext, step: int) -> None:
+    """Write `state/step_N` atomically (temp dir + rename) and keep the last `keep_last`."""
+    states = ctx.dir / "state"
+    final = states / f"step_{step}"
+    tmp = states / f".tmp_step_{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ctx.actor.save_state(str(tmp), ctx.base_dir, True)
+    _write_json(tmp / TRAINER_STATE, {"stage_index": ctx.index, "step": step, "recipe_hash": recipe_hash(ctx.recipe)})
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in sorted(list_states(ctx.dir))[: -ctx.stage.keep_last]:
+        shutil.rmtree(states / f"step_{old}", ignore_errors=True)
+
+
+def list_states(stage_dir: Path) -> list[int]:
+    states = stage_dir / "state"
+    if not states.is_dir():
+        return []
+    return sorted(
+        int(p.name.split("_")[1])
+        for p in states.iterdir()
+        if p.name.startswith("step_") and (p / TRAINER_STATE).is_file()
+    )
+
+
+class Pipeline:
+    """Runs a recipe end to end (or resumes a stopped run)."""
+
+    def __init__(self, recipe: Recipe, run_dir: str | Path | None = None) -> None:
+        self.recipe = recipe
+        self.run_dir = Path(run_dir or recipe.output_dir)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path) -> Pipeline:
+        run_dir = Path(run_dir)
+        path = run_dir / "recipe.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; {run_dir} is not a dare run directory")
+        return cls(build_recipe(yaml.safe_load(path.read_text()), path), run_dir)
+
+    # -------------------------------------------------------------- state
+
+    def _run_state(self) -> dict[str, Any]:
+        p = self.run_dir / RUN_STATE
+        return json.loads(p.read_text()) if p.is_file() else {"completed": [], "eval": {}}
+
+    def _save_run_state(self, state: dict[str, Any]) -> None:
+        _write_json(self.run_dir / RUN_STATE, state)
+
+    # -------------------------------------------------------------- running
+
+    def run(self) -> dict[str, Any]:
+        r = self.recipe
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        recipe_file = self.run_dir / "recipe.yaml"
+        if recipe_file.is_file():
+            saved = build_recipe(yaml.safe_load(recipe_file.read_text()), recipe_file)
+            if recipe_hash(saved) != recipe_hash(r):
+                raise ValueError(
+                    f"{self.run_dir} holds a run of a different recipe; use `dare run --resume {self.run_dir}` "
+                    "or another output_dir"
+                )
+        else:
+            recipe_file.write_text(yaml.safe_dump(r.to_dict(), sort_keys=False))
+        state = self._run_state()
+        t_start = time.perf_counter()
+
+        tokenizer = load_tokenizer(_model_dict(r))
+        tok_dir = self.run_dir / "tokenizer"
+        if not tok_dir.is_dir():
+            tokenizer.save_pretrained(tok_dir)
+
+        start_ray(r.resources)
+        actor = worker_group(ActorWorker, r.resources, name="actor")
+        completed: list[int] = state["completed"]
+        init_from = self._checkpoint_of(completed[-1]) if completed else None
+        base_dir = self._base_dir()
+        n_params = actor.init_model(_model_dict(r), str(tok_dir), r.seed, init_from, base_dir)[0]
+        print(
+            f"dare: run {self.run_dir} | {r.model.family or r.model.path} | trainable params {n_params:,}", flush=True
+        )
+
+        eval_rows = self._eval_rows()
+        if r.eval.enabled and r.eval.before_first_stage and "0" not in state["eval"]:
+            state["eval"]["0"] = self._evaluate(actor, tokenizer, eval_rows, "start")
+            self._save_run_state(state)
+
+        for index, stage in enumerate(r.stages):
+            if index in completed:
+                continue
+            sdir = self.run_dir / stage_dir_name(index, stage)
+            steps_done = list_states(sdir)
+            ctx = StageContext(
+                recipe=r, index=index, stage=stage, dir=sdir, actor=actor, tokenizer=tokenizer,
+                train_rows=self._train_rows(), base_dir=base_dir, start_step=steps_done[-1] if steps_done else 0,
+            )  # fmt: skip
+            t0 = time.perf_counter()
+            STAGE_TRAINERS.get(stage.kind)(ctx).fit()
+            ckpt = sdir / "checkpoint"
+            actor.save_state(str(ckpt), base_dir, False)
+            tokenizer.save_pretrained(ckpt)
+            completed.append(index)
+            state["completed"] = completed
+            state.setdefault("stage_seconds", {})[str(index + 1)] = time.perf_counter() - t0
+            self._save_run_state(state)
+            if r.eval.enabled:
+                state["eval"][str(index + 1)] = self._evaluate(
+                    actor, tokenizer, eval_rows, stage_dir_name(index, stage)
+                )
+                self._save_run_state(state)
+        state["total_seconds"] = state.get("total_seconds", 0.0) + time.perf_counter() - t_start
+        self._save_run_state(state)
+        self._write_results(state)
+        return state
+
+    def _checkpoint_of(self, index: int) -> str:
+        return str(self.run_dir / stage_dir_name(index, self.recipe.stages[index]) / "checkpoint")
+
+    def _base_dir(self) -> str | None:
+        """Folder holding the base weights LoRA adapters point at (a preset's initial weights are
+        written there by the actor before it adds the adapter)."""
+        if not self.recipe.model.lora:
+            return None
+        if self.recipe.model.path:
+            return str(Path(self.recipe.model.path).resolve())
+        return str((self.run_dir / "base").resolve())
+
+    # -------------------------------------------------------------- data
+
+    def _train_rows(self) -> list[dict[str, Any]]:
+        d = self.recipe.data
+        return load_dataset_spec(
+            d.train, split="train", n=d.num_train if d.train.startswith(BUILTIN_PREFIX) else None,
+            seed=self.recipe.seed, on_error=d.on_error, task_kwargs=d.task_args or None,
+        )  # fmt: skip
+
+    def _eval_rows(self) -> list[dict[str, Any]]:
+        d = self.recipe.data
+        source = d.eval or d.train
+        rows = load_dataset_spec(
+            source, split="eval", n=d.num_eval if source.startswith(BUILTIN_PREFIX) else None,
+            seed=self.recipe.seed, on_error=d.on_error, task_kwargs=d.task_args or None,
+        )  # fmt: skip
+        return rows[: self.recipe.eval.num_prompts]
+
+    # -------------------------------------------------------------- evaluation and report
+
+    def sampling(self) -> dict[str, Any]:
+        return {"gen_length": self.recipe.data.gen_length, **self.recipe.eval.sampling}
+
+    def _evaluate(self, actor, tokenizer, rows, label: str) -> dict[str, Any]:
+        res = evaluate_accuracy(
+            actor.generate, actor.world_size, rows, tokenizer, self.sampling(), self.recipe.eval.batch_size,
+            self.recipe.seed,
+        )  # fmt: skip
+        print(
+            f"dare: eval [{label}] accuracy {100 * res['accuracy']:.1f}% "
+            f"(± {100 * res['stderr']:.1f}, n={res['num_prompts']}, {res['seconds']:.0f}s)",
+            flush=True,
+        )
+        return res
+
+    def _write_results(self, state: dict[str, Any]) -> None:
+        (self.run_dir / "eval").mkdir(exist_ok=True)
+        _write_json(self.run_dir / "eval" / "results.json", state["eval"])
+        write_report(self.run_dir, self.recipe, state)
+
+
+def write_report(run_dir: Path, recipe: Recipe, state: dict[str, Any]) -> Path:
+    lines = [
+        f"# dare run report: {run_dir.name}",
+        "",
+        f"Recipe: `{recipe.source or 'recipe.yaml'}` | model: {recipe.model.family or recipe.model.path} | "
+        f"seed {recipe.seed} | total {state.get('total_seconds', 0):.0f} s",
+        "",
+        "| stage | kind | algorithm | steps | accuracy (%) | ± s.e. | eval n | train s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [("0", "start", "-", "-", "-")] + [
+        (str(i + 1), stage_dir_name(i, s), s.kind, s.algorithm, str(s.steps)) for i, s in enumerate(recipe.stages)
+    ]
+    for key, name, kind, algo, steps in rows:
+        ev = state["eval"].get(key)
+        if ev is None:
+            continue
+        secs = state.get("stage_seconds", {}).get(key)
+        lines.append(
+            f"| {name} | {kind} | {algo} | {steps} | {100 * ev['accuracy']:.1f} | {100 * ev['stderr']:.1f} | "
+            f"{ev['num_prompts']} | {'-' if secs is None else f'{secs:.0f}'} |"
+        )
+    lines += ["", f"Decoding: `{json.dumps(next(iter(state['eval'].values()), {}).get('sampling', {}))}`", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    print("\n".join(lines[4:]), flush=True)
+    return path
+
+
+def _model_dict(recipe: Recipe) -> dict[str, Any]:
+    return recipe.to_dict()["model"]
+
+
+def stage_dict(stage: StageSpec) -> dict[str, Any]:
+    return stage_to_dict(stage)
+
+
+__all__ = ["STAGE_TRAINERS", "Pipeline", "StageContext", "list_states", "save_training_state", "write_report"]

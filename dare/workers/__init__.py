@@ -1,0 +1,1 @@
+"""Ray workers (verl single-controller): one class per role."""

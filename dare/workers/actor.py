@@ -1,0 +1,211 @@
+"""The actor: the trainable policy, its optimizer and schedule, data-parallel across N workers.
+
+A verl single-controller worker (`RayWorkerGroup` of these): the driver calls the group like one
+object and the `@register` dispatch modes split batches across ranks (`DP_COMPUTE_PROTO`) or
+broadcast calls (`ONE_TO_ALL`). Data parallelism: each rank computes the gradient of its shard,
+gradients are averaged with an all-reduce (gloo on CPU, NCCL on GPUs), then every rank takes the
+same optimizer step, so the replicas stay identical.
+
+The colocated rollout is this worker's `generate`: it samples with the actor's own weights
+(no copy, no sync). Algorithm logic stays in `dare.algorithms`; this class only runs it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+import torch.distributed as dist
+from verl import DataProto
+from verl.single_controller.base import Worker
+from verl.single_controller.base.decorator import Dispatch, register
+
+from dare.algorithms import ALGORITHMS
+from dare.workers.builder import build_policy, load_policy, save_policy, wrap_lora
+
+OPTIM_FILE = "optimizer.pt"
+
+
+def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float):
+    """Multiplier of the base lr at optimizer step `s` (0-based)."""
+
+    def f(s: int) -> float:
+        if warmup and s < warmup:
+            return (s + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (s - warmup) / max(1, total - warmup))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+        return min_ratio + (1 - min_ratio) * decay
+
+    return f
+
+
+@ray.remote
+class ActorWorker(Worker):
+    def __init__(self, num_threads: int = 1) -> None:
+        super().__init__()
+        torch.set_num_threads(num_threads)
+        self.model: torch.nn.Module | None = None
+        self.algorithm = None
+        self.optimizer = None
+        self.scheduler = None
+
+    # ------------------------------------------------------------------ set-up
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_model(
+        self, model_spec: dict[str, Any], tokenizer_dir: str, seed: int, init_from: str | None, base_dir: str | None
+    ) -> int:
+        """Build the policy (identical on every rank: same seed / same checkpoint), from
+        `init_from` (a dare checkpoint) or the recipe's model block. With LoRA, a fresh preset's
+        weights are first written to `base_dir` (the base its adapters point at). Returns the
+        number of trainable parameters."""
+        from transformers import AutoTokenizer
+
+        if self.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group("gloo", rank=self.rank, world_size=self.world_size)
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        if init_from:
+            model = load_policy(init_from, merge=False)
+        else:
+            model = build_policy(model_spec, self.tokenizer, seed)
+        if model_spec.get("lora") and not hasattr(model, "peft_config"):
+            if self.rank == 0 and base_dir and not (Path(base_dir) / "config.json").is_file():
+                save_policy(model, base_dir)
+            model = wrap_lora(model, model_spec["lora"])
+        self.model = model
+        self.spec = getattr(model, "get_base_model", lambda: model)().diffusion_spec()
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_stage(self, stage: dict[str, Any], args: Any, total_steps: int) -> None:
+        """Set the stage's algorithm, a fresh optimizer and the lr schedule."""
+        algo_cls = ALGORITHMS.get(stage["algorithm"])
+        self.algorithm = algo_cls(args, self.spec)
+        self.stage = stage
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=stage["lr"], betas=tuple(stage["adam_betas"]), weight_decay=stage["weight_decay"]
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lr_lambda(stage["lr_schedule"], stage["warmup_steps"], total_steps, stage["min_lr_ratio"]),
+        )
+
+    # ------------------------------------------------------------------ training
+
+    def _all_reduce_grads(self) -> None:
+        if self.world_size == 1:
+            return
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        flat = torch.cat([g.flatten() for g in grads])  # one collective instead of one per tensor
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def _mean_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        if self.world_size == 1 or not metrics:
+            return metrics
+        keys = sorted(metrics)
+        t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+        dist.all_reduce(t)
+        return {k: v / self.world_size for k, v in zip(keys, t.tolist())}
+
+    @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
+    def compute_grad(self, data: DataProto) -> DataProto:
+        """Gradient of the algorithm's loss on this batch (all-reduced), without a step. Used to
+        check data parallelism; returns the flat gradient."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, _ = self.algorithm.compute_loss(self.model, dict(data.batch.items()))
+        loss.backward()
+        self._all_reduce_grads()
+        flat = torch.cat([p.grad.flatten() for p in self.model.parameters() if p.grad is not None])
+        return DataProto.from_dict(tensors={"grad": flat[None].repeat(len(data), 1)})
+
+    @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
+    def update_actor(self, data: DataProto) -> DataProto:
+        """One optimizer step on this rank's shard, in `grad_accum` micro-batches."""
+        t0 = time.perf_counter()
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        accum = self.stage["grad_accum"]
+        sums: dict[str, float] = {}
+        for micro in data.chunk(accum):
+            loss, metrics = self.algorithm.compute_loss(self.model, dict(micro.batch.items()))
+            (loss / accum).backward()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / accum
+        self._all_reduce_grads()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.stage["grad_clip"])
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        tokens = float(data.batch["attention_mask"].sum()) if "attention_mask" in data.batch.keys() else 0.0
+        metrics = self._mean_metrics(
+            {**sums, "actor/grad_norm": float(grad_norm), "perf/tokens": tokens * self.world_size}
+        )
+        metrics.update({"actor/lr": lr, "perf/update_s": time.perf_counter() - t0})
+        return DataProto(meta_info={"metrics": metrics})
+
+    # ------------------------------------------------------------------ rollout (colocated)
+
+    @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
+    def generate(self, data: DataProto) -> DataProto:
+        """Sample responses for left-padded prompts with the actor's own weights."""
+        from dare.sampling import SamplingConfig, generate
+
+        config = SamplingConfig(**data.meta_info.get("sampling", {}))
+        gen = torch.Generator().manual_seed(int(data.meta_info.get("seed", 0)) * 1000 + self.rank)
+        self.model.eval()
+        with torch.no_grad():
+            rollout = generate(
+                self.model, (data.batch["input_ids"], data.batch["attention_mask"]), config, generator=gen
+            )
+        out = {"responses": rollout.response_ids, "response_mask": rollout.response_mask.long()}
+        return DataProto.from_dict(tensors=out, meta_info={"nfe": rollout.nfe, "seconds": rollout.wall_time})
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def save_state(self, path: str, base_dir: str | None, with_optimizer: bool = True) -> None:
+        """Rank 0 writes the policy (HF folder or PEFT adapter) and the optimizer/scheduler state."""
+        if self.rank == 0:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            save_policy(self.model, path, base_dir)
+            if with_optimizer and self.optimizer is not None:
+                torch.save(
+                    {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                    os.path.join(path, OPTIM_FILE),
+                )
+        if self.world_size > 1:
+            dist.barrier()
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def load_state(self, path: str) -> None:
+        """Load policy weights (and optimizer/scheduler state if saved) on every rank."""
+        loaded = load_policy(path, merge=False)
+        self.model.load_state_dict(loaded.state_dict())
+        optim = Path(path) / OPTIM_FILE
+        if optim.is_file() and self.optimizer is not None:
+            state = torch.load(optim, weights_only=False)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def state_checksum(self) -> float:
+        """Sum of all parameters (replicas must agree)."""
+        return float(sum(p.detach().double().sum() for p in self.model.parameters()))
+
+
+__all__ = ["ActorWorker", "lr_lambda"]

@@ -1,0 +1,96 @@
+"""Building a policy from a recipe's `model` block (plain dict, so it crosses process boundaries),
+and saving / loading the checkpoints dare writes.
+
+Checkpoint folders are Hugging Face folders: `config.json` + `model.safetensors` (+ tokenizer
+files). A LoRA checkpoint is a PEFT adapter folder (`adapter_config.json` +
+`adapter_model.safetensors`) whose `base_model_name_or_path` points at its base checkpoint folder;
+`load_policy` resolves it and `dare export --merge-lora` merges it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from dare.models import from_pretrained, tiny
+from dare.models.lora import apply_lora
+from dare.models.tokenizer import model_token_ids
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def load_policy(path: str | Path, dtype: torch.dtype = torch.float32, merge: bool = True) -> PreTrainedModel:
+    """Load a dare checkpoint folder: a full model, or a LoRA adapter on its base (merged when
+    `merge`, else a trainable `PeftModel`)."""
+    path = Path(path)
+    if not is_adapter_dir(path):
+        return from_pretrained(path, dtype=dtype)
+    base_dir = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base_dir or not (Path(base_dir) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path / 'adapter_config.json'}: base_model_name_or_path={base_dir!r} is not a checkpoint folder"
+        )
+    model = PeftModel.from_pretrained(from_pretrained(base_dir, dtype=dtype), path, is_trainable=not merge)
+    return model.merge_and_unload() if merge else model
+
+
+def load_tokenizer(model_spec: dict[str, Any]) -> PreTrainedTokenizerBase:
+    """The recipe's tokenizer: "builtin" (the built-in tasks' char tokenizer), a folder, or the
+    checkpoint folder's own."""
+    from dare.data.tasks import builtin_tokenizer
+
+    source = model_spec.get("tokenizer") or model_spec.get("path") or "builtin"
+    if source == "builtin":
+        return builtin_tokenizer()
+    return AutoTokenizer.from_pretrained(source)
+
+
+def build_policy(model_spec: dict[str, Any], tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+    """A fresh policy from the recipe's model block (preset at random init, or a checkpoint)."""
+    dtype = DTYPES[model_spec.get("dtype", "float32")]
+    if model_spec.get("path"):
+        model = load_policy(model_spec["path"], dtype=dtype)
+    else:
+        ids = model_token_ids(tokenizer)
+        model = tiny(model_spec["family"], seed=seed, **{**ids, **model_spec.get("overrides", {})}).to(dtype)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
+        )
+    if model_spec.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def wrap_lora(model: PreTrainedModel, lora: dict[str, Any] | None) -> PreTrainedModel:
+    if not lora:
+        return model
+    return apply_lora(
+        model, r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"], target_modules=lora["target_modules"]
+    )
+
+
+def save_policy(model: torch.nn.Module, path: str | Path, base_dir: str | Path | None = None) -> None:
+    """Write a checkpoint folder (safetensors). A `PeftModel` writes its adapter, pointing at
+    `base_dir` (which must hold the base weights)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, PeftModel):
+        if base_dir is None:
+            raise ValueError("saving a LoRA adapter needs the base checkpoint folder (base_dir)")
+        model.peft_config["default"].base_model_name_or_path = str(Path(base_dir).resolve())
+        model.save_pretrained(path)
+    else:
+        model.save_pretrained(path, safe_serialization=True)
+
+
+__all__ = ["build_policy", "is_adapter_dir", "load_policy", "load_tokenizer", "save_policy", "wrap_lora"]
