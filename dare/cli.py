@@ -1,13 +1,22 @@
 """The `dare` command.
 
 dare --help
+dare run RECIPE [key=value ...] [--dry-run]   # run a recipe's stages (overrides: stages.0.lr=1e-4)
+dare run --resume RUN_DIR                     # continue a stopped run from its last checkpoint
+dare export RUN_DIR/stage-K-NAME [--merge-lora] OUT   # a plain Hugging Face folder
 dare info PATH                      # print a checkpoint's family and DiffusionSpec
+dare generate --model PATH --prompt "..." [--prompt ...] [sampler options]
+dare generate --model tiny:llada --prompt "hi"    # random tiny model + char tokenizer (smoke test)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import string
 import sys
+import types
+import typing
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -19,12 +28,169 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# dare generate
+# ---------------------------------------------------------------------------------------------
+
+TINY_PREFIX = "tiny:"
+TINY_SYMBOLS = string.ascii_letters + string.digits + " .,;:!?'\"-+*/=()\n"
+
+
+def _field_parser(annotation: object):
+    """argparse `type` for a SamplingConfig field annotation (int, float, str, bool, X | None, tuple[int, ...])."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _field_parser(args[0])
+    if typing.get_origin(annotation) is tuple:
+        return lambda text: tuple(int(t) for t in text.split(",") if t.strip())
+    if annotation is bool:
+        return lambda text: {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[
+            text.lower()
+        ]
+    return annotation
+
+
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    """One --flag per SamplingConfig field; an unset flag keeps the dataclass default."""
+    from dare.sampling import SamplingConfig
+
+    hints = typing.get_type_hints(SamplingConfig)
+    group = p.add_argument_group("sampling (SamplingConfig fields; unset = its default)")
+    for f in dataclasses.fields(SamplingConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        group.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, type=_field_parser(hints[f.name]), default=None,
+            metavar=f.name.upper(), help=f"default: {default!r}" + (" (comma-separated ids)" if f.name.endswith("_ids") else ""),
+        )  # fmt: skip
+
+
+def _load_for_generate(args: argparse.Namespace):
+    """(model, tokenizer) from a checkpoint folder or `tiny:<family>`."""
+    import torch
+
+    if args.model.startswith(TINY_PREFIX):
+        from dare.models import FAMILIES, tiny
+        from dare.models.tokenizer import build_tokenizer, model_token_ids
+
+        family = args.model[len(TINY_PREFIX) :]
+        if family not in FAMILIES:
+            raise ValueError(f"--model {args.model}: {FAMILIES.unknown_message(family)}")
+        tokenizer = build_tokenizer(TINY_SYMBOLS)
+        model = tiny(family, seed=args.seed, **model_token_ids(tokenizer))
+    else:
+        from transformers import AutoTokenizer
+
+        from dare.workers.builder import DTYPES, load_policy
+
+        model = load_policy(args.model, dtype=DTYPES[args.dtype or "float32"])  # a LoRA adapter is merged
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), tokenizer
+
+
+def _encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:
+    if chat and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+        )
+        return tokenizer(text, add_special_tokens=False).input_ids
+    return tokenizer(text).input_ids
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from dare.sampling import SamplingConfig, generate
+
+    overrides = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingConfig) if getattr(args, f.name) is not None
+    }
+    config = SamplingConfig(**overrides)  # validated before the model is loaded
+    model, tokenizer = _load_for_generate(args)
+    prompts = [_encode_prompt(tokenizer, p, not args.no_chat_template) for p in args.prompt]
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
+    rollout = generate(model, prompts, config, generator)
+    for n in range(len(rollout)):
+        i, g = int(rollout.prompt_index[n]), n % rollout.config.num_generations
+        ids = rollout.response_ids[n][rollout.response_mask[n]].tolist()
+        print(f"--- prompt {i} sample {g}: {args.prompt[i]!r}")
+        print(tokenizer.decode(ids, skip_special_tokens=True))
+    print(
+        f"--- {rollout.config.algorithm} (remasking={rollout.config.remasking}, cache={rollout.config.cache}): "
+        f"{rollout.num_tokens} tokens in {rollout.wall_time:.2f}s = {rollout.tokens_per_second:.1f} tokens/s, "
+        f"{rollout.nfe} forward passes ({rollout.nfe_per_token:.2f} per token)"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# dare run / export
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from dare.config import load_recipe
+
+    if args.resume:
+        if args.recipe or args.overrides:
+            raise ValueError("--resume RUN_DIR continues a run with its saved recipe; give no recipe or overrides")
+        from dare.trainer import Pipeline
+
+        Pipeline.resume(args.resume).run()
+        return 0
+    if not args.recipe:
+        raise ValueError("dare run needs a RECIPE (or --resume RUN_DIR)")
+    recipe = load_recipe(args.recipe, args.overrides)  # validated before anything heavy starts
+    if args.dry_run:
+        print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")
+        print(f"# {args.recipe}: valid ({len(recipe.stages)} stage(s))")
+        return 0
+    from dare.trainer import Pipeline
+
+    Pipeline(recipe).run()
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+
+    from dare.workers.builder import export_checkpoint
+
+    out = export_checkpoint(args.stage_dir, args.out, merge_lora=args.merge_lora)
+    print(f"dare: wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dare", description="Post-train diffusion language models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("run", help="run a recipe (SFT / RL / ... stages, eval after each)")
+    p.add_argument("recipe", nargs="?", help="recipe YAML")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stages.0.lr=1e-4 output_dir=/tmp/x")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the resolved recipe, load nothing")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("export", help="write a stage's checkpoint as a plain Hugging Face folder")
+    p.add_argument("stage_dir", help="RUN_DIR/stage-K-NAME (or any dare checkpoint folder)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--merge-lora", action="store_true", help="merge a LoRA adapter into its base weights")
+    p.set_defaults(func=_cmd_export)
+
     p = sub.add_parser("info", help="show a checkpoint's family and diffusion spec")
     p.add_argument("path", help="local checkpoint folder")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("generate", help="generate with any sampler from a checkpoint or a tiny random model")
+    p.add_argument("--model", required=True, help="checkpoint folder, or tiny:llada | tiny:dream | tiny:sdar")
+    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
+    p.add_argument("--no-chat-template", action="store_true", help="encode prompts as plain text")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (and tiny-model init seed)")
+    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (checkpoints; default float32)")
+    _add_sampling_options(p)
+    p.set_defaults(func=_cmd_generate)
     return parser
 
 

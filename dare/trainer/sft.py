@@ -41,12 +41,18 @@ class SFTTrainer:
             print(f"dare: resumed {ctx.dir.name} at step {start}", flush=True)
         for step in range(start + 1, stage.steps + 1):
             out = ctx.actor.update_actor(self.batch(step - 1))
-            logger.log(step, out.meta_info["metrics"])
+            logger.log(step, rank_zero_metrics(out.meta_info["metrics"]))
             if stage.save_every and step % stage.save_every == 0 and step < stage.steps:
                 save_training_state(ctx, step)
         if not list_states(ctx.dir) or list_states(ctx.dir)[-1] != stage.steps:
             save_training_state(ctx, stage.steps)
         logger.close()
+
+
+def rank_zero_metrics(metrics: dict) -> dict:
+    """verl's collect step lists each rank's meta_info values; workers all-reduce their metrics,
+    so rank 0's value is the global one."""
+    return {k: (v[0] if isinstance(v, list) else v) for k, v in metrics.items()}
 
 
 def _stage_fields(stage) -> dict:

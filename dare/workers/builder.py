@@ -93,4 +93,30 @@ def save_policy(model: torch.nn.Module, path: str | Path, base_dir: str | Path |
         model.save_pretrained(path, safe_serialization=True)
 
 
-__all__ = ["build_policy", "is_adapter_dir", "load_policy", "load_tokenizer", "save_policy", "wrap_lora"]
+def export_checkpoint(source: str | Path, out: str | Path, merge_lora: bool = False) -> Path:
+    """Write a plain HF folder (config + safetensors + tokenizer) from a stage directory or a
+    checkpoint folder. An adapter checkpoint needs `merge_lora=True` (the result then loads with
+    `transformers.AutoModel` after `import dare`, no peft needed)."""
+    source, out = Path(source), Path(out)
+    ckpt = source / "checkpoint" if (source / "checkpoint").is_dir() else source
+    if not ((ckpt / "config.json").is_file() or is_adapter_dir(ckpt)):
+        raise FileNotFoundError(f"{source}: no checkpoint (expected config.json or adapter_config.json)")
+    if is_adapter_dir(ckpt) and not merge_lora:
+        raise ValueError(f"{ckpt} is a LoRA adapter; pass --merge-lora to write a plain model folder")
+    model = load_policy(ckpt, merge=True)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    if (ckpt / "tokenizer_config.json").is_file():
+        AutoTokenizer.from_pretrained(ckpt).save_pretrained(out)
+    return out
+
+
+__all__ = [
+    "export_checkpoint",
+    "build_policy",
+    "is_adapter_dir",
+    "load_policy",
+    "load_tokenizer",
+    "save_policy",
+    "wrap_lora",
+]
