@@ -1,0 +1,376 @@
+"""The block-decoding engine shared by the masked-diffusion samplers.
+
+- `prepare_prompts`: token lists or an (input_ids, attention_mask) pair -> a left-padded batch,
+  each prompt repeated `num_generations` times.
+- `DecodeState`: the sequence being decoded plus the trajectory (per response token: the decode
+  step and the model's probability of the token when it was decoded) and per-row EOS stopping.
+- Runners: how the logits of the current block are computed.
+  `FullAttentionRunner` (LLaDA, Dream): no cache, Fast-dLLM prefix cache or dual cache, and
+  classifier-free guidance. `BlockCausalRunner` (SDAR): prompt prefill, block KV cache (or a
+  full recompute), and the commit forward after each block.
+- `decode_blocks`: the loop over blocks and steps that calls a `Policy`.
+
+Shapes: N rows, P padded prompt length, T = P + gen_length, L block length, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from dare.models.spec import DiffusionSpec, aligned_logits
+from dare.sampling.base import Policy
+from dare.sampling.ops import split_evenly, token_probability
+
+PromptsLike = list[list[int]] | tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class PromptBatch:
+    """Left-padded prompts, one row per generation."""
+
+    input_ids: torch.Tensor  # [N, P] long, pad_token_id on the left
+    attention_mask: torch.Tensor  # [N, P] bool, False on padding
+    prompt_index: torch.Tensor  # [N] long: the prompt each row generates for
+
+
+def prepare_prompts(
+    prompts: PromptsLike, spec: DiffusionSpec, num_generations: int, device: torch.device
+) -> PromptBatch:
+    """Normalise prompts to a left-padded batch. A (input_ids, attention_mask) pair may be padded
+    on either side; it is re-padded on the left so every response starts at column P."""
+    if isinstance(prompts, tuple):
+        if len(prompts) != 2:
+            raise ValueError("prompts: a tuple must be (input_ids [B, P], attention_mask [B, P])")
+        ids, mask = prompts
+        if ids.dim() != 2 or mask.shape != ids.shape:
+            raise ValueError(
+                f"prompts: input_ids {tuple(ids.shape)} and attention_mask {tuple(mask.shape)} must both be [B, P]"
+            )
+        rows = [row[m.bool()].tolist() for row, m in zip(ids.cpu(), mask.cpu())]
+    elif isinstance(prompts, list):
+        rows = [list(map(int, p)) for p in prompts]
+    else:
+        raise ValueError(
+            f"prompts must be a list of token-id lists or an (input_ids, attention_mask) pair, got {type(prompts).__name__}"
+        )
+    if not rows:
+        raise ValueError("prompts: empty batch")
+    empty = [i for i, r in enumerate(rows) if not r]
+    if empty:
+        raise ValueError(f"prompts: prompt(s) {empty} have no tokens; every prompt needs at least one")
+    P = max(len(r) for r in rows)
+    N = len(rows) * num_generations
+    input_ids = torch.full((N, P), spec.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((N, P), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        for g in range(num_generations):
+            n = i * num_generations + g
+            input_ids[n, P - len(r) :] = torch.tensor(r, dtype=torch.long)
+            attention_mask[n, P - len(r) :] = True
+    prompt_index = torch.arange(len(rows)).repeat_interleave(num_generations)
+    return PromptBatch(input_ids.to(device), attention_mask.to(device), prompt_index.to(device))
+
+
+@dataclass
+class DecodeResult:
+    """What a sampler returns to `generate` (which builds the `Rollout`)."""
+
+    response: torch.Tensor  # [N, gen_length] decoded tokens (mask-free before the first end id)
+    decode_step: torch.Tensor  # [N, gen_length] long, -1 where nothing was decoded
+    confidence: torch.Tensor  # [N, gen_length] float64, NaN where nothing was decoded
+    nfe: int
+    extras: dict[str, torch.Tensor]
+
+
+class DecodeState:
+    """The sequence `x` `[N, T]` = [left-padded prompt | response], and its trajectory."""
+
+    def __init__(self, batch: PromptBatch, gen_length: int, spec: DiffusionSpec, end_ids: tuple[int, ...]) -> None:
+        N, P = batch.input_ids.shape
+        device = batch.input_ids.device
+        self.P, self.L = P, gen_length
+        self.mask_id = spec.mask_token_id
+        self.eos_fill = spec.eos_token_id
+        self.end_ids = torch.tensor(end_ids, dtype=torch.long, device=device)
+        masks = torch.full((N, gen_length), spec.mask_token_id, dtype=torch.long, device=device)
+        self.x = torch.cat([batch.input_ids, masks], dim=1)  # [N, T]
+        # the response is always attended to (masks included); only prompt padding is hidden
+        self.valid = torch.cat([batch.attention_mask, torch.ones_like(masks, dtype=torch.bool)], dim=1)  # [N, T]
+        self.decode_step = torch.full((N, gen_length), -1, dtype=torch.long, device=device)
+        self.confidence = torch.full((N, gen_length), math.nan, dtype=torch.float64, device=device)
+        self.row_steps = torch.zeros(N, dtype=torch.long, device=device)  # decoding iterations per row
+        self.finished = torch.zeros(N, dtype=torch.bool, device=device)
+
+    @property
+    def response(self) -> torch.Tensor:
+        return self.x[:, self.P :]  # [N, L_gen] (a view)
+
+    def eligible(self, start: int, end: int) -> torch.Tensor:
+        """Masked positions of columns [start, end) in rows still decoding, bool `[N, end-start]`."""
+        return (self.x[:, start:end] == self.mask_id) & ~self.finished[:, None]
+
+    def commit(
+        self, start: int, tokens: torch.Tensor, transfer: torch.Tensor, prob: torch.Tensor, active: torch.Tensor
+    ) -> None:
+        """Write `tokens[transfer]` into columns [start, start+L) and record the trajectory.
+        tokens/transfer/prob `[N, L]`; active `[N]`: rows that took part in this step."""
+        end = start + tokens.shape[1]
+        r0, r1 = start - self.P, end - self.P
+        self.x[:, start:end] = torch.where(transfer, tokens, self.x[:, start:end])
+        steps = self.row_steps[:, None].expand_as(transfer)
+        self.decode_step[:, r0:r1] = torch.where(transfer, steps, self.decode_step[:, r0:r1])
+        self.confidence[:, r0:r1] = torch.where(transfer, prob, self.confidence[:, r0:r1])
+        self.row_steps += active.long()
+
+    def first_end(self) -> torch.Tensor:
+        """Index of the first end id in each response, gen_length where there is none. `[N]`"""
+        is_end = torch.isin(self.response, self.end_ids)  # [N, L_gen]
+        first = is_end.long().argmax(-1)
+        return torch.where(is_end.any(-1), first, torch.full_like(first, self.L))
+
+    def update_finished(self) -> None:
+        """A row is done once it holds an end id and every position before it is decoded: later
+        positions can no longer change its response. Its remaining masks become eos."""
+        first = self.first_end()
+        pos = torch.arange(self.L, device=self.x.device)
+        is_mask = self.response == self.mask_id
+        masks_before = (is_mask & (pos < first[:, None])).any(-1)
+        done = (first < self.L) & ~masks_before & ~self.finished
+        if bool(done.any()):
+            fill = done[:, None] & is_mask
+            self.response.masked_fill_(fill, self.eos_fill)
+            self.finished |= done
+
+    def result(self, nfe: int, extras: dict[str, torch.Tensor] | None = None) -> DecodeResult:
+        return DecodeResult(self.response.clone(), self.decode_step, self.confidence, nfe, extras or {})
+
+
+# ---------------------------------------------------------------------------------------------
+# Runners: the logits of the current block
+# ---------------------------------------------------------------------------------------------
+
+
+class FullAttentionRunner:
+    """Block logits for bidirectional models (LLaDA, Dream), aligned so `[:, i]` predicts token i.
+
+    cache="none": a full forward every step.
+    cache="prefix" (Fast-dLLM): a full forward at block start keeps K/V of columns < block start;
+    later steps feed x[:, start:] (block + masked suffix) on top of that prefix.
+    cache="dual" (Fast-dLLM): the block-start forward keeps K/V of the whole sequence; later steps
+    feed only the block and overwrite its K/V in place (`replace_position`); the suffix K/V stay
+    as computed at block start (approximate by design).
+    With shifted logits (Dream) a window cannot predict its own first token: the cached steps
+    shift inside the window, so the block's first token must be decoded from the full forward
+    at block start (the engine's `forced_first`, as Fast-dLLM does).
+    """
+
+    def __init__(self, model: torch.nn.Module, spec: DiffusionSpec, state: DecodeState, cache: str, cfg_scale: float):
+        self.model, self.spec, self.cache_mode, self.cfg_scale = model, spec, cache, cfg_scale
+        self.P = state.P
+        self.prompt_mask = state.valid.clone()
+        self.prompt_mask[:, self.P :] = False  # [N, T] True on real prompt tokens
+        self.valid = state.valid if cfg_scale == 0 else torch.cat([state.valid, state.valid])  # [N(*2), T]
+        self.cache = None
+        self.nfe = 0
+
+    @property
+    def forced_first(self) -> bool:
+        return self.spec.shift_logits and self.cache_mode != "none"
+
+    def start(self, x: torch.Tensor) -> None:
+        pass
+
+    def end_block(self, x: torch.Tensor, start: int, end: int) -> None:
+        pass
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg_scale == 0:
+            return x
+        # unconditional branch: the prompt replaced by mask tokens (LLaDA's CFG)
+        uncond = x.masked_fill(self.prompt_mask, self.spec.mask_token_id)
+        return torch.cat([x, uncond])  # [2N, T]
+
+    def block_logits(
+        self, x: torch.Tensor, start: int, end: int, refresh: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(conditional, unconditional or None) logits of columns [start, end), each `[N, L, V]`."""
+        inp = self._inputs(x)
+        self.nfe += 1
+        L = end - start
+        if self.cache_mode == "none" or refresh:
+            out = self.model(inp, attention_mask=self.valid, use_cache=self.cache_mode != "none")
+            # align on columns [start-1, end) so a shifted model's column `start` is predicted too
+            logits = aligned_logits(out.logits[:, start - 1 : end], self.spec)[:, 1:]  # [N, L, V]
+            if self.cache_mode == "prefix":
+                self.cache = out.past_key_values
+                self.cache.crop(start)
+            elif self.cache_mode == "dual":
+                self.cache = out.past_key_values
+        elif self.cache_mode == "prefix":
+            out = self.model(inp[:, start:], attention_mask=self.valid, past_key_values=self.cache, use_cache=False)
+            logits = aligned_logits(out.logits, self.spec)[:, :L]  # local shift inside the window
+        else:  # dual
+            out = self.model(
+                inp[:, start:end], attention_mask=self.valid, past_key_values=self.cache, replace_position=start
+            )
+            logits = aligned_logits(out.logits, self.spec)
+        if self.cfg_scale == 0:
+            return logits, None
+        n = x.shape[0]
+        return logits[:n], logits[n:]
+
+
+class BlockCausalRunner:
+    """Block logits for block-causal models (SDAR).
+
+    Positions are offset per row so the response starts on a block boundary
+    (block = position // block_size): every row's blocks line up with the decoding blocks, and a
+    row decodes the same whether batched with longer prompts or alone (RoPE is relative, so the
+    offset changes nothing else).
+
+    cache="block": the prompt is prefilled once; each step feeds only the current block and reads
+    the cache without storing (upstream `store_kv=False`); a finished block is committed with one
+    more forward (`use_cache=True`). cache="none": every step recomputes [prompt | blocks so far];
+    the future masked blocks are invisible to block attention anyway.
+    """
+
+    forced_first = False
+
+    def __init__(self, model: torch.nn.Module, spec: DiffusionSpec, state: DecodeState, cache: str):
+        self.model, self.spec, self.cache_mode = model, spec, cache
+        self.P = state.P
+        self.valid = state.valid
+        real = state.valid[:, : self.P].long()
+        prompt_len = real.sum(-1)  # [N]
+        offset = (-prompt_len) % spec.block_size  # response start becomes a multiple of block_size
+        pos = (state.valid.long().cumsum(-1) - 1).clamp(min=0)  # [N, T], pads at 0
+        self.positions = pos + offset[:, None]
+        self.cache = None
+        self.nfe = 0
+
+    def _forward(self, ids: torch.Tensor, start: int, end: int, use_cache: bool):
+        self.nfe += 1
+        return self.model(
+            ids,
+            attention_mask=self.valid[:, :end],
+            position_ids=self.positions[:, start:end],
+            past_key_values=self.cache,
+            use_cache=use_cache,
+        )
+
+    def start(self, x: torch.Tensor) -> None:
+        if self.cache_mode == "block":
+            self.cache = self._forward(x[:, : self.P], 0, self.P, use_cache=True).past_key_values
+
+    def block_logits(
+        self, x: torch.Tensor, start: int, end: int, refresh: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.cache_mode == "block":
+            return self._forward(x[:, start:end], start, end, use_cache=False).logits, None
+        self.nfe += 1
+        out = self.model(x[:, :end], attention_mask=self.valid[:, :end], position_ids=self.positions[:, :end])
+        return out.logits[:, start:end], None
+
+    def end_block(self, x: torch.Tensor, start: int, end: int) -> None:
+        if self.cache_mode == "block":
+            self._forward(x[:, start:end], start, end, use_cache=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def process_logits(
+    logits: torch.Tensor,
+    uncond: torch.Tensor | None,
+    cfg_scale: float,
+    spec: DiffusionSpec,
+    suppress_ids: tuple[int, ...],
+) -> torch.Tensor:
+    """float64 logits `[..., V]` ready to sample: guidance applied, the mask token (never a valid
+    prediction; trained models give it ~0, random ones do not) and `suppress_ids` at -inf."""
+    out = logits.double()
+    if uncond is not None:
+        un = uncond.double()
+        out = un + (cfg_scale + 1.0) * (out - un)
+    out[..., spec.mask_token_id] = -math.inf
+    if suppress_ids:
+        out[..., list(suppress_ids)] = -math.inf
+    return out
+
+
+def decode_blocks(
+    state: DecodeState,
+    runner: FullAttentionRunner | BlockCausalRunner,
+    policy: Policy,
+    *,
+    spec: DiffusionSpec,
+    block_length: int,
+    steps: int,
+    cfg_scale: float,
+    suppress_ids: tuple[int, ...],
+    confidence_end_inf: bool,
+    generator: torch.Generator | None,
+) -> None:
+    """Decode the response block by block (semi-autoregressive). Within a block, repeat
+    plan -> forward -> propose -> select -> commit until the block has no mask left."""
+    num_blocks = state.L // block_length
+    steps_per_block = split_evenly(steps, num_blocks)
+    runner.start(state.x)
+    for b, num_steps in enumerate(steps_per_block):
+        start = state.P + b * block_length
+        end = start + block_length
+        if bool(state.finished.all()):
+            break
+        refreshed = False
+        step = 0
+        # every step unmasks >= 1 token per active row or follows a schedule of num_steps steps
+        max_iterations = max(num_steps, block_length) + 1
+        while True:
+            eligible = state.eligible(start, end)  # [N, L]
+            active = eligible.any(-1)  # [N]
+            if not bool(active.any()):  # a CPU-GPU sync point, once per step
+                break
+            if step >= max_iterations:
+                raise RuntimeError(f"block {b} still has masks after {step} steps (policy {type(policy).__name__})")
+            force = runner.forced_first and not refreshed
+            k = None if force else policy.plan(eligible.sum(-1), step, num_steps)
+            if k is not None:
+                k = torch.minimum(k, eligible.sum(-1))
+                if not bool((k > 0).any()):
+                    step += 1  # nothing planned for this step: skip its forward pass
+                    continue
+            cond, uncond = runner.block_logits(state.x, start, end, refresh=not refreshed)
+            refreshed = True
+            logits = process_logits(cond, uncond, cfg_scale, spec, suppress_ids)  # [N, L, V] float64
+            tokens, conf = policy.propose(logits, generator)
+            if force:
+                transfer = torch.zeros_like(eligible)
+                transfer[:, 0] = eligible[:, 0]
+            else:
+                if confidence_end_inf:
+                    conf = conf.masked_fill(torch.isin(tokens, state.end_ids), -math.inf)
+                transfer = policy.select(conf, eligible, k, step, num_steps, generator) & eligible
+            prob = torch.full_like(conf, math.nan)
+            prob[transfer] = token_probability(logits[transfer], tokens[transfer])
+            state.commit(start, tokens, transfer, prob, active)
+            state.update_finished()
+            step += 1
+        if b + 1 < num_blocks and not bool(state.finished.all()):
+            runner.end_block(state.x, start, end)
+
+
+__all__ = [
+    "BlockCausalRunner",
+    "DecodeResult",
+    "DecodeState",
+    "FullAttentionRunner",
+    "PromptBatch",
+    "decode_blocks",
+    "prepare_prompts",
+    "process_logits",
+]

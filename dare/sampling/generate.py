@@ -1,0 +1,101 @@
+"""`generate`: the one entry point of the sampling layer."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from dare.models.spec import DiffusionSpec
+from dare.sampling.config import SamplingConfig
+from dare.sampling.engine import DecodeResult, PromptBatch, PromptsLike, prepare_prompts
+from dare.sampling.rollout import Rollout
+
+
+def model_spec(model: torch.nn.Module) -> DiffusionSpec:
+    """The model's `DiffusionSpec`, or a ValueError saying why there is none."""
+    get_spec = getattr(model, "diffusion_spec", None)
+    if get_spec is None:
+        raise ValueError(
+            f"{type(model).__name__} has no diffusion_spec(); load models with dare.models.from_pretrained or tiny"
+        )
+    return get_spec()  # raises ValueError naming mask_token_id when the config lacks it
+
+
+def _finalize(
+    result: DecodeResult, batch: PromptBatch, spec: DiffusionSpec, config: SamplingConfig, wall_time: float
+) -> Rollout:
+    """Cut every response after its first end id and assemble the `Rollout`."""
+    response = result.response
+    L = response.shape[1]
+    is_end = torch.isin(response, torch.tensor(config.end_token_ids(spec), device=response.device))
+    first = torch.where(is_end.any(-1), is_end.long().argmax(-1), torch.full_like(response[:, 0], L))  # [N]
+    pos = torch.arange(L, device=response.device)
+    response_mask = pos[None] <= first[:, None]  # [N, L], includes the end token itself
+    after = ~response_mask
+    if bool((response.masked_fill(after, spec.eos_token_id) == spec.mask_token_id).any()):
+        raise RuntimeError(f"{config.algorithm}: mask tokens left in a response (a sampler bug)")
+    response = response.masked_fill(after, spec.eos_token_id)
+    decode_step = result.decode_step.masked_fill(after, -1)
+    confidence = result.confidence.masked_fill(after, math.nan)
+    extras = {k: (v.masked_fill(after, math.nan) if v.is_floating_point() else v) for k, v in result.extras.items()}
+    return Rollout(
+        sequences=torch.cat([batch.input_ids, response], dim=1),
+        attention_mask=torch.cat([batch.attention_mask, response_mask], dim=1),
+        prompt_ids=batch.input_ids,
+        prompt_mask=batch.attention_mask,
+        response_ids=response,
+        response_mask=response_mask,
+        decode_step=decode_step,
+        confidence=confidence,
+        prompt_index=batch.prompt_index,
+        nfe=result.nfe,
+        wall_time=wall_time,
+        config=config,
+        extras=extras,
+    )
+
+
+def generate(
+    model: torch.nn.Module,
+    prompts: PromptsLike,
+    config: SamplingConfig,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Generate `config.num_generations` responses per prompt with the algorithm `config.algorithm`.
+
+    Args:
+        model: a dare model (anything with `diffusion_spec()` and the dare forward signature).
+        prompts: a list of token-id lists (left-padded here), or an (input_ids `[B, P]`,
+            attention_mask `[B, P]`) pair padded on either side.
+        config: the sampling settings; checked against the model before any forward pass.
+        generator: every random draw uses it (float64 noise). Put it on the model's device to
+            avoid host-to-device copies; None uses torch's global RNG.
+
+    Returns:
+        A `Rollout` with `len(prompts) * num_generations` rows, prompt-major.
+
+    Raises:
+        ValueError: the config does not fit the model (attention kind, block size), the model has
+            no mask token id, or the prompts are malformed.
+    """
+    spec = model_spec(model)
+    config = config.for_model(spec)
+    vocab = model.get_input_embeddings().num_embeddings if hasattr(model, "get_input_embeddings") else None
+    if vocab is not None and not 0 <= spec.mask_token_id < vocab:
+        raise ValueError(f"mask_token_id={spec.mask_token_id} is outside the model's vocabulary of {vocab}")
+    device = next(model.parameters()).device
+    batch = prepare_prompts(prompts, spec, config.num_generations, device)
+    sampler = config.sampler_class()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        result = sampler.run(model, spec, batch, config, generator)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return _finalize(result, batch, spec, config, time.perf_counter() - t0)
+
+
+__all__ = ["generate", "model_spec"]
