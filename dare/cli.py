@@ -83,7 +83,7 @@ def _load_for_generate(args: argparse.Namespace):
         from dare.workers.builder import DTYPES, load_policy
 
         model = load_policy(args.model, dtype=DTYPES[args.dtype or "float32"])  # a LoRA adapter is merged
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
 
@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate with any sampler from a checkpoint or a tiny random model")
     p.add_argument("--model", required=True, help="checkpoint folder, or tiny:llada | tiny:dream | tiny:sdar")
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the --model folder)")
     p.add_argument("--no-chat-template", action="store_true", help="encode prompts as plain text")
     p.add_argument("--seed", type=int, default=0, help="generator seed (and tiny-model init seed)")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")

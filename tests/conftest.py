@@ -12,6 +12,11 @@ FAMILIES = ("llada", "dream", "sdar")
 
 
 @pytest.fixture(autouse=True)
-def _deterministic():
+def _deterministic_one_thread():
+    """Fixed global seed; one intra-op thread: tiny models gain nothing from threads, and on a
+    shared 2-core machine an OpenMP thread waiting for a busy core makes ops ~100x slower."""
     torch.manual_seed(0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(before)

@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import PROMPTS
+from sampling_helpers import PROMPTS
 
 from dare.sampling import SamplingConfig, generate
 from dare.sampling.ops import planned_counts

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PROMPTS
+from sampling_helpers import PROMPTS
 
 from dare.sampling import SamplingConfig, generate
 from dare.sampling.engine import DecodeState, FullAttentionRunner, prepare_prompts

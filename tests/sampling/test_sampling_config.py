@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import PROMPTS
+from sampling_helpers import PROMPTS
 
 from dare.models import tiny
 from dare.sampling import SAMPLERS, SamplingConfig, generate

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import sharp_tiny
+from sampling_helpers import sharp_tiny
 
 from dare.sampling import SamplingConfig, generate
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PROMPTS, sharp_tiny
+from sampling_helpers import PROMPTS, sharp_tiny
 
 from dare.sampling import SamplingConfig, generate
 

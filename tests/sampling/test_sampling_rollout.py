@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from conftest import PROMPTS
+from sampling_helpers import PROMPTS
 
 from dare.cli import main
 from dare.models import tiny
