@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import yaml
 
 from dare.config import Recipe, StageSpec, build_recipe
@@ -32,6 +33,7 @@ from dare.trainer.evaluate import evaluate_accuracy
 from dare.trainer.runtime import start_ray, worker_group
 from dare.workers.actor import ActorWorker
 from dare.workers.builder import load_tokenizer
+from dare.workers.rollout import RolloutWorker
 
 TRAINER_STATE = "trainer_state.json"
 RUN_STATE = "run_state.json"
@@ -147,6 +149,10 @@ class Pipeline:
         init_from = self._checkpoint_of(completed[-1]) if completed else None
         base_dir = self._base_dir()
         n_params = actor.init_model(_model_dict(r), str(tok_dir), r.seed, init_from, base_dir)[0]
+        self.rollout = None
+        if r.resources.rollout == "separate":
+            self.rollout = worker_group(RolloutWorker, r.resources, name="rollout")
+            self.rollout.init_model(_model_dict(r), str(tok_dir), r.seed, init_from)
         print(
             f"dare: run {self.run_dir} | {r.model.family or r.model.path} | trainable params {n_params:,}", flush=True
         )
@@ -219,9 +225,16 @@ class Pipeline:
     def sampling(self) -> dict[str, Any]:
         return {"gen_length": self.recipe.data.gen_length, **self.recipe.eval.sampling}
 
+    def sync_rollout(self, actor) -> None:
+        """Push the actor's weights to the separate rollout workers (no-op when colocated)."""
+        if self.rollout is not None:
+            self.rollout.set_weights(ray.put(actor.get_weights()))
+
     def _evaluate(self, actor, tokenizer, rows, label: str) -> dict[str, Any]:
+        self.sync_rollout(actor)
+        sampler = self.rollout or actor
         res = evaluate_accuracy(
-            actor.generate, actor.world_size, rows, tokenizer, self.sampling(), self.recipe.eval.batch_size,
+            sampler.generate, sampler.world_size, rows, tokenizer, self.sampling(), self.recipe.eval.batch_size,
             self.recipe.seed,
         )  # fmt: skip
         print(

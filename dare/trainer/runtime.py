@@ -20,7 +20,8 @@ def start_ray(resources: ResourcesSpec) -> None:
     if resources.ray_address:
         ray.init(address=resources.ray_address, runtime_env={"env_vars": env})
         return
-    cpus = max(resources.num_workers, os.cpu_count() or 1)
+    groups = 2 if resources.rollout == "separate" else 1  # the rollout workers get their own bundles
+    cpus = max(resources.num_workers * groups, os.cpu_count() or 1)
     ray.init(num_cpus=cpus, include_dashboard=False, runtime_env={"env_vars": env}, logging_level="ERROR")
 
 
@@ -39,7 +40,7 @@ def worker_group(cls, resources: ResourcesSpec, name: str, **init_kwargs) -> Ray
     threads = resources.num_threads or max(1, (os.cpu_count() or 1) // resources.num_workers)
     return RayWorkerGroup(
         resource_pool=pool,
-        ray_cls_with_init=RayClassWithInitArgs(cls=cls, num_threads=threads, **init_kwargs),
+        ray_cls_with_init=RayClassWithInitArgs(cls=cls, num_threads=threads, device=resources.device, **init_kwargs),
         name_prefix=name,
         device_name="cuda" if use_gpu else "cpu",
     )

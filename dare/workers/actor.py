@@ -23,12 +23,22 @@ import torch
 import torch.distributed as dist
 from verl import DataProto
 from verl.single_controller.base import Worker
-from verl.single_controller.base.decorator import Dispatch, register
+from verl.single_controller.base.decorator import Dispatch, Execute, register
 
 from dare.algorithms import ALGORITHMS
 from dare.workers.builder import build_policy, load_policy, save_policy, wrap_lora
+from dare.workers.generation import generate_batch
 
 OPTIM_FILE = "optimizer.pt"
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak accelerator memory of this process (CUDA), else its peak resident set size."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float):
@@ -48,9 +58,10 @@ def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float):
 
 @ray.remote
 class ActorWorker(Worker):
-    def __init__(self, num_threads: int = 1) -> None:
+    def __init__(self, num_threads: int = 1, device: str = "cpu") -> None:
         super().__init__()
         torch.set_num_threads(num_threads)
+        self.device = device
         self.model: torch.nn.Module | None = None
         self.algorithm = None
         self.optimizer = None
@@ -69,7 +80,7 @@ class ActorWorker(Worker):
         from transformers import AutoTokenizer
 
         if self.world_size > 1 and not dist.is_initialized():
-            dist.init_process_group("gloo", rank=self.rank, world_size=self.world_size)
+            dist.init_process_group("nccl" if self.device == "cuda" else "gloo", rank=self.rank, world_size=self.world_size)
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         if init_from:
             model = load_policy(init_from, merge=False)
@@ -79,7 +90,7 @@ class ActorWorker(Worker):
             if self.rank == 0 and base_dir and not (Path(base_dir) / "config.json").is_file():
                 save_policy(model, base_dir)
             model = wrap_lora(model, model_spec["lora"])
-        self.model = model
+        self.model = model.to(self.device)
         self.spec = getattr(model, "get_base_model", lambda: model)().diffusion_spec()
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -99,6 +110,9 @@ class ActorWorker(Worker):
         )
 
     # ------------------------------------------------------------------ training
+
+    def _tensors(self, data: DataProto) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in data.batch.items()}
 
     def _all_reduce_grads(self) -> None:
         if self.world_size == 1:
@@ -126,10 +140,10 @@ class ActorWorker(Worker):
         check data parallelism; returns the flat gradient."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, _ = self.algorithm.compute_loss(self.model, dict(data.batch.items()))
+        loss, _ = self.algorithm.compute_loss(self.model, self._tensors(data))
         loss.backward()
         self._all_reduce_grads()
-        flat = torch.cat([p.grad.flatten() for p in self.model.parameters() if p.grad is not None])
+        flat = torch.cat([p.grad.flatten() for p in self.model.parameters() if p.grad is not None]).cpu()
         return DataProto.from_dict(tensors={"grad": flat[None].repeat(len(data), 1)})
 
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
@@ -141,7 +155,7 @@ class ActorWorker(Worker):
         accum = self.stage["grad_accum"]
         sums: dict[str, float] = {}
         for micro in data.chunk(accum):
-            loss, metrics = self.algorithm.compute_loss(self.model, dict(micro.batch.items()))
+            loss, metrics = self.algorithm.compute_loss(self.model, self._tensors(micro))
             (loss / accum).backward()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / accum
@@ -152,10 +166,17 @@ class ActorWorker(Worker):
         self.optimizer.step()
         self.scheduler.step()
         tokens = float(data.batch["attention_mask"].sum()) if "attention_mask" in data.batch.keys() else 0.0
-        metrics = self._mean_metrics(
-            {**sums, "actor/grad_norm": float(grad_norm), "perf/tokens": tokens * self.world_size}
+        metrics = self._mean_metrics({**sums, "actor/grad_norm": float(grad_norm)})
+        elapsed = time.perf_counter() - t0
+        metrics.update(
+            {
+                "actor/lr": lr,
+                "perf/update_s": elapsed,
+                # tokens processed by all ranks per second of update time
+                "perf/tokens_per_s": tokens * self.world_size / elapsed,
+                "perf/max_memory_mb": peak_memory_mb(self.device),
+            }
         )
-        metrics.update({"actor/lr": lr, "perf/update_s": time.perf_counter() - t0})
         return DataProto(meta_info={"metrics": metrics})
 
     # ------------------------------------------------------------------ rollout (colocated)
@@ -163,17 +184,12 @@ class ActorWorker(Worker):
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def generate(self, data: DataProto) -> DataProto:
         """Sample responses for left-padded prompts with the actor's own weights."""
-        from dare.sampling import SamplingConfig, generate
+        return generate_batch(self.model, data, self.device, self.rank)
 
-        config = SamplingConfig(**data.meta_info.get("sampling", {}))
-        gen = torch.Generator().manual_seed(int(data.meta_info.get("seed", 0)) * 1000 + self.rank)
-        self.model.eval()
-        with torch.no_grad():
-            rollout = generate(
-                self.model, (data.batch["input_ids"], data.batch["attention_mask"]), config, generator=gen
-            )
-        out = {"responses": rollout.response_ids, "response_mask": rollout.response_mask.long()}
-        return DataProto.from_dict(tensors=out, meta_info={"nfe": rollout.nfe, "seconds": rollout.wall_time})
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL, execute_mode=Execute.RANK_ZERO)
+    def get_weights(self) -> dict[str, torch.Tensor]:
+        """The policy's state dict (CPU), for syncing a separate rollout worker."""
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
 
     # ------------------------------------------------------------------ checkpoints
 

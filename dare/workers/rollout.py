@@ -1,0 +1,47 @@
+"""The separate rollout role: a copy of the policy that only samples, synced from the actor after
+each update (`resources.rollout: separate`). The default is the colocated rollout, the actor's own
+`generate`, which shares its weights and needs no sync."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+import torch
+from verl import DataProto
+from verl.single_controller.base import Worker
+from verl.single_controller.base.decorator import Dispatch, register
+
+from dare.workers.builder import build_policy, load_policy, wrap_lora
+from dare.workers.generation import generate_batch
+
+
+@ray.remote
+class RolloutWorker(Worker):
+    def __init__(self, num_threads: int = 1, device: str = "cpu") -> None:
+        super().__init__()
+        torch.set_num_threads(num_threads)
+        self.device = device
+        self.model: torch.nn.Module | None = None
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_model(self, model_spec: dict[str, Any], tokenizer_dir: str, seed: int, init_from: str | None) -> None:
+        """The same module structure as the actor's (LoRA included), so its state dict loads as is."""
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        model = load_policy(init_from, merge=False) if init_from else build_policy(model_spec, tokenizer, seed)
+        if model_spec.get("lora") and not hasattr(model, "peft_config"):
+            model = wrap_lora(model, model_spec["lora"])
+        self.model = model.to(self.device).eval()
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def set_weights(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+    @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
+    def generate(self, data: DataProto) -> DataProto:
+        return generate_batch(self.model, data, self.device, self.rank)
+
+
+__all__ = ["RolloutWorker"]
