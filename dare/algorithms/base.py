@@ -33,6 +33,23 @@ class Algorithm:
         self.args = args
         self.spec = spec
 
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer steps per trainer step (RL: mu inner iterations)."""
+        return 1
+
+    @property
+    def needs_reference(self) -> bool:
+        return False
+
+    def prepare(
+        self, model: torch.nn.Module, reference, batch: dict[str, torch.Tensor]
+    ) -> list[dict[str, torch.Tensor]]:
+        """The batches of the step's optimizer updates (one per update), with whatever must be
+        computed before the first update (old-policy and reference log-probs). `reference()` is
+        a context manager yielding the reference model (None when not needed)."""
+        return [batch]
+
     def compute_loss(
         self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, float]]:

@@ -169,10 +169,10 @@ class Pipeline:
             steps_done = list_states(sdir)
             ctx = StageContext(
                 recipe=r, index=index, stage=stage, dir=sdir, actor=actor, tokenizer=tokenizer,
-                train_rows=self._train_rows(), base_dir=base_dir, start_step=steps_done[-1] if steps_done else 0,
+                train_rows=self._train_rows(stage.kind), base_dir=base_dir, start_step=steps_done[-1] if steps_done else 0,
             )  # fmt: skip
             t0 = time.perf_counter()
-            STAGE_TRAINERS.get(stage.kind)(ctx).fit()
+            STAGE_TRAINERS.get(stage.kind)(ctx, self).fit()
             ckpt = sdir / "checkpoint"
             actor.save_state(str(ckpt), base_dir, False)
             tokenizer.save_pretrained(ckpt)
@@ -204,12 +204,18 @@ class Pipeline:
 
     # -------------------------------------------------------------- data
 
-    def _train_rows(self) -> list[dict[str, Any]]:
+    def _train_rows(self, kind: str) -> list[dict[str, Any]]:
+        """A stage's training rows. For a built-in task, RL stages get the `num_rl_prompts`
+        problems that follow the `num_train` demonstrations (generation is prefix-stable), so RL
+        trains on prompts the SFT stage never saw."""
         d = self.recipe.data
-        return load_dataset_spec(
-            d.train, split="train", n=d.num_train if d.train.startswith(BUILTIN_PREFIX) else None,
-            seed=self.recipe.seed, on_error=d.on_error, task_kwargs=d.task_args or None,
-        )  # fmt: skip
+        builtin = d.train.startswith(BUILTIN_PREFIX)
+        rl = kind == "rl" and builtin
+        n = (d.num_train + d.num_rl_prompts if rl else d.num_train) if builtin else None
+        rows = load_dataset_spec(
+            d.train, split="train", n=n, seed=self.recipe.seed, on_error=d.on_error, task_kwargs=d.task_args or None
+        )
+        return rows[d.num_train :] if rl else rows
 
     def _eval_rows(self) -> list[dict[str, Any]]:
         d = self.recipe.data

@@ -15,7 +15,7 @@ class SFTTrainer:
     noise seed per row -> `actor.update_actor` (data-parallel) -> metrics; training state saved
     every `save_every` steps and at the end, so a killed run resumes where it stopped."""
 
-    def __init__(self, ctx: StageContext) -> None:
+    def __init__(self, ctx: StageContext, pipeline=None) -> None:
         self.ctx = ctx
         self.stream = BatchStream(ctx.train_rows, ctx.stage.batch_size, ctx.recipe.seed, ctx.index)
 

@@ -12,6 +12,8 @@ The colocated rollout is this worker's `generate`: it samples with the actor's o
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import os
 import time
@@ -56,6 +58,14 @@ def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float):
     return f
 
 
+def split_batch(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
+    """Split every tensor of a batch along dim 0 into `parts` micro-batches."""
+    if parts == 1:
+        return [batch]
+    chunks = {k: v.chunk(parts) for k, v in batch.items()}
+    return [{k: c[i] for k, c in chunks.items()} for i in range(parts)]
+
+
 @ray.remote
 class ActorWorker(Worker):
     def __init__(self, num_threads: int = 1, device: str = "cpu") -> None:
@@ -80,7 +90,9 @@ class ActorWorker(Worker):
         from transformers import AutoTokenizer
 
         if self.world_size > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device == "cuda" else "gloo", rank=self.rank, world_size=self.world_size)
+            dist.init_process_group(
+                "nccl" if self.device == "cuda" else "gloo", rank=self.rank, world_size=self.world_size
+            )
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         if init_from:
             model = load_policy(init_from, merge=False)
@@ -104,10 +116,17 @@ class ActorWorker(Worker):
         self.optimizer = torch.optim.AdamW(
             params, lr=stage["lr"], betas=tuple(stage["adam_betas"]), weight_decay=stage["weight_decay"]
         )
+        total_updates = total_steps * self.algorithm.updates_per_step
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lr_lambda(stage["lr_schedule"], stage["warmup_steps"], total_steps, stage["min_lr_ratio"]),
+            lr_lambda(stage["lr_schedule"], stage["warmup_steps"], total_updates, stage["min_lr_ratio"]),
         )
+        self.reference = None
+        self._frozen_reference = None
+        if self.algorithm.needs_reference:
+            if not hasattr(self.model, "disable_adapter"):
+                self._frozen_reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.reference = self._reference
 
     # ------------------------------------------------------------------ training
 
@@ -148,36 +167,52 @@ class ActorWorker(Worker):
 
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def update_actor(self, data: DataProto) -> DataProto:
-        """One optimizer step on this rank's shard, in `grad_accum` micro-batches."""
+        """One trainer step on this rank's shard: the algorithm's updates (1 for SFT, mu for
+        GRPO), each in `grad_accum` micro-batches with an all-reduce and an optimizer step."""
         t0 = time.perf_counter()
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
         accum = self.stage["grad_accum"]
+        batch = self._tensors(data)
+        self.model.eval()  # no dropout in the old/reference passes
+        updates = self.algorithm.prepare(self.model, self.reference, batch)
+        self.model.train()
         sums: dict[str, float] = {}
-        for micro in data.chunk(accum):
-            loss, metrics = self.algorithm.compute_loss(self.model, self._tensors(micro))
-            (loss / accum).backward()
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v) / accum
-        self._all_reduce_grads()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.stage["grad_clip"])
-        lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        tokens = float(data.batch["attention_mask"].sum()) if "attention_mask" in data.batch.keys() else 0.0
-        metrics = self._mean_metrics({**sums, "actor/grad_norm": float(grad_norm)})
+        for update in updates:
+            self.optimizer.zero_grad(set_to_none=True)
+            for micro in split_batch(update, accum):
+                loss, metrics = self.algorithm.compute_loss(self.model, micro)
+                (loss / accum).backward()
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) / (accum * len(updates))
+            self._all_reduce_grads()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.stage["grad_clip"])
+            sums["actor/grad_norm"] = sums.get("actor/grad_norm", 0.0) + float(grad_norm) / len(updates)
+            lr = self.scheduler.get_last_lr()[0]
+            self.optimizer.step()
+            self.scheduler.step()
+        tokens = float(batch["attention_mask"].sum()) if "attention_mask" in batch else 0.0
+        metrics = self._mean_metrics(sums)
         elapsed = time.perf_counter() - t0
         metrics.update(
             {
                 "actor/lr": lr,
                 "perf/update_s": elapsed,
                 # tokens processed by all ranks per second of update time
-                "perf/tokens_per_s": tokens * self.world_size / elapsed,
+                "perf/tokens_per_s": tokens * self.world_size * len(updates) / elapsed,
                 "perf/max_memory_mb": peak_memory_mb(self.device),
             }
         )
         return DataProto(meta_info={"metrics": metrics})
+
+    @contextlib.contextmanager
+    def _reference(self):
+        """The reference policy: the model with its LoRA adapter disabled, or a frozen copy of
+        the policy taken at the start of the stage."""
+        if self._frozen_reference is None:
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            yield self._frozen_reference
 
     # ------------------------------------------------------------------ rollout (colocated)
 

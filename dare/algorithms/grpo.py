@@ -1,0 +1,170 @@
+"""GRPO for diffusion LMs: d1 (diffu-GRPO) and coupled-GRPO.
+
+Per RL step the trainer samples `num_generations` completions per prompt, scores them, and turns
+the scores into group advantages A (verl's estimators). The actor then takes `mu` inner updates;
+for inner iteration k the estimator's noise plan is drawn once (per-row seeds) and reused for the
+old, reference and current policy:
+
+    r_i = exp(logp_theta(o_i) - logp_old(o_i))                 per response token i
+    L   = agg_i [ -min(r_i A, clip(r_i, 1-eps_low, 1+eps_high) A) ] + beta * agg_i KL_k3(theta || ref)
+
+with logp the estimator's per-token value (dare.diffusion.estimators) and agg the token mean over
+the batch's response tokens. With mu = 1 the old policy is the current one (ratio exactly 1).
+
+- `d1` (Zhao et al., arXiv 2504.12216; dllm-reasoning/d1): one-step estimator (completion fully
+  masked, prompt masked with p_mask_prompt), advantage r - mean_group(r), eps 0.5, beta 0.04.
+- `coupled_grpo` (Gong et al., DiffuCoder, arXiv 2506.20639; apple/ml-diffucoder): the coupled
+  complementary-mask estimator with t ~ U(t_min, t_max), leave-one-out (rloo) advantage, eps 0.5,
+  beta 0.01 (DiffuCoder's recipe; dare's default beta is 0 for speed on CPU, set it in a recipe).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from dare.algorithms.base import Algorithm, register_algorithm, row_generators
+from dare.diffusion.estimators import NoisePlan, build_estimator
+from dare.diffusion.rl_losses import PPOClipConfig, rl_loss
+
+PLAN_PREFIX = "plan."
+ReferenceFn = Callable[[], AbstractContextManager[torch.nn.Module]]
+
+
+@dataclass
+class GRPOArgs:
+    # completions sampled per prompt (a group); stage.batch_size counts prompts
+    num_generations: int = 8
+    # inner policy updates per rollout batch (one fresh noise plan each)
+    mu: int = 1
+    # KL coefficient to the reference policy (0 = no reference forward)
+    beta: float = 0.0
+    clip_eps: float = 0.5
+    # asymmetric clipping (DAPO-style); null = clip_eps
+    clip_eps_high: float | None = None
+    # dual clip for negative advantages; null = off
+    clip_ratio_c: float | None = None
+    advantage: Literal["grpo", "grpo_mean", "rloo"] = "grpo_mean"
+    # grpo only: divide by the group's std
+    norm_adv_by_std: bool = True
+    loss_agg_mode: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
+    # rollout SamplingConfig fields (gen_length comes from data.gen_length)
+    sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 1.0})
+    # reward functions [{name: countdown, weight: 1.0}, {path: my.py:fn, weight: 0.5, args: {...}}];
+    # empty = the built-in task's verifier
+    rewards: list[dict[str, Any]] = field(default_factory=list)
+    reward_timeout_s: float = 10.0
+    reward_workers: int = 2
+    p_mask_prompt: float = 0.15
+
+    def validate(self, key: str, file: Any) -> None:
+        from dare.config.loader import RecipeError
+
+        checks = {
+            "num_generations": self.num_generations >= 2,
+            "mu": self.mu >= 1,
+            "beta": self.beta >= 0,
+            "clip_eps": 0 < self.clip_eps < 1,
+            "p_mask_prompt": 0 <= self.p_mask_prompt < 1,
+            "reward_timeout_s": self.reward_timeout_s > 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise RecipeError(file, f"{key}.{name}", f"invalid value {getattr(self, name)!r}")
+
+
+class GRPO(Algorithm):
+    """Shared implementation; subclasses fix the estimator and the defaults."""
+
+    kind = "rl"
+    roles = ("actor", "rollout", "reference", "reward")
+    required_batch_keys = ("input_ids", "attention_mask", "response_mask", "advantages", "noise_seed")
+    estimator_name: str
+
+    def __init__(self, args: Any, spec) -> None:
+        super().__init__(args, spec)
+        self.estimator = build_estimator(self.estimator_name, **self.estimator_args())
+        self.clip = PPOClipConfig(
+            clip_eps=args.clip_eps, clip_eps_high=args.clip_eps_high, clip_ratio_c=args.clip_ratio_c
+        )
+
+    def estimator_args(self) -> dict[str, Any]:
+        return {"p_mask_prompt": self.args.p_mask_prompt}
+
+    @property
+    def updates_per_step(self) -> int:
+        return self.args.mu
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.args.beta > 0
+
+    def prepare(
+        self, model: torch.nn.Module, reference: ReferenceFn | None, batch: dict[str, torch.Tensor]
+    ) -> list[dict[str, torch.Tensor]]:
+        """One batch per inner iteration: its noise plan (from the rows' seeds) and, under that
+        plan, the old-policy (before any update, when mu > 1) and reference log-probs."""
+        out = []
+        for k in range(self.args.mu):
+            plan = self.estimator.sample_rows(batch, row_generators(batch["noise_seed"][:, k]))
+            plan = plan.to(batch["input_ids"].device)
+            it = {**batch, **plan.as_tensors(PLAN_PREFIX)}
+            with torch.no_grad():
+                if self.args.mu > 1:
+                    it["old_log_prob"] = self.estimator.logp(model, batch, plan, self.spec)
+                if self.needs_reference:
+                    with reference() as ref:
+                        it["ref_log_prob"] = self.estimator.logp(ref, batch, plan, self.spec)
+            out.append(it)
+        return out
+
+    def compute_loss(self, model, batch):
+        plan = NoisePlan.from_tensors(batch, PLAN_PREFIX)
+        logp = self.estimator.logp(model, batch, plan, self.spec)  # [B, L]
+        old = batch.get("old_log_prob", logp.detach())
+        return rl_loss(
+            old, logp, batch["advantages"], batch["response_mask"],
+            ref_log_prob=batch.get("ref_log_prob"), beta=self.args.beta, config=self.clip,
+            loss_agg_mode=self.args.loss_agg_mode,
+        )  # fmt: skip
+
+
+@register_algorithm
+class D1(GRPO):
+    name = "d1"
+    estimator_name = "d1"
+
+    @dataclass
+    class Args(GRPOArgs):
+        pass
+
+
+@register_algorithm
+class CoupledGRPO(GRPO):
+    name = "coupled_grpo"
+    estimator_name = "coupled"
+
+    @dataclass
+    class Args(GRPOArgs):
+        advantage: Literal["grpo", "grpo_mean", "rloo"] = "rloo"
+        p_mask_prompt: float = 0.0
+        # t ~ U(t_min, t_max); views mask R < t and its complement
+        t_min: float = 0.2
+        t_max: float = 0.8
+
+        def validate(self, key: str, file: Any) -> None:
+            from dare.config.loader import RecipeError
+
+            super().validate(key, file)
+            if not 0 < self.t_min <= self.t_max < 1:
+                raise RecipeError(file, f"{key}.t_min", f"need 0 < t_min <= t_max < 1, got {self.t_min}, {self.t_max}")
+
+    def estimator_args(self) -> dict[str, Any]:
+        return {"p_mask_prompt": self.args.p_mask_prompt, "t_min": self.args.t_min, "t_max": self.args.t_max}
+
+
+__all__ = ["D1", "GRPO", "CoupledGRPO", "GRPOArgs"]
