@@ -6,8 +6,7 @@ install:
 	@bash scripts/install.sh
 
 quickstart: install
-	.venv/bin/dare --help
-	.venv/bin/dare generate --model tiny:llada --prompt "12+34=" --gen-length 16 --steps 16 --block-length 8
+	.venv/bin/dare run recipes/quickstart.yaml
 
 test: install
 	.venv/bin/python -m pytest -q

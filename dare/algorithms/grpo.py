@@ -75,6 +75,14 @@ class GRPOArgs:
         for name, ok in checks.items():
             if not ok:
                 raise RecipeError(file, f"{key}.{name}", f"invalid value {getattr(self, name)!r}")
+        if self.rewards:  # names, plug-in files and argument signatures, before anything starts
+            from dare.rewards.spec import LoadedReward, as_specs
+
+            try:
+                for spec in as_specs(self.rewards):
+                    LoadedReward.from_spec(spec)
+            except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
+                raise RecipeError(file, f"{key}.rewards", str(e)) from None
 
 
 class GRPO(Algorithm):

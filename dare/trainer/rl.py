@@ -38,12 +38,30 @@ class TaskVerifierScorer:
         pass
 
 
+class RewardFunctionScorer:
+    """The recipe's reward functions (`dare.rewards`), run in worker processes with a timeout;
+    a reward that raises or hangs scores 0 and is counted in `reward/errors` / `reward/timeouts`."""
+
+    def __init__(self, specs: list[dict[str, Any]], num_workers: int, timeout_s: float) -> None:
+        from dare.rewards.runner import RewardRunner
+
+        self.runner = RewardRunner(specs, num_workers=num_workers, timeout_s=timeout_s)
+
+    def score(self, rows: list[dict[str, Any]], texts: list[str]) -> tuple[list[float], dict[str, float]]:
+        extras = [{k: v for k, v in row.items() if k not in ("prompt", "response", "ground_truth")} for row in rows]
+        prompts = [row["prompt"] if isinstance(row["prompt"], str) else str(row["prompt"]) for row in rows]
+        scores, metrics, _ = self.runner.score(prompts, texts, [row.get("ground_truth") for row in rows], extras)
+        return scores, metrics
+
+    def close(self) -> None:
+        self.runner.close()
+
+
 def build_scorer(args: Any):
+    """The built-in verifier when the recipe names no reward functions."""
     if not args.rewards:
         return TaskVerifierScorer()
-    from dare.rewards.runner import RewardRunner
-
-    return RewardRunner.from_recipe(args.rewards, num_workers=args.reward_workers, timeout_s=args.reward_timeout_s)
+    return RewardFunctionScorer(args.rewards, args.reward_workers, args.reward_timeout_s)
 
 
 class RLTrainer:
@@ -131,4 +149,4 @@ class RLTrainer:
 
 STAGE_TRAINERS.register("rl", RLTrainer)
 
-__all__ = ["RLTrainer", "TaskVerifierScorer", "build_scorer"]
+__all__ = ["RLTrainer", "RewardFunctionScorer", "TaskVerifierScorer", "build_scorer"]

@@ -87,3 +87,15 @@ def test_rl_args_are_validated():
         build_stage({"kind": "rl", "algorithm": "d1", "steps": 1, "p_mask_promt": 0.1}, "stages[0]", None)
     with pytest.raises(RecipeError, match=r"stages\[0\].num_generations"):
         build_stage({"kind": "rl", "algorithm": "d1", "steps": 1, "num_generations": 1}, "stages[0]", None)
+
+
+def test_reward_specs_are_checked_at_recipe_load(tmp_path):
+    from dare.config import RecipeError
+
+    base = {"kind": "rl", "algorithm": "coupled_grpo", "steps": 1}
+    stage = build_stage({**base, "rewards": [{"name": "sort", "weight": 1.0}]}, "stages[0]", None)
+    assert stage.args.rewards[0]["name"] == "sort"
+    with pytest.raises(RecipeError, match=r"stages\[0\].rewards: .*sortt"):
+        build_stage({**base, "rewards": [{"name": "sortt"}]}, "stages[0]", None)
+    with pytest.raises(RecipeError, match=r"stages\[0\].rewards: .*missing.py"):
+        build_stage({**base, "rewards": [{"path": str(tmp_path / "missing.py:fn")}]}, "stages[0]", None)
