@@ -86,6 +86,8 @@ class DataSpec:
     num_eval: int = 1000
     # difficulty knobs of the built-in task (e.g. digits: 3)
     task_args: dict[str, Any] = field(default_factory=dict)
+    # data files: map dare's row fields to your columns, e.g. {prompt: question, ground_truth: answer}
+    columns: dict[str, str] = field(default_factory=dict)
     # malformed rows in data files: skip them (counted, reported) or fail on the first
     on_error: Literal["skip", "fail"] = "fail"
     # response length in tokens (SFT pads answers with EOS up to it; generation length)

@@ -36,6 +36,8 @@ from dare.workers.builder import load_tokenizer
 from dare.workers.rollout import RolloutWorker
 
 TRAINER_STATE = "trainer_state.json"
+# the row format each stage kind reads from a data file (dare.data.loading kinds)
+ROW_KINDS = {"sft": "sft", "rl": "prompt", "preference": "preference"}
 RUN_STATE = "run_state.json"
 
 
@@ -213,8 +215,9 @@ class Pipeline:
         rl = kind == "rl" and builtin
         n = (d.num_train + d.num_rl_prompts if rl else d.num_train) if builtin else None
         rows = load_dataset_spec(
-            d.train, split="train", n=n, seed=self.recipe.seed, on_error=d.on_error, task_kwargs=d.task_args or None
-        )
+            d.train, split="train", n=n, seed=self.recipe.seed, kind=ROW_KINDS.get(kind, "sft"),
+            columns=d.columns or None, on_error=d.on_error, task_kwargs=d.task_args or None,
+        )  # fmt: skip
         return rows[d.num_train :] if rl else rows
 
     def _eval_rows(self) -> list[dict[str, Any]]:
@@ -222,7 +225,8 @@ class Pipeline:
         source = d.eval or d.train
         rows = load_dataset_spec(
             source, split="eval", n=d.num_eval if source.startswith(BUILTIN_PREFIX) else None,
-            seed=self.recipe.seed, on_error=d.on_error, task_kwargs=d.task_args or None,
+            seed=self.recipe.seed, kind="prompt", columns=d.columns or None, on_error=d.on_error,
+            task_kwargs=d.task_args or None,
         )  # fmt: skip
         return rows[: self.recipe.eval.num_prompts]
 
