@@ -1,0 +1,66 @@
+"""Reward functions for RL stages: built-ins, user plug-ins, weighted combinations, and a
+fault-tolerant parallel runner.
+
+Interface (see `base.py`): `fn(prompt, response, ground_truth=None, **extra) -> float | dict`
+(a dict carries `score` and optionally `acc`, `pred` and numeric flags); batched rewards take
+lists (`@batched`). A recipe names a reward by registry name or `path/to/file.py:function`:
+
+    rewards:
+      - {name: countdown, weight: 1.0}
+      - {name: format, weight: 0.1, args: {tags: [think, answer]}}
+      - {path: examples/custom_reward/my_reward.py:length_penalty, weight: 0.5, args: {max_chars: 64}}
+
+Built-ins: `countdown`, `sudoku`, `addition`, `sort` (the built-in tasks' verifiers), `math`
+(`\\boxed{}` / `####` answers, equivalence by math-verify), `format` (tag structure), `code`
+(tests run in a sandbox), `judge` (an OpenAI-compatible LLM endpoint, e.g. a vLLM server).
+
+    from dare.rewards import RewardRunner
+    with RewardRunner(specs, num_workers=2, timeout_s=30) as runner:
+        scores, metrics, components = runner.score(prompts, responses, ground_truths, extras)
+"""
+
+from dare.rewards import code_exec, judge, math_answer, tag_format, tasks  # noqa: F401  (register built-ins)
+from dare.rewards.base import (
+    REWARDS,
+    RewardFn,
+    RewardLoadError,
+    RewardValue,
+    batched,
+    is_batched,
+    load_plugin,
+    normalize_output,
+    register_reward,
+    resolve_reward,
+)
+from dare.rewards.runner import RewardRunner
+from dare.rewards.sandbox import SandboxLimits, SandboxResult, run_program, run_tests
+from dare.rewards.spec import CombinedReward, RewardSpec, as_spec, as_specs
+
+
+def get_reward(name: str) -> RewardFn:
+    """A built-in reward by name, or a plug-in by `path/to/file.py:function`."""
+    return resolve_reward(name)
+
+
+__all__ = [
+    "REWARDS",
+    "CombinedReward",
+    "RewardFn",
+    "RewardLoadError",
+    "RewardRunner",
+    "RewardSpec",
+    "RewardValue",
+    "SandboxLimits",
+    "SandboxResult",
+    "as_spec",
+    "as_specs",
+    "batched",
+    "get_reward",
+    "is_batched",
+    "load_plugin",
+    "normalize_output",
+    "register_reward",
+    "resolve_reward",
+    "run_program",
+    "run_tests",
+]
