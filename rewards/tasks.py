@@ -20,9 +20,8 @@ import re
 from functools import cache
 from typing import Any
 
-from dare.rewards.base import register_reward
-
 from dare.data.tasks import Task, get_task
+from dare.rewards.base import register_reward
 
 
 @cache

@@ -140,6 +140,13 @@ class EvalSpec:
 
 
 @dataclass
+class LoggingSpec:
+    # metrics.jsonl and the console are always written; these add TensorBoard / W&B
+    tensorboard: bool = False
+    wandb_project: str | None = None
+
+
+@dataclass
 class StageSpec:
     """Fields shared by every stage kind; the algorithm's own arguments end up in `args`."""
 
@@ -186,6 +193,7 @@ class Recipe:
     data: DataSpec = field(default_factory=DataSpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
+    logging: LoggingSpec = field(default_factory=LoggingSpec)
     seed: int = 0
     output_dir: str = "runs/default"
     # where the recipe came from (not a recipe key)
@@ -288,6 +296,7 @@ def _check_combinations(recipe: Recipe, file: Any) -> None:
 __all__ = [
     "DataSpec",
     "EvalSpec",
+    "LoggingSpec",
     "LoraSpec",
     "ModelSpec",
     "Recipe",

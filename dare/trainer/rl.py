@@ -127,7 +127,10 @@ class RLTrainer:
     def fit(self) -> None:
         ctx, stage = self.ctx, self.ctx.stage
         ctx.actor.init_stage(_stage_fields(stage), stage.args, stage.steps)
-        logger = MetricsLogger(ctx.dir / "metrics.jsonl", stage.steps, stage.log_every, stage_name=ctx.dir.name)
+        logger = MetricsLogger(
+            ctx.dir / "metrics.jsonl", stage.steps, stage.log_every, stage_name=ctx.dir.name,
+            tensorboard=ctx.recipe.logging.tensorboard, wandb_project=ctx.recipe.logging.wandb_project,
+        )  # fmt: skip
         start = ctx.start_step
         if start:
             ctx.actor.load_state(str(ctx.dir / "state" / f"step_{start}"))

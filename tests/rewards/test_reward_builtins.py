@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+
+from dare.data.tasks import get_task
 from dare.rewards import REWARDS, RewardLoadError, get_reward
 from dare.rewards.code_exec import extract_code, parse_tests
 from dare.rewards.math_answer import final_answer
-
-from dare.data.tasks import get_task
 
 BUILTINS = ("addition", "code", "countdown", "format", "judge", "math", "sort", "sudoku")
 

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from dare.rewards import RewardRunner, get_reward
 
 ROOT = Path(__file__).resolve().parents[2]

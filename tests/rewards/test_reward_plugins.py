@@ -6,9 +6,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from dare.rewards import CombinedReward, RewardLoadError, RewardRunner, RewardSpec, as_specs, load_plugin
 
 from dare.config.loader import RecipeError, convert
+from dare.rewards import CombinedReward, RewardLoadError, RewardRunner, RewardSpec, as_specs, load_plugin
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "custom_reward" / "my_reward.py"

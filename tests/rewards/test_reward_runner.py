@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from dare.rewards import RewardRunner
 
 GT = {"numbers": [3, 8, 1], "target": 24}

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from dare.rewards import get_reward
 from dare.rewards import sandbox as sb
 from dare.rewards.sandbox import SandboxLimits, run_program, run_tests

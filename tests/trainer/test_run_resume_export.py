@@ -149,7 +149,8 @@ def test_dream_and_sdar_sft_runs_and_loss_falls(tmp_path, family, sampling):
     raw["stages"][0].update(steps=60, save_every=0)
     recipe.write_text(yaml.safe_dump(raw))
     run = tmp_path / family
-    dare("run", str(recipe), f"output_dir={run}")
+    dare("run", str(recipe), f"output_dir={run}", "logging.tensorboard=true")
+    assert list((run / "stage-1-sft" / "tensorboard").glob("events.out.tfevents.*"))
     loss = losses(run)
     assert sum(loss[-10:]) / 10 < 0.6 * sum(loss[:5]) / 5
     res = json.loads((run / "eval" / "results.json").read_text())["1"]
