@@ -216,10 +216,21 @@ def test_judge_through_the_runner(vllm_server, judge_model):
 
 
 def test_timeout_and_server_down_give_zero(vllm_server):
-    start = time.monotonic()
-    out = judge(["q"] * 2, ["r"] * 2, base_url=vllm_server, timeout_s=0.001, max_retries=1, backoff_s=0.01)
-    assert [o["score"] for o in out] == [0.0, 0.0] and all(o["request_error"] == 1.0 for o in out)
-    assert time.monotonic() - start < 10
+    # a server that accepts the connection but never answers: every request must time out (a tiny
+    # timeout against the real server is racy: a fast reply can beat a per-read socket timeout)
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        start = time.monotonic()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        out = judge(["q"] * 2, ["r"] * 2, base_url=url, model="tiny", timeout_s=0.2, max_retries=1, backoff_s=0.01)
+        assert [o["score"] for o in out] == [0.0, 0.0] and all(o["request_error"] == 1.0 for o in out)
+        assert time.monotonic() - start < 10
+    finally:
+        silent.close()
     down = f"http://127.0.0.1:{_free_port()}/v1"
     out = judge(["q"], ["r"], base_url=down, model="tiny", timeout_s=5, max_retries=2, backoff_s=0.01)
     assert out[0]["score"] == 0.0 and out[0]["request_error"] == 1.0
