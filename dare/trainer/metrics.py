@@ -70,6 +70,12 @@ class MetricsLogger:
 _SHOWN = {"actor/sft_loss", "actor/loss", "actor/grad_norm", "actor/lr", "reward/mean", "actor/pg_loss"}
 
 
+def rank_zero_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """verl's collect step lists each rank's meta_info values; workers all-reduce their metrics,
+    so rank 0's value is the global one."""
+    return {k: (v[0] if isinstance(v, list) else v) for k, v in metrics.items()}
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
@@ -77,4 +83,4 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-__all__ = ["MetricsLogger", "read_metrics"]
+__all__ = ["MetricsLogger", "rank_zero_metrics", "read_metrics"]

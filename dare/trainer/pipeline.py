@@ -26,7 +26,7 @@ import ray
 import yaml
 
 from dare.config import Recipe, StageSpec, build_recipe
-from dare.config.schema import BUILTIN_PREFIX, stage_to_dict
+from dare.config.schema import BUILTIN_PREFIX
 from dare.data.loading import load_dataset_spec
 from dare.registry import Registry
 from dare.trainer.evaluate import evaluate_accuracy
@@ -291,10 +291,6 @@ def write_report(run_dir: Path, recipe: Recipe, state: dict[str, Any]) -> Path:
 
 def _model_dict(recipe: Recipe) -> dict[str, Any]:
     return recipe.to_dict()["model"]
-
-
-def stage_dict(stage: StageSpec) -> dict[str, Any]:
-    return stage_to_dict(stage)
 
 
 __all__ = ["STAGE_TRAINERS", "Pipeline", "StageContext", "list_states", "save_training_state", "write_report"]

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from verl import DataProto
 
+from dare.config.schema import stage_to_dict
 from dare.data.formatting import collate_prompts
 from dare.diffusion.rl_losses import compute_advantages
 from dare.trainer.evaluate import row_scorer
-from dare.trainer.metrics import MetricsLogger
+from dare.trainer.metrics import MetricsLogger, rank_zero_metrics
 from dare.trainer.pipeline import STAGE_TRAINERS, StageContext, list_states, save_training_state
 from dare.trainer.runtime import dp_call
-from dare.trainer.sft import _stage_fields, rank_zero_metrics
 from dare.trainer.stream import BatchStream, step_generator
 
 
@@ -126,7 +126,7 @@ class RLTrainer:
 
     def fit(self) -> None:
         ctx, stage = self.ctx, self.ctx.stage
-        ctx.actor.init_stage(_stage_fields(stage), stage.args, stage.steps)
+        ctx.actor.init_stage(stage_to_dict(stage), stage.args, stage.steps)
         logger = MetricsLogger(
             ctx.dir / "metrics.jsonl", stage.steps, stage.log_every, stage_name=ctx.dir.name,
             tensorboard=ctx.recipe.logging.tensorboard, wandb_project=ctx.recipe.logging.wandb_project,

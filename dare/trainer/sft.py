@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from verl import DataProto
 
+from dare.config.schema import stage_to_dict
 from dare.data.formatting import collate_sft
-from dare.trainer.metrics import MetricsLogger
+from dare.trainer.metrics import MetricsLogger, rank_zero_metrics
 from dare.trainer.pipeline import STAGE_TRAINERS, StageContext, list_states, save_training_state
 from dare.trainer.stream import BatchStream
 
@@ -32,7 +33,7 @@ class SFTTrainer:
 
     def fit(self) -> None:
         ctx, stage = self.ctx, self.ctx.stage
-        ctx.actor.init_stage(_stage_fields(stage), stage.args, stage.steps)
+        ctx.actor.init_stage(stage_to_dict(stage), stage.args, stage.steps)
         logger = MetricsLogger(
             ctx.dir / "metrics.jsonl", stage.steps, stage.log_every, stage_name=ctx.dir.name,
             tensorboard=ctx.recipe.logging.tensorboard, wandb_project=ctx.recipe.logging.wandb_project,
@@ -50,18 +51,6 @@ class SFTTrainer:
         if not list_states(ctx.dir) or list_states(ctx.dir)[-1] != stage.steps:
             save_training_state(ctx, stage.steps)
         logger.close()
-
-
-def rank_zero_metrics(metrics: dict) -> dict:
-    """verl's collect step lists each rank's meta_info values; workers all-reduce their metrics,
-    so rank 0's value is the global one."""
-    return {k: (v[0] if isinstance(v, list) else v) for k, v in metrics.items()}
-
-
-def _stage_fields(stage) -> dict:
-    from dare.config.schema import stage_to_dict
-
-    return stage_to_dict(stage)
 
 
 STAGE_TRAINERS.register("sft", SFTTrainer)
