@@ -23,6 +23,9 @@ class Algorithm:
     kind: ClassVar[str]  # "sft" | "rl" | "preference" | "distill"
     attention: ClassVar[tuple[str, ...]] = ("full", "block")
     roles: ClassVar[tuple[str, ...]] = ("actor",)
+    # the stage trainer (`dare.trainer.STAGE_TRAINERS` name) that drives it; None = its kind's.
+    # An algorithm with its own loop (DRAKES backpropagates through sampling) names its own.
+    trainer: ClassVar[str | None] = None
     required_batch_keys: ClassVar[tuple[str, ...]] = ()
 
     @dataclass
@@ -32,6 +35,10 @@ class Algorithm:
     def __init__(self, args: Any, spec: DiffusionSpec) -> None:
         self.args = args
         self.spec = spec
+
+    @classmethod
+    def trainer_name(cls) -> str:
+        return cls.trainer or cls.kind
 
     @property
     def updates_per_step(self) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 import ray
 import yaml
 
+from dare.algorithms import ALGORITHMS
 from dare.config import Recipe, StageSpec, build_recipe
 from dare.config.schema import BUILTIN_PREFIX
 from dare.data.loading import load_dataset_spec
@@ -174,7 +175,7 @@ class Pipeline:
                 train_rows=self._train_rows(stage.kind), base_dir=base_dir, start_step=steps_done[-1] if steps_done else 0,
             )  # fmt: skip
             t0 = time.perf_counter()
-            STAGE_TRAINERS.get(stage.kind)(ctx, self).fit()
+            STAGE_TRAINERS.get(ALGORITHMS.get(stage.algorithm).trainer_name())(ctx, self).fit()
             ckpt = sdir / "checkpoint"
             actor.save_state(str(ckpt), base_dir, False)
             tokenizer.save_pretrained(ckpt)
