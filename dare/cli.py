@@ -7,6 +7,7 @@ dare export RUN_DIR/stage-K-NAME [--merge-lora] OUT   # a plain Hugging Face fol
 dare info PATH                      # print a checkpoint's family and DiffusionSpec
 dare generate --model PATH --prompt "..." [--prompt ...] [sampler options]
 dare generate --model tiny:llada --prompt "hi"    # random tiny model + char tokenizer (smoke test)
+dare eval --model PATH --benchmarks sort,gsm8k --file gsm8k=test.jsonl [--limit N] [sampler options]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import string
 import sys
 import types
 import typing
+from pathlib import Path
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -162,6 +164,47 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# dare eval
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from dare.evals import EvalRequest, check_request, run_benchmarks
+    from dare.evals.report import benchmark_table
+    from dare.sampling import SamplingConfig
+
+    files = {}
+    for item in args.file or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--file {item!r}: expected BENCHMARK=PATH")
+        files[name] = path
+    sampling = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingConfig) if getattr(args, f.name) is not None
+    }
+    req = EvalRequest(
+        model=args.model, benchmarks=[b for b in args.benchmarks.split(",") if b], work_dir=args.out,
+        files=files, limit=args.limit, sampling=sampling, elbo_samples=args.elbo_samples, seed=args.seed,
+        batch_size=args.batch_size, tokenizer=args.tokenizer, task_args=json.loads(args.task_args or "{}"),
+        debug=args.debug,
+    )  # fmt: skip
+    try:  # names, files, checkpoint and settings are checked before OpenCompass starts
+        check_request(req, "--benchmarks", "--file {name}=PATH")
+        res = run_benchmarks(req, check=False)
+    except KeyError as e:  # an unknown benchmark name: print the message without KeyError's quotes
+        raise ValueError(e.args[0]) from None
+    except RuntimeError as e:  # OpenCompass missing or its run failed (the message shows its logs)
+        print(f"dare: error: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(benchmark_table([(args.model, res["benchmarks"])])))
+    print(f"dare: OpenCompass output in {res['output_dir']} ({res['seconds']:.0f}s)")
+    (Path(args.out) / "results.json").write_text(json.dumps(res, indent=2, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dare", description="Post-train diffusion language models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -192,6 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (checkpoints; default float32)")
     _add_sampling_options(p)
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("eval", help="run OpenCompass benchmarks on a checkpoint")
+    p.add_argument("--model", required=True, help="checkpoint folder (or RUN/stage-K-NAME/checkpoint)")
+    p.add_argument("--benchmarks", required=True, help="comma-separated: sort,addition,countdown,sudoku,gsm8k,...")
+    p.add_argument("--file", action="append", metavar="BENCHMARK=PATH", help="local file of a file benchmark (repeat)")
+    p.add_argument("--limit", type=int, default=None, help="examples per benchmark (default: all / 1000 generated)")
+    p.add_argument("--out", default="runs/eval", help="OpenCompass work dir (default runs/eval)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the --model folder)")
+    p.add_argument("--seed", type=int, default=0, help="sampler / ELBO seed and built-in tasks' eval-split seed")
+    p.add_argument("--elbo-samples", type=int, default=8, help="ELBO Monte-Carlo samples per option (multiple choice)")
+    p.add_argument("--batch-size", type=int, default=64, help="prompts per model call")
+    p.add_argument("--task-args", default=None, help='JSON knobs of built-in tasks, e.g. \'{"sort": {"max_len": 4}}\'')
+    p.add_argument("--debug", action="store_true", help="run OpenCompass tasks in one process (no subprocesses)")
+    _add_sampling_options(p)
+    p.set_defaults(func=_cmd_eval)
     return parser
 
 

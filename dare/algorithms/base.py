@@ -26,6 +26,9 @@ class Algorithm:
     # the stage trainer (`dare.trainer.STAGE_TRAINERS` name) that drives it; None = its kind's.
     # An algorithm with its own loop (DRAKES backpropagates through sampling) names its own.
     trainer: ClassVar[str | None] = None
+    # whether it runs on an FSDP2-sharded actor (resources.strategy); an algorithm that reads
+    # parameters outside the model's forward (e.g. the embedding matrix) cannot
+    supports_sharding: ClassVar[bool] = True
     required_batch_keys: ClassVar[tuple[str, ...]] = ()
 
     @dataclass

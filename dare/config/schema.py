@@ -119,6 +119,15 @@ class ResourcesSpec:
     # torch threads per worker (null = cores / workers)
     num_threads: int | None = None
     device: Literal["cpu", "cuda"] = "cpu"
+    # how the actor's data-parallel ranks hold the weights: "replicate" (full copy per rank,
+    # gradients all-reduced), "fsdp2" (torch fully_shard: parameters, gradients and optimizer
+    # state sharded across ranks), "auto" (fsdp2 with several CUDA workers, else replicate)
+    strategy: Literal["auto", "replicate", "fsdp2"] = "auto"
+
+    def resolved_strategy(self) -> str:
+        if self.strategy != "auto":
+            return self.strategy
+        return "fsdp2" if self.device == "cuda" and self.num_workers > 1 else "replicate"
 
     def validate(self, key: str, file: Any) -> None:
         if self.num_workers < 1:
@@ -133,10 +142,35 @@ class EvalSpec:
     batch_size: int = 256
     # dare.sampling.SamplingConfig fields (algorithm, steps, block_length, cache, threshold, ...)
     sampling: dict[str, Any] = field(default_factory=dict)
-    # OpenCompass benchmarks run on each stage's checkpoint (see evals/)
+    # OpenCompass benchmarks run on each stage's checkpoint (evals/, docs/evaluation.md): built-in
+    # tasks (sort, addition, countdown, sudoku) and local files (gsm8k, math500, humaneval, mbpp,
+    # arc_c, mmlu, hellaswag); generation uses `sampling` with gen_length = data.gen_length
     benchmarks: list[str] = field(default_factory=list)
-    # evaluate the starting model too (a "stage 0" row in the report)
+    # the local file of each file benchmark, e.g. {gsm8k: data/gsm8k_test.jsonl}
+    benchmark_files: dict[str, str] = field(default_factory=dict)
+    # examples per benchmark (null: data.num_eval for a built-in task, every row of a file)
+    limit: int | None = None
+    # Monte-Carlo samples of the ELBO per option (multiple-choice benchmarks)
+    elbo_samples: int = 8
+    # stop an OpenCompass run after this many seconds (null: no limit)
+    benchmark_timeout: float | None = None
+    # evaluate the starting model too (a "stage 0" row in the report; built-in check only)
     before_first_stage: bool = True
+
+    def validate(self, key: str, file: Any) -> None:
+        """Benchmark names and files are checked here, before anything starts."""
+        if self.limit is not None and self.limit < 1:
+            raise RecipeError(file, f"{key}.limit", f"must be >= 1 or null, got {self.limit}")
+        if self.elbo_samples < 1:
+            raise RecipeError(file, f"{key}.elbo_samples", f"must be >= 1, got {self.elbo_samples}")
+        from dare.evals.benchmarks import check_benchmarks
+
+        try:
+            check_benchmarks(
+                self.benchmarks, self.benchmark_files, f"{key}.benchmarks", key + ".benchmark_files.{name}"
+            )
+        except (KeyError, ValueError, FileNotFoundError) as e:
+            raise RecipeError(file, "", str(e).strip("'\"")) from None  # the message names the key
 
 
 @dataclass
@@ -275,8 +309,16 @@ def _check_combinations(recipe: Recipe, file: Any) -> None:
     else:
         spec = FAMILIES.get(recipe.model.family).tiny_config(64, **recipe.model.overrides).diffusion_spec()
     attention = spec.attention
+    sharded = recipe.resources.resolved_strategy() == "fsdp2"
     for i, stage in enumerate(recipe.stages):
         algo = ALGORITHMS.get(stage.algorithm)
+        if sharded and not algo.supports_sharding:
+            raise RecipeError(
+                file,
+                "resources.strategy",
+                f"stages[{i}] ({stage.algorithm!r}) does not run on an FSDP2-sharded actor; "
+                "use strategy: replicate",
+            )
         if attention not in algo.attention:
             raise RecipeError(
                 file,

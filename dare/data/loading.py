@@ -330,22 +330,27 @@ def load_dataset_spec(
 
     `builtin:<task>` generates `n` rows of the task's `split` ("train" / "eval") with `seed`
     (`task_kwargs` are its difficulty knobs); built-in rows carry prompt, response and
-    ground_truth, so they serve `sft` and `prompt` kinds. Any other string is a path for
-    `load_rows` (`split` picks a DatasetDict split; `n` keeps the first n rows; `seed` is unused,
-    shuffling is the data loader's job).
+    ground_truth, so they serve `sft` and `prompt` kinds; `builtin:pref-<task>` rows also carry
+    chosen and rejected (`dare.data.tasks.preference`) and serve the `preference` kind too.
+    Any other string is a path for `load_rows` (`split` picks a DatasetDict split; `n` keeps the
+    first n rows; `seed` is unused, shuffling is the data loader's job).
 
     Raises:
         KeyError: unknown built-in task (lists the known ones).
-        ValueError: see `load_rows`; `n` missing for a built-in task; a built-in task asked for
-            preference rows.
+        ValueError: see `load_rows`; `n` missing for a built-in task; a built-in task without
+            pairs asked for preference rows.
     """
     if spec.startswith(BUILTIN_PREFIX):
         name = spec[len(BUILTIN_PREFIX) :]
-        if kind == "preference":
-            raise ValueError(f"{spec}: built-in tasks give prompt/response rows, not preference pairs")
         if n is None:
             raise ValueError(f"{spec}: built-in tasks are generated; give the number of rows n")
-        return get_task(name, **(task_kwargs or {})).generate(split, n, seed)
+        rows = get_task(name, **(task_kwargs or {})).generate(split, n, seed)
+        if kind == "preference" and rows and "rejected" not in rows[0]:
+            raise ValueError(
+                f"{spec}: this built-in task gives prompt/response rows, not preference pairs; "
+                f"use builtin:pref-{name} (correct vs incorrect answers)"
+            )
+        return rows
     if task_kwargs:
         raise ValueError(f"{spec}: task_kwargs apply to builtin: datasets only")
     rows = load_rows(spec, kind=kind, columns=columns, on_error=on_error, split=split)

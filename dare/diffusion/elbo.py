@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dare.diffusion.estimators import LogpEstimator, NoisePlan, register_estimator, rl_batch_masks
+from dare.diffusion.estimators import LogpEstimator, NoisePlan, register_estimator, rl_batch_masks, view_logp
 from dare.diffusion.noise import mask_exact_count, response_aligned_positions, stratified_mask_counts
 from dare.models.spec import DiffusionSpec
 
@@ -101,6 +101,24 @@ class ElboEstimator(LogpEstimator):
         )
 
 
+def elbo_samples(
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    plan: NoisePlan,
+    spec: DiffusionSpec | None = None,
+) -> torch.Tensor:
+    """The K single-sample ELBO estimates of each row under an `ElboEstimator` plan, `[B, K]`
+    float32 (differentiable); their mean over K is `est.logp(model, batch, plan).sum(-1)`.
+
+    Sample k is `(n / l_k) sum_{i in M_k} log p(y_i | view k)` (summed over blocks under block
+    attention). Algorithms that need the spread of the estimate across samples (VRPO's score
+    variance) use this instead of `logp`; evaluating two models under one plan gives
+    sample-by-sample differences with the shared noise cancelled (VRPO's antithetic sampling)."""
+    K = plan.num_views
+    per_view = view_logp(model, batch, plan, spec)  # [B, K, L]
+    return (plan.weights * per_view).sum(-1) * K  # [B, K, L] -> [B, K]; weights carry 1/K
+
+
 def sequence_elbo(
     model: nn.Module,
     batch: Mapping[str, torch.Tensor],
@@ -118,4 +136,4 @@ def sequence_elbo(
     return est.logp(model, batch, plan, spec).sum(-1)
 
 
-__all__ = ["ElboEstimator", "sequence_elbo"]
+__all__ = ["ElboEstimator", "elbo_samples", "sequence_elbo"]

@@ -8,7 +8,7 @@ Samplers read only the model's `DiffusionSpec` and aligned logits, never its fam
 draw every random number in float64 from the caller's `torch.Generator`.
 """
 
-from dare.sampling import dream, first_hitting, llada, sdar  # noqa: F401  (register the algorithms)
+from dare.sampling import dream, few_step, first_hitting, guided, llada, sdar  # noqa: F401  (register the algorithms)
 from dare.sampling.base import SAMPLERS, Policy, Sampler
 from dare.sampling.config import SamplingConfig
 from dare.sampling.generate import generate, model_spec

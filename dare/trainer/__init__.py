@@ -1,6 +1,6 @@
 """Stage trainers and the pipeline runner."""
 
-from dare.trainer import rl, sft  # noqa: F401  (registers the sft and rl stage kinds)
+from dare.trainer import distill, drakes, preference, rl, sft  # noqa: F401  (registers the sft, rl, preference and distill stage kinds; drakes)
 from dare.trainer.pipeline import STAGE_TRAINERS, Pipeline
 
 __all__ = ["STAGE_TRAINERS", "Pipeline"]

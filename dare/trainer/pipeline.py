@@ -30,7 +30,7 @@ from dare.config import Recipe, StageSpec, build_recipe
 from dare.config.schema import BUILTIN_PREFIX
 from dare.data.loading import load_dataset_spec
 from dare.registry import Registry
-from dare.trainer.evaluate import evaluate_accuracy
+from dare.trainer.evaluate import benchmark_report, check_benchmark_setup, evaluate_accuracy, evaluate_benchmarks
 from dare.trainer.runtime import start_ray, worker_group
 from dare.workers.actor import ActorWorker
 from dare.workers.builder import load_tokenizer
@@ -38,7 +38,7 @@ from dare.workers.rollout import RolloutWorker
 
 TRAINER_STATE = "trainer_state.json"
 # the row format each stage kind reads from a data file (dare.data.loading kinds)
-ROW_KINDS = {"sft": "sft", "rl": "prompt", "preference": "preference"}
+ROW_KINDS = {"sft": "sft", "rl": "prompt", "preference": "preference", "distill": "prompt"}
 RUN_STATE = "run_state.json"
 
 
@@ -127,6 +127,7 @@ class Pipeline:
 
     def run(self) -> dict[str, Any]:
         r = self.recipe
+        check_benchmark_setup(r)  # OpenCompass installed (names / files were checked at load)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         recipe_file = self.run_dir / "recipe.yaml"
         if recipe_file.is_file():
@@ -147,7 +148,7 @@ class Pipeline:
             tokenizer.save_pretrained(tok_dir)
 
         start_ray(r.resources)
-        actor = worker_group(ActorWorker, r.resources, name="actor")
+        actor = worker_group(ActorWorker, r.resources, name="actor", strategy=r.resources.resolved_strategy())
         completed: list[int] = state["completed"]
         init_from = self._checkpoint_of(completed[-1]) if completed else None
         base_dir = self._base_dir()
@@ -187,6 +188,11 @@ class Pipeline:
                 state["eval"][str(index + 1)] = self._evaluate(
                     actor, tokenizer, eval_rows, stage_dir_name(index, stage)
                 )
+                if r.eval.benchmarks:  # OpenCompass on the stage's checkpoint
+                    name = stage_dir_name(index, stage)
+                    state["eval"][str(index + 1)]["benchmarks"] = evaluate_benchmarks(
+                        r, ckpt, self.run_dir / "eval" / "opencompass" / name, name
+                    )
                 self._save_run_state(state)
         state["total_seconds"] = state.get("total_seconds", 0.0) + time.perf_counter() - t_start
         self._save_run_state(state)
@@ -239,7 +245,7 @@ class Pipeline:
     def sync_rollout(self, actor) -> None:
         """Push the actor's weights to the separate rollout workers (no-op when colocated)."""
         if self.rollout is not None:
-            self.rollout.set_weights(ray.put(actor.get_weights()))
+            self.rollout.set_weights(ray.put(actor.get_weights()[0]))
 
     def _evaluate(self, actor, tokenizer, rows, label: str) -> dict[str, Any]:
         self.sync_rollout(actor)
@@ -284,6 +290,7 @@ def write_report(run_dir: Path, recipe: Recipe, state: dict[str, Any]) -> Path:
             f"{ev['num_prompts']} | {'-' if secs is None else f'{secs:.0f}'} |"
         )
     lines += ["", f"Decoding: `{json.dumps(next(iter(state['eval'].values()), {}).get('sampling', {}))}`", ""]
+    lines += benchmark_report(run_dir, recipe, state)
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     print("\n".join(lines[4:]), flush=True)

@@ -18,7 +18,8 @@ def start_ray(resources: ResourcesSpec) -> None:
         return
     env = {"TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "0"}
     if resources.ray_address:
-        ray.init(address=resources.ray_address, runtime_env={"env_vars": env})
+        ctx = ray.init(address=resources.ray_address, runtime_env={"env_vars": env}, logging_level="ERROR")
+        print(f"dare: connected to the Ray cluster at {ctx.address_info.get('gcs_address')}", flush=True)
         return
     groups = 2 if resources.rollout == "separate" else 1  # the rollout workers get their own bundles
     cpus = max(resources.num_workers * groups, os.cpu_count() or 1)

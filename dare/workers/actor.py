@@ -2,12 +2,19 @@
 
 A verl single-controller worker (`RayWorkerGroup` of these): the driver calls the group like one
 object and the `@register` dispatch modes split batches across ranks (`DP_COMPUTE_PROTO`) or
-broadcast calls (`ONE_TO_ALL`). Data parallelism: each rank computes the gradient of its shard,
-gradients are averaged with an all-reduce (gloo on CPU, NCCL on GPUs), then every rank takes the
-same optimizer step, so the replicas stay identical.
+broadcast calls (`ONE_TO_ALL`). Data parallelism, two strategies (`resources.strategy`):
 
-The colocated rollout is this worker's `generate`: it samples with the actor's own weights
-(no copy, no sync). Algorithm logic stays in `dare.algorithms`; this class only runs it.
+- "replicate": every rank holds the whole model; each computes the gradient of its shard of the
+  batch, gradients are averaged with one all-reduce (gloo on CPU, NCCL on GPUs), then every rank
+  takes the same optimizer step, so the replicas stay identical.
+- "fsdp2": the model is sharded with torch's `fully_shard` (`dare.workers.sharding`): parameters,
+  gradients and optimizer state are split across ranks, forward all-gathers one block at a time
+  and backward reduce-scatters the gradients.
+
+The colocated rollout is this worker's `generate`. Replicated, it samples with the actor's own
+weights (no copy, no sync); sharded, with an unsharded copy refreshed after each update (see
+`dare.workers.sharding` for why). Algorithm logic stays in `dare.algorithms`; this class only
+runs it.
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ import torch
 import torch.distributed as dist
 from verl import DataProto
 from verl.single_controller.base import Worker
-from verl.single_controller.base.decorator import Dispatch, Execute, register
+from verl.single_controller.base.decorator import Dispatch, register
 
 from dare.algorithms import ALGORITHMS
+from dare.workers import sharding
 from dare.workers.builder import build_policy, load_policy, save_policy, wrap_lora
 from dare.workers.generation import generate_batch
 
@@ -68,11 +76,17 @@ def split_batch(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, to
 
 @ray.remote
 class ActorWorker(Worker):
-    def __init__(self, num_threads: int = 1, device: str = "cpu") -> None:
+    def __init__(self, num_threads: int = 1, device: str = "cpu", strategy: str = "replicate") -> None:
         super().__init__()
+        if strategy not in sharding.STRATEGIES:
+            raise ValueError(f"strategy must be one of {sharding.STRATEGIES}, got {strategy!r}")
         torch.set_num_threads(num_threads)
         self.device = device
+        self.strategy = strategy
         self.model: torch.nn.Module | None = None
+        self._plain: torch.nn.Module | None = None  # unsharded copy for sampling/saving (fsdp2)
+        self._version = 0  # optimizer steps taken; the plain copy is refreshed when it lags
+        self._plain_version = -1
         self.algorithm = None
         self.optimizer = None
         self.scheduler = None
@@ -101,10 +115,19 @@ class ActorWorker(Worker):
         if model_spec.get("lora") and not hasattr(model, "peft_config"):
             if self.rank == 0 and base_dir and not (Path(base_dir) / "config.json").is_file():
                 save_policy(model, base_dir)
-            model = wrap_lora(model, model_spec["lora"])
-        self.model = model.to(self.device)
+            model = wrap_lora(model, model_spec["lora"], seed)
+        model = model.to(self.device)
         self.spec = getattr(model, "get_base_model", lambda: model)().diffusion_spec()
-        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.sharded = self.strategy == "fsdp2" and self.world_size > 1
+        if self.sharded:
+            self._plain = model
+            self.model = sharding.shard_model(copy.deepcopy(model))
+            self._plain.requires_grad_(False)
+            self._plain_version = self._version
+        else:
+            self.model = model
+        return n_trainable
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_stage(self, stage: dict[str, Any], args: Any, total_steps: int) -> None:
@@ -125,7 +148,11 @@ class ActorWorker(Worker):
         self._frozen_reference = None
         if self.algorithm.needs_reference:
             if not hasattr(self.model, "disable_adapter"):
-                self._frozen_reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+                if self.sharded:  # a sharded frozen copy of the current weights
+                    frozen = copy.deepcopy(self.plain_model()).requires_grad_(False)
+                    self._frozen_reference = sharding.shard_model(frozen).eval()
+                else:
+                    self._frozen_reference = copy.deepcopy(self.model).eval().requires_grad_(False)
             self.reference = self._reference
 
     # ------------------------------------------------------------------ training
@@ -133,8 +160,18 @@ class ActorWorker(Worker):
     def _tensors(self, data: DataProto) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device) for k, v in data.batch.items()}
 
+    def plain_model(self) -> torch.nn.Module:
+        """The unsharded policy: the model itself, or (fsdp2) the plain copy refreshed from the
+        full state dict when an update happened since (a collective: all ranks call it)."""
+        if not self.sharded:
+            return self.model
+        if self._plain_version != self._version:
+            self._plain.load_state_dict(sharding.full_state_dict(self.model))
+            self._plain_version = self._version
+        return self._plain
+
     def _all_reduce_grads(self) -> None:
-        if self.world_size == 1:
+        if self.world_size == 1 or self.sharded:  # fsdp2 reduce-scatters in backward
             return
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         flat = torch.cat([g.flatten() for g in grads])  # one collective instead of one per tensor
@@ -162,7 +199,8 @@ class ActorWorker(Worker):
         loss, _ = self.algorithm.compute_loss(self.model, self._tensors(data))
         loss.backward()
         self._all_reduce_grads()
-        flat = torch.cat([p.grad.flatten() for p in self.model.parameters() if p.grad is not None]).cpu()
+        grads = [sharding.full_tensor(p.grad) for p in self.model.parameters() if p.grad is not None]
+        flat = torch.cat([g.flatten() for g in grads]).cpu()
         return DataProto.from_dict(tensors={"grad": flat[None].repeat(len(data), 1)})
 
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
@@ -179,17 +217,20 @@ class ActorWorker(Worker):
         params = [p for p in self.model.parameters() if p.requires_grad]
         for update in updates:
             self.optimizer.zero_grad(set_to_none=True)
-            for micro in split_batch(update, accum):
+            for i, micro in enumerate(split_batch(update, accum)):
+                if self.sharded:  # reduce-scatter once per update, on the last micro-batch
+                    self.model.set_requires_gradient_sync(i == accum - 1)
                 loss, metrics = self.algorithm.compute_loss(self.model, micro)
                 (loss / accum).backward()
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v) / (accum * len(updates))
             self._all_reduce_grads()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.stage["grad_clip"])
+            grad_norm = sharding.full_tensor(torch.nn.utils.clip_grad_norm_(params, self.stage["grad_clip"]))
             sums["actor/grad_norm"] = sums.get("actor/grad_norm", 0.0) + float(grad_norm) / len(updates)
             lr = self.scheduler.get_last_lr()[0]
             self.optimizer.step()
             self.scheduler.step()
+            self._version += 1
         tokens = float(batch["attention_mask"].sum()) if "attention_mask" in batch else 0.0
         metrics = self._mean_metrics(sums)
         elapsed = time.perf_counter() - t0
@@ -218,25 +259,40 @@ class ActorWorker(Worker):
 
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def generate(self, data: DataProto) -> DataProto:
-        """Sample responses for left-padded prompts with the actor's own weights."""
-        return generate_batch(self.model, data, self.device, self.rank)
+        """Sample responses for left-padded prompts with the actor's own (unsharded) weights."""
+        return generate_batch(self.plain_model(), data, self.device, self.rank)
 
-    @register(dispatch_mode=Dispatch.ONE_TO_ALL, execute_mode=Execute.RANK_ZERO)
-    def get_weights(self) -> dict[str, torch.Tensor]:
-        """The policy's state dict (CPU), for syncing a separate rollout worker."""
-        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def get_weights(self) -> dict[str, torch.Tensor] | None:
+        """The policy's full state dict (CPU) on rank 0 (None elsewhere), for syncing a separate
+        rollout worker. All ranks take part (gathering a sharded model is a collective)."""
+        if self.sharded:
+            sd = sharding.full_state_dict(self.model, rank0_only=True)
+        else:
+            sd = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        return sd if self.rank == 0 else None
 
     # ------------------------------------------------------------------ checkpoints
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def save_state(self, path: str, base_dir: str | None, with_optimizer: bool = True) -> None:
-        """Rank 0 writes the policy (HF folder or PEFT adapter) and the optimizer/scheduler state."""
+        """Rank 0 writes the policy (HF folder or PEFT adapter) and the optimizer/scheduler state.
+        Sharded, both are gathered into full (unsharded) form first, so the files are the same
+        whatever the strategy and number of workers."""
+        model = self.plain_model()
+        optim = None
+        if with_optimizer and self.optimizer is not None:
+            optim = (
+                sharding.full_optimizer_state(self.model, self.optimizer)
+                if self.sharded
+                else self.optimizer.state_dict()
+            )
         if self.rank == 0:
             Path(path).mkdir(parents=True, exist_ok=True)
-            save_policy(self.model, path, base_dir)
-            if with_optimizer and self.optimizer is not None:
+            save_policy(model, path, base_dir)
+            if optim is not None:
                 torch.save(
-                    {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                    {"optimizer": optim, "scheduler": self.scheduler.state_dict(), "strategy": self.strategy},
                     os.path.join(path, OPTIM_FILE),
                 )
         if self.world_size > 1:
@@ -245,18 +301,31 @@ class ActorWorker(Worker):
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def load_state(self, path: str) -> None:
         """Load policy weights (and optimizer/scheduler state if saved) on every rank."""
-        loaded = load_policy(path, merge=False)
-        self.model.load_state_dict(loaded.state_dict())
+        loaded = load_policy(path, merge=False).state_dict()
+        if self.sharded:
+            sharding.load_full_state_dict(self.model, loaded)
+            self._version += 1  # the plain copy is stale
+        else:
+            self.model.load_state_dict(loaded)
         optim = Path(path) / OPTIM_FILE
         if optim.is_file() and self.optimizer is not None:
             state = torch.load(optim, weights_only=False)
-            self.optimizer.load_state_dict(state["optimizer"])
+            saved_strategy = state.get("strategy", "replicate")
+            if (saved_strategy == "fsdp2") != self.sharded:
+                raise ValueError(
+                    f"{optim}: optimizer state written with strategy {saved_strategy!r}; "
+                    f"this run uses {self.strategy!r} with {self.world_size} worker(s)"
+                )
+            if self.sharded:
+                sharding.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
+            else:
+                self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def state_checksum(self) -> float:
-        """Sum of all parameters (replicas must agree)."""
-        return float(sum(p.detach().double().sum() for p in self.model.parameters()))
+        """Sum of all parameters (replicas must agree; sharded parameters gathered)."""
+        return float(sum(sharding.full_tensor(p.detach()).double().sum() for p in self.model.parameters()))
 
 
 __all__ = ["ActorWorker", "lr_lambda"]

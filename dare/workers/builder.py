@@ -71,12 +71,16 @@ def build_policy(model_spec: dict[str, Any], tokenizer: PreTrainedTokenizerBase,
     return model
 
 
-def wrap_lora(model: PreTrainedModel, lora: dict[str, Any] | None) -> PreTrainedModel:
+def wrap_lora(model: PreTrainedModel, lora: dict[str, Any] | None, seed: int) -> PreTrainedModel:
+    """Add the recipe's LoRA adapter. Its random init (peft's lora_A) is drawn from `seed`, so
+    every data-parallel rank, process and resumed run starts from the same adapter."""
     if not lora:
         return model
-    return apply_lora(
-        model, r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"], target_modules=lora["target_modules"]
-    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return apply_lora(
+            model, r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"], target_modules=lora["target_modules"]
+        )
 
 
 def save_policy(model: torch.nn.Module, path: str | Path, base_dir: str | Path | None = None) -> None:

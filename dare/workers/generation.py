@@ -23,8 +23,12 @@ def generate_batch(model: torch.nn.Module, data: DataProto, device: str, rank: i
         "responses": rollout.response_ids.cpu(),
         "response_mask": rollout.response_mask.long().cpu(),
         "decode_step": rollout.decode_step.cpu(),
+        # per row, because ranks differ (early stops) and verl refuses unequal meta_info on concat:
+        # the forward passes and seconds of the rank's whole batch
+        "nfe": torch.full((len(ids),), rollout.nfe, dtype=torch.long),
+        "seconds": torch.full((len(ids),), rollout.wall_time, dtype=torch.float64),
     }
-    return DataProto.from_dict(tensors=out, meta_info={"nfe": rollout.nfe, "seconds": rollout.wall_time})
+    return DataProto.from_dict(tensors=out)
 
 
 __all__ = ["generate_batch"]

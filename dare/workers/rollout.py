@@ -32,7 +32,7 @@ class RolloutWorker(Worker):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         model = load_policy(init_from, merge=False) if init_from else build_policy(model_spec, tokenizer, seed)
         if model_spec.get("lora") and not hasattr(model, "peft_config"):
-            model = wrap_lora(model, model_spec["lora"])
+            model = wrap_lora(model, model_spec["lora"], seed)
         self.model = model.to(self.device).eval()
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)

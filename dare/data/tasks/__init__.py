@@ -9,6 +9,7 @@ builtin:countdown` in a recipe): countdown, sudoku (4x4), addition, sort.
 Formats and split rules: `base.py` and each task's module docstring.
 """
 
+from dare.data.tasks import preference  # noqa: F401  (registers pref-<task> for every task above)
 from dare.data.tasks.arithmetic import Addition, Sort
 from dare.data.tasks.base import (
     BUILTIN_SYMBOLS,

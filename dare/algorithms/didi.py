@@ -1,0 +1,268 @@
+"""DiDi-Instruct: distil a few-step student from a diffusion LM teacher.
+
+Zheng et al., "Ultra-Fast Language Generation via Discrete Diffusion Divergence Instruct",
+arXiv 2509.25035 (haoyangzheng-ai/didi-instruct; its training code was unreleased at 7825a02,
+so this follows the paper). Roles, all in the actor process: the teacher (the actor's frozen
+reference copy, taken at the start of the stage), the student (the trainable policy, initialised
+from the teacher) and a discriminator D(z_t, t) (`dare.models.discriminator`, initialised from the
+teacher backbone, last blocks unfrozen, new head on (z_t, t), its own Adam).
+
+Objective: the integral KL between the forward-noised marginals of student samples x ~ p_nu and
+teacher samples,
+    D_IKL(nu) = int_0^1 w(t) KL(q_nu(z_t) || q_theta(z_t)) dt,
+minimised with the score-function gradient
+    grad_nu = E_{t, x ~ p_nu, z_t ~ Q(.|x)} [ grad_nu log p_nu(x) * log q_nu(z_t) / q_theta(z_t) ].
+Per step of the stage:
+1. the student samples `num_generations` responses per prompt with `student_steps` steps
+   (`dare.sampling.few_step`, exact trajectory; log p_nu(x) = sum of per-step transition
+   log-probs);
+2. every state after a student step (the intermediate states and the final sample) is
+   forward-noised to a level t drawn uniformly above its own mask fraction, and a cached teacher
+   sample (many-step teacher decoding, generated once by the stage trainer) is noised to the same
+   number of masks;
+3. the discriminator takes `disc_updates` BCE steps (student = 1, teacher = 0, label smoothing),
+   so its logit estimates log q_nu(z_t) / q_theta(z_t) (`log_ratio` undoes the smoothing);
+4. rewards R_s = -log ratio of state s, normalised within each prompt's group (GRPO style);
+   intermediate-state matching: step j's transition gets the advantage
+       A_j = sum_{s >= j} w_s * Rhat_s,   w_final = 1, w_intermediate = `intermediate_weight`,
+   (a step shapes every later state; an intermediate state should look like the teacher's forward
+   marginal at its level);
+5. the student loss is -1/(B L) sum_rows sum_j A_j log p_nu(step j's tokens | state j).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from dare.algorithms.base import Algorithm, register_algorithm
+from dare.models.discriminator import DiffusionDiscriminator, log_ratio, smoothed_targets
+from dare.sampling.few_step import sample_trajectory, trajectory_logp, trajectory_states
+from dare.sampling.ops import topk_transfer, uniform
+
+
+def states_after_steps(response: torch.Tensor, step_of: torch.Tensor, num_steps: int, mask_id: int) -> torch.Tensor:
+    """The state after each student step: intermediate states, then the clean sample. `[S, N, L]`."""
+    before = trajectory_states(response, step_of, num_steps, mask_id)  # state j = before step j
+    return torch.cat([before[1:], response[None]], 0)
+
+
+def noise_pair(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    mask_id: int,
+    generator: torch.Generator | None,
+    noise_max: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward-noise a student state and a teacher sample to the same mask count.
+
+    student `[M, L]` may already hold m masks; the count c is uniform in
+    {m, ..., m + floor(noise_max * (L - 1 - m))} (t uniform above the state's own level, at least
+    one token visible; noise_max = 0 keeps the state as it is), the student's extra c - m masks and
+    the teacher's c masks fall on uniformly random positions. Returns (noised student, noised
+    teacher, t = c / L `[M]`).
+    """
+    M, L = student.shape
+    device = student.device
+    is_mask = student == mask_id
+    m = is_mask.sum(-1)  # [M]
+    span = (noise_max * (L - 1 - m).clamp(min=0).double()).floor() + 1  # choices of c
+    c = m + (uniform((M,), generator, device) * span).long()  # [M]
+    extra = topk_transfer(uniform((M, L), generator, device), ~is_mask, c - m)
+    z_student = student.masked_fill(extra, mask_id)
+    ones = torch.ones_like(is_mask)
+    z_teacher = teacher.masked_fill(topk_transfer(uniform((M, L), generator, device), ones, c), mask_id)
+    return z_student, z_teacher, c.double() / L
+
+
+def group_normalise(rewards: torch.Tensor, group: int, eps: float = 1e-6) -> torch.Tensor:
+    """(R - mean_group) / (std_group + eps) over consecutive rows of `group` (prompt-major). `[N, ...]`"""
+    shape = rewards.shape
+    r = rewards.reshape(shape[0] // group, group, *shape[1:])
+    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)).reshape(shape)
+
+
+def step_advantages(state_adv: torch.Tensor, intermediate_weight: float) -> torch.Tensor:
+    """A_j = sum_{s >= j} w_s A_s (w_final = 1, else `intermediate_weight`): `[N, S]` -> `[N, S]`."""
+    w = torch.full((state_adv.shape[1],), intermediate_weight, dtype=state_adv.dtype, device=state_adv.device)
+    w[-1] = 1.0
+    return (state_adv * w).flip(-1).cumsum(-1).flip(-1)
+
+
+@register_algorithm
+class DiDiInstruct(Algorithm):
+    """See the module docstring."""
+
+    name = "didi_instruct"
+    supports_sharding = False  # the discriminator is built from the unsharded teacher
+    kind = "distill"
+    attention = ("full",)
+    roles = ("actor", "teacher", "discriminator")
+    required_batch_keys = ("input_ids", "attention_mask", "teacher_response", "noise_seed", "step")
+
+    @dataclass
+    class Args:
+        # student samples per prompt (one reward-normalisation group); also the teacher samples
+        # cached per prompt
+        num_generations: int = 4
+        # the student's sampling budget (DiDi-Instruct trains N = 2: all-mask -> x_tau -> x_0)
+        student_steps: int = 2
+        # student rollout temperature (> 0: the score-function gradient needs a density)
+        temperature: float = 1.0
+        # which positions a student step reveals: "random" (ancestral) or "low_confidence"
+        remasking: Literal["random", "low_confidence"] = "random"
+        # the teacher's SamplingConfig for the cached samples (many steps; gen_length = data.gen_length,
+        # steps default to gen_length: one token per step)
+        teacher_sampling: dict[str, Any] = field(default_factory=lambda: {"algorithm": "llada", "temperature": 1.0})
+        # discriminator: Adam lr (paper 1e-5), trainable last blocks, BCE label smoothing, steps per stage step
+        disc_lr: float = 1e-5
+        disc_unfrozen_blocks: int = 4
+        label_smoothing: float = 0.1
+        disc_updates: int = 1
+        # stage steps that only train the discriminator (the student's advantages are zero)
+        disc_warmup_steps: int = 0
+        # upper end of the extra forward noise on each state, as a fraction of its visible tokens
+        # (1 = t uniform up to all-but-one masked; 0 = no extra noise)
+        noise_max: float = 1.0
+        # weight of the intermediate states' rewards (intermediate-state matching); 0 = final only
+        intermediate_weight: float = 1.0
+
+        def validate(self, key: str, file: Any) -> None:
+            from dare.config.loader import RecipeError
+
+            checks = {
+                "num_generations": self.num_generations >= 2,
+                "student_steps": self.student_steps >= 1,
+                "temperature": self.temperature > 0,
+                "disc_lr": self.disc_lr > 0,
+                "disc_unfrozen_blocks": self.disc_unfrozen_blocks >= 1,
+                "label_smoothing": 0 <= self.label_smoothing < 1,
+                "disc_updates": self.disc_updates >= 1,
+                "disc_warmup_steps": self.disc_warmup_steps >= 0,
+                "intermediate_weight": self.intermediate_weight >= 0,
+                "noise_max": 0 <= self.noise_max <= 1,
+            }
+            for name, ok in checks.items():
+                if not ok:
+                    raise RecipeError(file, f"{key}.{name}", f"invalid value {getattr(self, name)!r}")
+            from dare.sampling import SamplingConfig
+
+            try:
+                SamplingConfig(**{"gen_length": 1, **self.teacher_sampling, "steps": None})
+            except (TypeError, ValueError) as e:
+                raise RecipeError(file, f"{key}.teacher_sampling", str(e)) from None
+
+    def __init__(self, args: Any, spec) -> None:
+        super().__init__(args, spec)
+        self.discriminator: DiffusionDiscriminator | None = None
+        self.disc_optimizer: torch.optim.Optimizer | None = None
+        self._metrics: dict[str, float] = {}
+
+    @property
+    def needs_reference(self) -> bool:
+        return True  # the actor's frozen copy of the policy at stage start is the teacher
+
+    # ----------------------------------------------------------------- discriminator
+
+    def build_discriminator(self, teacher: torch.nn.Module) -> None:
+        device = next(teacher.parameters()).device
+        self.discriminator = DiffusionDiscriminator(teacher, self.args.disc_unfrozen_blocks).to(device)
+        params = [p for p in self.discriminator.parameters() if p.requires_grad]
+        self.disc_optimizer = torch.optim.Adam(params, lr=self.args.disc_lr, betas=(0.9, 0.999))
+
+    def discriminator_logits(self, prompt_ids, prompt_mask, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Sequence logits `[M]` of noised responses z `[M, L]` after their prompts `[M, P]`."""
+        ids = torch.cat([prompt_ids, z], 1)
+        valid = torch.cat([prompt_mask.bool(), torch.ones_like(z, dtype=torch.bool)], 1)
+        resp = torch.cat([torch.zeros_like(prompt_mask, dtype=torch.bool), torch.ones_like(z, dtype=torch.bool)], 1)
+        return self.discriminator.sequence_logit(ids, valid, resp, t)
+
+    def discriminator_step(self, prompt_ids, prompt_mask, z_student, z_teacher, t) -> dict[str, float]:
+        """One BCE step on noised student (label 1) and teacher (label 0) responses `[M, L]`."""
+        D = self.discriminator.train()
+        ids = torch.cat([prompt_ids, prompt_ids])
+        mask = torch.cat([prompt_mask, prompt_mask])
+        logits = self.discriminator_logits(ids, mask, torch.cat([z_student, z_teacher]), torch.cat([t, t]))
+        is_student = torch.cat([torch.ones_like(t), torch.zeros_like(t)])
+        loss = F.binary_cross_entropy_with_logits(logits, smoothed_targets(is_student, self.args.label_smoothing))
+        self.disc_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in D.parameters() if p.grad is not None]
+        if dist.is_initialized() and dist.get_world_size() > 1:  # data-parallel replicas stay identical
+            for p in params:
+                dist.all_reduce(p.grad)
+                p.grad /= dist.get_world_size()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        self.disc_optimizer.step()
+        acc = ((logits > 0).double() == is_student).double().mean()
+        return {"disc/loss": float(loss.detach()), "disc/accuracy": float(acc)}
+
+    # ----------------------------------------------------------------- the step
+
+    def prepare(self, model, reference, batch):
+        a, spec = self.args, self.spec
+        G, S = a.num_generations, a.student_steps
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        N, L = batch["teacher_response"].shape
+        if N % G:
+            raise ValueError(
+                f"didi_instruct: a worker got {N} rows, not whole groups of num_generations={G}; "
+                "make stage.batch_size divisible by resources.num_workers"
+            )
+        if self.discriminator is None:
+            with reference() as teacher:
+                self.build_discriminator(teacher)
+        gen = torch.Generator(device=ids.device).manual_seed(int(batch["noise_seed"][0]))
+        traj = sample_trajectory(model, spec, ids, mask, L, S, a.temperature, a.remasking, gen)
+        after = states_after_steps(traj.response, traj.step_of, S, spec.mask_token_id)  # [S, N, L]
+        z_s, z_t, t = noise_pair(
+            after.reshape(S * N, L), batch["teacher_response"].repeat(S, 1), spec.mask_token_id, gen, a.noise_max
+        )  # [S*N, L] each, t [S*N]
+        p_ids, p_mask = ids.repeat(S, 1), mask.repeat(S, 1)
+        metrics: dict[str, float] = {}
+        for _ in range(a.disc_updates):
+            metrics = self.discriminator_step(p_ids, p_mask, z_s, z_t, t)
+        with torch.no_grad():
+            self.discriminator.eval()
+            lr = log_ratio(self.discriminator_logits(p_ids, p_mask, z_s, t), a.label_smoothing).view(S, N).T
+        rewards = -lr.float()  # [N, S]
+        adv = step_advantages(group_normalise(rewards, G), a.intermediate_weight)  # [N, S]
+        if int(batch["step"][0]) < a.disc_warmup_steps:
+            adv = torch.zeros_like(adv)
+        metrics.update({
+            "reward/mean": float(rewards[:, -1].mean()),
+            "reward/std": float(rewards[:, -1].std()),
+            "didi/log_ratio_final": float(lr[:, -1].mean()),
+            "didi/log_ratio_intermediate": float(lr[:, :-1].mean()) if S > 1 else 0.0,
+            "didi/student_eos_rate": float((traj.response == spec.eos_token_id).float().mean()),
+        })  # fmt: skip
+        self._metrics = metrics
+        return [{"input_ids": ids, "attention_mask": mask, "response": traj.response, "step_of": traj.step_of,
+                 "advantages": adv}]  # fmt: skip
+
+    def compute_loss(self, model, batch):
+        a = self.args
+        lp = trajectory_logp(
+            model,
+            self.spec,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["response"],
+            batch["step_of"],
+            a.student_steps,
+            a.temperature,
+        )  # [N, S]  fmt: skip
+        L = batch["response"].shape[1]
+        loss = -(batch["advantages"] * lp).sum(-1).mean() / L
+        return loss, {
+            **self._metrics,
+            "actor/pg_loss": float(loss.detach()),
+            "actor/logp": float(lp.sum(-1).mean().detach()),
+        }
+
+
+__all__ = ["DiDiInstruct", "group_normalise", "noise_pair", "states_after_steps", "step_advantages"]

@@ -1,0 +1,169 @@
+"""Reward-guided ancestral sampling (RGAS) with a DiDi-Instruct discriminator.
+
+DiDi-Instruct (Zheng et al., arXiv 2509.25035; haoyangzheng-ai/didi-instruct
+`reward_guided_ancestral_step`, `generate_samples`). The reward of a (partly masked) sequence is
+r(z_t) = -log q_student(z_t) / q_teacher(z_t), i.e. minus the discriminator's per-position logits
+summed over the response: higher = more teacher-like. Ancestral steps on a linear schedule
+(alpha_t = 1 - t, t_j = 1 - j / steps): every masked position is revealed with probability
+(t - s) / t (all at the last step), its token drawn from p_x0 (float64 Gumbel-max at the config's
+temperature, argmax at 0); revealed tokens are carried over.
+
+- First (1 - rerank_ratio) of the steps, **gradient tilting** (one candidate):
+  log p_x0 += h * clip(grad_{log p_x0} r(z), -1, 1), where z feeds the discriminator the current
+  state with masked positions replaced by their predicted distributions softmax(log p_x0); h ramps
+  linearly from `scale_start` to `scale_end` (upstream 30 -> 40).
+- Last rerank_ratio of the steps, **multi-candidate re-ranking** (h = 0): draw `num_candidates`
+  next states, score each with the discriminator at its own noise level, and keep one drawn from
+  softmax(scores).
+
+The discriminator and the guidance settings ride on the model: pass
+`GuidedModel(student, discriminator, Guidance(...))` to `generate` with
+`SamplingConfig(algorithm="rgas", steps=...)`. The discriminator is any module called as
+`disc(input_ids | None, attention_mask, t, token_probs=None) -> [N, T]` per-position logits
+(`dare.models.discriminator.DiffusionDiscriminator`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dare.models.spec import DiffusionSpec
+from dare.sampling.base import SAMPLERS, Sampler
+from dare.sampling.config import SamplingConfig
+from dare.sampling.engine import DecodeResult, PromptBatch, process_logits
+from dare.sampling.few_step import response_logits
+from dare.sampling.ops import gumbel_argmax, token_probability, uniform
+
+
+@dataclass(frozen=True)
+class Guidance:
+    # share of the steps (the last ones) that re-rank candidates; the rest tilt by gradient
+    rerank_ratio: float = 0.5
+    num_candidates: int = 4
+    # tilting strength h, ramped linearly over the tilting steps
+    scale_start: float = 30.0
+    scale_end: float = 40.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rerank_ratio <= 1:
+            raise ValueError(f"rerank_ratio={self.rerank_ratio}: must be in [0, 1]")
+        if self.num_candidates < 1:
+            raise ValueError(f"num_candidates={self.num_candidates}: must be >= 1")
+
+
+class GuidedModel(nn.Module):
+    """A policy plus the discriminator that guides it; forwards like the policy."""
+
+    def __init__(self, policy: nn.Module, discriminator: nn.Module, guidance: Guidance | None = None) -> None:
+        super().__init__()
+        self.policy, self.discriminator = policy, discriminator
+        self.guidance = guidance or Guidance()
+
+    def diffusion_spec(self) -> DiffusionSpec:
+        return self.policy.diffusion_spec()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.policy.get_input_embeddings()
+
+    def forward(self, *args, **kwargs):
+        return self.policy(*args, **kwargs)
+
+
+def _reward(disc, x, valid, P, t, token_probs=None) -> torch.Tensor:
+    """Minus the discriminator logits summed over the response: `[N]`."""
+    logits = disc(None if token_probs is not None else x, valid, t, token_probs=token_probs)  # [N, T]
+    return -logits[:, P:].sum(-1)
+
+
+def _ancestral_step(x_resp, logp_x0, t, s, temperature, mask_id, generator):
+    """Reveal each masked position with probability (t - s) / t, token ~ softmax(logp_x0 / T)."""
+    tokens = gumbel_argmax(logp_x0, temperature, generator)  # [N, L]
+    masked = x_resp == mask_id
+    reveal = masked & (uniform(tuple(x_resp.shape), generator, x_resp.device) < (t - s) / t if s > 0 else masked)
+    return torch.where(reveal, tokens, x_resp), reveal, tokens
+
+
+@SAMPLERS.register("rgas")
+class RewardGuidedSampler(Sampler):
+    name = "rgas"
+    attention = "full"
+
+    @classmethod
+    def check_config(cls, config: SamplingConfig) -> None:
+        if config.block_length is not None and config.block_length != config.gen_length:
+            raise ValueError(f"block_length={config.block_length}: rgas decodes the whole response as one block")
+        if config.steps > config.gen_length:
+            raise ValueError(f"steps={config.steps}: rgas takes at most gen_length={config.gen_length} steps")
+
+    def run(
+        self,
+        model: nn.Module,
+        spec: DiffusionSpec,
+        batch: PromptBatch,
+        config: SamplingConfig,
+        generator: torch.Generator | None,
+    ) -> DecodeResult:
+        if not isinstance(model, GuidedModel):
+            raise ValueError(
+                "algorithm='rgas' needs the discriminator: pass GuidedModel(policy, discriminator) as the model"
+            )
+        g, disc, policy = model.guidance, model.discriminator, model.policy
+        N, P = batch.input_ids.shape
+        L, S, mask_id = config.gen_length, config.steps, spec.mask_token_id
+        device = batch.input_ids.device
+        x = torch.cat([batch.input_ids, torch.full((N, L), mask_id, device=device)], 1)  # [N, P+L]
+        valid = torch.cat([batch.attention_mask.bool(), torch.ones(N, L, dtype=torch.bool, device=device)], 1)
+        step_of = torch.full((N, L), -1, dtype=torch.long, device=device)
+        conf = torch.full((N, L), math.nan, dtype=torch.float64, device=device)
+        n_tilt = round(S * (1 - g.rerank_ratio))
+        suppress = config.end_token_ids(spec) if config.logits_eos_inf else ()
+        V = None
+        for j in range(S):
+            t, s = 1 - j / S, 1 - (j + 1) / S
+            logits = process_logits(response_logits(policy, spec, x, valid, P), None, 0.0, spec, suppress)
+            logp = logits.log_softmax(-1)  # [N, L, V] float64
+            V = logp.shape[-1]
+            masked = x[:, P:] == mask_id
+            if j < n_tilt and s > 0:
+                h = g.scale_start + (g.scale_end - g.scale_start) * (j / max(1, n_tilt - 1))
+                with torch.enable_grad():
+                    lp = logp.float().detach().requires_grad_(True)
+                    soft = torch.where(
+                        masked[..., None], lp.softmax(-1), nn.functional.one_hot(x[:, P:], V).float()
+                    )  # [N, L, V]
+                    prompt = nn.functional.one_hot(x[:, :P], V).float()
+                    r = _reward(disc, x, valid, P, torch.full((N,), t, device=device), torch.cat([prompt, soft], 1))
+                    (grad,) = torch.autograd.grad(r.sum(), lp)
+                logp = logp + h * grad.double().clamp(-1, 1) * masked[..., None]
+                new, reveal, tokens = _ancestral_step(x[:, P:], logp, t, s, config.temperature, mask_id, generator)
+            else:
+                M = g.num_candidates if s > 0 else 1
+                cands = [
+                    _ancestral_step(x[:, P:], logp, t, s, config.temperature, mask_id, generator) for _ in range(M)
+                ]
+                if M > 1:
+                    scores = torch.stack(
+                        [
+                            _reward(disc, torch.cat([x[:, :P], c[0]], 1), valid, P, torch.full((N,), s, device=device))
+                            for c in cands
+                        ],
+                        -1,
+                    ).double()  # [N, M]  fmt: skip
+                    gumbel = -torch.log(-torch.log(uniform(tuple(scores.shape), generator, device)))
+                    pick = (scores + gumbel).argmax(-1)  # a draw from softmax(scores)
+                else:
+                    pick = torch.zeros(N, dtype=torch.long, device=device)
+                new = torch.stack([c[0] for c in cands], 1)[torch.arange(N), pick]
+                reveal = torch.stack([c[1] for c in cands], 1)[torch.arange(N), pick]
+                tokens = torch.stack([c[2] for c in cands], 1)[torch.arange(N), pick]
+            conf = torch.where(reveal, token_probability(logits, tokens), conf)
+            step_of = torch.where(reveal, j, step_of)
+            x[:, P:] = new
+        return DecodeResult(x[:, P:].clone(), step_of, conf, S, {})
+
+
+__all__ = ["Guidance", "GuidedModel", "RewardGuidedSampler"]

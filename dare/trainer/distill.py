@@ -1,0 +1,124 @@
+"""The distillation stage trainer (DiDi-Instruct and any algorithm of kind "distill").
+
+At the start of the stage the actor's policy is still the teacher (the previous stage's
+checkpoint), so the trainer first samples and caches `num_generations` many-step teacher
+responses for every training prompt (`teacher_sampling`, colocated actor or the separate rollout
+workers), scored with the task verifier for the `didi/teacher_accuracy` metric. The cache lives in
+the stage folder (`teacher_samples.pt`), so a resumed stage reuses it instead of sampling from a
+half-trained student. Then per step:
+
+    prompts of the step (deterministic, `BatchStream`) -> each repeated num_generations times,
+    with the cached teacher samples, one noise seed per row and the step index
+    -> actor.update_actor (the algorithm rolls the student out, trains the discriminator and
+       takes the student's policy-gradient step inside the actor process)
+    -> metrics; training state every `save_every` steps.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from verl import DataProto
+
+from dare.config.schema import stage_to_dict
+from dare.data.formatting import collate_prompts
+from dare.trainer.evaluate import row_scorer
+from dare.trainer.metrics import MetricsLogger, rank_zero_metrics
+from dare.trainer.pipeline import STAGE_TRAINERS, StageContext, list_states, save_training_state
+from dare.trainer.runtime import dp_call
+from dare.trainer.stream import BatchStream, step_generator
+
+TEACHER_CACHE = "teacher_samples.pt"
+
+
+class DistillTrainer:
+    def __init__(self, ctx: StageContext, pipeline) -> None:
+        self.ctx, self.pipeline = ctx, pipeline
+        self.args = ctx.stage.args
+        self.gen_length = ctx.recipe.data.gen_length
+        self.stream = BatchStream(list(range(len(ctx.train_rows))), ctx.stage.batch_size, ctx.recipe.seed, ctx.index)
+
+    def teacher_samples(self, chunk: int = 256) -> tuple[torch.Tensor, float]:
+        """`[R, G, gen_length]` teacher responses for the R training prompts, and their accuracy."""
+        ctx, G = self.ctx, self.args.num_generations
+        path = ctx.dir / TEACHER_CACHE
+        if path.is_file():
+            saved = torch.load(path)
+            return saved["responses"], saved["accuracy"]
+        if ctx.start_step:
+            raise FileNotFoundError(f"{path}: missing; the teacher samples of a resumed stage must be cached")
+        sampling = {**self.args.teacher_sampling, "gen_length": self.gen_length, "num_generations": G}
+        sampler = self.pipeline.rollout or ctx.actor
+        rows, out, scores = ctx.train_rows, [], []
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            p = collate_prompts(part, ctx.tokenizer)
+            seed = int(torch.randint(0, 2**31, (1,), generator=step_generator(ctx.recipe.seed, ctx.index, start, 4)))
+            data = DataProto.from_dict(
+                tensors={"input_ids": p["input_ids"], "attention_mask": p["attention_mask"]},
+                meta_info={"sampling": sampling, "seed": seed},
+            )
+            res = dp_call(sampler.generate, data, sampler.world_size)
+            responses = res.batch["responses"].view(len(part), G, self.gen_length)
+            out.append(responses)
+            for row, group, masks in zip(part, responses, res.batch["response_mask"].view(len(part), G, -1)):
+                score = row_scorer(row)
+                scores += [score(ctx.tokenizer.decode(r[m.bool()].tolist(), skip_special_tokens=True))
+                           for r, m in zip(group, masks)]  # fmt: skip
+        cache = {"responses": torch.cat(out), "accuracy": sum(scores) / max(1, len(scores)), "sampling": sampling}
+        Path(ctx.dir).mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(cache, tmp)
+        tmp.replace(path)
+        return cache["responses"], cache["accuracy"]
+
+    def batch(self, step: int, cache: torch.Tensor) -> DataProto:
+        ctx, G = self.ctx, self.args.num_generations
+        idx = self.stream.rows_at(step)
+        p = collate_prompts([ctx.train_rows[i] for i in idx], ctx.tokenizer)
+        n = len(idx) * G
+        seeds = torch.randint(0, 2**62, (n,), generator=step_generator(ctx.recipe.seed, ctx.index, step, 3))
+        tensors = {
+            "input_ids": p["input_ids"].repeat_interleave(G, 0),  # prompt-major groups
+            "attention_mask": p["attention_mask"].repeat_interleave(G, 0),
+            "teacher_response": cache[idx].reshape(n, self.gen_length),
+            "noise_seed": seeds,
+            "step": torch.full((n,), step, dtype=torch.long),
+        }
+        return DataProto.from_dict(tensors=tensors)
+
+    def fit(self) -> None:
+        ctx, stage = self.ctx, self.ctx.stage
+        t0 = time.perf_counter()
+        cache, teacher_acc = self.teacher_samples()
+        teacher_s = time.perf_counter() - t0
+        print(f"dare: {ctx.dir.name}: {cache.shape[0]}x{cache.shape[1]} teacher samples cached "
+              f"(accuracy {100 * teacher_acc:.1f}%, {teacher_s:.0f}s)", flush=True)  # fmt: skip
+        ctx.actor.init_stage(stage_to_dict(stage), stage.args, stage.steps)
+        logger = MetricsLogger(
+            ctx.dir / "metrics.jsonl", stage.steps, stage.log_every, stage_name=ctx.dir.name,
+            tensorboard=ctx.recipe.logging.tensorboard, wandb_project=ctx.recipe.logging.wandb_project,
+        )  # fmt: skip
+        start = ctx.start_step
+        if start:
+            ctx.actor.load_state(str(ctx.dir / "state" / f"step_{start}"))
+            logger.truncate_after(start)
+            print(f"dare: resumed {ctx.dir.name} at step {start}", flush=True)
+        for step in range(start + 1, stage.steps + 1):
+            out = ctx.actor.update_actor(self.batch(step - 1, cache))
+            metrics = rank_zero_metrics(out.meta_info["metrics"])
+            metrics["didi/teacher_accuracy"] = teacher_acc
+            logger.log(step, metrics)
+            if stage.save_every and step % stage.save_every == 0 and step < stage.steps:
+                save_training_state(ctx, step)
+        self.pipeline.sync_rollout(ctx.actor)
+        if not list_states(ctx.dir) or list_states(ctx.dir)[-1] != stage.steps:
+            save_training_state(ctx, stage.steps)
+        logger.close()
+
+
+STAGE_TRAINERS.register("distill", DistillTrainer)
+
+__all__ = ["TEACHER_CACHE", "DistillTrainer"]

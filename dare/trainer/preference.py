@@ -1,0 +1,29 @@
+"""The preference stage trainer (DPO, VRPO): the SFT loop on (prompt, chosen, rejected) rows."""
+
+from __future__ import annotations
+
+from verl import DataProto
+
+from dare.data.formatting import collate_preference
+from dare.trainer.pipeline import STAGE_TRAINERS
+from dare.trainer.sft import SFTTrainer
+
+
+class PreferenceTrainer(SFTTrainer):
+    """Per step: the step's preference rows (deterministic, see `BatchStream`) -> chosen and
+    rejected collated with one shared layout (`collate_preference`, responses padded with EOS to
+    `data.gen_length`) and one noise seed per row -> `actor.update_actor`, which runs the
+    algorithm's `prepare` (reference ELBOs) and its loss. Checkpointing and resume as in SFT."""
+
+    def batch(self, step: int) -> DataProto:
+        rows = self.stream.rows_at(step)
+        b = collate_preference(rows, self.ctx.tokenizer, gen_length=self.ctx.recipe.data.gen_length, truncate=True)
+        tensors = {f"{side}_{k}": b[f"{side}_{k}"] for side in ("chosen", "rejected")
+                   for k in ("input_ids", "attention_mask", "response_mask")}  # fmt: skip
+        tensors["noise_seed"] = self.stream.noise_seeds(step)
+        return DataProto.from_dict(tensors=tensors)
+
+
+STAGE_TRAINERS.register("preference", PreferenceTrainer)
+
+__all__ = ["PreferenceTrainer"]

@@ -1,0 +1,295 @@
+"""Run OpenCompass on a dare checkpoint and collect its scores.
+
+`run_benchmarks(request)`:
+
+1. checks everything that can be checked without OpenCompass (benchmark names, local files,
+   the checkpoint and tokenizer load, the decoding settings fit the model, opencompass is
+   installed) and raises a clear error before anything starts;
+2. writes an OpenCompass config (`WORK/dare_opencompass.py`, plain data) naming `DareModel` and
+   the benchmarks' dataset configs;
+3. runs the OpenCompass CLI (`python -m opencompass.cli.main CONFIG -w WORK`) in a subprocess:
+   its partitioner, LocalRunner and per-task subprocesses, exactly as a user would;
+4. reads the scores from OpenCompass's output folder, `WORK/<timestamp>/results/<model>/<benchmark>.json`.
+
+The config uses OpenCompass's defaults with every dataset in one inference task and one
+evaluation task (`NaivePartitioner(n=...)`), which saves a Python start-up per benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dare.evals.benchmarks import BENCHMARKS, check_benchmarks
+
+MODEL_ABBR = "dare"
+CONFIG_NAME = "dare_opencompass.py"
+
+
+@dataclass
+class EvalRequest:
+    """What to evaluate and how.
+
+    Attributes:
+        model: checkpoint folder.
+        benchmarks: benchmark names (`dare.evals.benchmarks.BENCHMARKS`).
+        work_dir: OpenCompass's output folder for this evaluation.
+        files: local file of each file benchmark.
+        limit: examples per benchmark (None: `builtin_examples` of a built-in task, a file's every row).
+        builtin_examples: eval-split problems of a built-in task when `limit` is None.
+        sampling: `SamplingConfig` fields for generation benchmarks.
+        elbo_samples: Monte-Carlo samples of the ELBO per option (multiple-choice benchmarks).
+        seed: sampler / ELBO seed and the built-in tasks' eval-split seed.
+        batch_size: prompts per model call.
+        tokenizer: tokenizer folder (default: the checkpoint's).
+        task_args: difficulty knobs of a built-in task, by benchmark name ({"sort": {"max_len": 4}}).
+        num_threads: torch threads in OpenCompass's task processes.
+        debug: run OpenCompass's tasks in its own process (`--debug`) instead of subprocesses.
+        timeout: seconds before the OpenCompass run is stopped.
+        check_weights: load the weights once before OpenCompass starts (False: config and
+            tokenizer only, for a checkpoint just written).
+    """
+
+    model: str
+    benchmarks: list[str]
+    work_dir: str
+    files: dict[str, str] = field(default_factory=dict)
+    limit: int | None = None
+    builtin_examples: int = 1000
+    sampling: dict[str, Any] = field(default_factory=dict)
+    elbo_samples: int = 8
+    seed: int = 0
+    batch_size: int = 64
+    tokenizer: str | None = None
+    task_args: dict[str, Any] = field(default_factory=dict)
+    num_threads: int | None = 1
+    debug: bool = False
+    timeout: float | None = None
+    check_weights: bool = True
+
+
+def opencompass_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("opencompass") is not None
+
+
+def check_request(req: EvalRequest, key: str = "benchmarks", files_key: str = "files.{name}") -> None:
+    """Every check that needs no OpenCompass run; raises ValueError / FileNotFoundError / KeyError
+    with a message naming what is wrong (`key` / `files_key` name the benchmark list and files
+    in messages)."""
+    if not req.benchmarks:
+        raise ValueError(f"{key}: no benchmarks to run; known: " + ", ".join(BENCHMARKS.names()))
+    check_benchmarks(req.benchmarks, req.files, key, files_key)
+    if req.limit is not None and req.limit < 1:
+        raise ValueError(f"limit must be >= 1, got {req.limit}")
+    if req.elbo_samples < 1:
+        raise ValueError(f"elbo_samples must be >= 1, got {req.elbo_samples}")
+    check_checkpoint(req.model, req.tokenizer, req.sampling, req.check_weights)
+    if not opencompass_installed():
+        raise RuntimeError("opencompass is not installed in this environment; run scripts/install.sh (make install)")
+
+
+def sampling_config(sampling: dict[str, Any], max_out_len: int | None = None):
+    """The `SamplingConfig` of a benchmark: `sampling`, with the benchmark's `max_out_len` as the
+    gen_length when `sampling` sets none (at least one block when only block_length is set)."""
+    from dare.sampling import SamplingConfig
+
+    return SamplingConfig(**{"gen_length": max_out_len or sampling.get("block_length") or 1, **sampling})
+
+
+def check_checkpoint(path: str, tokenizer: str | None, sampling: dict[str, Any], load_weights: bool = True) -> None:
+    """The checkpoint's config (and, with `load_weights`, its weights) and its tokenizer load, and
+    the decoding settings fit the model. The pipeline skips the weights of the checkpoint it has
+    just written (a large model would otherwise be loaded once more in the driver)."""
+    import json as _json
+
+    from transformers import AutoTokenizer
+
+    from dare.models import load_config
+    from dare.workers.builder import is_adapter_dir, load_policy
+
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"--model {path}: not a checkpoint folder")
+    try:
+        if load_weights:
+            load_policy(p)
+        base = (
+            _json.loads((p / "adapter_config.json").read_text())["base_model_name_or_path"] if is_adapter_dir(p) else p
+        )
+        spec = load_config(base).diffusion_spec()
+    except Exception as e:  # noqa: BLE001 - any loading failure is reported the same way
+        raise ValueError(f"--model {path}: the checkpoint cannot be loaded: {type(e).__name__}: {e}") from None
+    try:
+        AutoTokenizer.from_pretrained(tokenizer or path)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"tokenizer {tokenizer or path}: cannot be loaded: {type(e).__name__}: {e}") from None
+    try:
+        sampling_config(sampling).for_model(spec)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"sampling: {e}") from None
+
+
+def opencompass_config(req: EvalRequest) -> dict[str, Any]:
+    """The OpenCompass config as plain data (types named by dotted path)."""
+    datasets = [
+        BENCHMARKS.get(name).dataset_config(
+            req.files.get(name), req.limit, req.seed, req.task_args.get(name), req.builtin_examples
+        )
+        for name in req.benchmarks
+    ]
+    model = {
+        "type": "dare.evals.model.DareModel",
+        "abbr": MODEL_ABBR,
+        "path": str(Path(req.model).resolve()),
+        "tokenizer_path": str(Path(req.tokenizer).resolve()) if req.tokenizer else None,
+        "sampling": dict(req.sampling),
+        "elbo_samples": req.elbo_samples,
+        "seed": req.seed,
+        "num_threads": req.num_threads,
+        "batch_size": req.batch_size,
+        "max_out_len": max(BENCHMARKS.get(n).max_out_len for n in req.benchmarks),
+        "run_cfg": {"num_gpus": 0},
+    }
+    n = len(datasets)
+    stage = lambda task: {
+        "partitioner": {"type": "opencompass.partitioners.NaivePartitioner", "n": n},
+        "runner": {"type": "opencompass.runners.LocalRunner", "max_num_workers": 1,
+                   "task": {"type": f"opencompass.tasks.{task}"}},
+    }  # fmt: skip
+    return {"models": [model], "datasets": datasets, "infer": stage("OpenICLInferTask"),
+            "eval": stage("OpenICLEvalTask"), "work_dir": str(Path(req.work_dir).resolve())}  # fmt: skip
+
+
+def write_config(req: EvalRequest) -> Path:
+    work = Path(req.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = opencompass_config(req)
+    lines = ['"""OpenCompass config written by dare (dare.evals.runner); run: opencompass THIS_FILE."""', ""]
+    lines += [f"{k} = {v!r}" for k, v in cfg.items()]
+    path = work / CONFIG_NAME
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _env(num_threads: int | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    if num_threads:
+        env.update(OMP_NUM_THREADS=str(num_threads), MKL_NUM_THREADS=str(num_threads))
+    # the task subprocesses import dare.evals from wherever this dare comes from
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), root) if p)
+    return env
+
+
+def latest_output(work_dir: str | Path) -> Path:
+    """OpenCompass's timestamped output folder of the last run in `work_dir`."""
+    runs = sorted(p for p in Path(work_dir).iterdir() if p.is_dir() and (p / "configs").is_dir())
+    if not runs:
+        raise FileNotFoundError(f"{work_dir}: no OpenCompass output folder")
+    return runs[-1]
+
+
+def collect_results(output: str | Path, benchmarks: list[str]) -> dict[str, dict[str, Any]]:
+    """`{benchmark: {"score", "metric", "metrics", "num_examples"}}` from OpenCompass's result files."""
+    out = {}
+    for name in benchmarks:
+        path = Path(output) / "results" / MODEL_ABBR / f"{name}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"OpenCompass wrote no result for {name} ({path}); see {Path(output) / 'logs'}")
+        res = json.loads(path.read_text())
+        if "error" in res:
+            raise RuntimeError(f"OpenCompass could not score {name}: {res['error']}")
+        metric = BENCHMARKS.get(name).metric
+        metrics = {k: v for k, v in res.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        if metric not in metrics:
+            raise RuntimeError(f"{path}: no {metric!r} in OpenCompass's result (keys: {sorted(res)})")
+        preds = Path(output) / "predictions" / MODEL_ABBR / f"{name}.json"
+        out[name] = {
+            "score": float(metrics[metric]),
+            "metric": metric,
+            "metrics": metrics,
+            "num_examples": len(json.loads(preds.read_text())) if preds.is_file() else None,
+        }
+    return out
+
+
+def failure_logs(work_dir: str | Path, log: Path, lines: int = 8) -> str:
+    """The last lines of the OpenCompass log and of every task log that reports an error."""
+    parts = [f"{log}:", *log.read_text().splitlines()[-lines:]]
+    for task_log in sorted(Path(work_dir).glob("*/logs/*/*/*.out")):
+        text = task_log.read_text(errors="replace")
+        if "Error" in text or "Traceback" in text:
+            parts += [f"{task_log}:", *text.splitlines()[-lines:]]
+    return "\n".join(parts)
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    info = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__}  # fmt: skip
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def run_benchmarks(req: EvalRequest, check: bool = True) -> dict[str, Any]:
+    """Run OpenCompass on `req.model`; returns the scores with everything needed to reproduce
+    them (decoding settings, model, seed, hardware, wall time, output folder)."""
+    if check:
+        check_request(req)
+    cfg = write_config(req)
+    cmd = [sys.executable, "-m", "opencompass.cli.main", str(cfg), "-w", str(Path(req.work_dir).resolve())]
+    if req.debug:
+        cmd.append("--debug")
+    t0 = time.perf_counter()
+    log = Path(req.work_dir) / "opencompass.log"
+    with log.open("w") as f:
+        try:
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(req.num_threads),
+                                  timeout=req.timeout, check=False)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"OpenCompass did not finish within {req.timeout} s; log: {log}") from None
+    seconds = time.perf_counter() - t0
+    try:
+        output = latest_output(req.work_dir)
+        results = collect_results(output, req.benchmarks)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise RuntimeError(
+            f"OpenCompass run failed (exit {proc.returncode}): {e}\n{failure_logs(req.work_dir, log)}"
+        ) from None
+    return {
+        "benchmarks": results,
+        "model": str(Path(req.model).resolve()),
+        "sampling": dict(req.sampling),
+        "elbo_samples": req.elbo_samples,
+        "seed": req.seed,
+        "limit": req.limit,
+        "hardware": hardware(),
+        "seconds": seconds,
+        "output_dir": str(output),
+        "request": asdict(req),
+    }
+
+
+__all__ = [
+    "EvalRequest",
+    "sampling_config",
+    "check_checkpoint",
+    "check_request",
+    "collect_results",
+    "latest_output",
+    "opencompass_config",
+    "run_benchmarks",
+    "write_config",
+]

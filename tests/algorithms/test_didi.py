@@ -1,0 +1,197 @@
+"""DiDi-Instruct: the few-step trajectory, the discriminator (separation and calibration on a known
+density ratio), the reward plumbing, the guided sampler, and the stage through the real Pipeline."""
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from dare.algorithms import ALGORITHMS
+from dare.algorithms.didi import group_normalise, noise_pair, states_after_steps, step_advantages
+from dare.config import RecipeError, load_recipe
+from dare.data.tasks import builtin_tokenizer
+from dare.models import tiny
+from dare.models.discriminator import DiffusionDiscriminator, log_ratio
+from dare.models.tokenizer import model_token_ids
+from dare.sampling import SamplingConfig, generate
+from dare.sampling.few_step import sample_trajectory, trajectory_logp
+from dare.sampling.guided import Guidance, GuidedModel
+
+DIGITS = [str(d) for d in range(10)]
+
+
+def _model(seed=0):
+    tok = builtin_tokenizer()
+    return tiny("llada", seed=seed, **model_token_ids(tok)), tok
+
+
+def _digit_ids(tok):
+    return torch.tensor(tok.convert_tokens_to_ids(DIGITS))
+
+
+def test_few_step_trajectory_logp_is_exact_and_differentiable():
+    model, tok = _model()
+    spec = model.diffusion_spec()
+    ids = torch.tensor([[5, 6, 7], [spec.pad_token_id, 8, 9]])
+    mask = torch.tensor([[1, 1, 1], [0, 1, 1]])
+    traj = sample_trajectory(model, spec, ids, mask, 6, 3, 1.0, "random", torch.Generator().manual_seed(0))
+    assert (traj.response != spec.mask_token_id).all()
+    assert sorted(traj.step_of[0].tolist()) == [0, 0, 1, 1, 2, 2]  # split_evenly(6, 3)
+    lp = trajectory_logp(model, spec, ids, mask, traj.response, traj.step_of, 3, 1.0)  # [N, S]
+    expected = torch.stack([torch.where(traj.step_of == j, traj.logp, 0.0).sum(-1) for j in range(3)], -1)
+    torch.testing.assert_close(lp.double(), expected, atol=1e-5, rtol=1e-5)
+    lp.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    # the registered sampler returns the same trajectory
+    r = generate(model, (ids, mask), SamplingConfig(algorithm="few_step", gen_length=6, steps=3, temperature=1.0,
+                                                      remasking="random"), torch.Generator().manual_seed(0))  # fmt: skip
+    assert r.nfe == 3
+    torch.testing.assert_close(r.extras["logp"][r.response_mask], traj.logp[r.response_mask])
+
+
+def test_states_noise_and_advantages():
+    resp = torch.tensor([[3, 4, 5, 6]])
+    step_of = torch.tensor([[1, 0, 1, 0]])
+    after = states_after_steps(resp, step_of, 2, 99)
+    assert after[0].tolist() == [[99, 4, 99, 6]] and after[1].tolist() == [[3, 4, 5, 6]]
+    g = torch.Generator().manual_seed(0)
+    student = after[0].repeat(500, 1)
+    zs, zt, t = noise_pair(student, resp.repeat(500, 1), 99, g)
+    counts_s, counts_t = (zs == 99).sum(-1), (zt == 99).sum(-1)
+    assert torch.equal(counts_s, counts_t) and torch.equal(t, counts_s.double() / 4)
+    assert set(counts_s.tolist()) == {2, 3}  # from the state's own 2 masks up to L - 1
+    assert ((zs != 99) <= (after[0] != 99)).all()  # noise only adds masks
+    zs0, _, _ = noise_pair(student, resp.repeat(500, 1), 99, g, noise_max=0.0)
+    assert torch.equal(zs0, student)
+    r = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 0.0], [5.0, 4.0]])
+    a = group_normalise(r, 2)
+    torch.testing.assert_close(a[:, 1], torch.tensor([-1.0, 1.0, -1.0, 1.0]) / math.sqrt(2), atol=1e-5, rtol=0)
+    assert torch.equal(a[2:, 0], torch.zeros(2))  # no spread in the group: no signal
+    torch.testing.assert_close(step_advantages(torch.tensor([[1.0, 2.0]]), 0.5), torch.tensor([[2.5, 2.0]]))
+
+
+def _train_disc(D, sample_pair, steps, lr, smoothing):
+    """BCE steps with the algorithm's own discriminator update."""
+    algo = ALGORITHMS.get("didi_instruct")(ALGORITHMS.get("didi_instruct").Args(label_smoothing=smoothing),
+                                           D.backbone.diffusion_spec())  # fmt: skip
+    algo.discriminator = D
+    algo.disc_optimizer = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=lr)
+    for step in range(steps):
+        prompt, zs, zt, t = sample_pair(torch.Generator().manual_seed(step))
+        algo.discriminator_step(prompt, torch.ones_like(prompt), zs, zt, t)
+    return algo
+
+
+def test_discriminator_separates_teacher_noised_from_uniform():
+    teacher, tok = _model()
+    spec, digits = teacher.diffusion_spec(), _digit_ids(tok)
+    D = DiffusionDiscriminator(teacher, unfrozen_blocks=1)
+    assert not any(p.requires_grad for p in D.backbone.get_input_embeddings().parameters())
+    assert any(p.requires_grad for p in D.backbone.parameters())
+    L = 8
+
+    def pair(g, n=64):
+        # "teacher" samples: sorted digit strings (what a sort teacher writes); "student": uniform tokens
+        teach = digits[torch.randint(0, 10, (n, L), generator=g)].sort(-1).values
+        rand = torch.randint(0, spec.mask_token_id, (n, L), generator=g)
+        zs, zt, t = noise_pair(rand, teach, spec.mask_token_id, g, noise_max=0.5)
+        return torch.full((n, 2), digits[0]), zs, zt, t
+
+    algo = _train_disc(D, pair, 80, 3e-3, 0.1)
+    prompt, zs, zt, t = pair(torch.Generator().manual_seed(10_000), 256)
+    with torch.no_grad():
+        D.eval()
+        ls, lt = algo.discriminator_logits(prompt, torch.ones_like(prompt), zs, t), algo.discriminator_logits(
+            prompt, torch.ones_like(prompt), zt, t)  # fmt: skip
+    acc = ((ls > 0).float().mean() + (lt < 0).float().mean()) / 2
+    assert acc > 0.9, acc
+
+
+def test_discriminator_log_ratio_is_calibrated_on_a_known_ratio():
+    """Responses of i.i.d. digits: teacher uniform over 0-9, student 0.16 on 0-4 and 0.04 on 5-9.
+    The true log ratio of a noised response is the sum over its visible digits of log(q_s/q_t)."""
+    teacher, tok = _model(1)
+    spec, digits = teacher.diffusion_spec(), _digit_ids(tok)
+    D = DiffusionDiscriminator(teacher, unfrozen_blocks=1)
+    L, smoothing = 6, 0.1
+    q_s = torch.tensor([0.16] * 5 + [0.04] * 5)
+
+    def pair(g, n=128):
+        s = torch.multinomial(q_s, n * L, replacement=True, generator=g).view(n, L)
+        te = torch.randint(0, 10, (n, L), generator=g)
+        zs, zt, t = noise_pair(digits[s], digits[te], spec.mask_token_id, g)
+        return torch.full((n, 2), digits[0]), zs, zt, t
+
+    algo = _train_disc(D, pair, 80, 3e-3, smoothing)
+    prompt, zs, _, t = pair(torch.Generator().manual_seed(10_000), 512)
+    with torch.no_grad():
+        D.eval()
+        est = log_ratio(algo.discriminator_logits(prompt, torch.ones_like(prompt), zs, t), smoothing)
+    per_digit = torch.log(q_s / 0.1)
+    lookup = torch.zeros(len(tok))
+    lookup[digits] = per_digit
+    true = lookup[zs].sum(-1)  # masked positions (mask id -> 0) carry no ratio
+    slope = float(((est - est.mean()) * (true - true.mean())).sum() / ((true - true.mean()) ** 2).sum())
+    corr = float(torch.corrcoef(torch.stack([est, true]))[0, 1])
+    assert corr > 0.9 and 0.7 < slope < 1.3, (corr, slope)
+
+
+def test_reward_guided_sampler_runs_and_rejects_a_bare_model():
+    model, tok = _model()
+    D = DiffusionDiscriminator(model, unfrozen_blocks=1)
+    prompts = [[5, 6, 7], [8, 9]]
+    cfg = SamplingConfig(algorithm="rgas", gen_length=6, steps=4, temperature=1.0)
+    r = generate(GuidedModel(model, D, Guidance(num_candidates=3)), prompts, cfg, torch.Generator().manual_seed(0))
+    assert r.response_ids.shape == (2, 6) and (r.response_ids != model.diffusion_spec().mask_token_id).all()
+    with pytest.raises(ValueError, match="GuidedModel"):
+        generate(model, prompts, cfg)
+
+
+def test_bad_didi_arguments_name_the_key(tmp_path):
+    base = {
+        "model": {"family": "llada", "preset": "tiny", "tokenizer": "builtin"},
+        "data": {"train": "builtin:sort", "gen_length": 10},
+        "eval": {"sampling": {"algorithm": "few_step", "steps": 2}},
+        "stages": [{"kind": "distill", "algorithm": "didi_instruct", "steps": 2, "temperature": 0.0}],
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(base))
+    with pytest.raises(RecipeError, match=r"stages\[0\].temperature"):
+        load_recipe(path)
+    base["stages"][0].pop("temperature")
+    base["stages"][0]["teacher_sampling"] = {"algorithm": "nope"}
+    path.write_text(yaml.safe_dump(base))
+    with pytest.raises(RecipeError, match=r"stages\[0\].teacher_sampling"):
+        load_recipe(path)
+
+
+@pytest.mark.slow
+def test_didi_stage_through_the_pipeline_gives_an_ordinary_checkpoint(tmp_path):
+    """SFT -> didi_instruct via `Pipeline` (Ray, the actor worker), then the student checkpoint is
+    loaded the way `dare generate` loads it and sampled in 2 steps."""
+    from dare.config import build_recipe
+    from dare.trainer import Pipeline
+    from dare.workers.builder import load_policy
+
+    raw = yaml.safe_load(open("recipes/didi_quickstart.yaml"))
+    raw["data"].update(num_train=32, num_eval=16)
+    raw["eval"].update(num_prompts=16, before_first_stage=False)
+    raw["stages"][0].update(steps=30, batch_size=16)
+    raw["stages"][1].update(steps=3, batch_size=4, disc_warmup_steps=1, log_every=1)
+    raw["output_dir"] = str(tmp_path / "run")
+    state = Pipeline(build_recipe(raw, "recipes/didi_quickstart.yaml")).run()
+    stage = tmp_path / "run" / "stage-2-didi"
+    rows = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    for key in ("disc/accuracy", "disc/loss", "reward/mean", "didi/log_ratio_final", "didi/teacher_accuracy",
+                "actor/pg_loss"):  # fmt: skip
+        assert key in rows[-1], key
+    assert rows[0]["actor/grad_norm"] == 0.0 and rows[-1]["actor/grad_norm"] > 0  # warm-up: discriminator only
+    assert torch.load(stage / "teacher_samples.pt")["responses"].shape == (32, 4, 10)
+    assert "2" in state["eval"]
+    model = load_policy(str(stage / "checkpoint"))
+    tok = builtin_tokenizer()
+    r = generate(model, [tok("sort 3142").input_ids], SamplingConfig(algorithm="few_step", gen_length=10, steps=2))
+    assert r.nfe == 2 and r.response_ids.shape == (1, 10)
