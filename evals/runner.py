@@ -185,9 +185,7 @@ def _env(num_threads: int | None) -> dict[str, str]:
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     if num_threads:
         env.update(OMP_NUM_THREADS=str(num_threads), MKL_NUM_THREADS=str(num_threads))
-    # the task subprocesses import dare.evals from wherever this dare comes from
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), root) if p)
+    # the task subprocesses run this interpreter, where dare (and so dare.evals) is installed
     return env
 
 

@@ -65,6 +65,9 @@ class DRAKES(Algorithm):
         gen_length: int | None = None
         # semi-AR blocks (full attention); null = one block (block attention: the model's block_size)
         block_length: int | None = None
+        # straight-through relaxed states: the model reads the exact (hard) sample at every step, the
+        # gradient is the Gumbel-softmax one (false = the official soft states)
+        straight_through: bool = False
         # KL weight to the reference policy (0 = no reference forwards)
         alpha: float = 3e-4
         # alpha grows linearly over this many trainer steps (0 = constant)
@@ -90,7 +93,9 @@ class DRAKES(Algorithm):
                     raise RecipeError(file, f"{key}.{name}", f"invalid value {getattr(self, name)!r}{extra}")
             if not self.reward:
                 raise RecipeError(
-                    file, f"{key}.reward", "is required: task_match, {name: task_match|linear|reward_model, args: {...}} or {path: file.py:fn}"
+                    file,
+                    f"{key}.reward",
+                    "is required: task_match, {name: task_match|linear|reward_model, args: {...}} or {path: file.py:fn}",
                 )
             from dare.rewards.differentiable import check_spec
 
@@ -105,7 +110,7 @@ class DRAKES(Algorithm):
             raise ValueError("drakes: gen_length is not set (the stage trainer fills it from data.gen_length)")
         self.config = RelaxedConfig(
             steps=args.sampling_steps, gen_length=args.gen_length, block_length=args.block_length,
-            tau=args.tau, truncate_steps=args.truncate_steps,
+            tau=args.tau, truncate_steps=args.truncate_steps, straight_through=args.straight_through,
         )  # fmt: skip
         self.config.validate(spec)
         self._reward = None

@@ -132,13 +132,16 @@ class GRPO(Algorithm):
 
     def compute_loss(self, model, batch):
         plan = NoisePlan.from_tensors(batch, PLAN_PREFIX)
-        logp = self.estimator.logp(model, batch, plan, self.spec)  # [B, L]
+        logp, entropy = self.estimator.logp_and_entropy(model, batch, plan, self.spec)  # [B, L] each
         old = batch.get("old_log_prob", logp.detach())
-        return rl_loss(
+        loss, metrics = rl_loss(
             old, logp, batch["advantages"], batch["response_mask"],
             ref_log_prob=batch.get("ref_log_prob"), beta=self.args.beta, config=self.clip,
             loss_agg_mode=self.args.loss_agg_mode,
         )  # fmt: skip
+        resp = batch["response_mask"].float()
+        metrics["actor/entropy"] = float((entropy * resp).sum() / resp.sum().clamp(min=1))
+        return loss, metrics
 
 
 @register_algorithm

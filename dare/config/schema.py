@@ -316,8 +316,7 @@ def _check_combinations(recipe: Recipe, file: Any) -> None:
             raise RecipeError(
                 file,
                 "resources.strategy",
-                f"stages[{i}] ({stage.algorithm!r}) does not run on an FSDP2-sharded actor; "
-                "use strategy: replicate",
+                f"stages[{i}] ({stage.algorithm!r}) does not run on an FSDP2-sharded actor; use strategy: replicate",
             )
         if attention not in algo.attention:
             raise RecipeError(

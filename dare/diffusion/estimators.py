@@ -214,12 +214,17 @@ def model_spec(model: nn.Module) -> DiffusionSpec:
 
 
 def view_logp(
-    model: nn.Module, batch: Mapping[str, torch.Tensor], plan: NoisePlan, spec: DiffusionSpec | None = None
-) -> torch.Tensor:
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    plan: NoisePlan,
+    spec: DiffusionSpec | None = None,
+    entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log p_theta(x0_i | view k) for every view, `[B, K, L]` float32.
 
     Computed (log-softmax in fp32) only where `plan.weights != 0`, zero elsewhere. All K views go
-    through one forward, concatenated along the batch (row b, view k at row b*K + k).
+    through one forward, concatenated along the batch (row b, view k at row b*K + k). With
+    `entropy`, also the (detached) entropy of each of those predictive distributions, `[B, K, L]`.
     """
     spec = spec or model_spec(model)
     ids = batch["input_ids"]  # [B, L]
@@ -247,7 +252,12 @@ def view_logp(
     target = rep(ids)[rows, cols]  # [M]
     out = torch.zeros(B * K, L, dtype=torch.float32, device=logits.device)
     out[rows, cols] = lp.gather(-1, target[:, None]).squeeze(-1)  # [M]
-    return out.reshape(B, K, L)
+    if not entropy:
+        return out.reshape(B, K, L)
+    ent = torch.zeros_like(out)
+    with torch.no_grad():
+        ent[rows, cols] = -(lp.exp() * lp).sum(-1)  # [M], H of p(. | view) in nats
+    return out.reshape(B, K, L), ent.reshape(B, K, L)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,6 +310,21 @@ class LogpEstimator:
         """
         per_view = view_logp(model, batch, plan, spec)  # [B, K, L]
         return (plan.weights * per_view).sum(1)  # [B, K, L] -> [B, L]
+
+    def logp_and_entropy(
+        self,
+        model: nn.Module,
+        batch: Mapping[str, torch.Tensor],
+        plan: NoisePlan,
+        spec: DiffusionSpec | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`logp` plus the policy's predictive entropy per token `[B, L]` (detached): the mean over
+        the views that score the token of H(p_theta(. | view)). A falling entropy is the usual
+        sign of RL collapsing the policy."""
+        per_view, ent = view_logp(model, batch, plan, spec, entropy=True)  # [B, K, L] each
+        used = (plan.weights != 0).float()  # [B, K, L]
+        mean_ent = (ent * used).sum(1) / used.sum(1).clamp(min=1)  # [B, L]
+        return (plan.weights * per_view).sum(1), mean_ent
 
 
 ESTIMATORS: Registry[type[LogpEstimator]] = Registry("log-prob estimator")

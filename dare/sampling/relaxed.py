@@ -68,6 +68,9 @@ class RelaxedConfig:
             block_size (block attention).
         tau: Gumbel-softmax temperature of the relaxed steps.
         truncate_steps: how many final steps are relaxed and keep gradients (0 = none).
+        straight_through: every relaxed state is straight-through (value one-hot(argmax), i.e. the
+            exact Gumbel-max sample of the step, gradient of the relaxed state), so the model only
+            ever reads hard tokens, as at inference; False = the official soft states.
     """
 
     steps: int = 16
@@ -75,6 +78,7 @@ class RelaxedConfig:
     block_length: int | None = None
     tau: float = 1.0
     truncate_steps: int = 4
+    straight_through: bool = False
 
     def resolved_block_length(self, spec: DiffusionSpec) -> int:
         if spec.attention == "block":
@@ -284,6 +288,8 @@ def relaxed_sample(
             per_pos = (logp_blk.exp() * diff).sum(-1)  # [B, Lb]: KL(p_theta^i || p_ref^i)
             kl = kl + r * (masked_mass.squeeze(-1) * per_pos).sum(-1)
 
+        if config.straight_through:  # value: the Gumbel-max draw (mask column included); gradient: relaxed
+            new_blk = F.one_hot(new_blk.detach().argmax(-1), V).to(new_blk.dtype) + (new_blk - new_blk.detach())
         state = torch.cat([state[:, :lo], new_blk, state[:, hi:]], dim=1)
         if record_states:
             states.append(state.argmax(-1))

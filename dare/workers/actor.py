@@ -36,7 +36,7 @@ from verl.single_controller.base.decorator import Dispatch, register
 
 from dare.algorithms import ALGORITHMS
 from dare.workers import sharding
-from dare.workers.builder import build_policy, load_policy, save_policy, wrap_lora
+from dare.workers.builder import build_policy, load_policy, quiet_progress_bars, save_policy, wrap_lora
 from dare.workers.generation import generate_batch
 
 OPTIM_FILE = "optimizer.pt"
@@ -81,6 +81,7 @@ class ActorWorker(Worker):
         if strategy not in sharding.STRATEGIES:
             raise ValueError(f"strategy must be one of {sharding.STRATEGIES}, got {strategy!r}")
         torch.set_num_threads(num_threads)
+        quiet_progress_bars()
         self.device = device
         self.strategy = strategy
         self.model: torch.nn.Module | None = None

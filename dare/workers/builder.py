@@ -24,6 +24,14 @@ from dare.models.tokenizer import model_token_ids
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def quiet_progress_bars() -> None:
+    """No per-file "Loading weights" / "Writing model shards" bars from transformers in worker
+    logs (a run saves a checkpoint every few steps; the console keeps dare's own progress)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
@@ -117,6 +125,7 @@ def export_checkpoint(source: str | Path, out: str | Path, merge_lora: bool = Fa
 
 __all__ = [
     "export_checkpoint",
+    "quiet_progress_bars",
     "build_policy",
     "is_adapter_dir",
     "load_policy",

@@ -12,7 +12,7 @@ from verl import DataProto
 from verl.single_controller.base import Worker
 from verl.single_controller.base.decorator import Dispatch, register
 
-from dare.workers.builder import build_policy, load_policy, wrap_lora
+from dare.workers.builder import build_policy, load_policy, quiet_progress_bars, wrap_lora
 from dare.workers.generation import generate_batch
 
 
@@ -21,6 +21,7 @@ class RolloutWorker(Worker):
     def __init__(self, num_threads: int = 1, device: str = "cpu") -> None:
         super().__init__()
         torch.set_num_threads(num_threads)
+        quiet_progress_bars()
         self.device = device
         self.model: torch.nn.Module | None = None
 

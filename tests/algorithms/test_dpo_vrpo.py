@@ -69,6 +69,12 @@ def test_vrpo_score_is_exactly_zero_at_equal_weights_and_independent_noise_is_no
     up = vrpo.prepare(policy, lambda: contextlib.nullcontext(reference), batch)[0]
     loss, metrics = vrpo.compute_loss(policy, up)
     assert float(loss.detach()) == pytest.approx(0.693147, abs=1e-6) and metrics["actor/score_var"] == 0.0
+    rpo = algorithm("vrpo", policy.diffusion_spec(), num_samples=4, sft_weight=0.5)
+    up = rpo.prepare(policy, lambda: contextlib.nullcontext(reference), batch)[0]
+    loss, metrics = rpo.compute_loss(policy, up)
+    nll = -(up["ref_elbo_chosen"].mean(-1) / gen_length(family)).mean()  # policy == reference
+    assert float(loss.detach()) == pytest.approx(0.693147 + 0.5 * float(nll), rel=1e-5)
+    assert metrics["actor/chosen_nll"] == pytest.approx(float(nll), rel=1e-5)
     up = dpo.prepare(policy, lambda: contextlib.nullcontext(reference), batch)[0]
     loss, metrics = dpo.compute_loss(policy, up)
     expected = -F.logsigmoid(0.1 * scores(dpo, policy, reference, batch).mean(-1)).mean()

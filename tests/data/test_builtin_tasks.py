@@ -32,7 +32,7 @@ def canonical_key(task: str, row: dict) -> str:
 
 
 def test_registry_names_and_errors():
-    assert TASKS.names() == NAMES
+    assert TASKS.names() == sorted(NAMES + [f"pref-{n}" for n in NAMES])  # + the preference pairs of each
     with pytest.raises(KeyError, match="did you mean 'countdown'"):
         get_task("countdwn")
     with pytest.raises(TypeError, match="no knob"):

@@ -109,3 +109,21 @@ def test_block_path_refuses_shifted_logits():
     plan = est.sample(batch, torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="shift_logits"):
         est.logp(model, batch, plan, spec=replace(spec, shift_logits=True))
+
+
+def test_entropy_is_that_of_the_view_distributions():
+    """`logp_and_entropy`: same logp as `logp`; the entropy of a d1 view (one view, whole completion
+    masked) equals -sum p log p of the model's distribution at each response position."""
+    model = tiny("llada", V).eval()
+    batch = make_rl_batch()
+    est = build_estimator("d1", p_mask_prompt=0.0)
+    plan = est.sample(batch, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logp, ent = est.logp_and_entropy(model, batch, plan)
+        torch.testing.assert_close(logp, est.logp(model, batch, plan))
+        view = torch.where(plan.view_masks[:, 0], model.config.mask_token_id, batch["input_ids"])
+        p = torch.softmax(model(view, attention_mask=batch["attention_mask"]).logits.double(), -1)  # [B, L, V]
+        direct = -(p * p.log()).sum(-1)  # [B, L]
+    resp = batch["response_mask"]
+    torch.testing.assert_close(ent[resp].double(), direct[resp], atol=1e-4, rtol=1e-4)
+    assert bool((ent[~resp] == 0).all()) and bool((ent[resp] > 0).all())
