@@ -30,12 +30,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="runs/rl_vs_sft")
+    ap.add_argument("--set", nargs="*", default=[], help="extra dotted overrides for the quickstart run")
     a = ap.parse_args()
     out = Path(a.out)
     rows = []
     for seed in a.seeds:
         run = out / f"seed{seed}"
-        dare("run", str(ROOT / "recipes/quickstart.yaml"), f"seed={seed}", f"output_dir={run}")
+        # a finished run is not repeated (dare run on its own output_dir skips completed stages)
+        dare("run", str(ROOT / "recipes/quickstart.yaml"), f"seed={seed}", f"output_dir={run}", *a.set)
         state = json.loads((run / "run_state.json").read_text())
         sft_s, rl_s = state["stage_seconds"]["1"], state["stage_seconds"]["2"]
         sft_rate = 1000 / sft_s  # the quickstart's SFT stage has 1000 steps
@@ -44,7 +46,7 @@ def main() -> None:
         control = {
             "model": {"path": str((run / "stage-1-sft" / "checkpoint").resolve())},
             "data": quick["data"],
-            "eval": {**quick["eval"], "before_first_stage": False},
+            "eval": {**quick["eval"], "before_first_stage": False, "benchmarks": []},
             "resources": quick["resources"],
             "seed": seed,
             "stages": [{"name": "sft-more", "kind": "sft", "algorithm": "sft", "steps": control_steps,
@@ -70,8 +72,9 @@ def main() -> None:
         vals = [100 * r[key] for r in rows]
         spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
         print(f"{key}: mean {statistics.mean(vals):.1f} ± {spread:.1f} (std over {len(vals)} seeds)")
-    gains = [100 * (r["rl"] - r["control"]) for r in rows]
-    print(f"RL - control: mean {statistics.mean(gains):.1f} points, per seed {[round(g, 1) for g in gains]}")
+    for other in ("sft", "control"):
+        gains = [100 * (r["rl"] - r[other]) for r in rows]
+        print(f"RL - {other}: mean {statistics.mean(gains):.1f} points, per seed {[round(g, 1) for g in gains]}")
 
 
 if __name__ == "__main__":

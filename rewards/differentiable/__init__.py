@@ -145,9 +145,7 @@ def check_spec(raw: Mapping[str, Any] | str | DifferentiableRewardSpec) -> Diffe
     return spec
 
 
-def with_defaults(
-    raw: Mapping[str, Any] | str | DifferentiableRewardSpec, **defaults: Any
-) -> DifferentiableRewardSpec:
+def with_defaults(raw: Mapping[str, Any] | str | DifferentiableRewardSpec, **defaults: Any) -> DifferentiableRewardSpec:
     """The spec with `defaults` added to the args of a built-in whose factory takes them and whose
     args leave them unset (None defaults are skipped); e.g. the DRAKES trainer passes
     `task=<data.train's built-in task>` for `task_match`."""

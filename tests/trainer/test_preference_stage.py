@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from dare.algorithms.dpo import preference_accuracy
@@ -31,6 +32,7 @@ RECIPE = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sft_then_vrpo_through_dare_run(tmp_path: Path):
     path = tmp_path / "recipe.yaml"
     path.write_text("# test recipe\n" + yaml.safe_dump(RECIPE))
@@ -55,7 +57,8 @@ def test_sft_then_vrpo_through_dare_run(tmp_path: Path):
     results = json.loads((out / "eval" / "results.json").read_text())
     gen_acc = (results["1"]["accuracy"], results["2"]["accuracy"])
     print(f"held-out reward accuracy {reward_acc:.3f}, ELBO accuracy {elbo_acc}, generation accuracy {gen_acc}")
-    # measured (2-core CPU, seed 0): reward accuracy 0.5 -> ?, ELBO accuracy ? -> ?, generation ? -> ?
+    # measured (2-core CPU, seed 0): held-out reward accuracy 0.5 -> 0.828, ELBO accuracy 0.992 -> 0.984,
+    # greedy accuracy 30.0% -> 34.5% (200 prompts, s.e. ~3.3)
     assert reward_acc > 0.65
     assert elbo_acc[1] >= elbo_acc[0] - 0.03 and elbo_acc[1] > 0.9
     assert gen_acc[0] > 0.2 and gen_acc[1] >= gen_acc[0] - 0.08
