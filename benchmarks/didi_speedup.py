@@ -1,11 +1,13 @@
 """DiDi-Instruct: accuracy and wall time of a few-step student vs its teacher, over seeds.
 
-Task: "perm" (tests/algorithms/didi_utils.py): any permutation of the K prompt digits is correct,
-so the teacher holds K! modes and few-step decoding of the teacher collides. Per seed: SFT a tiny
-LLaDA teacher, distil it with `DiDiInstruct` in-process (the code the actor runs), then decode the
-eval prompts with the teacher at gen_length steps (one token per step) and at the student's
-budget, and with the student at its budget. Prints one table (accuracy, seconds to decode the eval
-set) and the wall-time speed-up of the student over the many-step teacher.
+Task (tests/algorithms/didi_utils.py): "mirror" (default; the answer copies the K prompt digits in
+order or reversed, two modes per prompt) or "perm" (any permutation of the K digits, K! modes).
+Per seed: SFT a tiny LLaDA teacher, cache many-step teacher samples, distil with `DiDiInstruct`
+in-process (the code the actor runs), then decode the eval prompts with the teacher at gen_length
+steps (one token per step) and at the student's budget, and with the student at its budget, both
+greedy (T=0, low-confidence) and ancestral (T=1, random order: the distribution that is distilled).
+Prints one table (accuracy, seconds to decode the eval set) and the wall-time speed-up of the
+student over the many-step teacher.
 
     .venv/bin/python benchmarks/didi_speedup.py --seeds 0 1 2 --distill-steps 100
 """
@@ -23,20 +25,24 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "algorithms"))
 
-from didi_utils import distill, perm_rows, perm_score, sample_texts, train_teacher  # noqa: E402
+from didi_utils import TASKS, distill, sample_texts, teacher_cache, train_teacher  # noqa: E402
 
 from dare.sampling import SamplingConfig  # noqa: E402
 
+MODES = {"greedy": (0.0, "low_confidence"), "T=1": (1.0, "random")}
 
-def evaluate(model, tok, rows, gen_length: int, steps: int, temperature: float, seed: int) -> tuple[float, float]:
+
+def evaluate(model, tok, rows, score, gen_length: int, steps: int, mode: str, seed: int) -> tuple[float, float]:
+    temperature, remasking = MODES[mode]
     cfg = SamplingConfig(algorithm="few_step", gen_length=gen_length, steps=steps, temperature=temperature,
-                         remasking="low_confidence")  # fmt: skip
+                         remasking=remasking)  # fmt: skip
     texts, seconds = sample_texts(model, tok, rows, cfg, seed)
-    return sum(perm_score(t, r["ground_truth"]) for t, r in zip(texts, rows)) / len(rows), seconds
+    return sum(score(t, r["ground_truth"]) for t, r in zip(texts, rows)) / len(rows), seconds
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--task", choices=sorted(TASKS), default="mirror")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--k", type=int, default=4, help="digits per prompt")
     ap.add_argument("--student-steps", type=int, default=2)
@@ -44,40 +50,48 @@ def main() -> None:
     ap.add_argument("--distill-steps", type=int, default=100)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--disc-lr", type=float, default=1e-3)
-    ap.add_argument("--temperature", type=float, default=0.0, help="eval decoding temperature (0 = greedy)")
-    ap.add_argument("--num-eval", type=int, default=500)
+    ap.add_argument("--disc-updates", type=int, default=2)
+    ap.add_argument("--noise-max", type=float, default=0.0)
+    ap.add_argument("--num-generations", type=int, default=8)
+    ap.add_argument("--num-eval", type=int, default=300)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    L, S = a.k + 1, a.student_steps
+    make_rows, score = TASKS[a.task]
+    L, S, G = a.k + 1, a.student_steps, a.num_generations
     results = []
     for seed in a.seeds:
-        rows = perm_rows(4000, a.k, seed)
-        ev = perm_rows(a.num_eval, a.k, 10_000 + seed)
+        rows = make_rows(4000, a.k, seed)
+        ev = make_rows(a.num_eval, a.k, 10_000 + seed)
         teacher, tok = train_teacher(rows, a.sft_steps, L, seed=seed)
         t0 = time.perf_counter()
-        student, _, hist = distill(teacher, tok, rows[:512], L, a.distill_steps, seed=seed, lr=a.lr,
-                                   student_steps=S, disc_lr=a.disc_lr, disc_warmup_steps=10)  # fmt: skip
-        distill_s = time.perf_counter() - t0
-        res = {
-            "seed": seed,
-            "distill_s": distill_s,
-            "disc_acc": statistics.mean(h["disc/accuracy"] for h in hist[-10:]),
-        }
-        for name, model, steps in [("teacher_full", teacher, L), ("teacher_few", teacher, S), ("student", student, S)]:
-            res[name] = evaluate(model, tok, ev, L, steps, a.temperature, seed)
+        cache = teacher_cache(teacher, tok, rows[:512], L, G, seed)
+        student, _, hist = distill(teacher, tok, rows[:512], L, a.distill_steps, seed=seed, lr=a.lr, cache=cache,
+                                   num_generations=G, student_steps=S, disc_lr=a.disc_lr, disc_warmup_steps=20,
+                                   disc_updates=a.disc_updates, noise_max=a.noise_max)  # fmt: skip
+        res = {"seed": seed, "distill_s": time.perf_counter() - t0,
+               "disc_acc": statistics.mean(h["disc/accuracy"] for h in hist[-10:])}  # fmt: skip
+        for mode in MODES:
+            for name, model, steps in [
+                ("teacher_full", teacher, L),
+                ("teacher_few", teacher, S),
+                ("student", student, S),
+            ]:
+                res[mode, name] = evaluate(model, tok, ev, score, L, steps, mode, seed)
         results.append(res)
         print(f"seed {seed}: " + ", ".join(f"{k}={v}" for k, v in res.items()), flush=True)
-    print(f"\nperm K={a.k} (gen_length {L}), eval n={a.num_eval}, T={a.temperature}, student {S} steps, "
-          f"{a.distill_steps} distill steps")  # fmt: skip
-    print(f"| seed | teacher @{L} acc | s | teacher @{S} acc | student @{S} acc | s | speed-up | disc acc |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\n{a.task} K={a.k} (gen_length {L}), eval n={a.num_eval}, student {S} steps, {a.distill_steps} distill "
+          f"steps of 16 prompts x {G} samples")  # fmt: skip
+    print(f"| seed | decode | teacher @{L} acc | s | teacher @{S} acc | student @{S} acc | s | speed-up | disc acc |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        (tf, tfs), (tw, _), (st, sts) = r["teacher_full"], r["teacher_few"], r["student"]
-        print(f"| {r['seed']} | {100 * tf:.1f} | {tfs:.2f} | {100 * tw:.1f} | {100 * st:.1f} | {sts:.2f} | "
-              f"{tfs / sts:.1f}x | {100 * r['disc_acc']:.0f}% |")  # fmt: skip
-    mean = lambda key: statistics.mean(r[key][0] for r in results)  # noqa: E731
-    print(f"\nmean accuracy: teacher@{L} {100 * mean('teacher_full'):.1f}%, teacher@{S} "
-          f"{100 * mean('teacher_few'):.1f}%, student@{S} {100 * mean('student'):.1f}%")  # fmt: skip
+        for mode in MODES:
+            (tf, tfs), (tw, _), (st, sts) = r[mode, "teacher_full"], r[mode, "teacher_few"], r[mode, "student"]
+            print(f"| {r['seed']} | {mode} | {100 * tf:.1f} | {tfs:.2f} | {100 * tw:.1f} | {100 * st:.1f} | {sts:.2f} | "
+                  f"{tfs / sts:.1f}x | {100 * r['disc_acc']:.0f}% |")  # fmt: skip
+    for mode in MODES:
+        mean = lambda key, mode=mode: statistics.mean(r[mode, key][0] for r in results)  # noqa: E731
+        print(f"mean {mode}: teacher@{L} {100 * mean('teacher_full'):.1f}%, teacher@{S} "
+              f"{100 * mean('teacher_few'):.1f}%, student@{S} {100 * mean('student'):.1f}%")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -161,6 +161,24 @@ class DiDiInstruct(Algorithm):
         self.discriminator: DiffusionDiscriminator | None = None
         self.disc_optimizer: torch.optim.Optimizer | None = None
         self._metrics: dict[str, float] = {}
+        self._pending_state: dict[str, Any] | None = None  # restored before the discriminator exists
+
+    def extra_state(self) -> dict[str, Any] | None:
+        """The discriminator and its Adam state, saved with the actor's training state."""
+        if self.discriminator is None:
+            return None
+        return {"discriminator": self.discriminator.state_dict(), "disc_optimizer": self.disc_optimizer.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore `extra_state()`; applied when the discriminator is built (first `prepare`)."""
+        self._pending_state = state
+        if self.discriminator is not None:
+            self._apply_pending_state()
+
+    def _apply_pending_state(self) -> None:
+        self.discriminator.load_state_dict(self._pending_state["discriminator"])
+        self.disc_optimizer.load_state_dict(self._pending_state["disc_optimizer"])
+        self._pending_state = None
 
     @property
     def needs_reference(self) -> bool:
@@ -173,6 +191,8 @@ class DiDiInstruct(Algorithm):
         self.discriminator = DiffusionDiscriminator(teacher, self.args.disc_unfrozen_blocks).to(device)
         params = [p for p in self.discriminator.parameters() if p.requires_grad]
         self.disc_optimizer = torch.optim.Adam(params, lr=self.args.disc_lr, betas=(0.9, 0.999))
+        if self._pending_state is not None:
+            self._apply_pending_state()
 
     def discriminator_logits(self, prompt_ids, prompt_mask, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Sequence logits `[M]` of noised responses z `[M, L]` after their prompts `[M, P]`."""

@@ -232,7 +232,8 @@ class ActorWorker(Worker):
             self.optimizer.step()
             self.scheduler.step()
             self._version += 1
-        tokens = float(batch["attention_mask"].sum()) if "attention_mask" in batch else 0.0
+        # real tokens of every sequence in the batch (preference batches: chosen_ and rejected_)
+        tokens = float(sum(v.sum() for k, v in batch.items() if k.endswith("attention_mask")))
         metrics = self._mean_metrics(sums)
         elapsed = time.perf_counter() - t0
         metrics.update(
@@ -296,6 +297,9 @@ class ActorWorker(Worker):
                     {"optimizer": optim, "scheduler": self.scheduler.state_dict(), "strategy": self.strategy},
                     os.path.join(path, OPTIM_FILE),
                 )
+            extra = getattr(self.algorithm, "extra_state", lambda: None)()  # e.g. DiDi's discriminator
+            if extra is not None:
+                torch.save(extra, os.path.join(path, "algorithm_state.pt"))
         if self.world_size > 1:
             dist.barrier()
 
@@ -322,6 +326,9 @@ class ActorWorker(Worker):
             else:
                 self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+        extra = Path(path) / "algorithm_state.pt"
+        if extra.is_file() and hasattr(self.algorithm, "load_extra_state"):
+            self.algorithm.load_extra_state(torch.load(extra, weights_only=False))
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def state_checksum(self) -> float:

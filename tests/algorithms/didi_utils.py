@@ -46,6 +46,29 @@ def perm_score(text: str, ground_truth: str) -> float:
     return float(len(text) == len(ground_truth) and "".join(sorted(text)) == ground_truth)
 
 
+def mirror_rows(n: int, k: int = 4, seed: int = 0) -> list[dict]:
+    """The "mirror" task: the prompt lists K distinct digits; the answer copies them in order or
+    reversed (demonstrations 50/50). Two modes per prompt, each a simple function of the prompt, so a
+    few-step student can reach the teacher's quality by committing to one mode; the teacher's
+    per-position marginals are 50/50 between the two modes, so few-step decoding of the teacher mixes
+    them."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        digits = "".join(rng.sample("0123456789", k))
+        answer = digits if rng.random() < 0.5 else digits[::-1]
+        rows.append({"prompt": "mirror " + digits, "response": answer, "ground_truth": digits})
+    return rows
+
+
+def mirror_score(text: str, ground_truth: str) -> float:
+    text = text.strip()
+    return float(text in (ground_truth, ground_truth[::-1]))
+
+
+TASKS = {"perm": (perm_rows, perm_score), "mirror": (mirror_rows, mirror_score)}
+
+
 def train_teacher(rows: list[dict], steps: int, gen_length: int, seed: int = 0, lr: float = 1e-3, batch_size: int = 64):
     """A tiny LLaDA SFT'd on `rows` (the SFT algorithm the actor runs)."""
     torch.manual_seed(seed)
@@ -84,9 +107,9 @@ def sample_texts(model, tok, rows, sampling: SamplingConfig, seed: int = 0, batc
     return texts, seconds
 
 
-def accuracy(model, tok, rows, sampling: SamplingConfig, seed: int = 0) -> float:
+def accuracy(model, tok, rows, sampling: SamplingConfig, seed: int = 0, score=perm_score) -> float:
     texts, _ = sample_texts(model, tok, rows, sampling, seed)
-    return sum(perm_score(t, r["ground_truth"]) for t, r in zip(texts, rows)) / len(rows)
+    return sum(score(t, r["ground_truth"]) for t, r in zip(texts, rows)) / len(rows)
 
 
 def teacher_cache(teacher, tok, rows, gen_length: int, G: int, seed: int = 0) -> torch.Tensor:

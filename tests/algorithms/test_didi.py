@@ -138,6 +138,24 @@ def test_discriminator_log_ratio_is_calibrated_on_a_known_ratio():
     assert corr > 0.9 and 0.7 < slope < 1.3, (corr, slope)
 
 
+def test_discriminator_state_round_trips_through_extra_state():
+    """The actor saves `extra_state()` with the training state; a resumed stage restores it when
+    its discriminator is built (lazily, in the first `prepare`)."""
+    teacher, _ = _model()
+    cls = ALGORITHMS.get("didi_instruct")
+    first = cls(cls.Args(disc_unfrozen_blocks=1), teacher.diffusion_spec())
+    assert first.extra_state() is None
+    first.build_discriminator(teacher)
+    with torch.no_grad():
+        first.discriminator.head[2].weight.add_(0.5)  # differs from a fresh build
+    state = first.extra_state()
+    resumed = cls(cls.Args(disc_unfrozen_blocks=1), teacher.diffusion_spec())
+    resumed.load_extra_state(state)
+    resumed.build_discriminator(teacher)
+    for (name, a), b in zip(first.discriminator.state_dict().items(), resumed.discriminator.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_reward_guided_sampler_runs_and_rejects_a_bare_model():
     model, tok = _model()
     D = DiffusionDiscriminator(model, unfrozen_blocks=1)

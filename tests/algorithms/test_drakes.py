@@ -239,7 +239,7 @@ def test_task_match_is_per_token_accuracy_on_hard_samples_and_linear_in_probs():
     r = reward(probs, prompt_ids=ids, prompt_mask=mask)
     r.sum().backward()
     target = torch.tensor([TOK.convert_tokens_to_ids(c) for c in "1123"] + [TOK.eos_token_id])
-    assert r[0] == pytest.approx(float(probs[0, torch.arange(5), target].mean()))
+    assert float(r[0]) == pytest.approx(float(probs[0, torch.arange(5), target].mean()))
     expected = torch.zeros(L, len(TOK))
     expected[torch.arange(5), target] = 1 / 5  # d r / d probs: 1/n at the target entries of the scored positions
     assert torch.equal(probs.grad[0], expected)
