@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from verl import DataProto
 
-from dare.config.schema import stage_to_dict
 from dare.data.formatting import collate_prompts
 from dare.diffusion.rl_losses import compute_advantages
 from dare.trainer.evaluate import row_scorer
-from dare.trainer.metrics import MetricsLogger, rank_zero_metrics
-from dare.trainer.pipeline import STAGE_TRAINERS, StageContext, list_states, save_training_state
+from dare.trainer.loop import StageTrainer
+from dare.trainer.metrics import rank_zero_metrics
+from dare.trainer.pipeline import STAGE_TRAINERS, StageContext
 from dare.trainer.runtime import dp_call
-from dare.trainer.stream import BatchStream, step_generator
+from dare.trainer.stream import step_generator
 
 
 class TaskVerifierScorer:
@@ -64,12 +64,19 @@ def build_scorer(args: Any):
     return RewardFunctionScorer(args.rewards, args.reward_workers, args.reward_timeout_s)
 
 
-class RLTrainer:
+class RLTrainer(StageTrainer):
     def __init__(self, ctx: StageContext, pipeline) -> None:
-        self.ctx, self.pipeline = ctx, pipeline
+        super().__init__(ctx, pipeline)
         self.args = ctx.stage.args
-        self.stream = BatchStream(ctx.train_rows, ctx.stage.batch_size, ctx.recipe.seed, ctx.index)
         self.sampling = {**self.args.sampling, "gen_length": ctx.recipe.data.gen_length, "num_generations": 1}
+        self.scorer = None
+
+    def setup(self) -> None:
+        self.scorer = build_scorer(self.args)
+
+    def close(self) -> None:
+        if self.scorer is not None:
+            self.scorer.close()
 
     def rollout(self, step: int) -> tuple[DataProto, list[dict[str, Any]], dict[str, float], list[str]]:
         """Sample G completions for each prompt of the step; return the training batch (without
@@ -102,11 +109,11 @@ class RLTrainer:
         }
         return DataProto.from_dict(tensors=batch), row_of, metrics, texts
 
-    def step(self, step: int, scorer) -> dict[str, float]:
+    def step(self, step: int) -> dict[str, float]:
         ctx, G = self.ctx, self.args.num_generations
         data, row_of, metrics, texts = self.rollout(step)
         t0 = time.perf_counter()
-        scores, reward_metrics = scorer.score(row_of, texts)
+        scores, reward_metrics = self.scorer.score(row_of, texts)
         metrics["perf/reward_s"] = time.perf_counter() - t0
         scores_t = torch.tensor(scores, dtype=torch.float32)
         uid = np.array([i // G for i in range(len(scores))], dtype=object)
@@ -123,31 +130,6 @@ class RLTrainer:
         metrics["reward/mean"] = float(scores_t.mean())
         metrics["reward/std"] = float(scores_t.std()) if len(scores) > 1 else 0.0
         return metrics
-
-    def fit(self) -> None:
-        ctx, stage = self.ctx, self.ctx.stage
-        ctx.actor.init_stage(stage_to_dict(stage), stage.args, stage.steps)
-        logger = MetricsLogger(
-            ctx.dir / "metrics.jsonl", stage.steps, stage.log_every, stage_name=ctx.dir.name,
-            tensorboard=ctx.recipe.logging.tensorboard, wandb_project=ctx.recipe.logging.wandb_project,
-        )  # fmt: skip
-        start = ctx.start_step
-        if start:
-            ctx.actor.load_state(str(ctx.dir / "state" / f"step_{start}"))
-            self.pipeline.sync_rollout(ctx.actor)
-            logger.truncate_after(start)
-            print(f"dare: resumed {ctx.dir.name} at step {start}", flush=True)
-        scorer = build_scorer(self.args)
-        try:
-            for step in range(start + 1, stage.steps + 1):
-                logger.log(step, self.step(step - 1, scorer))
-                if stage.save_every and step % stage.save_every == 0 and step < stage.steps:
-                    save_training_state(ctx, step)
-        finally:
-            scorer.close()
-        if not list_states(ctx.dir) or list_states(ctx.dir)[-1] != stage.steps:
-            save_training_state(ctx, stage.steps)
-        logger.close()
 
 
 STAGE_TRAINERS.register("rl", RLTrainer)

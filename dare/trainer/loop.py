@@ -1,0 +1,77 @@
+"""The loop every stage trainer shares: set up the stage on the actor, resume from the last saved
+training state, run the steps, log, checkpoint.
+
+A stage trainer subclasses `StageTrainer` and writes `step(step) -> metrics` (and, if it needs
+them, `setup` before the loop, `algorithm_args` to adjust the recipe's arguments, `close` after);
+it is registered in `dare.trainer.pipeline.STAGE_TRAINERS` under a name that an algorithm's
+`trainer_name()` returns.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from dare.config.schema import stage_to_dict
+from dare.trainer.metrics import MetricsLogger
+from dare.trainer.pipeline import StageContext, list_states, save_training_state
+from dare.trainer.stream import BatchStream
+
+
+class StageTrainer:
+    """Resumable step loop. `step(i)` gets the 0-based step index; all of a step's randomness
+    must come from (recipe seed, stage index, step) (`dare.trainer.stream`), so a resumed run
+    replays the same steps."""
+
+    def __init__(self, ctx: StageContext, pipeline: Any = None) -> None:
+        self.ctx, self.pipeline = ctx, pipeline
+        self.stream = BatchStream(ctx.train_rows, ctx.stage.batch_size, ctx.recipe.seed, ctx.index)
+
+    def algorithm_args(self) -> Any:
+        """The algorithm arguments sent to the actor (the recipe's, unless a trainer fills in
+        defaults from the rest of the recipe)."""
+        return self.ctx.stage.args
+
+    def setup(self) -> None:
+        """Work before the first step (e.g. caching teacher samples)."""
+
+    def step(self, step: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what `setup` / `step` opened (reward worker pools ...); runs even on errors."""
+
+    def sync_rollout(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.sync_rollout(self.ctx.actor)
+
+    def fit(self) -> None:
+        ctx, stage = self.ctx, self.ctx.stage
+        self.setup()
+        ctx.actor.init_stage(stage_to_dict(stage), self.algorithm_args(), stage.steps)
+        logger = MetricsLogger(
+            ctx.dir / "metrics.jsonl", stage.steps, stage.log_every, stage_name=ctx.dir.name,
+            tensorboard=ctx.recipe.logging.tensorboard, wandb_project=ctx.recipe.logging.wandb_project,
+        )  # fmt: skip
+        start = ctx.start_step
+        if start:
+            ctx.actor.load_state(str(ctx.dir / "state" / f"step_{start}"))
+            self.sync_rollout()
+            logger.truncate_after(start)
+            print(f"dare: resumed {ctx.dir.name} at step {start}", flush=True)
+        try:
+            for step in range(start + 1, stage.steps + 1):
+                t0 = time.perf_counter()
+                metrics = self.step(step - 1)
+                metrics["perf/step_s"] = time.perf_counter() - t0
+                logger.log(step, metrics)
+                if stage.save_every and step % stage.save_every == 0 and step < stage.steps:
+                    save_training_state(ctx, step)
+        finally:
+            self.close()
+        if not list_states(ctx.dir) or list_states(ctx.dir)[-1] != stage.steps:
+            save_training_state(ctx, stage.steps)
+        logger.close()
+
+
+__all__ = ["StageTrainer"]
