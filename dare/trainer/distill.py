@@ -22,22 +22,23 @@ from pathlib import Path
 import torch
 from verl import DataProto
 
-from dare.config.schema import stage_to_dict
 from dare.data.formatting import collate_prompts
 from dare.trainer.evaluate import row_scorer
-from dare.trainer.metrics import MetricsLogger, rank_zero_metrics
-from dare.trainer.pipeline import STAGE_TRAINERS, StageContext, list_states, save_training_state
+from dare.trainer.loop import StageTrainer
+from dare.trainer.metrics import rank_zero_metrics
+from dare.trainer.pipeline import STAGE_TRAINERS, StageContext
 from dare.trainer.runtime import dp_call
 from dare.trainer.stream import BatchStream, step_generator
 
 TEACHER_CACHE = "teacher_samples.pt"
 
 
-class DistillTrainer:
+class DistillTrainer(StageTrainer):
     def __init__(self, ctx: StageContext, pipeline) -> None:
-        self.ctx, self.pipeline = ctx, pipeline
+        super().__init__(ctx, pipeline)
         self.args = ctx.stage.args
         self.gen_length = ctx.recipe.data.gen_length
+        # row indices (the batch carries each row's cached teacher samples)
         self.stream = BatchStream(list(range(len(ctx.train_rows))), ctx.stage.batch_size, ctx.recipe.seed, ctx.index)
 
     def teacher_samples(self, chunk: int = 256) -> tuple[torch.Tensor, float]:
@@ -89,34 +90,17 @@ class DistillTrainer:
         }
         return DataProto.from_dict(tensors=tensors)
 
-    def fit(self) -> None:
-        ctx, stage = self.ctx, self.ctx.stage
+    def setup(self) -> None:
         t0 = time.perf_counter()
-        cache, teacher_acc = self.teacher_samples()
-        teacher_s = time.perf_counter() - t0
-        print(f"dare: {ctx.dir.name}: {cache.shape[0]}x{cache.shape[1]} teacher samples cached "
-              f"(accuracy {100 * teacher_acc:.1f}%, {teacher_s:.0f}s)", flush=True)  # fmt: skip
-        ctx.actor.init_stage(stage_to_dict(stage), stage.args, stage.steps)
-        logger = MetricsLogger(
-            ctx.dir / "metrics.jsonl", stage.steps, stage.log_every, stage_name=ctx.dir.name,
-            tensorboard=ctx.recipe.logging.tensorboard, wandb_project=ctx.recipe.logging.wandb_project,
-        )  # fmt: skip
-        start = ctx.start_step
-        if start:
-            ctx.actor.load_state(str(ctx.dir / "state" / f"step_{start}"))
-            logger.truncate_after(start)
-            print(f"dare: resumed {ctx.dir.name} at step {start}", flush=True)
-        for step in range(start + 1, stage.steps + 1):
-            out = ctx.actor.update_actor(self.batch(step - 1, cache))
-            metrics = rank_zero_metrics(out.meta_info["metrics"])
-            metrics["didi/teacher_accuracy"] = teacher_acc
-            logger.log(step, metrics)
-            if stage.save_every and step % stage.save_every == 0 and step < stage.steps:
-                save_training_state(ctx, step)
-        self.pipeline.sync_rollout(ctx.actor)
-        if not list_states(ctx.dir) or list_states(ctx.dir)[-1] != stage.steps:
-            save_training_state(ctx, stage.steps)
-        logger.close()
+        self.cache, self.teacher_acc = self.teacher_samples()
+        print(f"dare: {self.ctx.dir.name}: {self.cache.shape[0]}x{self.cache.shape[1]} teacher samples cached "
+              f"(accuracy {100 * self.teacher_acc:.1f}%, {time.perf_counter() - t0:.0f}s)", flush=True)  # fmt: skip
+
+    def step(self, step: int) -> dict[str, float]:
+        out = self.ctx.actor.update_actor(self.batch(step, self.cache))
+        metrics = rank_zero_metrics(out.meta_info["metrics"])
+        metrics["didi/teacher_accuracy"] = self.teacher_acc
+        return metrics
 
 
 STAGE_TRAINERS.register("distill", DistillTrainer)

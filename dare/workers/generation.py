@@ -25,8 +25,8 @@ def generate_batch(model: torch.nn.Module, data: DataProto, device: str, rank: i
         "decode_step": rollout.decode_step.cpu(),
         # per row, because ranks differ (early stops) and verl refuses unequal meta_info on concat:
         # the forward passes and seconds of the rank's whole batch
-        "nfe": torch.full((len(ids),), rollout.nfe, dtype=torch.long),
-        "seconds": torch.full((len(ids),), rollout.wall_time, dtype=torch.float64),
+        "nfe": torch.full((len(rollout.response_ids),), rollout.nfe, dtype=torch.long),
+        "seconds": torch.full((len(rollout.response_ids),), rollout.wall_time, dtype=torch.float64),
     }
     return DataProto.from_dict(tensors=out)
 
