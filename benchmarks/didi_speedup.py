@@ -1,7 +1,8 @@
 """DiDi-Instruct: accuracy and wall time of a few-step student vs its teacher, over seeds.
 
-Task (tests/algorithms/didi_utils.py): "mirror" (default; the answer copies the K prompt digits in
-order or reversed, two modes per prompt) or "perm" (any permutation of the K digits, K! modes).
+Task (tests/algorithms/didi_utils.py): "mirror" (default; the built-in task: the answer copies the K
+prompt digits in order or reversed, two modes per prompt; eval prompts from its held-out split) or
+"perm" (any permutation of the K digits, K! modes).
 Per seed: SFT a tiny LLaDA teacher, cache many-step teacher samples, distil with `DiDiInstruct`
 in-process (the code the actor runs), then decode the eval prompts with the teacher at gen_length
 steps (one token per step) and at the student's budget, and with the student at its budget, both
@@ -60,8 +61,8 @@ def main() -> None:
     L, S, G = a.k + 1, a.student_steps, a.num_generations
     results = []
     for seed in a.seeds:
-        rows = make_rows(4000, a.k, seed)
-        ev = make_rows(a.num_eval, a.k, 10_000 + seed)
+        rows = make_rows(4000, a.k, seed, "train")
+        ev = make_rows(a.num_eval, a.k, 10_000 + seed, "eval")
         teacher, tok = train_teacher(rows, a.sft_steps, L, seed=seed)
         t0 = time.perf_counter()
         cache = teacher_cache(teacher, tok, rows[:512], L, G, seed)

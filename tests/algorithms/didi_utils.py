@@ -1,14 +1,16 @@
-"""In-process DiDi-Instruct for tests and benchmarks: a multimodal toy task, a tiny SFT teacher, and
-the distillation loop the actor runs (the same `DiDiInstruct.prepare` / `compute_loss`, no Ray).
+"""In-process DiDi-Instruct for tests and benchmarks: toy tasks with several answers per prompt, a
+tiny SFT teacher, and the distillation loop the actor runs (the same `DiDiInstruct.prepare` /
+`compute_loss`, no Ray).
 
-The task ("perm"): the prompt lists K distinct digits, and ANY permutation of them is a correct
-answer; the demonstrations are uniformly random permutations. A teacher trained on them holds K!
-modes, so its per-position marginals at the all-mask state are spread over the K digits: decoded
-one token per step it stays consistent, decoded in few steps the independent draws collide
-(duplicated digits). This is the factorisation error that few-step distillation removes; the
-built-in tasks have a single answer per prompt, and there a tiny SFT model decodes just as well in
-one step as in gen_length steps (sort: 94% greedy at 1-2 steps vs 92% at 10 steps, measured), so
-they cannot show it.
+Tasks (`TASKS[name] = (rows(n, k, seed, split), score)`):
+- "mirror": the built-in task (`dare/data/tasks/mirror.py`): the answer copies the K prompt digits
+  in order or reversed (two modes per prompt, demonstrations 50/50). The teacher's per-position
+  marginals mix the two modes, so its few-step decoding breaks; a student only has to commit to one.
+- "perm": the prompt lists K distinct digits and ANY permutation of them is correct (K! modes);
+  kept here as the negative case of docs/didi.md (a 2-step student would need a new deterministic
+  rule, and neither DiDi-Instruct nor REINFORCE with the true reward finds it at this scale).
+The built-in single-answer tasks cannot show a few-step gap: a tiny SFT model decodes them as well
+in one step as in gen_length steps (sort: 94% greedy at 1-2 steps vs 92% at 10 steps, measured).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 
 from dare.algorithms import ALGORITHMS
 from dare.data.formatting import collate_prompts, collate_sft
-from dare.data.tasks import builtin_tokenizer
+from dare.data.tasks import builtin_tokenizer, get_task
 from dare.models import tiny
 from dare.models.tokenizer import model_token_ids
 from dare.sampling import SamplingConfig, generate
@@ -29,8 +31,9 @@ from dare.trainer.stream import BatchStream, step_generator
 from dare.workers.actor import lr_lambda
 
 
-def perm_rows(n: int, k: int = 4, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
+def perm_rows(n: int, k: int = 4, seed: int = 0, split: str = "train") -> list[dict]:
+    """`n` "perm" rows (no held-out split: `split` only changes the stream)."""
+    rng = random.Random(f"perm:{split}:{seed}")
     rows = []
     for _ in range(n):
         digits = rng.sample("0123456789", k)
@@ -46,24 +49,13 @@ def perm_score(text: str, ground_truth: str) -> float:
     return float(len(text) == len(ground_truth) and "".join(sorted(text)) == ground_truth)
 
 
-def mirror_rows(n: int, k: int = 4, seed: int = 0) -> list[dict]:
-    """The "mirror" task: the prompt lists K distinct digits; the answer copies them in order or
-    reversed (demonstrations 50/50). Two modes per prompt, each a simple function of the prompt, so a
-    few-step student can reach the teacher's quality by committing to one mode; the teacher's
-    per-position marginals are 50/50 between the two modes, so few-step decoding of the teacher mixes
-    them."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        digits = "".join(rng.sample("0123456789", k))
-        answer = digits if rng.random() < 0.5 else digits[::-1]
-        rows.append({"prompt": "mirror " + digits, "response": answer, "ground_truth": digits})
-    return rows
+def mirror_rows(n: int, k: int = 4, seed: int = 0, split: str = "train") -> list[dict]:
+    """`n` rows of the built-in "mirror" task with K = `k` digits (train and eval are disjoint)."""
+    return get_task("mirror", num_digits=k).generate(split, n, seed)
 
 
 def mirror_score(text: str, ground_truth: str) -> float:
-    text = text.strip()
-    return float(text in (ground_truth, ground_truth[::-1]))
+    return get_task("mirror").score(text, ground_truth)
 
 
 TASKS = {"perm": (perm_rows, perm_score), "mirror": (mirror_rows, mirror_score)}

@@ -15,7 +15,7 @@ from dare.data.tasks import (
 )
 from dare.data.tasks.sudoku import all_grids, is_valid_grid, solutions
 
-NAMES = ["addition", "countdown", "sort", "sudoku"]
+NAMES = ["addition", "countdown", "mirror", "sort", "sudoku"]
 
 
 def canonical_key(task: str, row: dict) -> str:
@@ -28,6 +28,8 @@ def canonical_key(task: str, row: dict) -> str:
         return f"{a}+{b}"
     if task == "sort":
         return "".join(sorted(row["prompt"].removeprefix("sort ")))
+    if task == "mirror":
+        return row["prompt"].removeprefix("mirror ")
     return gt["puzzle"]
 
 
@@ -180,6 +182,21 @@ def test_addition_and_sort_scorers():
     assert srt.score("13799", "13799") == 1.0
     for wrong in ["1379", "97331", "1 3 7 9 9", "1,3,7,9,9", None]:
         assert srt.score(wrong, "13799") == 0.0, wrong
+
+
+def test_mirror_accepts_both_orders_and_draws_both():
+    task = get_task("mirror")
+    assert task.score("3071", "3071") == 1.0 and task.score(" 1703<|eos|>", "3071") == 1.0
+    for wrong in ["3001", "1730", "307", "30711", "3 0 7 1", "", None]:
+        assert task.score(wrong, "3071") == 0.0, wrong
+    rows = task.generate("train", 400, seed=0)
+    assert all(len(set(r["ground_truth"])) == 4 == len(r["ground_truth"]) for r in rows)  # distinct digits
+    reversed_share = sum(r["response"] != r["ground_truth"] for r in rows) / len(rows)
+    assert 0.4 < reversed_share < 0.6  # demonstrations hold both modes
+    assert all(r["response"] == r["ground_truth"] for r in get_task("mirror", reverse_prob=0.0).generate("eval", 50))
+    assert len(get_task("mirror", num_digits=7).generate("train", 5)[0]["response"]) == 7
+    with pytest.raises(ValueError, match="num_digits"):
+        get_task("mirror", num_digits=1)
 
 
 def test_task_tokenizer_is_the_shared_one():

@@ -1,5 +1,5 @@
 """Synthetic preference pairs from the built-in tasks: `pref-<task>` (pref-sort, pref-addition,
-pref-countdown, pref-sudoku).
+pref-countdown, pref-sudoku, pref-mirror).
 
 Each row is a row of the base task with a correct and an incorrect answer added:
 
@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass, fields
 from typing import Any
 
-from dare.data.tasks import arithmetic, countdown, sudoku  # noqa: F401  (the base tasks register first)
+from dare.data.tasks import arithmetic, countdown, mirror, sudoku  # noqa: F401  (the base tasks register first)
 from dare.data.tasks.base import TASKS, Task
 
 PREFIX = "pref-"
