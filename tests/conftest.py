@@ -20,3 +20,14 @@ def _deterministic_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _ray_down_after_module():
+    """A test module that runs a Pipeline in-process leaves Ray initialised; shut it down so the
+    next module (on the same pytest-xdist worker) can start its own."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -28,6 +28,9 @@ from dare.rewards.differentiable import (
 from dare.rewards.differentiable.reward_model import tiny_classifier, train_reward_model
 from dare.trainer.stream import BatchStream
 
+# module-scoped fixtures: keep this file's tests on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("drakes")
+
 TOK = builtin_tokenizer()
 SEVEN = TOK.convert_tokens_to_ids("7")
 REWARD = {"name": "linear", "args": {"scores": {SEVEN: 1.0}}}  # fraction of response tokens that are '7'

@@ -11,6 +11,9 @@ from dare.data.tasks import get_task
 from dare.evals.likelihood import continuation_batch, continuation_elbo
 from dare.evals.prompts import split_continuation
 
+# module-scoped fixtures: keep this file's tests on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("evals")
+
 
 @pytest.fixture(scope="module")
 def oc_model(sort_ckpt):

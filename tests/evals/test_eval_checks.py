@@ -17,6 +17,9 @@ from dare.evals.runner import CONFIG_NAME
 from dare.models import tiny
 from dare.models.tokenizer import model_token_ids
 
+# module-scoped fixtures: keep this file's tests on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("evals")
+
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):

@@ -25,6 +25,9 @@ from dare.sampling import SamplingConfig, generate
 from dare.trainer.evaluate import row_scorer
 from dare.workers.builder import load_policy
 
+# module-scoped fixtures: keep this file's tests on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("evals")
+
 LIMIT = 60
 
 

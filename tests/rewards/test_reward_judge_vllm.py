@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("DARE_VLLM_VENV", ROOT / ".venv-vllm"))
 SETUP = ROOT / "scripts" / "setup_vllm_cpu.sh"
 
-pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1800)]
+# the module-scoped server fixture: keep this file's tests on one pytest-xdist worker
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1800), pytest.mark.xdist_group("vllm")]
 
 judge = get_reward("judge")
 

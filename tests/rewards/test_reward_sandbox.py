@@ -8,6 +8,7 @@ probe's reason.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
@@ -45,9 +46,12 @@ def test_program_runs_and_reports():
 
 
 def test_infinite_loop_is_killed_by_the_cpu_limit():
+    # a generous wall clock: on a loaded machine the loop gets its 2 CPU seconds slowly, and the
+    # CPU limit (not the wall clock) must be what ends it
+    limits = dataclasses.replace(LIMITS, wall_s=60)
     start = time.monotonic()
-    res = run_program("while True:\n    pass", "", LIMITS)
-    assert time.monotonic() - start < LIMITS.cpu_s + 3
+    res = run_program("while True:\n    pass", "", limits)
+    assert time.monotonic() - start < limits.wall_s
     assert not res.ok and res.signal in (24, 9)  # SIGXCPU at the soft limit, SIGKILL at the hard
     # a reward sees it as failed tests and a timeout flag
     out = get_reward("code")("", "while True:\n    pass", ["assert True"], cpu_s=1, wall_s=3)

@@ -16,6 +16,9 @@ from dare.trainer.stream import BatchStream
 from dare.workers.actor import ActorWorker
 from dare.workers.sharding import decoder_blocks
 
+# module-scoped fixtures: keep this file's tests on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("fsdp2")
+
 MODEL = {"family": "llada", "preset": "tiny", "tokenizer": "builtin", "dtype": "float32", "overrides": {}}
 
 
