@@ -203,6 +203,10 @@ class StageSpec:
     save_every: int = 0
     keep_last: int = 2
     log_every: int = 10
+    # after this stage, also give its starting checkpoint the same wall time of further SFT (the
+    # last SFT stage's settings at its final lr, constant) and evaluate it: the compute-matched
+    # control a stage's gain is judged against, reported as a row of its own
+    sft_control: bool = False
     # the algorithm's arguments (validated against its Args dataclass)
     args: Any = None
 
@@ -312,6 +316,12 @@ def _check_combinations(recipe: Recipe, file: Any) -> None:
     sharded = recipe.resources.resolved_strategy() == "fsdp2"
     for i, stage in enumerate(recipe.stages):
         algo = ALGORITHMS.get(stage.algorithm)
+        if stage.sft_control and not any(s.kind == "sft" for s in recipe.stages[:i]):
+            raise RecipeError(
+                file, f"stages[{i}].sft_control", "needs an earlier sft stage (its settings train the control)"
+            )
+        if stage.sft_control and not recipe.eval.enabled:
+            raise RecipeError(file, f"stages[{i}].sft_control", "needs eval.enabled (the control is only evaluated)")
         if sharded and not algo.supports_sharding:
             raise RecipeError(
                 file,

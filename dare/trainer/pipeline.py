@@ -150,7 +150,7 @@ class Pipeline:
         start_ray(r.resources)
         actor = worker_group(ActorWorker, r.resources, name="actor", strategy=r.resources.resolved_strategy())
         completed: list[int] = state["completed"]
-        init_from = self._checkpoint_of(completed[-1]) if completed else None
+        init_from = self.checkpoint_of(completed[-1]) if completed else None
         base_dir = self._base_dir()
         n_params = actor.init_model(_model_dict(r), str(tok_dir), r.seed, init_from, base_dir)[0]
         self.rollout = None
@@ -163,17 +163,18 @@ class Pipeline:
 
         eval_rows = self._eval_rows()
         if r.eval.enabled and r.eval.before_first_stage and "0" not in state["eval"]:
-            state["eval"]["0"] = self._evaluate(actor, tokenizer, eval_rows, "start")
+            state["eval"]["0"] = self.evaluate(actor, tokenizer, eval_rows, "start")
             self._save_run_state(state)
 
         for index, stage in enumerate(r.stages):
             if index in completed:
+                self._maybe_control(state, actor, tokenizer, eval_rows, index, base_dir)  # a run killed in it
                 continue
             sdir = self.run_dir / stage_dir_name(index, stage)
             steps_done = list_states(sdir)
             ctx = StageContext(
                 recipe=r, index=index, stage=stage, dir=sdir, actor=actor, tokenizer=tokenizer,
-                train_rows=self._train_rows(stage.kind), base_dir=base_dir, start_step=steps_done[-1] if steps_done else 0,
+                train_rows=self.train_rows(stage.kind), base_dir=base_dir, start_step=steps_done[-1] if steps_done else 0,
             )  # fmt: skip
             t0 = time.perf_counter()
             STAGE_TRAINERS.get(ALGORITHMS.get(stage.algorithm).trainer_name())(ctx, self).fit()
@@ -185,21 +186,31 @@ class Pipeline:
             state.setdefault("stage_seconds", {})[str(index + 1)] = time.perf_counter() - t0
             self._save_run_state(state)
             if r.eval.enabled:
-                state["eval"][str(index + 1)] = self._evaluate(
-                    actor, tokenizer, eval_rows, stage_dir_name(index, stage)
-                )
+                state["eval"][str(index + 1)] = self.evaluate(actor, tokenizer, eval_rows, stage_dir_name(index, stage))
                 if r.eval.benchmarks:  # OpenCompass on the stage's checkpoint
                     name = stage_dir_name(index, stage)
                     state["eval"][str(index + 1)]["benchmarks"] = evaluate_benchmarks(
                         r, ckpt, self.run_dir / "eval" / "opencompass" / name, name
                     )
                 self._save_run_state(state)
+            self._maybe_control(state, actor, tokenizer, eval_rows, index, base_dir)
         state["total_seconds"] = state.get("total_seconds", 0.0) + time.perf_counter() - t_start
         self._save_run_state(state)
         self._write_results(state)
         return state
 
-    def _checkpoint_of(self, index: int) -> str:
+    def _maybe_control(self, state, actor, tokenizer, eval_rows, index: int, base_dir: str | None) -> None:
+        """The stage's compute-matched SFT control (`sft_control`), unless already evaluated."""
+        key = str(index + 1)
+        if not self.recipe.stages[index].sft_control or key in state.setdefault("control", {}):
+            return
+        from dare.trainer.control import run_sft_control
+
+        seconds = state["stage_seconds"][key]
+        state["control"][key] = run_sft_control(self, actor, tokenizer, eval_rows, index, seconds, base_dir)
+        self._save_run_state(state)
+
+    def checkpoint_of(self, index: int) -> str:
         return str(self.run_dir / stage_dir_name(index, self.recipe.stages[index]) / "checkpoint")
 
     def _base_dir(self) -> str | None:
@@ -213,7 +224,7 @@ class Pipeline:
 
     # -------------------------------------------------------------- data
 
-    def _train_rows(self, kind: str) -> list[dict[str, Any]]:
+    def train_rows(self, kind: str) -> list[dict[str, Any]]:
         """A stage's training rows. For a built-in task, RL stages get the `num_rl_prompts`
         problems that follow the `num_train` demonstrations (generation is prefix-stable), so RL
         trains on prompts the SFT stage never saw."""
@@ -247,7 +258,7 @@ class Pipeline:
         if self.rollout is not None:
             self.rollout.set_weights(ray.put(actor.get_weights()[0]))
 
-    def _evaluate(self, actor, tokenizer, rows, label: str) -> dict[str, Any]:
+    def evaluate(self, actor, tokenizer, rows, label: str) -> dict[str, Any]:
         self.sync_rollout(actor)
         sampler = self.rollout or actor
         res = evaluate_accuracy(
@@ -263,7 +274,10 @@ class Pipeline:
 
     def _write_results(self, state: dict[str, Any]) -> None:
         (self.run_dir / "eval").mkdir(exist_ok=True)
-        _write_json(self.run_dir / "eval" / "results.json", state["eval"])
+        results = dict(state["eval"])
+        if state.get("control"):  # compute-matched SFT controls, keyed by the stage they control
+            results["control"] = state["control"]
+        _write_json(self.run_dir / "eval" / "results.json", results)
         write_report(self.run_dir, self.recipe, state)
 
 
@@ -289,6 +303,13 @@ def write_report(run_dir: Path, recipe: Recipe, state: dict[str, Any]) -> Path:
             f"| {name} | {kind} | {algo} | {steps} | {100 * ev['accuracy']:.1f} | {100 * ev['stderr']:.1f} | "
             f"{ev['num_prompts']} | {'-' if secs is None else f'{secs:.0f}'} |"
         )
+        ctl = state.get("control", {}).get(key)
+        if ctl is not None:
+            lines.append(
+                f"| control: {name}'s start + SFT for its wall time | sft | sft (lr {ctl['lr']:g}, constant) | "
+                f"{ctl['steps']} | {100 * ctl['accuracy']:.1f} | {100 * ctl['stderr']:.1f} | {ctl['num_prompts']} | "
+                f"{ctl['seconds']:.0f} |"
+            )
     lines += ["", f"Decoding: `{json.dumps(next(iter(state['eval'].values()), {}).get('sampling', {}))}`", ""]
     lines += benchmark_report(run_dir, recipe, state)
     path = run_dir / "report.md"

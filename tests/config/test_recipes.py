@@ -83,6 +83,16 @@ def test_block_sft_on_full_attention_family_is_refused(tmp_path):
         load_recipe(path)
 
 
+def test_sft_control_needs_an_earlier_sft_stage_and_drakes_refuses_fsdp2(tmp_path):
+    path = write(tmp_path, edit(stages__0__sft_control=True))
+    with pytest.raises(RecipeError, match=r"stages\[0\].sft_control: needs an earlier sft stage"):
+        load_recipe(path)
+    drakes = {"kind": "rl", "algorithm": "drakes", "steps": 2, "reward": "task_match"}
+    path = write(tmp_path, edit(stages=[BASE["stages"][0], drakes], resources={"strategy": "fsdp2", "num_workers": 2}))
+    with pytest.raises(RecipeError, match=r"resources.strategy: stages\[1\] \('drakes'\) does not run on an FSDP2"):
+        load_recipe(path)
+
+
 def test_sampler_that_does_not_fit_the_model_is_refused(tmp_path):
     bad = edit(eval={"sampling": {"algorithm": "llada", "steps": 12, "block_length": 5}})
     with pytest.raises(RecipeError, match=r"eval.sampling: gen_length=12 is not divisible by block_length=5"):
