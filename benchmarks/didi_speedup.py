@@ -8,7 +8,8 @@ in-process (the code the actor runs), then decode the eval prompts with the teac
 steps (one token per step) and at the student's budget, and with the student at its budget, both
 greedy (T=0, low-confidence) and ancestral (T=1, random order: the distribution that is distilled).
 Prints one table (accuracy, seconds to decode the eval set) and the wall-time speed-up of the
-student over the many-step teacher.
+student over the many-step teacher (load-sensitive on a shared machine: 5 vs 2 model calls is the
+stable ratio). The defaults are `DiDiInstruct.Args`'s; the 3-seed table is in docs/didi.md.
 
     .venv/bin/python benchmarks/didi_speedup.py --seeds 0 1 2 --distill-steps 100
 """

@@ -74,7 +74,7 @@ class ModelSpec:
 
 @dataclass
 class DataSpec:
-    # builtin:<task> (countdown, sudoku, addition, sort) or a JSONL / parquet file / HF dataset folder
+    # builtin:<task> (countdown, sudoku, addition, sort, mirror) or a JSONL / parquet file / HF dataset folder
     train: str = "builtin:sort"
     # default: the eval split of the same built-in task
     eval: str | None = None
