@@ -9,7 +9,7 @@ quickstart: install
 	.venv/bin/dare run recipes/quickstart.yaml
 
 test: install
-	.venv/bin/python -m pytest -q -n auto --dist loadgroup
+	.venv/bin/python -m pytest -q -n 3 --dist loadgroup
 
 lint: install
 	.venv/bin/ruff check dare rewards evals tests benchmarks

@@ -23,7 +23,11 @@ def start_ray(resources: ResourcesSpec) -> None:
         return
     groups = 2 if resources.rollout == "separate" else 1  # the rollout workers get their own bundles
     cpus = max(resources.num_workers * groups, os.cpu_count() or 1)
-    ray.init(num_cpus=cpus, include_dashboard=False, runtime_env={"env_vars": env}, logging_level="ERROR")
+    # address="local": always a new instance of our own, never a cluster that happens to run on
+    # this machine (`ray.init()` would join one started by `ray start` and then refuse num_cpus)
+    ray.init(
+        address="local", num_cpus=cpus, include_dashboard=False, runtime_env={"env_vars": env}, logging_level="ERROR"
+    )
 
 
 def worker_group(cls, resources: ResourcesSpec, name: str, **init_kwargs) -> RayWorkerGroup:

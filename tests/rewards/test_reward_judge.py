@@ -59,20 +59,20 @@ def fake() -> Iterator[tuple[FakeJudge, str]]:
                 state.in_flight += 1
                 state.max_in_flight = max(state.max_in_flight, state.in_flight)
                 state.headers.append(dict(self.headers))
-            try:
-                if "SLOW" in text:
-                    time.sleep(0.3)
-                if "FAIL=" in text and n <= state.fail_times:
-                    return self._send(int(text.split("FAIL=")[1][:3]), {"error": "scripted"})
-                reply = text.split("REPLY=")[1].split("|")[0] if "REPLY=" in text else "Score: 8"
-                assert body["model"] == "fake-judge"
-                if "messages" in body:
-                    self._send(200, {"choices": [{"message": {"role": "assistant", "content": reply}}]})
-                else:
-                    self._send(200, {"choices": [{"text": reply}]})
-            finally:
-                with state.lock:
-                    state.in_flight -= 1
+            if "SLOW" in text:
+                time.sleep(0.3)
+            # out of flight before the reply is written: once the client has it, it may send its
+            # next request before this handler thread runs again
+            with state.lock:
+                state.in_flight -= 1
+            if "FAIL=" in text and n <= state.fail_times:
+                return self._send(int(text.split("FAIL=")[1][:3]), {"error": "scripted"})
+            reply = text.split("REPLY=")[1].split("|")[0] if "REPLY=" in text else "Score: 8"
+            assert body["model"] == "fake-judge"
+            if "messages" in body:
+                self._send(200, {"choices": [{"message": {"role": "assistant", "content": reply}}]})
+            else:
+                self._send(200, {"choices": [{"text": reply}]})
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

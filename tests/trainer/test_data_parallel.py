@@ -35,7 +35,7 @@ def test_two_worker_gradient_equals_one_worker_full_batch(tmp_path):
     )
     model = {"family": "llada", "preset": "tiny", "tokenizer": "builtin", "dtype": "float32", "overrides": {}}
     stage = sft_stage(steps=1, batch_size=8)
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR")
     try:
         grads, checks = {}, {}
         for n in (1, 2):

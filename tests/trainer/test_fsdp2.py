@@ -35,7 +35,7 @@ def setup(tmp_path_factory):
         keys = ("input_ids", "attention_mask", "response_mask")
         return DataProto.from_dict(tensors={**{k: b[k] for k in keys}, "noise_seed": stream.noise_seeds(step)})
 
-    ray.init(num_cpus=16, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=16, include_dashboard=False, logging_level="ERROR")
     yield tmp, tok, batch
     ray.shutdown()
 
