@@ -20,15 +20,15 @@ import time
 from contextlib import contextmanager
 
 import torch
+from sft_utils import sft_loop  # noqa: I001  (tests/algorithms is on sys.path)
 
 from dare.algorithms import ALGORITHMS
-from dare.data.formatting import collate_prompts, collate_sft
+from dare.data.formatting import collate_prompts
 from dare.data.tasks import builtin_tokenizer, get_task
 from dare.models import tiny
 from dare.models.tokenizer import model_token_ids
 from dare.sampling import SamplingConfig, generate
 from dare.trainer.stream import BatchStream, step_generator
-from dare.workers.actor import lr_lambda
 
 
 def perm_rows(n: int, k: int = 4, seed: int = 0, split: str = "train") -> list[dict]:
@@ -66,21 +66,7 @@ def train_teacher(rows: list[dict], steps: int, gen_length: int, seed: int = 0, 
     torch.manual_seed(seed)
     tok = builtin_tokenizer()
     model = tiny("llada", seed=seed, **model_token_ids(tok))
-    algo = ALGORITHMS.get("sft")(ALGORITHMS.get("sft").Args(), model.diffusion_spec())
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda("cosine", 0, steps, 0.1))
-    stream = BatchStream(rows, batch_size, seed, 0)
-    model.train()
-    for step in range(steps):
-        b = collate_sft(stream.rows_at(step), tok, gen_length=gen_length, truncate=True)
-        batch = {k: b[k] for k in ("input_ids", "attention_mask", "response_mask")}
-        batch["noise_seed"] = stream.noise_seeds(step)
-        loss, _ = algo.compute_loss(model, batch)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+    sft_loop(model, tok, rows, steps, gen_length, seed, lr, batch_size)
     return model.eval(), tok
 
 

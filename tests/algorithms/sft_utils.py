@@ -14,13 +14,9 @@ from dare.trainer.stream import BatchStream
 from dare.workers.actor import lr_lambda
 
 
-def train_sft(family: str, task_name: str, steps: int, gen_length: int, seed: int = 0, lr: float = 1e-3,
-              batch_size: int = 64, num_train: int = 2000, task_args: dict | None = None, **model_overrides):  # fmt: skip
-    torch.manual_seed(seed)
-    tok = builtin_tokenizer()
-    task = get_task(task_name, **(task_args or {}))
-    rows = task.generate("train", num_train, seed=seed)
-    model = tiny(family, seed=seed, **{**model_token_ids(tok), **model_overrides})
+def sft_loop(model, tok, rows: list[dict], steps: int, gen_length: int, seed: int = 0, lr: float = 1e-3,
+             batch_size: int = 64) -> list[float]:  # fmt: skip
+    """`steps` SFT updates of `model` on `rows` (AdamW, cosine to 0.1 lr, clip 1.0); the losses."""
     algo_cls = ALGORITHMS.get("sft")
     algo = algo_cls(algo_cls.Args(), model.diffusion_spec())
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -39,6 +35,17 @@ def train_sft(family: str, task_name: str, steps: int, gen_length: int, seed: in
         opt.step()
         sched.step()
         losses.append(float(loss))
+    return losses
+
+
+def train_sft(family: str, task_name: str, steps: int, gen_length: int, seed: int = 0, lr: float = 1e-3,
+              batch_size: int = 64, num_train: int = 2000, task_args: dict | None = None, **model_overrides):  # fmt: skip
+    torch.manual_seed(seed)
+    tok = builtin_tokenizer()
+    task = get_task(task_name, **(task_args or {}))
+    rows = task.generate("train", num_train, seed=seed)
+    model = tiny(family, seed=seed, **{**model_token_ids(tok), **model_overrides})
+    losses = sft_loop(model, tok, rows, steps, gen_length, seed, lr, batch_size)
     return model.eval(), tok, task, losses
 
 
