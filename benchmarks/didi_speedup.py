@@ -46,7 +46,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--task", choices=sorted(TASKS), default="mirror")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--k", type=int, default=4, help="digits per prompt")
+    ap.add_argument("--k", type=int, default=None, help="digits per prompt (mirror/perm 4; sort_either: at most 8)")
+    ap.add_argument("--gen-length", type=int, default=None, help="default: k + 1 (mirror/perm), 10 (sort_either)")
+    ap.add_argument("--intermediate-weight", type=float, default=1.0)
+    ap.add_argument("--disc-views", type=int, default=2)
     ap.add_argument("--student-steps", type=int, default=2)
     ap.add_argument("--sft-steps", type=int, default=300)
     ap.add_argument("--distill-steps", type=int, default=100)
@@ -59,7 +62,9 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     make_rows, score = TASKS[a.task]
-    L, S, G = a.k + 1, a.student_steps, a.num_generations
+    a.k = a.k or (8 if a.task == "sort_either" else 4)
+    L = a.gen_length or (10 if a.task == "sort_either" else a.k + 1)
+    S, G = a.student_steps, a.num_generations
     results = []
     for seed in a.seeds:
         rows = make_rows(4000, a.k, seed, "train")
@@ -69,7 +74,8 @@ def main() -> None:
         cache = teacher_cache(teacher, tok, rows[:512], L, G, seed)
         student, _, hist = distill(teacher, tok, rows[:512], L, a.distill_steps, seed=seed, lr=a.lr, cache=cache,
                                    num_generations=G, student_steps=S, disc_lr=a.disc_lr, disc_warmup_steps=20,
-                                   disc_updates=a.disc_updates, noise_max=a.noise_max)  # fmt: skip
+                                   disc_updates=a.disc_updates, noise_max=a.noise_max,
+                                   intermediate_weight=a.intermediate_weight, disc_views=a.disc_views)  # fmt: skip
         res = {"seed": seed, "distill_s": time.perf_counter() - t0,
                "disc_acc": statistics.mean(h["disc/accuracy"] for h in hist[-10:])}  # fmt: skip
         for mode in MODES:

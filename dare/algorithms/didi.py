@@ -23,12 +23,15 @@ Per step of the stage:
    cached teacher sample (many-step teacher decoding, generated once by the stage trainer) is
    noised to the same number of masks;
 3. the discriminator takes `disc_updates` BCE steps (student = 1, teacher = 0, label smoothing),
-   so its logit estimates log q_nu(z_t) / q_theta(z_t) (`log_ratio` undoes the smoothing);
-4. rewards R_s = -log ratio of state s, normalised within each prompt's group (GRPO style);
+   so its logit estimates log q_nu(z_t) / q_theta(z_t) (`log_ratio` undoes the smoothing; dare's
+   discriminator reads the tokens through `disc_views` complementary views, see
+   `dare.models.discriminator`);
+4. rewards R_s = -(discriminator logit of state s), a monotone stand-in for the log ratio that does
+   not saturate (see `prepare`), normalised within each prompt's group (GRPO style);
    intermediate-state matching: step j's transition gets the advantage
        A_j = sum_{s >= j} w_s * Rhat_s,   w_final = 1, w_intermediate = `intermediate_weight`,
    (a step shapes every later state; an intermediate state should look like the teacher's forward
-   marginal at its level);
+   marginal at its level; with `intermediate_weight` 0 only the samples are scored);
 5. the student loss is -1/(B L) sum_rows sum_j A_j log p_nu(step j's tokens | state j).
 """
 
@@ -126,6 +129,9 @@ class DiDiInstruct(Algorithm):
         # defaults are the settings measured to work: 1e-3, 2 updates
         disc_lr: float = 1e-3
         disc_unfrozen_blocks: int = 4
+        # complementary views of the visible tokens the discriminator reads (dare's addition, see
+        # dare/models/discriminator.py; 1 = the paper's single pass)
+        disc_views: int = 2
         label_smoothing: float = 0.1
         disc_updates: int = 2
         # stage steps that only train the discriminator first (the student's advantages are zero)
@@ -147,6 +153,7 @@ class DiDiInstruct(Algorithm):
                 "temperature": self.temperature > 0,
                 "disc_lr": self.disc_lr > 0,
                 "disc_unfrozen_blocks": self.disc_unfrozen_blocks >= 1,
+                "disc_views": self.disc_views >= 1,
                 "label_smoothing": 0 <= self.label_smoothing < 1,
                 "disc_updates": self.disc_updates >= 1,
                 "disc_warmup_steps": self.disc_warmup_steps >= 0,
@@ -195,25 +202,34 @@ class DiDiInstruct(Algorithm):
 
     def build_discriminator(self, teacher: torch.nn.Module) -> None:
         device = next(teacher.parameters()).device
-        self.discriminator = DiffusionDiscriminator(teacher, self.args.disc_unfrozen_blocks).to(device)
+        self.discriminator = DiffusionDiscriminator(teacher, self.args.disc_unfrozen_blocks, views=self.args.disc_views)
+        self.discriminator.to(device)
         params = [p for p in self.discriminator.parameters() if p.requires_grad]
         self.disc_optimizer = torch.optim.Adam(params, lr=self.args.disc_lr, betas=(0.9, 0.999))
         if self._pending_state is not None:
             self._apply_pending_state()
 
-    def discriminator_logits(self, prompt_ids, prompt_mask, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Sequence logits `[M]` of noised responses z `[M, L]` after their prompts `[M, P]`."""
+    def discriminator_logits(
+        self, prompt_ids, prompt_mask, z: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Sequence logits `[M]` of noised responses z `[M, L]` after their prompts `[M, P]`
+        (`generator` draws the discriminator's complementary views)."""
         ids = torch.cat([prompt_ids, z], 1)
         valid = torch.cat([prompt_mask.bool(), torch.ones_like(z, dtype=torch.bool)], 1)
         resp = torch.cat([torch.zeros_like(prompt_mask, dtype=torch.bool), torch.ones_like(z, dtype=torch.bool)], 1)
-        return self.discriminator.sequence_logit(ids, valid, resp, t)
+        return self.discriminator.sequence_logit(ids, valid, resp, t, generator)
 
-    def discriminator_step(self, prompt_ids, prompt_mask, z_student, z_teacher, t) -> dict[str, float]:
+    def discriminator_step(
+        self, prompt_ids, prompt_mask, z_student, z_teacher, t, generator=None, final_rows: int | None = None
+    ) -> dict[str, float]:
         """One BCE step on noised student (label 1) and teacher (label 0) responses `[M, L]`."""
         D = self.discriminator.train()
         ids = torch.cat([prompt_ids, prompt_ids])
         mask = torch.cat([prompt_mask, prompt_mask])
-        logits = self.discriminator_logits(ids, mask, torch.cat([z_student, z_teacher]), torch.cat([t, t]))
+        logits = self.discriminator_logits(ids, mask, torch.cat([z_student, z_teacher]), torch.cat([t, t]), generator)
+        if not bool(D.bias_initialised):  # first step: centre the logits on this batch
+            D.init_bias(logits)
+            logits = logits - logits.median().detach()  # the value with the new bias
         is_student = torch.cat([torch.ones_like(t), torch.zeros_like(t)])
         loss = F.binary_cross_entropy_with_logits(logits, smoothed_targets(is_student, self.args.label_smoothing))
         self.disc_optimizer.zero_grad(set_to_none=True)
@@ -225,8 +241,10 @@ class DiDiInstruct(Algorithm):
                 p.grad /= dist.get_world_size()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         self.disc_optimizer.step()
-        acc = ((logits > 0).double() == is_student).double().mean()
-        return {"disc/loss": float(loss.detach()), "disc/accuracy": float(acc)}
+        hit = ((logits > 0).double() == is_student).double().view(2, -1)  # [student | teacher, S'*N]
+        final = hit[:, -final_rows:] if final_rows else hit  # states are state-major: the clean samples last
+        return {"disc/loss": float(loss.detach()), "disc/accuracy": float(hit.mean()),
+                "disc/accuracy_final": float(final.mean())}  # fmt: skip
 
     # ----------------------------------------------------------------- the step
 
@@ -246,17 +264,26 @@ class DiDiInstruct(Algorithm):
         gen = torch.Generator(device=ids.device).manual_seed(int(batch["noise_seed"][0]))
         traj = sample_trajectory(model, spec, ids, mask, L, S, a.temperature, a.remasking, gen)
         after = states_after_steps(traj.response, traj.step_of, S, spec.mask_token_id)  # [S, N, L]
+        # intermediate states only matter with intermediate-state matching; else score the samples
+        scored = after if a.intermediate_weight > 0 else after[-1:]  # [S', N, L]
+        S2 = scored.shape[0]
         z_s, z_t, t = noise_pair(
-            after.reshape(S * N, L), batch["teacher_response"].repeat(S, 1), spec.mask_token_id, gen, a.noise_max
-        )  # [S*N, L] each, t [S*N]
-        p_ids, p_mask = ids.repeat(S, 1), mask.repeat(S, 1)
+            scored.reshape(S2 * N, L), batch["teacher_response"].repeat(S2, 1), spec.mask_token_id, gen, a.noise_max
+        )  # [S'*N, L] each, t [S'*N]
+        p_ids, p_mask = ids.repeat(S2, 1), mask.repeat(S2, 1)
         metrics: dict[str, float] = {}
         for _ in range(a.disc_updates):
-            metrics = self.discriminator_step(p_ids, p_mask, z_s, z_t, t)
+            metrics = self.discriminator_step(p_ids, p_mask, z_s, z_t, t, gen, final_rows=N)
         with torch.no_grad():
             self.discriminator.eval()
-            lr = log_ratio(self.discriminator_logits(p_ids, p_mask, z_s, t), a.label_smoothing).view(S, N).T
-        rewards = -lr.float()  # [N, S]
+            logit = self.discriminator_logits(p_ids, p_mask, z_s, t, gen).view(S2, N).T  # [N, S']
+            logit = torch.cat([logit.new_zeros(N, S - S2), logit], 1)  # [N, S], unscored states: 0
+            lr = log_ratio(logit, a.label_smoothing)
+        # the reward is minus the logit, not minus log_ratio(logit): with label smoothing the
+        # inverse saturates once D leaves (eps/2, 1 - eps/2) (|logit| > ~2.9 at eps 0.1, common for
+        # a sum over positions) and every such state would get the same reward; the logit orders
+        # states the same way inside that range and keeps ordering them outside it
+        rewards = -logit.float()  # [N, S]
         adv = step_advantages(group_normalise(rewards, G), a.intermediate_weight)  # [N, S]
         if int(batch["step"][0]) < a.disc_warmup_steps:
             adv = torch.zeros_like(adv)
@@ -264,7 +291,7 @@ class DiDiInstruct(Algorithm):
             "reward/mean": float(rewards[:, -1].mean()),
             "reward/std": float(rewards[:, -1].std()),
             "didi/log_ratio_final": float(lr[:, -1].mean()),
-            "didi/log_ratio_intermediate": float(lr[:, :-1].mean()) if S > 1 else 0.0,
+            "didi/log_ratio_intermediate": float(lr[:, :-1].mean()) if S2 > 1 else 0.0,
             "didi/student_eos_rate": float((traj.response == spec.eos_token_id).float().mean()),
         })  # fmt: skip
         self._metrics = metrics

@@ -19,7 +19,7 @@ temperature, argmax at 0); revealed tokens are carried over.
 The discriminator and the guidance settings ride on the model: pass
 `GuidedModel(student, discriminator, Guidance(...))` to `generate` with
 `SamplingConfig(algorithm="rgas", steps=...)`. The discriminator is any module called as
-`disc(input_ids | None, attention_mask, t, token_probs=None) -> [N, T]` per-position logits
+`disc(input_ids | None, attention_mask, t, token_probs=None, response_mask=...) -> [N, T]` per-position logits
 (`dare.models.discriminator.DiffusionDiscriminator`).
 """
 
@@ -73,10 +73,15 @@ class GuidedModel(nn.Module):
         return self.policy(*args, **kwargs)
 
 
-def _reward(disc, x, valid, P, t, token_probs=None) -> torch.Tensor:
+def _reward(disc, x, valid, P, t, token_probs=None, generator=None) -> torch.Tensor:
     """Minus the discriminator logits summed over the response: `[N]`."""
-    logits = disc(None if token_probs is not None else x, valid, t, token_probs=token_probs)  # [N, T]
-    return -logits[:, P:].sum(-1)
+    response = torch.zeros_like(valid, dtype=torch.bool)
+    response[:, P:] = True
+    logits = disc(
+        None if token_probs is not None else x, valid, t, token_probs=token_probs, response_mask=response,
+        generator=generator,
+    )  # fmt: skip
+    return -logits[:, P:].sum(-1)  # [N]
 
 
 def _ancestral_step(x_resp, logp_x0, t, s, temperature, mask_id, generator):
@@ -136,7 +141,8 @@ class RewardGuidedSampler(Sampler):
                         masked[..., None], lp.softmax(-1), nn.functional.one_hot(x[:, P:], V).float()
                     )  # [N, L, V]
                     prompt = nn.functional.one_hot(x[:, :P], V).float()
-                    r = _reward(disc, x, valid, P, torch.full((N,), t, device=device), torch.cat([prompt, soft], 1))
+                    r = _reward(disc, x, valid, P, torch.full((N,), t, device=device), torch.cat([prompt, soft], 1),
+                                generator)  # fmt: skip
                     (grad,) = torch.autograd.grad(r.sum(), lp)
                 logp = logp + h * grad.double().clamp(-1, 1) * masked[..., None]
                 new, reveal, tokens = _ancestral_step(x[:, P:], logp, t, s, config.temperature, mask_id, generator)
@@ -148,7 +154,14 @@ class RewardGuidedSampler(Sampler):
                 if M > 1:
                     scores = torch.stack(
                         [
-                            _reward(disc, torch.cat([x[:, :P], c[0]], 1), valid, P, torch.full((N,), s, device=device))
+                            _reward(
+                                disc,
+                                torch.cat([x[:, :P], c[0]], 1),
+                                valid,
+                                P,
+                                torch.full((N,), s, device=device),
+                                generator=generator,
+                            )  # fmt: skip
                             for c in cands
                         ],
                         -1,

@@ -9,6 +9,9 @@ Tasks (`TASKS[name] = (rows(n, k, seed, split), score)`):
 - "perm": the prompt lists K distinct digits and ANY permutation of them is correct (K! modes);
   kept here as the negative case of docs/didi.md (a 2-step student would need a new deterministic
   rule, and neither DiDi-Instruct nor REINFORCE with the true reward finds it at this scale).
+- "sort_either": the built-in sort task with `direction: either` (ascending or descending), the
+  quickstart's task with two modes; a tiny teacher's greedy accuracy falls from ~90% at 10 steps
+  to 51-68% at 4 (docs/didi.md).
 The built-in single-answer tasks cannot show a few-step gap: a tiny SFT model decodes them as well
 in one step as in gen_length steps (sort: 94% greedy at 1-2 steps vs 92% at 10 steps, measured).
 """
@@ -58,7 +61,18 @@ def mirror_score(text: str, ground_truth: str) -> float:
     return get_task("mirror").score(text, ground_truth)
 
 
-TASKS = {"perm": (perm_rows, perm_score), "mirror": (mirror_rows, mirror_score)}
+def sort_either_rows(n: int, k: int = 8, seed: int = 0, split: str = "train") -> list[dict]:
+    """`n` rows of the built-in sort task with `direction: either` (3 to `k` digits; ascending and
+    descending both correct, demonstrations 50/50; gen_length 10 as in the quickstart)."""
+    return get_task("sort", direction="either", max_len=k).generate(split, n, seed)
+
+
+def sort_either_score(text: str, ground_truth: str) -> float:
+    return get_task("sort", direction="either").score(text, ground_truth)
+
+
+TASKS = {"perm": (perm_rows, perm_score), "mirror": (mirror_rows, mirror_score),
+         "sort_either": (sort_either_rows, sort_either_score)}  # fmt: skip
 
 
 def train_teacher(rows: list[dict], steps: int, gen_length: int, seed: int = 0, lr: float = 1e-3, batch_size: int = 64):

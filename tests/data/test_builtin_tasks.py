@@ -203,3 +203,22 @@ def test_task_tokenizer_is_the_shared_one():
     a, b = get_task("sort").tokenizer(), get_task("sudoku").tokenizer()
     assert a.get_vocab() == b.get_vocab()
     assert (a.pad_token_id, a.eos_token_id, a.mask_token_id, a.bos_token_id) == (0, 1, 2, 3)
+
+
+def test_sort_either_direction_accepts_both_orders_and_draws_both():
+    task = get_task("sort", direction="either")
+    rows = task.generate("train", 400, seed=0)
+    descending = [r["response"] != r["ground_truth"] for r in rows]
+    assert 0.4 < sum(descending) / len(rows) < 0.6  # demonstrations 50/50
+    for r in rows:
+        assert r["response"] in (r["ground_truth"], r["ground_truth"][::-1])
+        assert task.score(r["response"], r["ground_truth"]) == 1.0
+    assert task.score("1379", "1379") == task.score("9731", "1379") == 1.0
+    assert task.score("1771", "1379") == 0.0  # the two orders mixed
+    # the default is unchanged: one correct answer, the same rows as before the knob existed
+    plain = get_task("sort")
+    assert plain.score("9731", "1379") == 0.0
+    assert all(r["response"] == r["ground_truth"] for r in plain.generate("train", 50, seed=0))
+    assert [r["prompt"] for r in plain.generate("train", 3, seed=0)] == ["sort 8286557", "sort 3518", "sort 676076"]
+    with pytest.raises(ValueError, match="direction"):
+        get_task("sort", direction="down")

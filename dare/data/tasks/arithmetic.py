@@ -56,26 +56,35 @@ class Addition(Task):
 @TASKS.register("sort")
 @dataclass(frozen=True)
 class Sort(Task):
-    """Knobs: lists of `min_len` to `max_len` digits, each drawn uniformly from 0-9."""
+    """Knobs: lists of `min_len` to `max_len` digits, each drawn uniformly from 0-9;
+    `direction`: "ascending" (one correct answer) or "either" (ascending and descending are both
+    correct, demonstrations 50/50: two modes per prompt, the few-step distillation task of
+    docs/didi.md -- decoded several positions per step, a model's per-position marginals mix the
+    two orders, "1379" / "9731" -> "1771")."""
 
     name = "sort"
     symbols = "0123456789 sort"
 
     min_len: int = 3
     max_len: int = 8
+    direction: str = "ascending"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 1 <= self.min_len <= self.max_len:
             raise ValueError(f"sort: need 1 <= min_len <= max_len, got {self.min_len}, {self.max_len}")
+        if self.direction not in ("ascending", "either"):
+            raise ValueError(f"sort: direction must be 'ascending' or 'either', got {self.direction!r}")
 
     def sample_problem(self, rng: random.Random) -> Problem:
         digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(self.min_len, self.max_len)))
         answer = "".join(sorted(digits))
-        return Problem(answer, f"sort {digits}", answer, answer)
+        response = answer[::-1] if self.direction == "either" and rng.random() < 0.5 else answer
+        return Problem(answer, f"sort {digits}", response, answer)
 
     def score(self, response: str, ground_truth: Any) -> float:
-        return 1.0 if extract_answer(response) == str(ground_truth) else 0.0
+        answer, truth = extract_answer(response), str(ground_truth)
+        return 1.0 if answer == truth or (self.direction == "either" and answer == truth[::-1]) else 0.0
 
 
 __all__ = ["Addition", "Sort"]
