@@ -109,8 +109,10 @@ class DiffusionDiscriminator(nn.Module):
         self.bias = nn.Parameter(torch.zeros(()))
         self.register_buffer("bias_initialised", torch.tensor(False))
 
-    def _backbone(self, input_ids, attention_mask, token_probs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Last hidden states `[B, T, d]` and aligned log-probs `[B, T, V]` of one pass."""
+    def _backbone(
+        self, input_ids, attention_mask, token_probs, log_probs: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Last hidden states `[B, T, d]` and (if `log_probs`) aligned log-probs `[B, T, V]` of one pass."""
         if token_probs is not None:
             emb = self.backbone.get_input_embeddings().weight  # [V, d]
             out = self.backbone(
@@ -118,7 +120,8 @@ class DiffusionDiscriminator(nn.Module):
             )
         else:
             out = self.backbone(input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        return out.hidden_states[-1], aligned_logits(out.logits, self.spec).float().log_softmax(-1)
+        logp = aligned_logits(out.logits, self.spec).float().log_softmax(-1) if log_probs else None
+        return out.hidden_states[-1], logp
 
     def forward(
         self,
@@ -135,7 +138,7 @@ class DiffusionDiscriminator(nn.Module):
         `generator` draws the split."""
         mask_id = self.spec.mask_token_id
         if self.views == 1:
-            h, _ = self._backbone(input_ids, attention_mask, token_probs)
+            h, _ = self._backbone(input_ids, attention_mask, token_probs, log_probs=False)
             return self._head(h, t)
         if response_mask is None:
             raise ValueError("DiffusionDiscriminator with views >= 2 needs response_mask")
@@ -148,21 +151,21 @@ class DiffusionDiscriminator(nn.Module):
         # view of each position: a random permutation of the positions dealt round-robin, so the
         # views of a row differ in size by at most one (non-visible positions are never hidden)
         view = keys.to(visible.device).masked_fill(~visible, 2.0).argsort(-1).argsort(-1) % self.views  # [B, T]
+        if token_probs is not None:
+            mask_row = torch.zeros_like(token_probs[0, 0])
+            mask_row[mask_id] = 1.0  # [V]: a hidden position is the mask token
         h_out, surprise = None, None
         for k in range(self.views):
             hide = visible & (view == k)  # [B, T]
             if token_probs is not None:
-                mask_row = nn.functional.one_hot(torch.tensor(mask_id, device=hide.device), token_probs.shape[-1])
-                h, logp = self._backbone(None, attention_mask, torch.where(hide[..., None], mask_row.to(token_probs),
-                                                                           token_probs))  # fmt: skip
+                h, logp = self._backbone(None, attention_mask, torch.where(hide[..., None], mask_row, token_probs))
                 s_k = -(token_probs.float() * logp).sum(-1)  # [B, T] cross-entropy
             else:
                 h, logp = self._backbone(input_ids.masked_fill(hide, mask_id), attention_mask, None)
                 s_k = -logp.gather(-1, input_ids[..., None]).squeeze(-1)  # [B, T]
-            if h_out is None:
-                h_out, surprise = h, torch.zeros_like(s_k)
-            h_out = torch.where(hide[..., None], h, h_out)
-            surprise = torch.where(hide, s_k, surprise)
+            # positions no view hides (masked, prompt) keep pass 0's hidden state and no surprise
+            h_out = h if h_out is None else torch.where(hide[..., None], h, h_out)
+            surprise = torch.where(hide, s_k, 0.0 if surprise is None else surprise)
         return self._head(h_out, t) + self.surprise_scale * surprise
 
     def _head(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -73,15 +73,13 @@ class GuidedModel(nn.Module):
         return self.policy(*args, **kwargs)
 
 
-def _reward(disc, x, valid, P, t, token_probs=None, generator=None) -> torch.Tensor:
-    """Minus the discriminator logits summed over the response: `[N]`."""
-    response = torch.zeros_like(valid, dtype=torch.bool)
-    response[:, P:] = True
+def _reward(disc, x, valid, response, t, token_probs=None, generator=None) -> torch.Tensor:
+    """Minus the discriminator logits summed over the `response` positions: `[N]`."""
     logits = disc(
         None if token_probs is not None else x, valid, t, token_probs=token_probs, response_mask=response,
         generator=generator,
     )  # fmt: skip
-    return -logits[:, P:].sum(-1)  # [N]
+    return -(logits * response).sum(-1)  # [N]
 
 
 def _ancestral_step(x_resp, logp_x0, t, s, temperature, mask_id, generator):
@@ -122,6 +120,8 @@ class RewardGuidedSampler(Sampler):
         device = batch.input_ids.device
         x = torch.cat([batch.input_ids, torch.full((N, L), mask_id, device=device)], 1)  # [N, P+L]
         valid = torch.cat([batch.attention_mask.bool(), torch.ones(N, L, dtype=torch.bool, device=device)], 1)
+        response = torch.zeros_like(valid)
+        response[:, P:] = True  # [N, P+L]: the positions the discriminator scores
         step_of = torch.full((N, L), -1, dtype=torch.long, device=device)
         conf = torch.full((N, L), math.nan, dtype=torch.float64, device=device)
         n_tilt = round(S * (1 - g.rerank_ratio))
@@ -141,7 +141,7 @@ class RewardGuidedSampler(Sampler):
                         masked[..., None], lp.softmax(-1), nn.functional.one_hot(x[:, P:], V).float()
                     )  # [N, L, V]
                     prompt = nn.functional.one_hot(x[:, :P], V).float()
-                    r = _reward(disc, x, valid, P, torch.full((N,), t, device=device), torch.cat([prompt, soft], 1),
+                    r = _reward(disc, x, valid, response, torch.full((N,), t, device=device), torch.cat([prompt, soft], 1),
                                 generator)  # fmt: skip
                     (grad,) = torch.autograd.grad(r.sum(), lp)
                 logp = logp + h * grad.double().clamp(-1, 1) * masked[..., None]
@@ -158,7 +158,7 @@ class RewardGuidedSampler(Sampler):
                                 disc,
                                 torch.cat([x[:, :P], c[0]], 1),
                                 valid,
-                                P,
+                                response,
                                 torch.full((N,), s, device=device),
                                 generator=generator,
                             )  # fmt: skip

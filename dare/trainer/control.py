@@ -19,9 +19,14 @@ from dare.trainer.pipeline import StageContext, stage_dir_name
 from dare.trainer.sft import SFTTrainer
 
 
+def last_sft_index(recipe: Any, index: int) -> int:
+    """The index of the last SFT stage before stage `index` (validation guarantees one)."""
+    return max(i for i, s in enumerate(recipe.stages[:index]) if s.kind == "sft")
+
+
 def control_stage(recipe: Any, index: int):
     """The SFT stage spec the control of stage `index` trains with."""
-    sft = [s for s in recipe.stages[:index] if s.kind == "sft"][-1]
+    sft = recipe.stages[last_sft_index(recipe, index)]
     final_lr = sft.lr * (sft.min_lr_ratio if sft.lr_schedule != "constant" else 1.0) or sft.lr
     return dataclasses.replace(
         sft, name=f"sft-control-{index + 1}", lr=final_lr, lr_schedule="constant", warmup_steps=0, save_every=0
@@ -38,7 +43,7 @@ def run_sft_control(pipeline: Any, actor: Any, tokenizer: Any, eval_rows: list, 
     tok_dir = str(pipeline.run_dir / "tokenizer")
     model = r.to_dict()["model"]
     actor.init_model(model, tok_dir, r.seed, start_ckpt, base_dir)
-    sft_index = r.stages.index([s for s in r.stages[:index] if s.kind == "sft"][-1])
+    sft_index = last_sft_index(r, index)
     ctx = StageContext(
         recipe=r, index=sft_index, stage=stage, dir=pipeline.run_dir / f"control-{index + 1}", actor=actor,
         tokenizer=tokenizer, train_rows=pipeline.train_rows("sft"), base_dir=base_dir, start_step=0,
@@ -59,4 +64,4 @@ def run_sft_control(pipeline: Any, actor: Any, tokenizer: Any, eval_rows: list, 
     return {**res, "steps": steps, "seconds": spent, "lr": stage.lr}
 
 
-__all__ = ["control_stage", "run_sft_control"]
+__all__ = ["control_stage", "last_sft_index", "run_sft_control"]

@@ -57,8 +57,11 @@ def mirror_rows(n: int, k: int = 4, seed: int = 0, split: str = "train") -> list
     return get_task("mirror", num_digits=k).generate(split, n, seed)
 
 
+_MIRROR, _SORT_EITHER = get_task("mirror"), get_task("sort", direction="either")
+
+
 def mirror_score(text: str, ground_truth: str) -> float:
-    return get_task("mirror").score(text, ground_truth)
+    return _MIRROR.score(text, ground_truth)
 
 
 def sort_either_rows(n: int, k: int = 8, seed: int = 0, split: str = "train") -> list[dict]:
@@ -68,7 +71,7 @@ def sort_either_rows(n: int, k: int = 8, seed: int = 0, split: str = "train") ->
 
 
 def sort_either_score(text: str, ground_truth: str) -> float:
-    return get_task("sort", direction="either").score(text, ground_truth)
+    return _SORT_EITHER.score(text, ground_truth)
 
 
 TASKS = {"perm": (perm_rows, perm_score), "mirror": (mirror_rows, mirror_score),

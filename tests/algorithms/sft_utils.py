@@ -34,7 +34,7 @@ def sft_loop(model, tok, rows: list[dict], steps: int, gen_length: int, seed: in
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
