@@ -88,6 +88,20 @@ def check_request(req: EvalRequest, key: str = "benchmarks", files_key: str = "f
     if not req.benchmarks:
         raise ValueError(f"{key}: no benchmarks to run; known: " + ", ".join(BENCHMARKS.names()))
     check_benchmarks(req.benchmarks, req.files, key, files_key)
+    from dare.data.tasks import get_task
+
+    for name, knobs in req.task_args.items():  # {benchmark: {knob: value}}, each knob the task's
+        if name not in req.benchmarks:
+            raise ValueError(
+                f"task_args: {name!r} is not a benchmark of this run ({', '.join(req.benchmarks)}); task_args maps "
+                'a built-in benchmark to its knobs, e.g. {"sort": {"direction": "either"}}'
+            )
+        if not isinstance(knobs, dict):
+            raise ValueError(f"task_args.{name}: expected a mapping of knobs, got {knobs!r}")
+        try:
+            get_task(name, **knobs)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"task_args.{name}: {str(e).strip(chr(34) + chr(39))}") from None
     if req.limit is not None and req.limit < 1:
         raise ValueError(f"limit must be >= 1, got {req.limit}")
     if req.elbo_samples < 1:

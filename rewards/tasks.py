@@ -8,6 +8,9 @@ built-in evaluation agree by construction. `ground_truth` is what the task's row
     addition   "168"
     sort       "13799"
 
+Rows generated with non-default knobs carry them as `task_args` (e.g. `{"direction": "either"}`
+for sort), which reach the reward as an extra field, so the scorer is the row's task.
+
 The task scorers are strict: the (stripped) response must be exactly an answer. With
 `answer_tag: answer` the answer is taken from the last `<answer>...</answer>` of the response
 instead (no tag: score 0), for prompts that ask for tagged output (pair it with the `format`
@@ -17,16 +20,10 @@ reward).
 from __future__ import annotations
 
 import re
-from functools import cache
 from typing import Any
 
-from dare.data.tasks import Task, get_task
+from dare.data.tasks import row_task
 from dare.rewards.base import register_reward
-
-
-@cache
-def _task(name: str) -> Task:
-    return get_task(name)
 
 
 def tagged(text: str, tag: str) -> str | None:
@@ -35,7 +32,7 @@ def tagged(text: str, tag: str) -> str | None:
     return matches[-1] if matches else None
 
 
-def _score(task: str, response: Any, ground_truth: Any, answer_tag: str | None) -> float:
+def _score(task: str, response: Any, ground_truth: Any, answer_tag: str | None, task_args: dict | None) -> float:
     if not isinstance(response, str) or ground_truth is None:
         return 0.0
     if answer_tag is not None:
@@ -44,33 +41,42 @@ def _score(task: str, response: Any, ground_truth: Any, answer_tag: str | None) 
             return 0.0
         response = answer
     try:
-        return float(_task(task).score(response, ground_truth))
+        scorer = row_task({"task": task, "task_args": task_args})  # the row's knobs, e.g. sort's direction
+        return float(scorer.score(response, ground_truth))
     except (KeyError, TypeError, ValueError):
         return 0.0  # a malformed ground truth (wrong shape for this task) scores 0, it is no crash
 
 
 @register_reward("countdown")
-def countdown(prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None) -> float:
+def countdown(
+    prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None, task_args: dict | None = None
+) -> float:
     """1.0 if `response` is an expression using every given number once that equals the target."""
-    return _score("countdown", response, ground_truth, answer_tag)
+    return _score("countdown", response, ground_truth, answer_tag, task_args)
 
 
 @register_reward("sudoku")
-def sudoku(prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None) -> float:
+def sudoku(
+    prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None, task_args: dict | None = None
+) -> float:
     """1.0 if `response` is a valid 4x4 grid consistent with the puzzle's givens."""
-    return _score("sudoku", response, ground_truth, answer_tag)
+    return _score("sudoku", response, ground_truth, answer_tag, task_args)
 
 
 @register_reward("addition")
-def addition(prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None) -> float:
+def addition(
+    prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None, task_args: dict | None = None
+) -> float:
     """1.0 if `response` is exactly the sum."""
-    return _score("addition", response, ground_truth, answer_tag)
+    return _score("addition", response, ground_truth, answer_tag, task_args)
 
 
 @register_reward("sort")
-def sort(prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None) -> float:
-    """1.0 if `response` is exactly the sorted digits."""
-    return _score("sort", response, ground_truth, answer_tag)
+def sort(
+    prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None, task_args: dict | None = None
+) -> float:
+    """1.0 if `response` is exactly the sorted digits (or, with `direction: either`, reversed)."""
+    return _score("sort", response, ground_truth, answer_tag, task_args)
 
 
 __all__ = ["addition", "countdown", "sort", "sudoku", "tagged"]

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from verl import DataProto
 
 from dare.data.formatting import collate_prompts
-from dare.data.tasks import extract_answer, get_task
+from dare.data.tasks import extract_answer, row_task
 from dare.trainer.runtime import dp_call
 
 
@@ -26,7 +26,7 @@ def row_scorer(row: dict[str, Any]) -> Callable[[str], float]:
     """Exact-match scorer of one row: its built-in task's verifier, else string equality with
     the ground truth (or the demonstration)."""
     if row.get("task"):
-        task = get_task(row["task"])
+        task = row_task(row)  # with the row's knobs (e.g. sort's direction: either)
         return lambda text: task.score(text, row["ground_truth"])
     target = str(row.get("ground_truth", row.get("response", ""))).strip()
     return lambda text: float(extract_answer(text) == target)
@@ -86,7 +86,7 @@ def benchmark_request(recipe: Any, checkpoint: str | Path, work_dir: str | Path)
     task_args = {}
     if data.train.startswith(BUILTIN_PREFIX):
         task = data.train[len(BUILTIN_PREFIX) :]
-        task_args = {task: dict(data.task_args)} if data.task_args else {}
+        task_args = {task: dict(data.task_args)} if data.task_args and task in ev.benchmarks else {}
     return EvalRequest(
         model=str(checkpoint), benchmarks=list(ev.benchmarks), work_dir=str(work_dir),
         files=dict(ev.benchmark_files), limit=ev.limit, builtin_examples=data.num_eval,

@@ -222,3 +222,25 @@ def test_sort_either_direction_accepts_both_orders_and_draws_both():
     assert [r["prompt"] for r in plain.generate("train", 3, seed=0)] == ["sort 8286557", "sort 3518", "sort 676076"]
     with pytest.raises(ValueError, match="direction"):
         get_task("sort", direction="down")
+
+
+def test_rows_carry_their_knobs_so_every_scorer_is_the_rows_task():
+    """Rows of a task with non-default knobs carry them (`task_args`); the built-in eval's row
+    scorer and the task rewards rebuild the row's task from them, so `direction: either` is
+    scored as either order everywhere (not as the default ascending sort)."""
+    from dare.data.tasks import row_task
+    from dare.rewards import REWARDS
+    from dare.trainer.evaluate import row_scorer
+
+    row = get_task("sort", direction="either", max_len=5).generate("eval", 1, seed=0)[0]
+    assert row["task_args"] == {"direction": "either", "max_len": 5}
+    assert "task_args" not in get_task("sort").generate("eval", 1, seed=0)[0]  # default rows unchanged
+    reversed_answer = row["ground_truth"][::-1]
+    assert row_task(row) == get_task("sort", direction="either", max_len=5)
+    assert row_scorer(row)(reversed_answer) == 1.0
+    assert row_scorer({k: v for k, v in row.items() if k != "task_args"})(reversed_answer) == 0.0
+    sort_reward = REWARDS.get("sort")
+    assert sort_reward(row["prompt"], reversed_answer, row["ground_truth"], task_args=row["task_args"]) == 1.0
+    assert sort_reward(row["prompt"], reversed_answer, row["ground_truth"]) == 0.0
+    pref = get_task("pref-sort", direction="either").generate("train", 2, seed=0)
+    assert all(r["task_args"] == {"direction": "either"} for r in pref)

@@ -55,6 +55,13 @@ def test_cli_refuses_bad_requests_before_opencompass(tmp_path, ckpt, capsys, no_
         (["--model", str(ckpt), "--benchmarks", "sort,gsm8k"], "benchmark 'gsm8k' reads a local file", "--file gsm8k=PATH"),
         (["--model", str(ckpt), "--benchmarks", "gsm8k", "--file", f"gsm8k={gsm}"], f"gsm8k file {gsm} does not exist", ""),
         (["--model", str(tmp_path / "nope"), "--benchmarks", "sort"], "not a checkpoint folder", ""),
+        # task_args maps a benchmark to its knobs: a bare knob is refused, not silently ignored
+        (["--model", str(ckpt), "--benchmarks", "sort", "--task-args", '{"direction": "either"}'],
+         "task_args: 'direction' is not a benchmark of this run", '{"sort": {"direction": "either"}}'),
+        (["--model", str(ckpt), "--benchmarks", "sort", "--task-args", '{"sort": {"direction": "down"}}'],
+         "task_args.sort: sort: direction must be", ""),
+        (["--model", str(ckpt), "--benchmarks", "sort", "--task-args", '{"sort": {"max_lenn": 4}}'],
+         "task_args.sort: task 'sort' has no knob(s) ['max_lenn']", ""),
     ]  # fmt: skip
     for argv, msg, hint in cases:
         rc, err = _cli(capsys, *argv, "--out", str(out))
@@ -117,3 +124,19 @@ def test_benchmark_table_and_chart(tmp_path):
     ]
     png = write_chart(stages, tmp_path / "chart.png")
     assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_builtin_benchmark_scores_with_the_tasks_knobs():
+    """OpenCompass's evaluator of a built-in benchmark is the task built with `task_args`: sort
+    with `direction: either` accepts the descending answer, the default does not; the dataset
+    draws the same rows as the task."""
+    from dare.data.tasks import get_task
+    from dare.evals.datasets import DareTaskDataset, DareTaskEvaluator
+
+    refs = [json.dumps("1234")] * 3
+    preds = ["4321", "1234", "1324"]
+    assert DareTaskEvaluator("sort", {"direction": "either"}).score(preds, refs)["accuracy"] == pytest.approx(200 / 3)
+    assert DareTaskEvaluator("sort").score(preds, refs)["accuracy"] == pytest.approx(100 / 3)
+    ds = DareTaskDataset.load("sort", num_examples=5, seed=0, task_args={"direction": "either"})["test"]
+    rows = get_task("sort", direction="either").generate("eval", 5, seed=0)
+    assert ds["prompt"] == [r["prompt"] for r in rows]

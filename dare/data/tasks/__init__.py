@@ -21,6 +21,7 @@ from dare.data.tasks.base import (
     builtin_tokenizer,
     extract_answer,
     get_task,
+    row_task,
     split_of,
 )
 from dare.data.tasks.countdown import Countdown, evaluate_expression
@@ -42,5 +43,6 @@ __all__ = [
     "evaluate_expression",
     "extract_answer",
     "get_task",
+    "row_task",
     "split_of",
 ]

@@ -21,7 +21,9 @@ the tests). `BUILTIN_SYMBOLS` is append-only: reordering it would change the ids
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import random
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
@@ -104,10 +106,17 @@ class Task:
         malformed response)."""
         raise NotImplementedError
 
+    def knobs(self) -> dict[str, Any]:
+        """The knobs set to non-default values: what `get_task(name, **knobs)` needs to rebuild
+        this task (its scorer included, e.g. sort's `direction`)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+
     def generate(self, split: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
         """`n` distinct problems of `split` ("train" or "eval") as rows
-        `{"prompt", "response", "ground_truth", "task"}`; the same (knobs, split, n, seed) always
-        give the same rows, and a larger `n` extends a smaller one (same prefix).
+        `{"prompt", "response", "ground_truth", "task"}` (plus `"task_args": self.knobs()` when a
+        knob is not at its default, so the row's scorer is this task's: `row_task(row)`); the same
+        (knobs, split, n, seed) always give the same rows, and a larger `n` extends a smaller one
+        (same prefix).
 
         Raises:
             ValueError: unknown split, negative n, or fewer than n distinct problems found in the
@@ -119,6 +128,7 @@ class Task:
             raise ValueError(f"{self.name}: n must be >= 0, got {n}")
         # A str seed is hashed by `random` deterministically (sha512), independent of PYTHONHASHSEED.
         rng = random.Random(f"{self.name}:{split}:{seed}")
+        knobs = self.knobs()
         rows: list[dict[str, Any]] = []
         seen: set[str] = set()
         max_draws = 1000 + 200 * n
@@ -130,6 +140,8 @@ class Task:
                 continue
             seen.add(p.key)
             rows.append({"prompt": p.prompt, "response": p.response, "ground_truth": p.ground_truth, "task": self.name})
+            if knobs:
+                rows[-1]["task_args"] = dict(knobs)
         if len(rows) < n:
             raise ValueError(
                 f"{self.name}: found only {len(rows)} distinct {split} problems in {max_draws} draws, "
@@ -160,6 +172,16 @@ def get_task(name: str, **knobs: Any) -> Task:
     return cls(**knobs)
 
 
+def row_task(row: dict[str, Any]) -> Task:
+    """The built-in task that generated `row` (its `task` name and `task_args` knobs)."""
+    return _cached_task(row["task"], json.dumps(row.get("task_args") or {}, sort_keys=True))
+
+
+@functools.cache
+def _cached_task(name: str, knobs_json: str) -> Task:
+    return get_task(name, **json.loads(knobs_json))
+
+
 __all__ = [
     "BUILTIN_SYMBOLS",
     "SPLITS",
@@ -169,5 +191,6 @@ __all__ = [
     "builtin_tokenizer",
     "extract_answer",
     "get_task",
+    "row_task",
     "split_of",
 ]
