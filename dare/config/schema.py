@@ -80,8 +80,8 @@ class DataSpec:
     eval: str | None = None
     # built-in tasks: demonstrations for SFT / preference stages ...
     num_train: int = 2000
-    # ... and prompts for RL stages, drawn from the train split after the demonstrations (fresh
-    # prompts the SFT stage never saw)
+    # ... and prompts for RL and distill stages, drawn from the train split after the
+    # demonstrations (fresh prompts the SFT stage never saw)
     num_rl_prompts: int = 2000
     num_eval: int = 1000
     # difficulty knobs of the built-in task (e.g. digits: 3)

@@ -225,12 +225,12 @@ class Pipeline:
     # -------------------------------------------------------------- data
 
     def train_rows(self, kind: str) -> list[dict[str, Any]]:
-        """A stage's training rows. For a built-in task, RL stages get the `num_rl_prompts`
-        problems that follow the `num_train` demonstrations (generation is prefix-stable), so RL
-        trains on prompts the SFT stage never saw."""
+        """A stage's training rows. For a built-in task, RL and distill stages get the
+        `num_rl_prompts` problems that follow the `num_train` demonstrations (generation is
+        prefix-stable), so they train on prompts the SFT stage never saw."""
         d = self.recipe.data
         builtin = d.train.startswith(BUILTIN_PREFIX)
-        rl = kind == "rl" and builtin
+        rl = kind in ("rl", "distill") and builtin
         n = (d.num_train + d.num_rl_prompts if rl else d.num_train) if builtin else None
         rows = load_dataset_spec(
             d.train, split="train", n=n, seed=self.recipe.seed, kind=ROW_KINDS.get(kind, "sft"),

@@ -14,6 +14,7 @@ from dare.config import RecipeError, load_recipe
 from dare.data.tasks import builtin_tokenizer
 from dare.models import tiny
 from dare.models.discriminator import DiffusionDiscriminator, log_ratio
+from dare.models.spec import aligned_logits
 from dare.models.tokenizer import model_token_ids
 from dare.sampling import SamplingConfig, generate
 from dare.sampling.few_step import sample_trajectory, trajectory_logp
@@ -180,6 +181,43 @@ def test_complementary_views_read_each_token_from_the_pass_that_hid_it():
         D(ids, valid, t)
 
 
+def test_surprise_stays_the_frozen_teachers_while_the_backbone_trains():
+    """frozen_surprise (default): the views' surprise term is the teacher's -log p(token | view)
+    even after BCE has moved the trainable backbone; without it the surprise follows the backbone.
+    The frozen copy is not a parameter, not in the state dict, and moves with `.to()`."""
+    model, tok = _model()
+    spec = model.diffusion_spec()
+    M = spec.mask_token_id
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, M, 11], [5, 6, 12, 13, M, M, 14, 15]])
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    resp = torch.zeros_like(valid)
+    resp[:, 2:] = True
+    hide = resp & (ids != M) & (torch.arange(8) % 2 == 0)  # one view's hidden tokens
+
+    def surprise(m):  # -log p(token | view) at the hidden positions, from model m
+        with torch.no_grad():
+            logits = m(ids.masked_fill(hide, M), attention_mask=valid).logits
+            logp = aligned_logits(logits, spec).float().log_softmax(-1)
+        return -logp.gather(-1, ids[..., None]).squeeze(-1)[hide]
+
+    for frozen in (True, False):
+        D = DiffusionDiscriminator(model, unfrozen_blocks=1, views=2, frozen_surprise=frozen).eval()
+        trainable = {n for n, p in D.named_parameters() if p.requires_grad}
+        with torch.no_grad():  # what BCE training does to the unfrozen blocks
+            for n, p in D.named_parameters():
+                if n in trainable and n.startswith("backbone."):
+                    p.add_(0.3 * torch.randn_like(p))
+            _, logp = D._backbone(ids.masked_fill(hide, M), valid, None)
+        got = -logp.gather(-1, ids[..., None]).squeeze(-1)[hide]
+        torch.testing.assert_close(got, surprise(model) if frozen else surprise(D.backbone))
+        if not frozen:  # training did move the backbone's surprise away from the teacher's
+            assert (got - surprise(model)).abs().max() > 1e-3
+        assert not any(k.startswith("_frozen") for k in D.state_dict())
+        assert len(list(D.parameters())) == len(list(DiffusionDiscriminator(model, 1, views=1).parameters())) + 1
+    D = DiffusionDiscriminator(model, unfrozen_blocks=1, views=2).double()
+    assert next(D._frozen[0].parameters()).dtype == torch.float64
+
+
 def test_prepare_scores_only_the_samples_without_intermediate_matching():
     """intermediate_weight 0: every student step gets the sample's normalised reward (the
     intermediate states are not scored); > 0: earlier steps also collect intermediate rewards.
@@ -264,16 +302,18 @@ def test_bad_didi_arguments_name_the_key(tmp_path):
 
 @pytest.mark.slow
 def test_didi_stage_through_the_pipeline_gives_an_ordinary_checkpoint(tmp_path):
-    """SFT -> didi_instruct via `Pipeline` (Ray, the actor worker), then the student checkpoint is
-    loaded the way `dare generate` loads it and sampled in 2 steps."""
+    """SFT -> didi_instruct via `Pipeline` (Ray, the actor worker) with the quickstart recipe, then
+    the student checkpoint is loaded the way `dare generate` loads it and sampled in 4 steps, and
+    evaluated by `dare eval`'s OpenCompass run. The distill stage caches teacher samples for its
+    own `num_rl_prompts` prompts, not the SFT rows."""
     from dare.config import build_recipe
     from dare.trainer import Pipeline
     from dare.workers.builder import load_policy
 
     raw = yaml.safe_load(open("recipes/didi_quickstart.yaml"))
-    raw["data"].update(num_train=32, num_eval=16)
+    raw["data"].update(num_train=32, num_rl_prompts=24, num_eval=16)
     raw["eval"].update(num_prompts=16, before_first_stage=False)
-    raw["stages"][0].update(steps=30, batch_size=16)
+    raw["stages"][0].update(steps=150, batch_size=16)
     raw["stages"][1].update(steps=3, batch_size=4, num_generations=4, disc_warmup_steps=1, log_every=1)
     raw["output_dir"] = str(tmp_path / "run")
     state = Pipeline(build_recipe(raw, "recipes/didi_quickstart.yaml")).run()
@@ -284,40 +324,64 @@ def test_didi_stage_through_the_pipeline_gives_an_ordinary_checkpoint(tmp_path):
                 "actor/pg_loss"):  # fmt: skip
         assert key in rows[-1], key
     assert rows[0]["actor/grad_norm"] == 0.0 and rows[-1]["actor/grad_norm"] > 0  # warm-up: discriminator only
-    assert torch.load(stage / "teacher_samples.pt")["responses"].shape == (32, 4, 5)
+    assert torch.load(stage / "teacher_samples.pt")["responses"].shape == (24, 4, 10)
     assert "2" in state["eval"]
     model = load_policy(str(stage / "checkpoint"))
     tok = builtin_tokenizer()
-    r = generate(model, [tok("mirror 3142").input_ids], SamplingConfig(algorithm="few_step", gen_length=5, steps=2))
-    assert r.nfe == 2 and r.response_ids.shape == (1, 5)
+    r = generate(model, [tok("sort 3142").input_ids], SamplingConfig(algorithm="few_step", gen_length=10, steps=4))
+    assert r.nfe == 4 and r.response_ids.shape == (1, 10)
+    # `dare eval` (OpenCompass) on the student checkpoint at its 4 steps scores what dare's own
+    # sampler and the rows' scorer (direction: either) give on the same prompts
+    from dare.data.formatting import collate_prompts
+    from dare.data.tasks import get_task
+    from dare.evals import EvalRequest, run_benchmarks
+    from dare.trainer.evaluate import row_scorer
+
+    sampling = {"algorithm": "few_step", "gen_length": 10, "steps": 4, "temperature": 0.0}
+    req = EvalRequest(model=str(stage / "checkpoint"), benchmarks=["sort"], work_dir=str(tmp_path / "oc"), limit=16,
+                      sampling=sampling, seed=0, task_args={"sort": {"direction": "either"}}, timeout=300)  # fmt: skip
+    score = run_benchmarks(req)["benchmarks"]["sort"]["score"]
+    rows = get_task("sort", direction="either").generate("eval", 16, seed=0)
+    p = collate_prompts(rows, tok)
+    r = generate(model.eval(), (p["input_ids"], p["attention_mask"]), SamplingConfig(**sampling), torch.Generator())
+    texts = [tok.decode(ids[m].tolist(), skip_special_tokens=True) for ids, m in zip(r.response_ids, r.response_mask)]
+    assert score == pytest.approx(100 * sum(row_scorer(row)(t) for row, t in zip(rows, texts)) / 16)
 
 
 @pytest.mark.slow
-def test_few_step_student_beats_the_teacher_at_the_same_steps():
-    """Learning: on the built-in mirror task (two correct answers per prompt) a tiny SFT teacher
-    decoded in 2 steps mixes the two answers; DiDi-Instruct with the Args defaults distils a 2-step
-    student that is more accurate at the same 2 steps, both in the distribution it is trained on
-    (ancestral, T=1) and greedy, and about as accurate as the teacher at one token per step. This
-    is seed 0 of `benchmarks/didi_speedup.py` (300 SFT steps on 4000 rows, 100 distill steps of 16
-    prompts x 8 on 512 prompts, 300 eval prompts): over seeds 0-2 the student gained +31.4 / +43.3 /
-    +25.0 points greedy and +57.3 / +25.6 / +31.4 at T=1, and was +4.4 / +5.7 / -5.3 points from
-    the 5-step teacher greedy (docs/didi.md). Asserted: both gains > 12 points (about half the
-    smallest), greedy student within 10 points of the 5-step teacher."""
-    from didi_utils import accuracy, distill, mirror_rows, mirror_score, teacher_cache, train_teacher
+def test_four_step_student_matches_the_ten_step_teacher():
+    """Learning, in the issue's regime: the quickstart's task (sort 3-8 digits, gen_length 10) with
+    both orders accepted (`direction: either`), so a tiny SFT teacher decoding 2-3 tokens per step
+    mixes the orders and drops from ~90% at 10 steps to ~50-68% at 4. DiDi-Instruct with the Args
+    defaults distils a 4-step student that is far more accurate than the teacher at the same 4 steps
+    (greedy, and at T=1, the distribution it is trained on) and close to the teacher at one token
+    per step. Seed 0 of `benchmarks/didi_speedup.py` (1000 SFT steps on 4000 rows, 100 distill steps
+    of 16 prompts x 8 on 512 prompts, 300 eval prompts); over seeds 0-2 (docs/didi.md) the
+    student gained +37.3 / +24.3 / +41.7 points greedy and +25.7 / +35.7 / +38.0 at T=1 over the
+    4-step teacher, and was -0.7 / +1.4 / +3.4 points from the 10-step teacher greedy. Asserted:
+    gains > 15 points greedy and > 12 at T=1 (about half the smallest), greedy student within 8
+    points of the 10-step teacher."""
+    from didi_utils import accuracy, distill, sort_either_rows, sort_either_score, teacher_cache, train_teacher
 
-    k, L, seed = 4, 5, 0
-    rows = mirror_rows(4000, k, seed, "train")
-    teacher, tok = train_teacher(rows, 300, L, seed=seed)
+    L, S, seed = 10, 4, 0
+    rows = sort_either_rows(4000, 8, seed, "train")
+    teacher, tok = train_teacher(rows, 1000, L, seed=seed)
     cache = teacher_cache(teacher, tok, rows[:512], L, 8, seed)
-    student, _, history = distill(teacher, tok, rows[:512], L, 100, seed=seed, cache=cache)  # Args defaults
+    student, _, history = distill(teacher, tok, rows[:512], L, 100, seed=seed, cache=cache, student_steps=S)
     assert history[0]["actor/pg_loss"] == 0.0 and history[-1]["actor/pg_loss"] != 0.0  # discriminator warm-up
-    eval_rows = mirror_rows(300, k, 10_000 + seed, "eval")
-    acc = {}
-    for name, temperature, remasking in (("T=1", 1.0, "random"), ("greedy", 0.0, "low_confidence")):
-        cfg = SamplingConfig(algorithm="few_step", gen_length=L, steps=2, temperature=temperature, remasking=remasking)
-        acc[name] = tuple(accuracy(m, tok, eval_rows, cfg, seed, score=mirror_score) for m in (teacher, student))
-    full = SamplingConfig(algorithm="few_step", gen_length=L, steps=L, temperature=0.0, remasking="low_confidence")
-    teacher_full = accuracy(teacher, tok, eval_rows, full, seed, score=mirror_score)
-    assert acc["T=1"][1] > acc["T=1"][0] + 0.12, acc  # measured at this seed: 6.0% -> 63.3%
-    assert acc["greedy"][1] > acc["greedy"][0] + 0.12, acc  # measured at this seed: 68.3% -> 99.7%
-    assert acc["greedy"][1] > teacher_full - 0.10, (acc, teacher_full)  # measured: 99.7% vs 95.3% at 5 steps
+    eval_rows = sort_either_rows(300, 8, 10_000 + seed, "eval")
+
+    def acc(model, steps, temperature, remasking):
+        cfg = SamplingConfig(algorithm="few_step", gen_length=L, steps=steps, temperature=temperature,
+                             remasking=remasking)  # fmt: skip
+        return accuracy(model, tok, eval_rows, cfg, seed, score=sort_either_score)
+
+    greedy, ancestral = (0.0, "low_confidence"), (1.0, "random")
+    teacher_few, student_few = acc(teacher, S, *greedy), acc(student, S, *greedy)
+    teacher_full = acc(teacher, L, *greedy)
+    teacher_t1, student_t1 = acc(teacher, S, *ancestral), acc(student, S, *ancestral)
+    numbers = dict(teacher_few=teacher_few, student_few=student_few, teacher_full=teacher_full,
+                   teacher_t1=teacher_t1, student_t1=student_t1)  # fmt: skip
+    assert student_few > teacher_few + 0.15, numbers  # measured at this seed: 51.0% -> 88.3%
+    assert student_t1 > teacher_t1 + 0.12, numbers  # measured: 40.0% -> 65.7%
+    assert student_few > teacher_full - 0.08, numbers  # measured: 88.3% at 4 steps vs 89.0% at 10
