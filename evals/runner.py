@@ -101,7 +101,8 @@ def check_request(req: EvalRequest, key: str = "benchmarks", files_key: str = "f
         try:
             get_task(name, **knobs)
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"task_args.{name}: {str(e).strip(chr(34) + chr(39))}") from None
+            reason = str(e).strip("'\"")  # a KeyError's message comes quoted
+            raise ValueError(f"task_args.{name}: {reason}") from None
     if req.limit is not None and req.limit < 1:
         raise ValueError(f"limit must be >= 1, got {req.limit}")
     if req.elbo_samples < 1:

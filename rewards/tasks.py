@@ -40,8 +40,9 @@ def _score(task: str, response: Any, ground_truth: Any, answer_tag: str | None, 
         if answer is None:
             return 0.0
         response = answer
+    # the row's knobs (e.g. sort's direction); built outside the try: a bad knob is an error, not a 0
+    scorer = row_task({"task": task, "task_args": task_args})
     try:
-        scorer = row_task({"task": task, "task_args": task_args})  # the row's knobs, e.g. sort's direction
         return float(scorer.score(response, ground_truth))
     except (KeyError, TypeError, ValueError):
         return 0.0  # a malformed ground truth (wrong shape for this task) scores 0, it is no crash
