@@ -47,8 +47,10 @@ from dare.rewards.spec import LoadedReward, RewardSpec, as_specs
 
 logger = logging.getLogger("dare.rewards")
 
-# row fields that are the reward call's own arguments, never passed as extra fields
-_CALL_FIELDS = ("prompt", "response", "ground_truth")
+# the only row fields a verifier gets besides prompt and ground truth: which built-in task and its
+# knobs. Never the others: a data file's column must not set a reward's limits (`cpu_s`,
+# `isolation`, ...), which come from the recipe alone
+ROW_FIELDS = ("task", "task_args")
 # row fields that declare where a row comes from, in the order they are read
 DECLARING_FIELDS = ("task", "data_source", "ability")
 # a word of a declared data source (split at non-alphanumerics, lower case) starting with a key
@@ -146,7 +148,7 @@ def _short(value: Any, limit: int = 60) -> str:
 
 class Scorer:
     """One verifier: `score(row, text)` is the reward `reward` (with `args`) on the row's prompt,
-    the generated text, the row's ground truth and its other fields; a dict's `acc` wins over its
+    the generated text, the row's ground truth and its `ROW_FIELDS`; a dict's `acc` wins over its
     `score` (code: all tests passed). `source` says why it was chosen (for the report)."""
 
     def __init__(self, name: str, reward: str, args: Mapping[str, Any] | None = None, source: str = "") -> None:
@@ -166,7 +168,7 @@ class Scorer:
     def score(self, row: Mapping[str, Any], text: str) -> float:
         """The verdict (0..1) on `text` generated for `row`. Exceptions of the reward propagate."""
         prompt = row["prompt"] if isinstance(row["prompt"], str) else str(row["prompt"])
-        extra = {k: v for k, v in row.items() if k not in _CALL_FIELDS}
+        extra = {k: row[k] for k in ROW_FIELDS if k in row}
         score, info = self._loaded.one(prompt, text, ground_truth_of(row), extra)
         acc = info.get("acc")
         return float(acc) if isinstance(acc, (int, float)) and not isinstance(acc, bool) else score

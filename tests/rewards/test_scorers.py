@@ -295,3 +295,20 @@ def test_a_verifier_error_scores_zero_and_is_counted():
     rows = [{"prompt": "a", "ground_truth": "1"}, {"prompt": "b", "ground_truth": "1"}]
     scores, errors = score_rows(Broken(), rows, ["ok", "boom"])
     assert scores == [1.0, 0.0] and errors == ["row 1: RuntimeError: verifier crashed"]
+
+
+def test_a_data_column_cannot_loosen_a_verifiers_limits(monkeypatch):
+    """Only `task` / `task_args` reach the verifier from a row: a column named like one of the code
+    reward's limits (here: no namespaces, a huge CPU budget) is not passed on."""
+    seen = {}
+
+    def spy(prompt, response, ground_truth=None, isolation="auto", cpu_s=5.0, task_args=None):
+        seen.update(isolation=isolation, cpu_s=cpu_s, task_args=task_args)
+        return 1.0
+
+    monkeypatch.setitem(REWARDS._items, "spy_for_scorer_test", spy)  # registered for this test only
+    from dare.rewards.scorers import Scorer
+
+    row = {"prompt": "q", "ground_truth": "t", "isolation": "none", "cpu_s": 1e9, "task_args": {"k": 1}}
+    assert Scorer("spy", "spy_for_scorer_test").score(row, "x") == 1.0
+    assert seen == {"isolation": "auto", "cpu_s": 5.0, "task_args": {"k": 1}}
