@@ -4,13 +4,13 @@
 `gsm8k` -- the response's final answer is the content of its last `\\boxed{}`, else the text after
 its last `####`, else the last number it contains (the "flexible" extraction of GSM8K
 harnesses); the reference is the row's answer or the final answer of a worked solution
-(`"... #### 72"`). Both are compared as numbers, ignoring thousands separators, `$`, a trailing
-period and trailing zeros (`"$1,234.00"` == `"1234"`); an answer that is no number is compared as
+(`"... #### 72"`). Both are compared as numbers, ignoring thousands separators, `$`, `%`, a
+trailing period and trailing zeros (`"$1,234.00"` == `"1234"`); an answer that is no number is compared as
 text after the same clean-up.
 
 `multiple_choice` -- the response's option letter (A-J): the letter of its last `\\boxed{}`, else of
-its last "answer is X" / "answer: (X)", else a letter that opens the response ("B", "(B)",
-"B. Paris"), else its last "(X)". The reference is a letter or a 0-based option index (MMLU's
+its last "answer is X" / "answer: (X)", else a letter that opens the response ("B", "(B) Paris",
+"B. Paris"; not "A good..."), else its last "(X)". Letters are upper case. The reference is a letter or a 0-based option index (MMLU's
 `answer: 2` is "C").
 
 `exact_match` -- the stripped response (up to a stop marker), or its final answer when it states
@@ -33,8 +33,10 @@ from dare.rewards.math_answer import final_answer, last_boxed, reference_answer
 # a number as written in prose: optional sign and $, digits with thousands separators, decimals
 _NUMBER = re.compile(r"(?:(?<![\w.])-)?\$?\d[\d,]*(?:\.\d+)?")
 LETTERS = "ABCDEFGHIJ"
-_ANSWER_IS = re.compile(rf"answer\s*(?:is|:)?\s*:?\s*\(?\s*([{LETTERS}])\s*\)?(?![A-Za-z])", flags=re.IGNORECASE)
-_LEADING = re.compile(rf"^\(?([{LETTERS}])(?:[.):\s]|$)")
+# upper-case letters only: "the answer is a number" names no option
+_ANSWER_IS = re.compile(rf"(?i:answer)\s*(?:is|:)?\s*:?\s*\(?\s*([{LETTERS}])\s*\)?(?![A-Za-z])")
+# "(B) ...", "B. ...", "B) ...", "B: ...", "B" -- not "A good question"
+_LEADING = re.compile(rf"^(?:\(([{LETTERS}])\)|([{LETTERS}])(?:[.):]|$))")
 _PAREN = re.compile(rf"\(([{LETTERS}])\)")
 
 
@@ -47,8 +49,10 @@ def _result(ok: bool, pred: str | None) -> dict[str, Any]:
 
 
 def clean_number(text: str) -> str:
-    """`text` without `$` (plain or `\\$`), thousands separators, spaces and a trailing period."""
-    text = text.replace("\\$", "").replace("$", "").replace(",", "").replace("\\!", "")
+    """`text` without `$` and `%` (plain or escaped), thousands separators, spaces and a trailing
+    period."""
+    for mark in ("\\$", "$", "\\%", "%", ",", "\\!"):
+        text = text.replace(mark, "")
     return re.sub(r"\s+", "", text).rstrip(".").replace("\u2212", "-")
 
 
@@ -98,10 +102,10 @@ def choice_letter(text: Any) -> str | None:
         return m.group(1) if m else None
     said = _ANSWER_IS.findall(text)
     if said:
-        return said[-1].upper()
+        return said[-1]
     m = _LEADING.match(text)
     if m:
-        return m.group(1)
+        return m.group(1) or m.group(2)
     parens = _PAREN.findall(text)
     return parens[-1] if parens else None
 

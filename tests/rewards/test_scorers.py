@@ -47,6 +47,7 @@ def scorer_score(name: str, ground_truth, text: str, **row) -> float:
         ("The total is $1,234.", "1234"),
         ("\\boxed{\\$1,234.00}", "#### 1,234"),
         ("72.0", "72"),
+        ("\\boxed{50\\%}", "#### 50"),
         ("-5 degrees", "-5"),
         ("see step-2", "2"),  # a hyphen after a word is no minus sign
         ("0.5", "1/2"),
@@ -101,7 +102,10 @@ def test_math_scorer_is_the_math_reward(text, truth, score):
         ("(C) Paris", "C", 1.0),
         ("B. because the sky is blue", "B", 1.0),
         ("Let me think. The answer is (D).", "D", 1.0),
-        ("Answer: a", "A", 1.0),
+        ("answer: A", "A", 1.0),
+        ("B", "(b)", 1.0),
+        ("A good question. The answer is a number, so (C)", "C", 1.0),  # no article is an option
+        ("A good question, I cannot tell", "A", 0.0),
         ("\\boxed{C}", 2, 1.0),  # MMLU: a 0-based index
         ("I pick (A), no wait, the answer is B", "B", 1.0),
         ("The answer is B", "C", 0.0),
