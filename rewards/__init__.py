@@ -10,16 +10,18 @@ lists (`@batched`). A recipe names a reward by registry name or `path/to/file.py
       - {name: format, weight: 0.1, args: {tags: [think, answer]}}
       - {path: examples/custom_reward/my_reward.py:length_penalty, weight: 0.5, args: {max_chars: 64}}
 
-Built-ins: `countdown`, `sudoku`, `addition`, `sort` (the built-in tasks' verifiers), `math`
-(`\\boxed{}` / `####` answers, equivalence by math-verify), `format` (tag structure), `code`
-(tests run in a sandbox), `judge` (an OpenAI-compatible LLM endpoint, e.g. a vLLM server).
+Built-ins: `countdown`, `sudoku`, `addition`, `sort` (the built-in tasks' verifiers), `task` (the
+row's own built-in task), `math` (`\\boxed{}` / `####` answers, equivalence by math-verify),
+`gsm8k` (final number, numeric comparison), `multiple_choice` (option letter), `exact_match`,
+`format` (tag structure), `code` (tests run in a sandbox), `judge` (an OpenAI-compatible LLM
+endpoint, e.g. a vLLM server). The same verifiers score the after-stage check: `scorers.py`.
 
     from dare.rewards import RewardRunner
     with RewardRunner(specs, num_workers=2, timeout_s=30) as runner:
         scores, metrics, components = runner.score(prompts, responses, ground_truths, extras)
 """
 
-from dare.rewards import code_exec, judge, math_answer, tag_format, tasks  # noqa: F401  (register built-ins)
+from dare.rewards import answers, code_exec, judge, math_answer, tag_format, tasks  # noqa: F401  (register built-ins)
 from dare.rewards.base import (
     REWARDS,
     RewardFn,

@@ -40,7 +40,8 @@ from dare.rewards.base import (
 class RewardSpec:
     """One reward of a recipe: exactly one of `name` (built-in) or `path` (plug-in)."""
 
-    # a built-in reward: countdown, sudoku, addition, sort, math, format, code, judge
+    # a built-in reward: countdown, sudoku, addition, sort, task, math, gsm8k, multiple_choice,
+    # exact_match, format, code, judge
     name: str | None = None
     # a user plug-in: path/to/file.py:function (relative to the working directory)
     path: str | None = None

@@ -1,7 +1,9 @@
-"""Rewards of the built-in tasks: `countdown`, `sudoku`, `addition`, `sort`.
+"""Rewards of the built-in tasks: `countdown`, `sudoku`, `addition`, `sort`, and `task` (whichever
+built-in task the row names in its `task` field: mixed tasks, `mirror`).
 
-Each wraps the task's own verifier (`dare.data.tasks.<Task>.score`), so training rewards and
-built-in evaluation agree by construction. `ground_truth` is what the task's rows carry:
+Each wraps the task's own verifier (`dare.data.tasks.<Task>.score`) through `score_task`, which
+also scores the after-stage check (`dare.rewards.scorers`), so training rewards and built-in
+evaluation agree by construction. `ground_truth` is what the task's rows carry:
 
     countdown  {"numbers": [3, 8, 1], "target": 24}
     sudoku     {"puzzle": "1.3..4.2.1..3..1", "solution": "1234341221434321"}
@@ -32,7 +34,16 @@ def tagged(text: str, tag: str) -> str | None:
     return matches[-1] if matches else None
 
 
-def _score(task: str, response: Any, ground_truth: Any, answer_tag: str | None, task_args: dict | None) -> float:
+def score_task(
+    task: str, response: Any, ground_truth: Any, answer_tag: str | None = None, task_args: dict | None = None
+) -> float:
+    """The built-in `task`'s verdict (with its `task_args` knobs) on `response`: 1.0 or 0.0; a
+    malformed response or ground truth scores 0. The one scorer of built-in task rows: the task
+    rewards below and the after-stage check (`dare.rewards.scorers`) both call it.
+
+    Raises:
+        KeyError / TypeError / ValueError: an unknown task or a bad knob (a recipe error, not a 0).
+    """
     if not isinstance(response, str) or ground_truth is None:
         return 0.0
     if answer_tag is not None:
@@ -53,7 +64,7 @@ def countdown(
     prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None, task_args: dict | None = None
 ) -> float:
     """1.0 if `response` is an expression using every given number once that equals the target."""
-    return _score("countdown", response, ground_truth, answer_tag, task_args)
+    return score_task("countdown", response, ground_truth, answer_tag, task_args)
 
 
 @register_reward("sudoku")
@@ -61,7 +72,7 @@ def sudoku(
     prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None, task_args: dict | None = None
 ) -> float:
     """1.0 if `response` is a valid 4x4 grid consistent with the puzzle's givens."""
-    return _score("sudoku", response, ground_truth, answer_tag, task_args)
+    return score_task("sudoku", response, ground_truth, answer_tag, task_args)
 
 
 @register_reward("addition")
@@ -69,7 +80,7 @@ def addition(
     prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None, task_args: dict | None = None
 ) -> float:
     """1.0 if `response` is exactly the sum."""
-    return _score("addition", response, ground_truth, answer_tag, task_args)
+    return score_task("addition", response, ground_truth, answer_tag, task_args)
 
 
 @register_reward("sort")
@@ -77,7 +88,27 @@ def sort(
     prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None, task_args: dict | None = None
 ) -> float:
     """1.0 if `response` is exactly the sorted digits (or, with `direction: either`, reversed)."""
-    return _score("sort", response, ground_truth, answer_tag, task_args)
+    return score_task("sort", response, ground_truth, answer_tag, task_args)
 
 
-__all__ = ["addition", "countdown", "sort", "sudoku", "tagged"]
+@register_reward("task")
+def row_task_reward(
+    prompt: str,
+    response: str,
+    ground_truth: Any = None,
+    task: str | None = None,
+    answer_tag: str | None = None,
+    task_args: dict | None = None,
+) -> float:
+    """1.0 if `response` is correct by the row's own built-in task (its `task` and `task_args`
+    fields, e.g. a mix of tasks or `mirror`).
+
+    Raises:
+        ValueError: the row has no `task` field.
+    """
+    if not task:
+        raise ValueError("the task reward scores built-in task rows: this row has no 'task' field")
+    return score_task(task, response, ground_truth, answer_tag, task_args)
+
+
+__all__ = ["addition", "countdown", "row_task_reward", "score_task", "sort", "sudoku", "tagged"]

@@ -156,9 +156,17 @@ class EvalSpec:
     benchmark_timeout: float | None = None
     # evaluate the starting model too (a "stage 0" row in the report; built-in check only)
     before_first_stage: bool = True
+    # how the built-in check scores an answer (dare.rewards.scorers, docs/evaluation.md): auto (the
+    # stages' verifier reward, else each row's declared task / data source, else its ground truth's
+    # shape, else exact match), exact, gsm8k, math, code, multiple_choice, task
+    scorer: str = "auto"
 
     def validate(self, key: str, file: Any) -> None:
-        """Benchmark names and files are checked here, before anything starts."""
+        """Benchmark names and files and the scorer name are checked here, before anything starts."""
+        from dare.rewards.scorers import SCORERS
+
+        if self.scorer not in SCORERS:
+            raise RecipeError(file, f"{key}.scorer", SCORERS.unknown_message(self.scorer))
         if self.limit is not None and self.limit < 1:
             raise RecipeError(file, f"{key}.limit", f"must be >= 1 or null, got {self.limit}")
         if self.elbo_samples < 1:

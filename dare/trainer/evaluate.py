@@ -1,7 +1,8 @@
 """The evaluation run after every stage:
 
-- the built-in check: exact-match accuracy of sampled answers on the eval split, through the
-  actor's (or rollout workers') own sampler (`evaluate_accuracy`);
+- the built-in check: accuracy of sampled answers on the eval split, through the actor's (or
+  rollout workers') own sampler (`evaluate_accuracy`), scored by the run's `eval.scorer`
+  (`dare.rewards.scorers`: the reward verifiers; `eval_scorer`);
 - the recipe's `eval.benchmarks`: OpenCompass on the stage's checkpoint (`evaluate_benchmarks`,
   `dare.evals`), with the same decoding settings and seed.
 """
@@ -18,18 +19,32 @@ from transformers import PreTrainedTokenizerBase
 from verl import DataProto
 
 from dare.data.formatting import collate_prompts
-from dare.data.tasks import extract_answer, row_task
+from dare.rewards.scorers import AutoScorer, Scorer, check_rows, resolve_scorer, score_rows
 from dare.trainer.runtime import dp_call
+
+_AUTO = AutoScorer()
 
 
 def row_scorer(row: dict[str, Any]) -> Callable[[str], float]:
-    """Exact-match scorer of one row: its built-in task's verifier, else string equality with
-    the ground truth (or the demonstration)."""
-    if row.get("task"):
-        task = row_task(row)  # with the row's knobs (e.g. sort's direction: either)
-        return lambda text: task.score(text, row["ground_truth"])
-    target = str(row.get("ground_truth", row.get("response", ""))).strip()
-    return lambda text: float(extract_answer(text) == target)
+    """The scorer of one row without a recipe (RL stages without `rewards`, distillation's
+    teacher accuracy): `auto`'s choice for the row -- its built-in task's verifier, its declared
+    data source's, its ground truth's shape's, else exact match."""
+    return lambda text: _AUTO.score(row, text)
+
+
+def eval_scorer(recipe: Any, rows: Sequence[dict[str, Any]]) -> Scorer:
+    """The run's scorer for the built-in check (`eval.scorer`; `auto` looks at the stages' reward
+    verifiers first), checked against the eval rows before anything is generated (when the check
+    is on: `eval.enabled`).
+
+    Raises:
+        ValueError: an eval row the scorer cannot score (names the row and the scorer).
+    """
+    stage_rewards = [(f"stages[{i}]", getattr(s.args, "rewards", None)) for i, s in enumerate(recipe.stages)]
+    scorer = resolve_scorer(recipe.eval.scorer, stage_rewards)
+    if recipe.eval.enabled:
+        check_rows(scorer, rows)
+    return scorer
 
 
 def evaluate_accuracy(
@@ -40,11 +55,15 @@ def evaluate_accuracy(
     sampling: dict[str, Any],
     batch_size: int,
     seed: int,
+    scorer: Scorer | None = None,
 ) -> dict[str, Any]:
-    """Generate an answer for each row's prompt and score it. Returns accuracy, its standard
-    error, timing and a few examples."""
+    """Generate an answer for each row's prompt and score it with `scorer` (default: `auto` per
+    row). Returns accuracy, its standard error, timing, a few examples, and which scorer ran
+    (`scorer`: its name, names joined by "+" when `auto` picked several; `scorer_from`: why;
+    `scorer_errors`: rows whose verifier raised, scored 0)."""
+    scorer = scorer or _AUTO
     t0 = time.perf_counter()
-    scores, examples, nfe = [], [], 0
+    scores, examples, nfe, errors = [], [], 0, 0
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         prompts = collate_prompts(chunk, tokenizer)
@@ -55,9 +74,13 @@ def evaluate_accuracy(
         out = dp_call(generate_fn, data, world_size)
         responses = out.batch["responses"]
         nfe += int(out.batch["nfe"].max())  # the slowest rank's forward passes
-        for row, ids, mask in zip(chunk, responses, out.batch["response_mask"]):
-            text = tokenizer.decode(ids[mask.bool()].tolist(), skip_special_tokens=True)
-            s = row_scorer(row)(text)
+        texts = [
+            tokenizer.decode(ids[mask.bool()].tolist(), skip_special_tokens=True)
+            for ids, mask in zip(responses, out.batch["response_mask"])
+        ]
+        chunk_scores, chunk_errors = score_rows(scorer, chunk, texts)
+        errors += len(chunk_errors)
+        for row, text, s in zip(chunk, texts, chunk_scores):
             scores.append(s)
             if len(examples) < 5:
                 examples.append({"prompt": row["prompt"], "response": text, "score": s})
@@ -71,6 +94,9 @@ def evaluate_accuracy(
         "seconds": time.perf_counter() - t0,
         "sampling": sampling,
         "examples": examples,
+        "scorer": "+".join(sorted({scorer.pick(row).name for row in rows})) or scorer.name,
+        "scorer_from": scorer.source,
+        "scorer_errors": errors,
     }
 
 
@@ -154,6 +180,7 @@ __all__ = [
     "benchmark_report",
     "benchmark_request",
     "check_benchmark_setup",
+    "eval_scorer",
     "evaluate_accuracy",
     "evaluate_benchmarks",
     "row_scorer",

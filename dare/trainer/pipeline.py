@@ -30,7 +30,13 @@ from dare.config import Recipe, StageSpec, build_recipe
 from dare.config.schema import BUILTIN_PREFIX
 from dare.data.loading import load_dataset_spec
 from dare.registry import Registry
-from dare.trainer.evaluate import benchmark_report, check_benchmark_setup, evaluate_accuracy, evaluate_benchmarks
+from dare.trainer.evaluate import (
+    benchmark_report,
+    check_benchmark_setup,
+    eval_scorer,
+    evaluate_accuracy,
+    evaluate_benchmarks,
+)
 from dare.trainer.runtime import start_ray, worker_group
 from dare.workers.actor import ActorWorker
 from dare.workers.builder import load_tokenizer
@@ -105,6 +111,7 @@ class Pipeline:
     def __init__(self, recipe: Recipe, run_dir: str | Path | None = None) -> None:
         self.recipe = recipe
         self.run_dir = Path(run_dir or recipe.output_dir)
+        self.scorer = None  # the built-in check's (eval.scorer), resolved with the eval rows
 
     @classmethod
     def resume(cls, run_dir: str | Path) -> Pipeline:
@@ -162,6 +169,7 @@ class Pipeline:
         )
 
         eval_rows = self._eval_rows()
+        self.scorer = eval_scorer(r, eval_rows)  # checked against the rows before any training
         if r.eval.enabled and r.eval.before_first_stage and "0" not in state["eval"]:
             state["eval"]["0"] = self.evaluate(actor, tokenizer, eval_rows, "start")
             self._save_run_state(state)
@@ -263,11 +271,11 @@ class Pipeline:
         sampler = self.rollout or actor
         res = evaluate_accuracy(
             sampler.generate, sampler.world_size, rows, tokenizer, self.sampling(), self.recipe.eval.batch_size,
-            self.recipe.seed,
+            self.recipe.seed, self.scorer,
         )  # fmt: skip
         print(
             f"dare: eval [{label}] accuracy {100 * res['accuracy']:.1f}% "
-            f"(± {100 * res['stderr']:.1f}, n={res['num_prompts']}, {res['seconds']:.0f}s)",
+            f"(± {100 * res['stderr']:.1f}, n={res['num_prompts']}, scorer {res['scorer']}, {res['seconds']:.0f}s)",
             flush=True,
         )
         return res
@@ -288,8 +296,8 @@ def write_report(run_dir: Path, recipe: Recipe, state: dict[str, Any]) -> Path:
         f"Recipe: `{recipe.source or 'recipe.yaml'}` | model: {recipe.model.family or recipe.model.path} | "
         f"seed {recipe.seed} | total {state.get('total_seconds', 0):.0f} s",
         "",
-        "| stage | kind | algorithm | steps | accuracy (%) | ± s.e. | eval n | train s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| stage | kind | algorithm | steps | accuracy (%) | ± s.e. | eval n | scorer | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     rows = [("0", "start", "-", "-", "-")] + [
         (str(i + 1), stage_dir_name(i, s), s.kind, s.algorithm, str(s.steps)) for i, s in enumerate(recipe.stages)
@@ -301,14 +309,14 @@ def write_report(run_dir: Path, recipe: Recipe, state: dict[str, Any]) -> Path:
         secs = state.get("stage_seconds", {}).get(key)
         lines.append(
             f"| {name} | {kind} | {algo} | {steps} | {100 * ev['accuracy']:.1f} | {100 * ev['stderr']:.1f} | "
-            f"{ev['num_prompts']} | {'-' if secs is None else f'{secs:.0f}'} |"
+            f"{ev['num_prompts']} | {ev.get('scorer', '-')} | {'-' if secs is None else f'{secs:.0f}'} |"
         )
         ctl = state.get("control", {}).get(key)
         if ctl is not None:
             lines.append(
                 f"| control: {name}'s start + SFT for its wall time | sft | sft (lr {ctl['lr']:g}, constant) | "
                 f"{ctl['steps']} | {100 * ctl['accuracy']:.1f} | {100 * ctl['stderr']:.1f} | {ctl['num_prompts']} | "
-                f"{ctl['seconds']:.0f} |"
+                f"{ctl.get('scorer', '-')} | {ctl['seconds']:.0f} |"
             )
     lines += ["", f"Decoding: `{json.dumps(next(iter(state['eval'].values()), {}).get('sampling', {}))}`", ""]
     lines += benchmark_report(run_dir, recipe, state)
