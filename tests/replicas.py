@@ -240,6 +240,58 @@ def sdar_tokenizer_files(with_auto_map: bool = True) -> TokenizerFiles:
     return TokenizerFiles(files, ids_out, first + len(SDAR_ADDED))
 
 
+def llada2_tokenizer_files() -> TokenizerFiles:
+    """LLaDA2.0/2.1-mini: tokenizer.json only (no added_tokens_decoder), a mask token named in
+    tokenizer_config.json, role-tag chat template. Tokenizer only: llada2_moe is not a dare family."""
+    vocab, merges = byte_level_vocab()
+    added = [(t, True) for t in ("<|startoftext|>", "<|endoftext|>", "[CLS]", "[gMASK]", "<|mask|>", "<role>",
+                                 "</role>", "<|role_end|>")]  # fmt: skip
+    first = len(vocab)
+    ids = {t: first + i for i, (t, _) in enumerate(added)}
+    template = (
+        "{{- '<role>SYSTEM</role>' }}{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n' }}"
+        "{%- endif %}{{- 'detailed thinking off<|role_end|>' }}{%- for m in messages %}{%- if m.role == 'user' %}"
+        "{{- '<role>HUMAN</role>' + m.content + '<|role_end|>' }}{%- elif m.role == 'assistant' %}"
+        "{{- '<role>ASSISTANT</role>' + m.content + '<|role_end|>' }}{%- endif %}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<role>ASSISTANT</role>' }}{%- endif %}"
+    )
+    config = {
+        "add_bos_token": False, "add_eos_token": False, "bos_token": "<|startoftext|>", "chat_template": template,
+        "clean_up_tokenization_spaces": False, "cls_token": "[CLS]", "eos_token": "<|endoftext|>",
+        "mask_token": "<|mask|>", "fast_tokenizer": True, "gmask_token": "[gMASK]", "merges_file": None,
+        "model_max_length": 32768, "pad_token": "<|endoftext|>", "tokenizer_class": "PreTrainedTokenizerFast",
+        "trust_remote_code": True, "vocab_file": None,
+    }  # fmt: skip
+    files = {
+        "tokenizer.json": _tokenizer_json(vocab, merges, added),
+        "tokenizer_config.json": json.dumps(config, indent=2),
+        "special_tokens_map.json": json.dumps({"bos_token": "<|startoftext|>", "cls_token": "[CLS]",
+                                               "eos_token": "<|endoftext|>", "gmask_token": "[gMASK]",
+                                               "pad_token": "<|endoftext|>", "mask_token": "<|mask|>"}),
+    }  # fmt: skip
+    eos = ids["<|endoftext|>"]
+    return TokenizerFiles(files, {"mask_token_id": ids["<|mask|>"], "eos_token_id": eos, "pad_token_id": eos,
+                                  "bos_token_id": None}, first + len(added))  # fmt: skip
+
+
+# every released tokenizer layout, by release name (tokenizer-only tests write these files)
+TOKENIZER_LAYOUTS: dict[str, Callable[[], TokenizerFiles]] = {
+    "LLaDA-8B-Instruct": lambda: llada_tokenizer_files(),
+    "Dream-v0-Instruct-7B": lambda: dream_tokenizer_files(),
+    "SDAR-1.7B/4B/8B-Chat": lambda: sdar_tokenizer_files(),
+    "SDAR-30B-A3B-Chat": lambda: sdar_tokenizer_files(with_auto_map=False),
+    "LLaDA2.0/2.1-mini": lambda: llada2_tokenizer_files(),
+}
+
+
+def write_tokenizer(files: TokenizerFiles, folder: str | Path) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.files.items():
+        (folder / name).write_text(text)
+    return folder
+
+
 # ------------------------------------------------------------------------------- releases
 
 
@@ -424,6 +476,7 @@ def install_replica(family: str, cache_dir: str | Path, *, size: str | None = No
 
 __all__ = [
     "RELEASES",
+    "TOKENIZER_LAYOUTS",
     "Release",
     "TokenizerFiles",
     "install_replica",
@@ -431,4 +484,5 @@ __all__ = [
     "place_in_hub_cache",
     "release",
     "replica_config",
+    "write_tokenizer",
 ]
