@@ -224,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("generate", help="generate with any sampler from a checkpoint or a tiny random model")
-    p.add_argument("--model", required=True, help="checkpoint folder or Hub id ORG/NAME[@REV], or tiny:llada|dream|sdar")
+    p.add_argument(
+        "--model", required=True, help="checkpoint folder or Hub id ORG/NAME[@REV], or tiny:llada|dream|sdar"
+    )
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder or Hub id (default: --model's)")
     p.add_argument("--no-chat-template", action="store_true", help="encode prompts as plain text")

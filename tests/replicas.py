@@ -122,7 +122,9 @@ def qwen_chat_template(default_system: str | None) -> str:
         "'<|im_end|>\\n' }}{%- set rest = messages[1:] %}"
     )
     if default_system is not None:
-        system += "{%- else %}{{- '<|im_start|>system\\n" + default_system + "<|im_end|>\\n' }}{%- set rest = messages %}"
+        system += (
+            "{%- else %}{{- '<|im_start|>system\\n" + default_system + "<|im_end|>\\n' }}{%- set rest = messages %}"
+        )
     else:
         system += "{%- else %}{%- set rest = messages %}"
     return (
@@ -361,7 +363,8 @@ def replica_config(rel: Release, tok: TokenizerFiles, dims: dict | None = None):
     raw = rel.full_config().to_dict()
     vocab = -(-tok.size // 64) * 64
     sizes = {"vocab_size": vocab, "embedding_size": vocab} if rel.family == "llada" else {"vocab_size": vocab}
-    raw.update(rel.tiny_dims if dims is None else dims, **sizes, **tok.ids)
+    raw.update(**sizes, **tok.ids)
+    raw.update(rel.tiny_dims if dims is None else dims)  # explicit dims (a vocab_size too) win
     raw = {k: v for k, v in raw.items() if k not in ("model_type", "transformers_version", "architectures")}
     return fam.config_cls(**raw)
 

@@ -61,7 +61,9 @@ class ModelSpec:
         from dare.models.hub import HubResolutionError, cached_or_fetchable
 
         if (self.path is None) == (self.preset is None):
-            raise RecipeError(file, key, "set exactly one of model.path (a checkpoint folder or Hub id) or model.preset")
+            raise RecipeError(
+                file, key, "set exactly one of model.path (a checkpoint folder or Hub id) or model.preset"
+            )
         if self.preset is not None and self.family is None:
             raise RecipeError(file, f"{key}.family", "is required with model.preset")
         if self.path is not None:

@@ -127,6 +127,22 @@ def load_config(path: str | Path) -> PreTrainedConfig:
     return config
 
 
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def _stored_dtype(weights: Path) -> torch.dtype | None:
+    """The floating dtype of the first tensor of a safetensors file (its JSON header), or None."""
+    if weights.suffix != ".safetensors":
+        return None
+    with weights.open("rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if not 2 <= size <= 100_000_000:
+            return None
+        header = json.loads(f.read(size))
+    kinds = [v.get("dtype") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    return _SAFETENSORS_DTYPES.get(kinds[0]) if kinds else None
+
+
 def _check_shard_index(path: Path) -> None:
     """Every shard `model.safetensors.index.json` names is there (a partial download otherwise
     fails deep inside transformers)."""
@@ -163,11 +179,16 @@ def from_pretrained(
         raise FileNotFoundError(f"{path}: no *.safetensors (or pytorch_model*.bin) weight files")
     _check_shard_index(path)
     dtype = resolve_dtype(dtype)
+    stored = _stored_dtype(weights[0])
+    # transformers 5 always builds the model on the meta device and takes each tensor from the
+    # mmapped shards: in the stored dtype no byte is copied. Converting while loading, it keeps
+    # every shard mapped until the end (peak = new weights + the whole checkpoint), so a dtype
+    # change is done after, parameter by parameter: each shard's pages go once its tensors are
+    # converted (peak = new weights + about one shard; docs/loading.md).
+    load_dtype = stored if stored is not None else dtype
     try:
-        # transformers 5 always initialises on the meta device and loads tensor by tensor from the
-        # mmapped shards (the low_cpu_mem_usage path of 4.x is its only path)
         model, info = fam.lm_cls.from_pretrained(
-            path, config=config, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True
+            path, config=config, dtype=load_dtype, output_loading_info=True, ignore_mismatched_sizes=True
         )
     except RuntimeError as e:  # size mismatches
         raise ValueError(f"{path}: weights do not match config.json: {e}") from None
@@ -178,6 +199,8 @@ def from_pretrained(
         names = ", ".join(w.name for w in weights)
         detail = "; ".join(f"{k}: {v[:8]}{' ...' if len(v) > 8 else ''}" for k, v in problems.items())
         raise ValueError(f"{path} ({names}): weights do not match config.json: {detail}")
+    if load_dtype != dtype:
+        model.to(dtype)  # in place (param.data swapped), so tied weights stay tied
     if device is not None:
         model = model.to(device)
     return model.eval()
