@@ -58,7 +58,7 @@ class ModelSpec:
     gradient_checkpointing: bool = False
 
     def validate(self, key: str, file: Any) -> None:
-        from dare.models.hub import HubResolutionError, cached_or_fetchable
+        from dare.models.hub import CONFIG_FILES, TOKENIZER_FILES, HubResolutionError, resolve_checkpoint
 
         if (self.path is None) == (self.preset is None):
             raise RecipeError(
@@ -67,17 +67,17 @@ class ModelSpec:
         if self.preset is not None and self.family is None:
             raise RecipeError(file, f"{key}.family", "is required with model.preset")
         if self.path is not None:
-            try:  # a local folder or a cached id is checked now; an uncached id is fetched at build (online)
-                p = cached_or_fetchable(self.path)
+            try:  # a Hub id: its configs only (from the cache, or fetched online); weights come at build
+                p = resolve_checkpoint(self.path, files=CONFIG_FILES)
             except HubResolutionError as e:
                 raise RecipeError(file, f"{key}.path", str(e)) from None
-            if p is not None and not ((p / "config.json").is_file() or (p / "adapter_config.json").is_file()):
+            if not (p / "config.json").is_file():
                 raise RecipeError(file, f"{key}.path", f"{p} is not a checkpoint folder (no config.json)")
             if self.overrides:
                 raise RecipeError(file, f"{key}.overrides", "only applies to a preset, not to model.path")
         if self.tokenizer not in (None, "builtin"):
             try:
-                cached_or_fetchable(self.tokenizer, what="tokenizer")
+                resolve_checkpoint(self.tokenizer, what="tokenizer", files=TOKENIZER_FILES)
             except HubResolutionError as e:
                 raise RecipeError(file, f"{key}.tokenizer", str(e)) from None
 

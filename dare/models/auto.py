@@ -23,7 +23,7 @@ from transformers import (
 
 from dare.models.dream import DreamConfig, DreamModel, dream_tiny
 from dare.models.dtypes import resolve_dtype
-from dare.models.hub import resolve_checkpoint
+from dare.models.hub import CONFIG_FILES, resolve_checkpoint
 from dare.models.llada import LLaDAConfig, LLaDAModelLM, llada_tiny
 from dare.models.sdar import SDARConfig, SDARForCausalLM, SDARModel, sdar_tiny
 from dare.registry import Registry
@@ -99,7 +99,7 @@ def tiny(family: str, vocab_size: int = 64, *, seed: int = 0, **overrides) -> Pr
 def load_config(path: str | Path) -> PreTrainedConfig:
     """Read `path/config.json` (a folder or a Hub id, see `dare.models.hub`) and build the family
     config, with errors that name the file."""
-    path = resolve_checkpoint(path)
+    path = resolve_checkpoint(path, files=CONFIG_FILES)  # a Hub id: no weights fetched to read its config
     cfg_file = path / "config.json"
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: not a checkpoint folder (expected a directory with config.json)")

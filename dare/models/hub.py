@@ -25,8 +25,10 @@ from pathlib import Path
 # (branch, tag or commit; may contain "/" as in "refs/pr/1")
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[\w./-]+))?$")
 
-# what dare reads from a released repository
+# what dare reads from a released repository: everything it loads, the configs, the tokenizer
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
+CONFIG_FILES = ["*.json"]
+TOKENIZER_FILES = ["*.json", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -67,21 +69,19 @@ def fetch_command(repo_id: str, revision: str | None = None) -> str:
     return f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
 
 
-def _snapshot(repo_id: str, revision: str | None, local_only: bool) -> Path:
+def _snapshot(repo_id: str, revision: str | None, local_only: bool, files: list[str]) -> Path:
     from huggingface_hub import snapshot_download
 
     return Path(
         snapshot_download(
-            repo_id,
-            revision=revision,
-            cache_dir=hub_cache_dir(),
-            local_files_only=local_only,
-            allow_patterns=HUB_FILES,
+            repo_id, revision=revision, cache_dir=hub_cache_dir(), local_files_only=local_only, allow_patterns=files
         )
     )
 
 
-def resolve_checkpoint(path_or_id: str | Path, *, download: bool | None = None, what: str = "checkpoint") -> Path:
+def resolve_checkpoint(
+    path_or_id: str | Path, *, download: bool | None = None, what: str = "checkpoint", files: list[str] | None = None
+) -> Path:
     """The local folder of a checkpoint / tokenizer given as a folder or a Hub id.
 
     Args:
@@ -89,6 +89,9 @@ def resolve_checkpoint(path_or_id: str | Path, *, download: bool | None = None, 
         download: fetch an uncached id from the Hub (default: unless `HF_HUB_OFFLINE=1`);
             False only looks in the cache.
         what: the word used in error messages ("checkpoint", "tokenizer").
+        files: the file patterns needed (default `HUB_FILES`, everything dare loads). Reading a
+            config or a tokenizer fetches only those (`CONFIG_FILES`, `TOKENIZER_FILES`): a recipe
+            is validated without downloading its weights, which come when the policy is built.
 
     Raises:
         HubResolutionError: not a folder, and not an id in the cache (or fetchable).
@@ -106,7 +109,7 @@ def resolve_checkpoint(path_or_id: str | Path, *, download: bool | None = None, 
     offline = hub_offline()
     fetch = (not offline) if download is None else (download and not offline)
     try:
-        return _snapshot(repo_id, revision, local_only=not fetch)
+        return _snapshot(repo_id, revision, local_only=not fetch, files=files or HUB_FILES)
     except Exception as e:  # huggingface_hub raises several types (not cached, not found, no network)
         where = "offline (HF_HUB_OFFLINE=1), " if offline else ""
         raise HubResolutionError(
@@ -118,22 +121,11 @@ def resolve_checkpoint(path_or_id: str | Path, *, download: bool | None = None, 
         ) from None
 
 
-def cached_or_fetchable(path_or_id: str | Path, *, what: str = "checkpoint") -> Path | None:
-    """For validating a recipe before anything heavy runs: the folder when it is local or cached,
-    None for an uncached id that will be fetched at build time (online), and the
-    `HubResolutionError` of `resolve_checkpoint` when it cannot be had (offline, or not an id)."""
-    try:
-        return resolve_checkpoint(path_or_id, download=False, what=what)
-    except HubResolutionError:
-        if hub_offline() or parse_hub_id(str(path_or_id)) is None:
-            raise
-        return None
-
-
 __all__ = [
+    "CONFIG_FILES",
     "HUB_FILES",
+    "TOKENIZER_FILES",
     "HubResolutionError",
-    "cached_or_fetchable",
     "fetch_command",
     "hub_cache_dir",
     "hub_offline",

@@ -28,7 +28,7 @@ from pathlib import Path
 import transformers
 from transformers import AutoTokenizer, PreTrainedConfig, PreTrainedTokenizerBase
 
-from dare.models.hub import resolve_checkpoint
+from dare.models.hub import TOKENIZER_FILES, resolve_checkpoint
 from dare.registry import Registry
 
 # remote tokenizer name (an `auto_map.AutoTokenizer` entry or a `tokenizer_class`) -> the
@@ -85,7 +85,7 @@ def tokenizer_class_for(cfg: dict, config_file: str | Path = "tokenizer_config.j
 
 def load_tokenizer(path_or_id: str | Path) -> PreTrainedTokenizerBase:
     """A tokenizer from a folder or Hub id, released files untouched, no remote code."""
-    folder = resolve_checkpoint(path_or_id, what="tokenizer")
+    folder = resolve_checkpoint(path_or_id, what="tokenizer", files=TOKENIZER_FILES)
     cfg_file = folder / "tokenizer_config.json"
     cfg: dict = {}
     if cfg_file.is_file():

@@ -134,3 +134,23 @@ def test_revision_refs_select_snapshots(tmp_path, cache):
     other = make_replica("llada", tmp_path, seed=7)
     snap = place_in_hub_cache(other, cache[0], LLADA, revision="v2")
     assert resolve_checkpoint(f"{LLADA}@v2") == snap != resolve_checkpoint(LLADA)
+
+
+def test_online_validation_fetches_configs_only_and_loading_fetches_weights(tmp_path, monkeypatch, cache):
+    from dare.models import hub
+
+    calls = []
+
+    def fake_snapshot(repo_id, revision, local_only, files):
+        calls.append((repo_id, local_only, tuple(files)))
+        return cache[1]["llada"]
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hub, "_snapshot", fake_snapshot)
+    load_recipe(_recipe(tmp_path, {"path": LLADA}))
+    assert calls and all(c == (LLADA, False, tuple(hub.CONFIG_FILES)) for c in calls)
+    assert not any("*.safetensors" in c[2] for c in calls)  # a dry run downloads no weights
+    calls.clear()
+    from_pretrained(LLADA)
+    assert (LLADA, False, tuple(hub.HUB_FILES)) in calls and "*.safetensors" in hub.HUB_FILES
+    assert not any("*.py" in f or "*.bin" in f for c in calls for f in c[2])  # never remote code or pickles
