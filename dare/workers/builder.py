@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dare.models import from_pretrained, tiny
 from dare.models.dtypes import DTYPES, resolve_dtype
-from dare.models.hub import HubResolutionError, resolve_checkpoint
+from dare.models.hub import HubResolutionError, parse_hub_id, resolve_checkpoint
 from dare.models.lora import apply_lora
 from dare.models.released_tokenizers import check_token_ids
 from dare.models.released_tokenizers import load_tokenizer as load_released_tokenizer
@@ -71,13 +71,17 @@ def load_tokenizer(model_spec: dict[str, Any]) -> PreTrainedTokenizerBase:
     return load_released_tokenizer(source)
 
 
-def check_model_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, source: str = "") -> None:
-    """The tokenizer fits the model: no token id past the embedding, and the config's mask / EOS /
-    pad ids are the tokenizer's (`check_token_ids`)."""
+def _check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     if len(tokenizer) > model.config.vocab_size:
         raise ValueError(
             f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
         )
+
+
+def check_model_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, source: str = "") -> None:
+    """The tokenizer fits the model: no token id past the embedding, and the config's mask / EOS /
+    pad ids are the tokenizer's (`check_token_ids`)."""
+    _check_vocab(model, tokenizer)
     check_token_ids(model.config, tokenizer, f"{source}/config.json" if source else "config.json")
 
 
@@ -97,7 +101,7 @@ def build_policy(model_spec: dict[str, Any], tokenizer: PreTrainedTokenizerBase,
     """A fresh policy from the recipe's model block (preset at random init, or a checkpoint)."""
     dtype = DTYPES[model_spec.get("dtype", "float32")]
     if model_spec.get("path"):
-        # meta-device construction, shards read straight into `dtype` (no random init first)
+        # built on the meta device, weights taken from the shards: never a random init first
         model = load_policy(model_spec["path"], dtype=dtype)
         check_model_tokenizer(model, tokenizer, model_spec["path"])
     else:
@@ -105,10 +109,7 @@ def build_policy(model_spec: dict[str, Any], tokenizer: PreTrainedTokenizerBase,
         overrides = {**ids, **model_spec.get("overrides", {})}
         # presets are small: drawn in float32 (the same init for every dtype), then cast
         model = tiny(model_spec["family"], seed=seed, **overrides).to(dtype)
-        if len(tokenizer) > model.config.vocab_size:
-            raise ValueError(
-                f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
-            )
+        _check_vocab(model, tokenizer)
     if model_spec.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
     return model
@@ -134,8 +135,10 @@ def save_policy(model: torch.nn.Module, path: str | Path, base_dir: str | Path |
     if isinstance(model, PeftModel):
         if base_dir is None:
             raise ValueError("saving a LoRA adapter needs the base checkpoint folder (base_dir)")
-        # a Hub id becomes its snapshot folder, so the adapter loads offline from the same cache
-        model.peft_config["default"].base_model_name_or_path = str(resolve_checkpoint(base_dir).resolve())
+        base = Path(base_dir)
+        if not base.is_dir() and parse_hub_id(str(base_dir)):
+            base = resolve_checkpoint(base_dir)  # a Hub id: its snapshot, so the adapter reloads offline
+        model.peft_config["default"].base_model_name_or_path = str(base.resolve())
         model.save_pretrained(path)
     else:
         model.save_pretrained(path, safe_serialization=True)

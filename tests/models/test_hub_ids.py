@@ -154,3 +154,16 @@ def test_online_validation_fetches_configs_only_and_loading_fetches_weights(tmp_
     from_pretrained(LLADA)
     assert (LLADA, False, tuple(hub.HUB_FILES)) in calls and "*.safetensors" in hub.HUB_FILES
     assert not any("*.py" in f or "*.bin" in f for c in calls for f in c[2])  # never remote code or pickles
+
+
+def test_lora_adapter_on_a_hub_base_points_at_its_snapshot(tmp_path, cache):
+    from dare.workers.builder import load_policy, save_policy, wrap_lora
+
+    lora = {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    model = wrap_lora(from_pretrained(LLADA), lora, seed=0)
+    save_policy(model, tmp_path / "adapter", base_dir=LLADA)
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == str(cache[1]["llada"].resolve())
+    merged = load_policy(tmp_path / "adapter")
+    x = torch.randint(0, 250, (1, 5))
+    torch.testing.assert_close(merged(x).logits, model.eval()(x).logits, rtol=1e-5, atol=1e-5)
