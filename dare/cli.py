@@ -80,12 +80,10 @@ def _load_for_generate(args: argparse.Namespace):
         tokenizer = build_tokenizer(TINY_SYMBOLS)
         model = tiny(family, seed=args.seed, **model_token_ids(tokenizer))
     else:
-        from transformers import AutoTokenizer
+        from dare.workers.builder import load_model_and_tokenizer
 
-        from dare.workers.builder import DTYPES, load_policy
-
-        model = load_policy(args.model, dtype=DTYPES[args.dtype or "float32"])  # a LoRA adapter is merged
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+        # a folder or Hub id; a LoRA adapter is merged; tokenizer ids checked against the config
+        model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer, args.dtype)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
 
@@ -216,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("export", help="write a stage's checkpoint as a plain Hugging Face folder")
-    p.add_argument("stage_dir", help="RUN_DIR/stage-K-NAME (or any dare checkpoint folder)")
+    p.add_argument("stage_dir", help="RUN_DIR/stage-K-NAME (or any dare checkpoint folder or Hub id)")
     p.add_argument("out", help="output folder")
     p.add_argument("--merge-lora", action="store_true", help="merge a LoRA adapter into its base weights")
     p.set_defaults(func=_cmd_export)
@@ -226,9 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("generate", help="generate with any sampler from a checkpoint or a tiny random model")
-    p.add_argument("--model", required=True, help="checkpoint folder, or tiny:llada | tiny:dream | tiny:sdar")
+    p.add_argument(
+        "--model", required=True, help="checkpoint folder or Hub id ORG/NAME[@REV], or tiny:llada|dream|sdar"
+    )
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the --model folder)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder or Hub id (default: --model's)")
     p.add_argument("--no-chat-template", action="store_true", help="encode prompts as plain text")
     p.add_argument("--seed", type=int, default=0, help="generator seed (and tiny-model init seed)")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
@@ -237,12 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("eval", help="run OpenCompass benchmarks on a checkpoint")
-    p.add_argument("--model", required=True, help="checkpoint folder (or RUN/stage-K-NAME/checkpoint)")
+    p.add_argument("--model", required=True, help="checkpoint folder (or RUN/stage-K-NAME/checkpoint) or Hub id")
     p.add_argument("--benchmarks", required=True, help="comma-separated: sort,addition,countdown,sudoku,gsm8k,...")
     p.add_argument("--file", action="append", metavar="BENCHMARK=PATH", help="local file of a file benchmark (repeat)")
     p.add_argument("--limit", type=int, default=None, help="examples per benchmark (default: all / 1000 generated)")
     p.add_argument("--out", default="runs/eval", help="OpenCompass work dir (default runs/eval)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the --model folder)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder or Hub id (default: --model's)")
     p.add_argument("--seed", type=int, default=0, help="sampler / ELBO seed and built-in tasks' eval-split seed")
     p.add_argument("--elbo-samples", type=int, default=8, help="ELBO Monte-Carlo samples per option (multiple choice)")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per model call")

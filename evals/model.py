@@ -31,13 +31,11 @@ from dare.sampling import SamplingConfig, generate
 
 
 def load_dare_checkpoint(path: str, tokenizer_path: str | None = None, dtype: str = "float32", device: str = "cpu"):
-    """(model in eval mode, tokenizer) of a dare checkpoint folder (a LoRA adapter is merged)."""
-    from transformers import AutoTokenizer
+    """(model in eval mode, tokenizer) of a dare checkpoint folder or Hub id (a LoRA adapter is
+    merged; a released tokenizer loads without remote code, its ids checked against the config)."""
+    from dare.workers.builder import load_model_and_tokenizer
 
-    from dare.workers.builder import DTYPES, load_policy
-
-    model = load_policy(path, dtype=DTYPES[dtype])
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or path)
+    model, tokenizer = load_model_and_tokenizer(path, tokenizer_path, dtype)
     return model.to(device).eval(), tokenizer
 
 
@@ -46,8 +44,8 @@ class DareModel(BaseModel):
     """OpenCompass wrapper of a dare checkpoint.
 
     Args:
-        path: checkpoint folder (config.json + safetensors, or a LoRA adapter folder).
-        tokenizer_path: tokenizer folder (default: `path`).
+        path: checkpoint folder (config.json + safetensors, or a LoRA adapter folder) or Hub id.
+        tokenizer_path: tokenizer folder or Hub id (default: `path`).
         sampling: `SamplingConfig` fields; `gen_length` unset = the benchmark's `max_out_len`.
         elbo_samples: Monte-Carlo samples of the ELBO per option (multiple-choice benchmarks).
         seed: seeds the sampler's and the ELBO's `torch.Generator`.

@@ -126,14 +126,15 @@ def check_checkpoint(path: str, tokenizer: str | None, sampling: dict[str, Any],
     just written (a large model would otherwise be loaded once more in the driver)."""
     import json as _json
 
-    from transformers import AutoTokenizer
-
     from dare.models import load_config
+    from dare.models.hub import HubResolutionError, resolve_checkpoint
+    from dare.models.released_tokenizers import load_tokenizer
     from dare.workers.builder import is_adapter_dir, load_policy
 
-    p = Path(path)
-    if not p.is_dir():
-        raise FileNotFoundError(f"--model {path}: not a checkpoint folder")
+    try:  # a folder or a Hub id (fetched, or from the cache offline)
+        p = resolve_checkpoint(path)
+    except HubResolutionError as e:
+        raise FileNotFoundError(f"--model {e}") from None
     try:
         if load_weights:
             load_policy(p)
@@ -144,7 +145,7 @@ def check_checkpoint(path: str, tokenizer: str | None, sampling: dict[str, Any],
     except Exception as e:  # noqa: BLE001 - any loading failure is reported the same way
         raise ValueError(f"--model {path}: the checkpoint cannot be loaded: {type(e).__name__}: {e}") from None
     try:
-        AutoTokenizer.from_pretrained(tokenizer or path)
+        load_tokenizer(tokenizer or p)
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"tokenizer {tokenizer or path}: cannot be loaded: {type(e).__name__}: {e}") from None
     try:
@@ -155,6 +156,8 @@ def check_checkpoint(path: str, tokenizer: str | None, sampling: dict[str, Any],
 
 def opencompass_config(req: EvalRequest) -> dict[str, Any]:
     """The OpenCompass config as plain data (types named by dotted path)."""
+    from dare.models.hub import resolve_checkpoint
+
     datasets = [
         BENCHMARKS.get(name).dataset_config(
             req.files.get(name), req.limit, req.seed, req.task_args.get(name), req.builtin_examples
@@ -164,8 +167,9 @@ def opencompass_config(req: EvalRequest) -> dict[str, Any]:
     model = {
         "type": "dare.evals.model.DareModel",
         "abbr": MODEL_ABBR,
-        "path": str(Path(req.model).resolve()),
-        "tokenizer_path": str(Path(req.tokenizer).resolve()) if req.tokenizer else None,
+        # Hub ids become their snapshot folders: OpenCompass's subprocesses then read the same files
+        "path": str(resolve_checkpoint(req.model).resolve()),
+        "tokenizer_path": str(resolve_checkpoint(req.tokenizer, what="tokenizer").resolve()) if req.tokenizer else None,
         "sampling": dict(req.sampling),
         "elbo_samples": req.elbo_samples,
         "seed": req.seed,

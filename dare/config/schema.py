@@ -47,29 +47,39 @@ class ModelSpec:
     # a family preset initialised at random ...
     family: Literal["llada", "dream", "sdar"] | None = None
     preset: Literal["tiny"] | None = None
-    # ... or a local checkpoint folder (config.json + safetensors)
+    # ... or a checkpoint: a local folder (config.json + safetensors) or a Hub id ORG/NAME[@REVISION]
     path: str | None = None
-    # "builtin" = the built-in tasks' character tokenizer; else a tokenizer folder (default: path)
+    # "builtin" = the built-in tasks' character tokenizer; else a tokenizer folder or Hub id (default: path)
     tokenizer: str | None = None
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # config fields of the preset to change (e.g. n_layers: 4)
     overrides: dict[str, Any] = field(default_factory=dict)
     lora: LoraSpec | None = None
     gradient_checkpointing: bool = False
 
     def validate(self, key: str, file: Any) -> None:
+        from dare.models.hub import CONFIG_FILES, TOKENIZER_FILES, HubResolutionError, resolve_checkpoint
+
         if (self.path is None) == (self.preset is None):
-            raise RecipeError(file, key, "set exactly one of model.path (a checkpoint folder) or model.preset")
+            raise RecipeError(
+                file, key, "set exactly one of model.path (a checkpoint folder or Hub id) or model.preset"
+            )
         if self.preset is not None and self.family is None:
             raise RecipeError(file, f"{key}.family", "is required with model.preset")
         if self.path is not None:
-            p = Path(self.path)
+            try:  # a Hub id: its configs only (from the cache, or fetched online); weights come at build
+                p = resolve_checkpoint(self.path, files=CONFIG_FILES)
+            except HubResolutionError as e:
+                raise RecipeError(file, f"{key}.path", str(e)) from None
             if not (p / "config.json").is_file():
                 raise RecipeError(file, f"{key}.path", f"{p} is not a checkpoint folder (no config.json)")
             if self.overrides:
                 raise RecipeError(file, f"{key}.overrides", "only applies to a preset, not to model.path")
-        if self.tokenizer not in (None, "builtin") and not Path(self.tokenizer).is_dir():
-            raise RecipeError(file, f"{key}.tokenizer", f"{self.tokenizer} is not a tokenizer folder")
+        if self.tokenizer not in (None, "builtin"):
+            try:
+                resolve_checkpoint(self.tokenizer, what="tokenizer", files=TOKENIZER_FILES)
+            except HubResolutionError as e:
+                raise RecipeError(file, f"{key}.tokenizer", str(e)) from None
 
 
 @dataclass

@@ -22,6 +22,8 @@ from transformers import (
 )
 
 from dare.models.dream import DreamConfig, DreamModel, dream_tiny
+from dare.models.dtypes import resolve_dtype
+from dare.models.hub import CONFIG_FILES, resolve_checkpoint
 from dare.models.llada import LLaDAConfig, LLaDAModelLM, llada_tiny
 from dare.models.sdar import SDARConfig, SDARForCausalLM, SDARModel, sdar_tiny
 from dare.registry import Registry
@@ -95,8 +97,9 @@ def tiny(family: str, vocab_size: int = 64, *, seed: int = 0, **overrides) -> Pr
 
 
 def load_config(path: str | Path) -> PreTrainedConfig:
-    """Read `path/config.json` and build the family config, with errors that name the file."""
-    path = Path(path)
+    """Read `path/config.json` (a folder or a Hub id, see `dare.models.hub`) and build the family
+    config, with errors that name the file."""
+    path = resolve_checkpoint(path, files=CONFIG_FILES)  # a Hub id: no weights fetched to read its config
     cfg_file = path / "config.json"
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: not a checkpoint folder (expected a directory with config.json)")
@@ -124,26 +127,68 @@ def load_config(path: str | Path) -> PreTrainedConfig:
     return config
 
 
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def _stored_dtype(weights: Path) -> torch.dtype | None:
+    """The floating dtype of the first tensor of a safetensors file (its JSON header), or None."""
+    if weights.suffix != ".safetensors":
+        return None
+    with weights.open("rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if not 2 <= size <= 100_000_000:
+            return None
+        header = json.loads(f.read(size))
+    kinds = [v.get("dtype") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    return _SAFETENSORS_DTYPES.get(kinds[0]) if kinds else None
+
+
+def _check_shard_index(path: Path) -> None:
+    """Every shard `model.safetensors.index.json` names is there (a partial download otherwise
+    fails deep inside transformers)."""
+    index = path / "model.safetensors.index.json"
+    if not index.is_file():
+        return
+    try:
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+    except (json.JSONDecodeError, KeyError, AttributeError) as e:
+        raise ValueError(f"{index}: not a safetensors index (needs a weight_map of key -> shard file): {e}") from None
+    missing = sorted(s for s in shards if not (path / s).is_file())
+    if missing:
+        raise FileNotFoundError(f"{index}: names shard files that are missing: {missing}")
+
+
 def from_pretrained(
     path: str | Path, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None
 ) -> PreTrainedModel:
-    """Load a local checkpoint folder (config.json + safetensors) of any dare family.
+    """Load a checkpoint of any dare family: a local folder (config.json + safetensors, one file or
+    shards with `model.safetensors.index.json`) or a Hub id `ORG/NAME[@REVISION]`.
+
+    The model is built on the meta device and each tensor is read from the (memory-mapped)
+    safetensors files straight into `dtype` (default float32), so no random init is ever
+    materialised and peak memory stays near the size of the weights (docs/loading.md).
 
     Refuses an unknown `model_type`, a missing mask token id, and weights that do not match the
     config (missing or unexpected keys, wrong shapes), naming the file and the keys.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     config = load_config(path)
     fam = family_of(config)
     weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("pytorch_model*.bin"))
     if not weights:
         raise FileNotFoundError(f"{path}: no *.safetensors (or pytorch_model*.bin) weight files")
-    if isinstance(dtype, str):
-        dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]  # fmt: skip
+    _check_shard_index(path)
+    dtype = resolve_dtype(dtype)
+    stored = _stored_dtype(weights[0])
+    # transformers 5 always builds the model on the meta device and takes each tensor from the
+    # mmapped shards: in the stored dtype no byte is copied. Converting while loading, it keeps
+    # every shard mapped until the end (peak = new weights + the whole checkpoint), so a dtype
+    # change is done after, parameter by parameter: each shard's pages go once its tensors are
+    # converted (peak = new weights + about one shard; docs/loading.md).
+    load_dtype = stored if stored is not None else dtype
     try:
         model, info = fam.lm_cls.from_pretrained(
-            path, config=config, dtype=dtype or torch.float32, output_loading_info=True, ignore_mismatched_sizes=True
+            path, config=config, dtype=load_dtype, output_loading_info=True, ignore_mismatched_sizes=True
         )
     except RuntimeError as e:  # size mismatches
         raise ValueError(f"{path}: weights do not match config.json: {e}") from None
@@ -154,6 +199,8 @@ def from_pretrained(
         names = ", ".join(w.name for w in weights)
         detail = "; ".join(f"{k}: {v[:8]}{' ...' if len(v) > 8 else ''}" for k, v in problems.items())
         raise ValueError(f"{path} ({names}): weights do not match config.json: {detail}")
+    if load_dtype != dtype:
+        model.to(dtype)  # in place (param.data swapped), so tied weights stay tied
     if device is not None:
         model = model.to(device)
     return model.eval()

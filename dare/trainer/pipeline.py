@@ -226,8 +226,10 @@ class Pipeline:
         written there by the actor before it adds the adapter)."""
         if not self.recipe.model.lora:
             return None
-        if self.recipe.model.path:
-            return str(Path(self.recipe.model.path).resolve())
+        if self.recipe.model.path:  # a Hub id: its snapshot folder in the cache
+            from dare.models.hub import resolve_checkpoint
+
+            return str(resolve_checkpoint(self.recipe.model.path).resolve())
         return str((self.run_dir / "base").resolve())
 
     # -------------------------------------------------------------- data
