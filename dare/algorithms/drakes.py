@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from dare.algorithms.base import Algorithm, register_algorithm, row_generators
+from dare.errors import RecipeError
 from dare.sampling.relaxed import RelaxedConfig, relaxed_sample
 
 ReferenceFn = Callable[[], AbstractContextManager[torch.nn.Module]]
@@ -74,8 +75,6 @@ class DRAKES(Algorithm):
         alpha_warmup_steps: int = 0
 
         def validate(self, key: str, file: Any) -> None:
-            from dare.config.loader import RecipeError
-
             checks = {
                 "tau": self.tau > 0,
                 "sampling_steps": self.sampling_steps >= 1,

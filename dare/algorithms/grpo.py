@@ -30,6 +30,7 @@ import torch
 from dare.algorithms.base import Algorithm, register_algorithm, row_generators
 from dare.diffusion.estimators import NoisePlan, build_estimator
 from dare.diffusion.rl_losses import PPOClipConfig, rl_loss
+from dare.errors import RecipeError
 
 PLAN_PREFIX = "plan."
 ReferenceFn = Callable[[], AbstractContextManager[torch.nn.Module]]
@@ -62,8 +63,6 @@ class GRPOArgs:
     p_mask_prompt: float = 0.15
 
     def validate(self, key: str, file: Any) -> None:
-        from dare.config.loader import RecipeError
-
         checks = {
             "num_generations": self.num_generations >= 2,
             "mu": self.mu >= 1,
@@ -168,8 +167,6 @@ class CoupledGRPO(GRPO):
         t_max: float = 0.8
 
         def validate(self, key: str, file: Any) -> None:
-            from dare.config.loader import RecipeError
-
             super().validate(key, file)
             if not 0 < self.t_min <= self.t_max < 1:
                 raise RecipeError(file, f"{key}.t_min", f"need 0 < t_min <= t_max < 1, got {self.t_min}, {self.t_max}")

@@ -15,14 +15,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-
-class RecipeError(ValueError):
-    """A recipe (or override) is invalid. The message names the file and the key."""
-
-    def __init__(self, file: str | Path | None, key: str, message: str) -> None:
-        self.file, self.key = str(file) if file else "<recipe>", key
-        where = f"{self.file}: {key}" if key else self.file
-        super().__init__(f"{where}: {message}")
+from dare.errors import RecipeError
 
 
 def did_you_mean(name: str, options: list[str]) -> str:
@@ -189,4 +182,4 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-__all__ = ["RecipeError", "apply_override", "build", "convert", "did_you_mean", "read_yaml", "to_dict"]
+__all__ = ["apply_override", "build", "convert", "did_you_mean", "read_yaml", "to_dict"]

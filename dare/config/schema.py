@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dare.config.loader import RecipeError, build, convert, did_you_mean, to_dict
+from dare.config.loader import build, convert, did_you_mean, to_dict
+from dare.errors import RecipeError
 
 BUILTIN_PREFIX = "builtin:"
 
