@@ -64,16 +64,19 @@ class GRPOArgs:
 
     def validate(self, key: str, file: Any) -> None:
         checks = {
-            "num_generations": self.num_generations >= 2,
-            "mu": self.mu >= 1,
-            "beta": self.beta >= 0,
-            "clip_eps": 0 < self.clip_eps < 1,
-            "p_mask_prompt": 0 <= self.p_mask_prompt < 1,
-            "reward_timeout_s": self.reward_timeout_s > 0,
+            "num_generations": (self.num_generations >= 2, ">= 2 (a group)"),
+            "mu": (self.mu >= 1, ">= 1"),
+            "beta": (self.beta >= 0, ">= 0"),
+            "clip_eps": (0 < self.clip_eps < 1, "in (0, 1)"),
+            "clip_eps_high": (self.clip_eps_high is None or self.clip_eps_high > 0, "> 0 or null"),
+            "clip_ratio_c": (self.clip_ratio_c is None or self.clip_ratio_c > 1, "> 1 or null (dual clip)"),
+            "p_mask_prompt": (0 <= self.p_mask_prompt < 1, "in [0, 1)"),
+            "reward_timeout_s": (self.reward_timeout_s > 0, "> 0"),
+            "reward_workers": (self.reward_workers >= 1, ">= 1"),
         }
-        for name, ok in checks.items():
+        for name, (ok, rule) in checks.items():
             if not ok:
-                raise RecipeError(file, f"{key}.{name}", f"invalid value {getattr(self, name)!r}")
+                raise RecipeError(file, f"{key}.{name}", f"must be {rule}, got {getattr(self, name)!r}")
         if self.rewards:  # names, plug-in files and argument signatures, before anything starts
             from dare.rewards.spec import LoadedReward, as_specs
 
