@@ -120,7 +120,10 @@ class DataSpec:
     on_error: Literal["skip", "fail"] = "fail"
     # response length in tokens (SFT pads answers with EOS up to it; generation length)
     gen_length: int = 16
+    # prompt length in tokens (chat template included); a longer prompt is, per long_prompts:
+    # skipped (counted, one warning), truncated to its last max_prompt_length tokens, or an error
     max_prompt_length: int = 64
+    long_prompts: Literal["skip", "truncate", "fail"] = "skip"
 
     def validate(self, key: str, file: Any) -> None:
         for name in ("train", "eval"):
