@@ -217,6 +217,13 @@ class _LimitedLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
 
+    def fetch_flow_collection_start(self, token_class: Any) -> None:
+        # the scanner reads a whole flow collection ahead (looking for a `:`) before the composer
+        # sees it: without this limit, 100k `[` cost seconds before the depth check could run
+        if self.flow_level >= MAX_DEPTH:
+            raise _LimitError(self.get_mark(), f"nested deeper than {MAX_DEPTH} levels")
+        super().fetch_flow_collection_start(token_class)
+
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):  # an alias reuses a composed node: no recursion
             return super().compose_node(parent, index)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dare.config.loader import build, check_finite, did_you_mean, to_dict
+from dare.config.loader import build, check_finite, did_you_mean, short_repr, to_dict
 from dare.errors import RecipeError
 
 BUILTIN_PREFIX = "builtin:"
@@ -354,6 +354,8 @@ def build_recipe(data: dict[str, Any], file: Any = None) -> Recipe:
         raise RecipeError(file, "stages", "must be a non-empty list of stages")
     known = [f.name for f in dataclasses.fields(Recipe) if f.init]
     for k in data:
+        if not isinstance(k, str):
+            raise RecipeError(file, "", f"keys must be strings, got {short_repr(k)} ({type(k).__name__})")
         if k not in known:
             raise RecipeError(file, k, f"unknown key{did_you_mean(k, known)}; known: {', '.join(known)}")
     if "model" not in data:

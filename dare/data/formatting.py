@@ -33,6 +33,9 @@ IGNORE_INDEX = -100  # `labels` value on positions outside the loss (the transfo
 LongPrompts = Literal["skip", "truncate", "fail"]
 LONG_PROMPTS = ("skip", "truncate", "fail")
 MAX_REPORTED_ROWS = 3
+# no token of the tokenizers dare meets (character level, BPE) spans more characters than this,
+# so a prompt with more than max_prompt_length * MAX_CHARS_PER_TOKEN characters is over the limit
+MAX_CHARS_PER_TOKEN = 64
 
 logger = logging.getLogger("dare.data")
 
@@ -233,6 +236,19 @@ def _unknown_text(row: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase, pr
     return None
 
 
+def _prompt_chars(prompt: Any) -> int:
+    if isinstance(prompt, str):
+        return len(prompt)
+    if isinstance(prompt, Sequence):
+        return sum(len(m.get("content", "")) for m in prompt if isinstance(m, Mapping))
+    return 0
+
+
+def _prompt_tail(prompt: Prompt, max_chars: int) -> Prompt:
+    """The last `max_chars` characters of a string prompt (a conversation is kept whole)."""
+    return prompt[-max_chars:] if isinstance(prompt, str) else prompt
+
+
 def _snippet(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
@@ -261,26 +277,32 @@ def limit_prompts(
         raise ValueError(f"long_prompts must be one of {LONG_PROMPTS}, got {long_prompts!r}")
     report = PromptReport(rows=len(rows))
     kept: list[dict[str, Any]] = []
+    max_chars = max_prompt_length * MAX_CHARS_PER_TOKEN
     for i, row in enumerate(rows):
-        ids = _prompt_ids(row, tokenizer)
+        chars = _prompt_chars(row.get("prompt"))
+        # a prompt far over the limit is not tokenized whole (a 10 MB line takes a minute)
+        ids = None if "prompt_ids" not in row and chars > max_chars else _prompt_ids(row, tokenizer)
+        out = dict(row)
+        if ids is None or len(ids) > max_prompt_length:
+            size = f"{chars} characters" if ids is None else f"{len(ids)} tokens"
+            if long_prompts == "fail":
+                raise ValueError(
+                    f"{source}: row {i}: the prompt is {size} > data.max_prompt_length={max_prompt_length} "
+                    "(data.long_prompts: fail; use skip or truncate, or raise max_prompt_length)"
+                )
+            report.long += 1
+            if len(report.long_examples) < MAX_REPORTED_ROWS:
+                report.long_examples.append(f"row {i} ({size})")
+            if long_prompts == "skip":
+                continue
+            if ids is None:  # only the end survives truncation: encode the end
+                ids = encode_prompt(tokenizer, _prompt_tail(row["prompt"], max_chars))
+            ids = out["prompt_ids"] = ids[-max_prompt_length:]
         unknown = _unknown_text(row, tokenizer, ids)
         if unknown is not None:
             report.unknown += 1
             if len(report.unknown_examples) < MAX_REPORTED_ROWS:
                 report.unknown_examples.append(f"row {i}: {_snippet(unknown)}")
-        out = dict(row)
-        if len(ids) > max_prompt_length:
-            if long_prompts == "fail":
-                raise ValueError(
-                    f"{source}: row {i}: the prompt is {len(ids)} tokens > data.max_prompt_length={max_prompt_length} "
-                    "(data.long_prompts: fail; use skip or truncate, or raise max_prompt_length)"
-                )
-            report.long += 1
-            if len(report.long_examples) < MAX_REPORTED_ROWS:
-                report.long_examples.append(f"row {i} ({len(ids)} tokens)")
-            if long_prompts == "skip":
-                continue
-            out["prompt_ids"] = ids[-max_prompt_length:]
         kept.append(out)
     _log_report(report, source, max_prompt_length, long_prompts, tokenizer)
     if not kept:
