@@ -471,6 +471,10 @@ def _check_combinations(recipe: Recipe, file: Any) -> None:
                 f"{stage.algorithm!r} needs {' or '.join(algo.attention)} attention, but the model "
                 f"({recipe.model.family or recipe.model.path}) uses {attention!r} attention",
             )
+        try:
+            algo.check_fit(stage.args, spec, data.gen_length)
+        except ValueError as e:
+            raise RecipeError(file, f"stages[{i}]", f"{stage.algorithm}: {e}") from None
         for name in stage_sampling_fields(stage.args):
             _check_sampling(getattr(stage.args, name), data.gen_length, spec, f"stages[{i}].{name}", file)
         builtin_train = data.train.startswith(BUILTIN_PREFIX)

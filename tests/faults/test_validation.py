@@ -107,6 +107,9 @@ RECIPE_CASES = [
     ("distill-teacher-sampling-typo", recipe(stages=[SFT, {"kind": "distill", "algorithm": "didi_instruct", "steps": 2,
                                                           "teacher_sampling": {"algorithm": "llada", "temprature": 1}}]),
      [], "stages[1].teacher_sampling", "temprature"),
+    ("drakes-blocks-misfit", recipe(stages=[SFT, {"kind": "rl", "algorithm": "drakes", "steps": 2,
+                                                  "reward": "task_match", "block_length": 5}]),
+     [], "stages[1]", "drakes: gen_length 12 must be a multiple of block_length 5"),
     # --- more of our own
     ("unknown-top-level-key", recipe(seeds=1), [], "seeds", "did you mean 'seed'?"),
     ("wrong-type-list-for-int", recipe(stages__0__batch_size=[8]), [], "stages[0].batch_size", "expected int"),
