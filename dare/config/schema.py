@@ -66,7 +66,7 @@ class LoraSpec:
         require(0 <= self.dropout < 1, "in [0, 1)", self, "dropout", key, file)
         if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
             raise RecipeError(
-                file, f"{key}.target_modules", f"must be 'all-linear' or a list, got {self.target_modules!r}"
+                file, f"{key}.target_modules", f"must be 'all-linear' or a list, got {short_repr(self.target_modules)}"
             )
 
 
@@ -284,7 +284,9 @@ class StageSpec:
                 file, f"{key}.grad_accum", f"must divide batch_size={self.batch_size}, got {self.grad_accum}"
             )
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
-            raise RecipeError(file, f"{key}.adam_betas", f"must be two numbers in [0, 1), got {self.adam_betas}")
+            raise RecipeError(
+                file, f"{key}.adam_betas", f"must be two numbers in [0, 1), got {short_repr(self.adam_betas)}"
+            )
 
 
 @dataclass
@@ -320,11 +322,16 @@ def build_stage(raw: Any, key: str, file: Any) -> StageSpec:
     from dare.algorithms import ALGORITHMS  # algorithms register themselves on import
 
     if not isinstance(raw, dict):
-        raise RecipeError(file, key, f"a stage must be a mapping, got {raw!r}")
+        raise RecipeError(file, key, f"a stage must be a mapping, got {short_repr(raw)}")
+    for k in raw:
+        if not isinstance(k, str):
+            raise RecipeError(file, key, f"keys must be strings, got {short_repr(k)} ({type(k).__name__})")
     for required in ("kind", "algorithm"):
         if required not in raw:
             raise RecipeError(file, f"{key}.{required}", "is required")
     name = raw["algorithm"]
+    if not isinstance(name, str):
+        raise RecipeError(file, f"{key}.algorithm", f"expected str, got {short_repr(name)} ({type(name).__name__})")
     if name not in ALGORITHMS:
         raise RecipeError(file, f"{key}.algorithm", ALGORITHMS.unknown_message(str(name)))
     algo = ALGORITHMS.get(name)
@@ -405,14 +412,14 @@ def max_model_length(config: Any) -> int | None:
     return None
 
 
-def _check_sampling(sampling: dict[str, Any], gen_length: int, spec: Any, key: str, file: Any) -> None:
-    """`sampling` (SamplingConfig fields) builds a config that fits the model, with the
-    gen_length and num_generations the trainer sets."""
+def _check_sampling(sampling: dict[str, Any], spec: Any, key: str, file: Any) -> None:
+    """`sampling` (SamplingConfig fields) builds a config that fits the model; an unknown field
+    is named with a suggestion."""
     from dare.sampling import SamplingConfig
 
     check_finite(sampling, key, file)
     try:
-        SamplingConfig(**{**sampling, "gen_length": gen_length, "num_generations": 1}).for_model(spec)
+        SamplingConfig(**sampling).for_model(spec)
     except TypeError as e:  # an unknown field
         fields = [f.name for f in dataclasses.fields(SamplingConfig)]
         unknown = [k for k in sampling if k not in fields]
@@ -476,7 +483,9 @@ def _check_combinations(recipe: Recipe, file: Any) -> None:
         except ValueError as e:
             raise RecipeError(file, f"stages[{i}]", f"{stage.algorithm}: {e}") from None
         for name in stage_sampling_fields(stage.args):
-            _check_sampling(getattr(stage.args, name), data.gen_length, spec, f"stages[{i}].{name}", file)
+            # the trainers set gen_length and num_generations
+            sampling = {**getattr(stage.args, name), "gen_length": data.gen_length, "num_generations": 1}
+            _check_sampling(sampling, spec, f"stages[{i}].{name}", file)
         builtin_train = data.train.startswith(BUILTIN_PREFIX)
         if stage.kind == "preference" and builtin_train and not data.train.startswith(BUILTIN_PREFIX + "pref-"):
             task = data.train[len(BUILTIN_PREFIX) :]
@@ -485,12 +494,8 @@ def _check_combinations(recipe: Recipe, file: Any) -> None:
                 "data.train",
                 f"stages[{i}] is a preference stage: it needs pairs; use builtin:pref-{task} (correct vs incorrect)",
             )
-    from dare.sampling import SamplingConfig
-
-    try:
-        SamplingConfig(**{"gen_length": data.gen_length, **recipe.eval.sampling}).for_model(spec)
-    except (TypeError, ValueError) as e:
-        raise RecipeError(file, "eval.sampling", str(e)) from None
+    # eval.sampling may set its own gen_length (the rollouts' is data.gen_length)
+    _check_sampling({"gen_length": data.gen_length, **recipe.eval.sampling}, spec, "eval.sampling", file)
 
 
 __all__ = [
