@@ -144,6 +144,9 @@ class DataSpec:
                     f"unknown row field{did_you_mean(name, list(ROW_FIELDS))}; known: {', '.join(ROW_FIELDS)}",
                 )
         check_finite(self.task_args, f"{key}.task_args", file)
+        files = [v for v in (self.train, self.eval) if v is not None and not v.startswith(BUILTIN_PREFIX)]
+        if self.task_args and files:
+            raise RecipeError(file, f"{key}.task_args", f"apply to builtin: tasks only, but {files[0]} is a data file")
         for name in ("train", "eval"):
             value = getattr(self, name)
             if value is not None and value.startswith(BUILTIN_PREFIX):

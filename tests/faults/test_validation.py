@@ -102,6 +102,8 @@ RECIPE_CASES = [
     ("unknown-builtin-task", recipe(data__train="builtin:sortt"), [], "data.train", "did you mean 'sort'?"),
     ("unknown-task-knob", recipe(data__task_args={"max_lenn": 4}), [], "data.task_args", "no knob(s) ['max_lenn']"),
     ("bad-task-knob-value", recipe(data__task_args={"max_len": -3}), [], "data.task_args", "min_len <= max_len"),
+    ("task-args-with-a-data-file", recipe(data__eval="{data}", data__task_args={"max_len": 4}), [],
+     "data.task_args", "apply to builtin: tasks only"),
     ("preference-on-plain-task", recipe(stages=[SFT, {"kind": "preference", "algorithm": "dpo", "steps": 2}]), [],
      "data.train", "use builtin:pref-sort"),
     ("distill-teacher-sampling-typo", recipe(stages=[SFT, {"kind": "distill", "algorithm": "didi_instruct", "steps": 2,
@@ -143,8 +145,10 @@ RECIPE_CASES = [
 
 @pytest.mark.parametrize("text,overrides,key,message", [c[1:] for c in RECIPE_CASES], ids=[c[0] for c in RECIPE_CASES])
 def test_bad_recipe_is_one_line_naming_the_key(tmp_path, capsys, text, overrides, key, message):
-    path = tmp_path / "recipe.yaml"
-    path.write_text(text if isinstance(text, str) else yaml.safe_dump(text if text is not None else BASE))
+    path, data = tmp_path / "recipe.yaml", tmp_path / "rows.jsonl"
+    data.write_text(json.dumps(ROWS[0]) + "\n")
+    text = text if isinstance(text, str) else yaml.safe_dump(text if text is not None else BASE)
+    path.write_text(text.replace("{data}", str(data)))
     err = dry_run_error(path, overrides, capsys)
     assert err.startswith(f"{path}: {key}: " if key else f"{path}: "), err
     assert message in err, err
