@@ -121,16 +121,15 @@ def convert(tp: Any, value: Any, key: str, file: str | Path | None) -> Any:
             raise bad.error()
         return value
     if tp is float:
-        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise bad.error() from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise bad.error()
-        if not math.isfinite(value):
-            raise RecipeError(file, key, f"must be a finite number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)  # YAML reads 1e-4 (no dot) as a string
+        except (ValueError, OverflowError):  # not a number; an int beyond float range
+            raise bad.error() from None
+        if not math.isfinite(number):
+            raise RecipeError(file, key, f"must be a finite number, got {short_repr(value)}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise bad.error()

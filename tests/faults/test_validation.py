@@ -79,6 +79,8 @@ RECIPE_CASES = [
     ("eval-num-prompts-negative", recipe(eval__num_prompts=-1), [], "eval.num_prompts", "must be >= 1"),
     ("lr-nan", None, ["stages.0.lr=.nan"], "stages[0].lr", "must be a finite number, got nan"),
     ("lr-inf", None, ["stages.0.lr=.inf"], "stages[0].lr", "must be a finite number, got inf"),
+    ("lr-nan-string", None, ["stages.0.lr=nan"], "stages[0].lr", "must be a finite number, got 'nan'"),
+    ("lr-int-beyond-float", None, [f"stages.0.lr={10**400}"], "stages[0].lr", "expected float"),
     ("num-threads-negative", recipe(resources={"num_threads": -1}), [], "resources.num_threads", ">= 1 or null"),
     ("stage-name-escapes", recipe(stages__0__name="../../etc"), [], "stages[0].name", "plain folder name"),
     ("stage-name-slash", recipe(stages__0__name="a/b"), [], "stages[0].name", "plain folder name"),
