@@ -238,6 +238,8 @@ class _LimitedLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges (flattened by the base class)
+                continue
             key = self.construct_object(key_node, deep=True)
             try:
                 hash(key)

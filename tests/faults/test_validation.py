@@ -193,6 +193,17 @@ def test_deep_nesting_fails_fast_without_recursion_error(tmp_path):
     assert seconds < 10 and peak < 50e6, (seconds, peak)
 
 
+def test_merge_key_bomb_is_refused_and_plain_merges_still_work(tmp_path):
+    lines = ["a0: &a0 {k: 1}"] + [f"a{i}: &a{i} {{<<: [*a{i - 1}, *a{i - 1}], k{i}: 1}}" for i in range(1, 40)]
+    path = tmp_path / "merge.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    message, seconds, _ = load_bounded(path)
+    assert f"expands to more than {MAX_EXPANDED_NODES} values" in message and seconds < 2
+    stages = "stages:\n  - &sft {kind: sft, algorithm: sft, steps: 10, batch_size: 8, lr: 0.001}\n  - {<<: *sft, lr: 0.0002}\n"
+    path.write_text(yaml.safe_dump({k: v for k, v in BASE.items() if k != "stages"}) + stages)
+    assert [s.lr for s in load_recipe(path).stages] == [0.001, 0.0002]
+
+
 def test_alias_chain_deeper_than_the_limit_is_refused(tmp_path):
     """Each anchor is shallow, but aliases nest them: the expanded depth counts."""
     lines = ["a0: &a0 [1]"] + [f"a{i}: &a{i} [*a{i - 1}]" for i in range(1, MAX_DEPTH + 2)]
