@@ -23,8 +23,6 @@ from dare.config.loader import build, check_finite, did_you_mean, short_repr, to
 from dare.errors import RecipeError
 
 BUILTIN_PREFIX = "builtin:"
-# the row fields `data.columns` can map (dare.data.loading)
-ROW_FIELDS = ("prompt", "response", "ground_truth", "messages", "chosen", "rejected")
 # seeds are mixed into 64-bit torch generator seeds ((seed * 1e6 + stage) * 1e6 + step) * 7 in
 # dare.trainer.stream; beyond ~2.6e6 they overflow when a stage starts
 MAX_SEED = 1_000_000
@@ -136,6 +134,8 @@ class DataSpec:
             raise RecipeError(file, f"{key}.eval", "is required when data.train is a file")
         for name in ("num_train", "num_rl_prompts", "num_eval", "gen_length", "max_prompt_length"):
             require(getattr(self, name) >= 1, ">= 1", self, name, key, file)
+        from dare.data.loading import ROW_FIELDS
+
         for name in self.columns:
             if name not in ROW_FIELDS:
                 raise RecipeError(

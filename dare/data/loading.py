@@ -54,6 +54,8 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "chosen": ("chosen",),
     "rejected": ("rejected",),
 }
+# the row fields a source column can be mapped to (`columns={"prompt": "question"}`)
+ROW_FIELDS = tuple(_ALIASES)
 _HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 _FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -371,4 +373,4 @@ def load_dataset_spec(
     return rows if n is None else rows[:n]
 
 
-__all__ = ["BUILTIN_PREFIX", "KINDS", "RowError", "load_dataset_spec", "load_rows", "normalize_row"]
+__all__ = ["BUILTIN_PREFIX", "KINDS", "ROW_FIELDS", "RowError", "load_dataset_spec", "load_rows", "normalize_row"]
