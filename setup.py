@@ -10,6 +10,6 @@ MAPPED = {"dare.rewards": "rewards", "dare.evals": "evals"}
 
 packages = find_packages(include=["dare", "dare.*"])
 for name, folder in MAPPED.items():
-    packages += [name + sub[len(folder):] for sub in find_packages(include=[folder, folder + ".*"])]
+    packages += [name + sub[len(folder) :] for sub in find_packages(include=[folder, folder + ".*"])]
 
 setup(packages=packages, package_dir=MAPPED)

@@ -13,18 +13,37 @@ dare eval --model PATH --benchmarks sort,gsm8k --file gsm8k=test.jsonl [--limit 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import string
 import sys
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
+
+# --dtype of `dare generate` (checkpoints are loaded in this dtype)
+DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+
+
+@contextlib.contextmanager
+def checkpoint_errors(path: str) -> Iterator[None]:
+    """A checkpoint folder that fails to load (truncated safetensors, a bad config.json, broken
+    tokenizer files) becomes one `dare: error:` line naming it, not a traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, KeyError):
+        raise  # dare's own messages already name the file
+    except Exception as e:  # safetensors / torch / transformers errors of a corrupt folder
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path}: cannot load the checkpoint ({type(e).__name__}: {first})") from None
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from dare.models import family_of, load_config
 
-    config = load_config(args.path)
+    with checkpoint_errors(args.path):
+        config = load_config(args.path)
     print(f"family: {family_of(config).name}")
     print(f"spec:   {config.diffusion_spec()}")
     return 0
@@ -83,7 +102,8 @@ def _load_for_generate(args: argparse.Namespace):
         from dare.workers.builder import load_model_and_tokenizer
 
         # a folder or Hub id; a LoRA adapter is merged; tokenizer ids checked against the config
-        model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer, args.dtype)
+        with checkpoint_errors(args.model):
+            model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer, args.dtype)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
 
@@ -97,6 +117,20 @@ def _encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:
     return tokenizer(text).input_ids
 
 
+def _check_prompt_lengths(prompts: list[list[int]], gen_length: int, model_config: object) -> None:
+    """Refuse, before generating, a prompt that with gen_length exceeds the model's maximum
+    sequence length (when its config declares one)."""
+    from dare.config.schema import max_model_length
+
+    limit = max_model_length(model_config)
+    for i, ids in enumerate(prompts):
+        if limit is not None and len(ids) + gen_length > limit:
+            raise ValueError(
+                f"--prompt {i + 1}: {len(ids)} prompt tokens + gen_length {gen_length} exceed the model's "
+                f"maximum sequence length {limit}"
+            )
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
@@ -108,6 +142,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     config = SamplingConfig(**overrides)  # validated before the model is loaded
     model, tokenizer = _load_for_generate(args)
     prompts = [_encode_prompt(tokenizer, p, not args.no_chat_template) for p in args.prompt]
+    _check_prompt_lengths(prompts, config.gen_length, model.config)
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
     rollout = generate(model, prompts, config, generator)
     for n in range(len(rollout)):
@@ -157,7 +192,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     from dare.workers.builder import export_checkpoint
 
-    out = export_checkpoint(args.stage_dir, args.out, merge_lora=args.merge_lora)
+    with checkpoint_errors(args.stage_dir):
+        out = export_checkpoint(args.stage_dir, args.out, merge_lora=args.merge_lora)
     print(f"dare: wrote {out}")
     return 0
 
@@ -232,7 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-chat-template", action="store_true", help="encode prompts as plain text")
     p.add_argument("--seed", type=int, default=0, help="generator seed (and tiny-model init seed)")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (checkpoints; default float32)")
+    p.add_argument(
+        "--dtype", default="float32", choices=DTYPE_CHOICES, help="checkpoint dtype: %(choices)s (default float32)"
+    )
     _add_sampling_options(p)
     p.set_defaults(func=_cmd_generate)
 

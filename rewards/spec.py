@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dare.errors import RecipeError
 from dare.rewards.base import (
     RewardFn,
     RewardLoadError,
@@ -87,8 +88,6 @@ class RewardSpec:
     def validate(self, key: str = "", file: Any = None) -> None:
         """Recipe-time check (called by the config loader): weight, args, and that the reward
         loads with these args. Raises `RecipeError` naming `key`."""
-        from dare.config.loader import RecipeError
-
         w = self.weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
             raise RecipeError(file, f"{key}.weight" if key else "weight", f"must be a finite number, got {w!r}")

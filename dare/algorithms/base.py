@@ -40,6 +40,12 @@ class Algorithm:
         self.spec = spec
 
     @classmethod
+    def check_fit(cls, args: Any, spec: DiffusionSpec, gen_length: int) -> None:
+        """Raise ValueError when `args` do not fit a model with `spec` generating `gen_length`
+        tokens (e.g. blocks that do not divide the length). Called when the recipe loads, so a
+        misfit fails before any stage trains; the default has nothing to check."""
+
+    @classmethod
     def trainer_name(cls) -> str:
         return cls.trainer or cls.kind
 

@@ -45,6 +45,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from dare.algorithms.base import Algorithm, register_algorithm
+from dare.errors import RecipeError
 from dare.models.discriminator import DiffusionDiscriminator, log_ratio, smoothed_targets
 from dare.sampling.few_step import sample_trajectory, trajectory_logp, trajectory_states
 from dare.sampling.ops import topk_transfer, uniform
@@ -150,8 +151,6 @@ class DiDiInstruct(Algorithm):
         intermediate_weight: float = 0.0
 
         def validate(self, key: str, file: Any) -> None:
-            from dare.config.loader import RecipeError
-
             checks = {
                 "num_generations": self.num_generations >= 2,
                 "student_steps": self.student_steps >= 1,

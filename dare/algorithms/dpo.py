@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from dare.algorithms.base import Algorithm, register_algorithm, row_generators
 from dare.diffusion.elbo import ElboEstimator, elbo_samples
 from dare.diffusion.estimators import NoisePlan, model_spec
+from dare.errors import RecipeError
 from dare.models.spec import DiffusionSpec
 
 SIDES = ("chosen", "rejected")
@@ -113,8 +114,6 @@ class PreferenceArgs:
     sft_weight: float = 0.0
 
     def validate(self, key: str, file: Any) -> None:
-        from dare.config.loader import RecipeError
-
         if self.beta <= 0:
             raise RecipeError(file, f"{key}.beta", f"must be > 0, got {self.beta}")
         if self.num_samples < 1:

@@ -35,9 +35,18 @@ from typing import Any
 import torch
 
 from dare.algorithms.base import Algorithm, register_algorithm, row_generators
+from dare.errors import RecipeError
 from dare.sampling.relaxed import RelaxedConfig, relaxed_sample
 
 ReferenceFn = Callable[[], AbstractContextManager[torch.nn.Module]]
+
+
+def relaxed_config(args: Any, gen_length: int) -> RelaxedConfig:
+    """The relaxed sampler's settings from DRAKES's arguments."""
+    return RelaxedConfig(
+        steps=args.sampling_steps, gen_length=gen_length, block_length=args.block_length,
+        tau=args.tau, truncate_steps=args.truncate_steps, straight_through=args.straight_through,
+    )  # fmt: skip
 
 
 @register_algorithm
@@ -74,8 +83,6 @@ class DRAKES(Algorithm):
         alpha_warmup_steps: int = 0
 
         def validate(self, key: str, file: Any) -> None:
-            from dare.config.loader import RecipeError
-
             checks = {
                 "tau": self.tau > 0,
                 "sampling_steps": self.sampling_steps >= 1,
@@ -108,13 +115,14 @@ class DRAKES(Algorithm):
         super().__init__(args, spec)
         if args.gen_length is None:
             raise ValueError("drakes: gen_length is not set (the stage trainer fills it from data.gen_length)")
-        self.config = RelaxedConfig(
-            steps=args.sampling_steps, gen_length=args.gen_length, block_length=args.block_length,
-            tau=args.tau, truncate_steps=args.truncate_steps, straight_through=args.straight_through,
-        )  # fmt: skip
+        self.config = relaxed_config(args, args.gen_length)
         self.config.validate(spec)
         self._reward = None
         self._reference: ReferenceFn | None = None
+
+    @classmethod
+    def check_fit(cls, args: Any, spec, gen_length: int) -> None:
+        relaxed_config(args, args.gen_length or gen_length).validate(spec)
 
     @property
     def needs_reference(self) -> bool:

@@ -30,6 +30,7 @@ import torch
 from dare.algorithms.base import Algorithm, register_algorithm, row_generators
 from dare.diffusion.estimators import NoisePlan, build_estimator
 from dare.diffusion.rl_losses import PPOClipConfig, rl_loss
+from dare.errors import RecipeError
 
 PLAN_PREFIX = "plan."
 ReferenceFn = Callable[[], AbstractContextManager[torch.nn.Module]]
@@ -62,19 +63,20 @@ class GRPOArgs:
     p_mask_prompt: float = 0.15
 
     def validate(self, key: str, file: Any) -> None:
-        from dare.config.loader import RecipeError
-
         checks = {
-            "num_generations": self.num_generations >= 2,
-            "mu": self.mu >= 1,
-            "beta": self.beta >= 0,
-            "clip_eps": 0 < self.clip_eps < 1,
-            "p_mask_prompt": 0 <= self.p_mask_prompt < 1,
-            "reward_timeout_s": self.reward_timeout_s > 0,
+            "num_generations": (self.num_generations >= 2, ">= 2 (a group)"),
+            "mu": (self.mu >= 1, ">= 1"),
+            "beta": (self.beta >= 0, ">= 0"),
+            "clip_eps": (0 < self.clip_eps < 1, "in (0, 1)"),
+            "clip_eps_high": (self.clip_eps_high is None or self.clip_eps_high > 0, "> 0 or null"),
+            "clip_ratio_c": (self.clip_ratio_c is None or self.clip_ratio_c > 1, "> 1 or null (dual clip)"),
+            "p_mask_prompt": (0 <= self.p_mask_prompt < 1, "in [0, 1)"),
+            "reward_timeout_s": (self.reward_timeout_s > 0, "> 0"),
+            "reward_workers": (self.reward_workers >= 1, ">= 1"),
         }
-        for name, ok in checks.items():
+        for name, (ok, rule) in checks.items():
             if not ok:
-                raise RecipeError(file, f"{key}.{name}", f"invalid value {getattr(self, name)!r}")
+                raise RecipeError(file, f"{key}.{name}", f"must be {rule}, got {getattr(self, name)!r}")
         if self.rewards:  # names, plug-in files and argument signatures, before anything starts
             from dare.rewards.spec import LoadedReward, as_specs
 
@@ -168,8 +170,6 @@ class CoupledGRPO(GRPO):
         t_max: float = 0.8
 
         def validate(self, key: str, file: Any) -> None:
-            from dare.config.loader import RecipeError
-
             super().validate(key, file)
             if not 0 < self.t_min <= self.t_max < 1:
                 raise RecipeError(file, f"{key}.t_min", f"need 0 < t_min <= t_max < 1, got {self.t_min}, {self.t_max}")

@@ -21,6 +21,7 @@ import torch
 from dare.algorithms.base import Algorithm, register_algorithm, row_generators
 from dare.diffusion.noise import DEFAULT_EPS, MaskedNoise, block_forward_noise, forward_noise
 from dare.diffusion.sft import block_diffusion_nll, block_position_ids, masked_diffusion_nll
+from dare.errors import RecipeError
 from dare.registry import Registry
 
 
@@ -62,8 +63,6 @@ class SFT(Algorithm):
         eps: float = DEFAULT_EPS
 
         def validate(self, key, file) -> None:
-            from dare.config.loader import RecipeError
-
             if not 0.0 <= self.eps < 1.0:
                 raise RecipeError(file, f"{key}.eps", f"must be in [0, 1), got {self.eps}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dare.config.loader import RecipeError, apply_override, read_yaml
+from dare.config.loader import apply_override, read_yaml
 from dare.config.schema import (
     DataSpec,
     EvalSpec,
@@ -15,6 +15,7 @@ from dare.config.schema import (
     StageSpec,
     build_recipe,
 )
+from dare.errors import RecipeError
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

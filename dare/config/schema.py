@@ -14,13 +14,38 @@ A recipe is:
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dare.config.loader import RecipeError, build, convert, did_you_mean, to_dict
+from dare.config.loader import build, check_finite, did_you_mean, short_repr, to_dict
+from dare.errors import RecipeError
 
 BUILTIN_PREFIX = "builtin:"
+# seeds are mixed into 64-bit torch generator seeds ((seed * 1e6 + stage) * 1e6 + step) * 7 in
+# dare.trainer.stream; beyond ~2.6e6 they overflow when a stage starts
+MAX_SEED = 1_000_000
+# a stage name is a folder name under output_dir (stage-K-NAME)
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+def require(ok: bool, rule: str, obj: Any, name: str, key: str, file: Any) -> None:
+    """Raise `RecipeError` at `key.name` ("must be RULE, got VALUE") unless `ok`."""
+    if not ok:
+        raise RecipeError(file, f"{key}.{name}" if key else name, f"must be {rule}, got {getattr(obj, name)!r}")
+
+
+def check_path_component(value: str, key: str, file: Any) -> None:
+    """`value` is used as one folder name: letters, digits, `._+-`, not starting with a dot,
+    no `..`, at most 100 characters (so it can never leave output_dir)."""
+    if not _SAFE_NAME.fullmatch(value) or ".." in value:
+        raise RecipeError(
+            file,
+            key,
+            f"must be a plain folder name (letters, digits, '._+-', not starting with '.' or '-', "
+            f"no '..', at most 100 characters), got {value[:100]!r}",
+        )
 
 
 @dataclass
@@ -34,11 +59,12 @@ class LoraSpec:
     target_modules: str | list[str] = "all-linear"
 
     def validate(self, key: str, file: Any) -> None:
-        if self.r < 1:
-            raise RecipeError(file, f"{key}.r", f"must be >= 1, got {self.r}")
+        require(self.r >= 1, ">= 1", self, "r", key, file)
+        require(self.alpha >= 1, ">= 1", self, "alpha", key, file)
+        require(0 <= self.dropout < 1, "in [0, 1)", self, "dropout", key, file)
         if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
             raise RecipeError(
-                file, f"{key}.target_modules", f"must be 'all-linear' or a list, got {self.target_modules!r}"
+                file, f"{key}.target_modules", f"must be 'all-linear' or a list, got {short_repr(self.target_modules)}"
             )
 
 
@@ -102,7 +128,10 @@ class DataSpec:
     on_error: Literal["skip", "fail"] = "fail"
     # response length in tokens (SFT pads answers with EOS up to it; generation length)
     gen_length: int = 16
+    # prompt length in tokens (chat template included); a longer prompt is, per long_prompts:
+    # skipped (counted, one warning), truncated to its last max_prompt_length tokens, or an error
     max_prompt_length: int = 64
+    long_prompts: Literal["skip", "truncate", "fail"] = "skip"
 
     def validate(self, key: str, file: Any) -> None:
         for name in ("train", "eval"):
@@ -113,9 +142,37 @@ class DataSpec:
                 raise RecipeError(file, f"{key}.{name}", f"data file {value} does not exist")
         if self.eval is None and not self.train.startswith(BUILTIN_PREFIX):
             raise RecipeError(file, f"{key}.eval", "is required when data.train is a file")
-        for name in ("num_train", "num_eval", "gen_length", "max_prompt_length"):
-            if getattr(self, name) < 1:
-                raise RecipeError(file, f"{key}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        for name in ("num_train", "num_rl_prompts", "num_eval", "gen_length", "max_prompt_length"):
+            require(getattr(self, name) >= 1, ">= 1", self, name, key, file)
+        from dare.data.loading import ROW_FIELDS
+
+        for name in self.columns:
+            if name not in ROW_FIELDS:
+                raise RecipeError(
+                    file,
+                    f"{key}.columns.{name}",
+                    f"unknown row field{did_you_mean(name, list(ROW_FIELDS))}; known: {', '.join(ROW_FIELDS)}",
+                )
+        check_finite(self.task_args, f"{key}.task_args", file)
+        files = [v for v in (self.train, self.eval) if v is not None and not v.startswith(BUILTIN_PREFIX)]
+        if self.task_args and files:
+            raise RecipeError(file, f"{key}.task_args", f"apply to builtin: tasks only, but {files[0]} is a data file")
+        for name in ("train", "eval"):
+            value = getattr(self, name)
+            if value is not None and value.startswith(BUILTIN_PREFIX):
+                self._check_builtin(value, f"{key}.{name}", f"{key}.task_args", file)
+
+    def _check_builtin(self, value: str, key: str, args_key: str, file: Any) -> None:
+        """A `builtin:<task>` name is a registered task and `task_args` are its knobs with valid values."""
+        from dare.data.tasks import TASKS, get_task
+
+        name = value[len(BUILTIN_PREFIX) :]
+        if name not in TASKS:
+            raise RecipeError(file, key, f"builtin: {TASKS.unknown_message(name)}")
+        try:
+            get_task(name, **self.task_args)
+        except (TypeError, ValueError) as e:
+            raise RecipeError(file, args_key, str(e)) from None
 
 
 @dataclass
@@ -140,8 +197,8 @@ class ResourcesSpec:
         return "fsdp2" if self.device == "cuda" and self.num_workers > 1 else "replicate"
 
     def validate(self, key: str, file: Any) -> None:
-        if self.num_workers < 1:
-            raise RecipeError(file, f"{key}.num_workers", f"must be >= 1, got {self.num_workers}")
+        require(self.num_workers >= 1, ">= 1", self, "num_workers", key, file)
+        require(self.num_threads is None or self.num_threads >= 1, ">= 1 or null", self, "num_threads", key, file)
 
 
 @dataclass
@@ -177,10 +234,13 @@ class EvalSpec:
 
         if self.scorer not in SCORERS:
             raise RecipeError(file, f"{key}.scorer", SCORERS.unknown_message(self.scorer))
-        if self.limit is not None and self.limit < 1:
-            raise RecipeError(file, f"{key}.limit", f"must be >= 1 or null, got {self.limit}")
-        if self.elbo_samples < 1:
-            raise RecipeError(file, f"{key}.elbo_samples", f"must be >= 1, got {self.elbo_samples}")
+        require(self.num_prompts >= 1, ">= 1", self, "num_prompts", key, file)
+        require(self.batch_size >= 1, ">= 1", self, "batch_size", key, file)
+        require(self.limit is None or self.limit >= 1, ">= 1 or null", self, "limit", key, file)
+        require(self.elbo_samples >= 1, ">= 1", self, "elbo_samples", key, file)
+        timeout = self.benchmark_timeout
+        require(timeout is None or timeout > 0, "> 0 or null", self, "benchmark_timeout", key, file)
+        check_finite(self.sampling, f"{key}.sampling", file)
         from dare.evals.benchmarks import check_benchmarks
 
         try:
@@ -230,16 +290,24 @@ class StageSpec:
 
     def validate(self, key: str, file: Any) -> None:
         for name in ("steps", "batch_size", "grad_accum", "keep_last", "log_every"):
-            if getattr(self, name) < 1:
-                raise RecipeError(file, f"{key}.{name}", f"must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise RecipeError(file, f"{key}.lr", f"must be > 0, got {self.lr}")
+            require(getattr(self, name) >= 1, ">= 1", self, name, key, file)
+        for name in ("warmup_steps", "save_every"):
+            require(getattr(self, name) >= 0, ">= 0", self, name, key, file)
+        require(self.lr > 0, "> 0", self, "lr", key, file)
+        require(self.weight_decay >= 0, ">= 0", self, "weight_decay", key, file)
+        require(0 <= self.min_lr_ratio <= 1, "in [0, 1]", self, "min_lr_ratio", key, file)
+        # clip_grad_norm_ always runs: 0 would zero every gradient
+        require(self.grad_clip > 0, "> 0 (gradients are always clipped to this norm)", self, "grad_clip", key, file)
+        if self.name is not None:
+            check_path_component(self.name, f"{key}.name", file)
         if self.batch_size % self.grad_accum:
             raise RecipeError(
                 file, f"{key}.grad_accum", f"must divide batch_size={self.batch_size}, got {self.grad_accum}"
             )
-        if len(self.adam_betas) != 2:
-            raise RecipeError(file, f"{key}.adam_betas", f"must be two numbers, got {self.adam_betas}")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise RecipeError(
+                file, f"{key}.adam_betas", f"must be two numbers in [0, 1), got {short_repr(self.adam_betas)}"
+            )
 
 
 @dataclass
@@ -275,11 +343,16 @@ def build_stage(raw: Any, key: str, file: Any) -> StageSpec:
     from dare.algorithms import ALGORITHMS  # algorithms register themselves on import
 
     if not isinstance(raw, dict):
-        raise RecipeError(file, key, f"a stage must be a mapping, got {raw!r}")
+        raise RecipeError(file, key, f"a stage must be a mapping, got {short_repr(raw)}")
+    for k in raw:
+        if not isinstance(k, str):
+            raise RecipeError(file, key, f"keys must be strings, got {short_repr(k)} ({type(k).__name__})")
     for required in ("kind", "algorithm"):
         if required not in raw:
             raise RecipeError(file, f"{key}.{required}", "is required")
     name = raw["algorithm"]
+    if not isinstance(name, str):
+        raise RecipeError(file, f"{key}.algorithm", f"expected str, got {short_repr(name)} ({type(name).__name__})")
     if name not in ALGORITHMS:
         raise RecipeError(file, f"{key}.algorithm", ALGORITHMS.unknown_message(str(name)))
     algo = ALGORITHMS.get(name)
@@ -309,6 +382,8 @@ def build_recipe(data: dict[str, Any], file: Any = None) -> Recipe:
         raise RecipeError(file, "stages", "must be a non-empty list of stages")
     known = [f.name for f in dataclasses.fields(Recipe) if f.init]
     for k in data:
+        if not isinstance(k, str):
+            raise RecipeError(file, "", f"keys must be strings, got {short_repr(k)} ({type(k).__name__})")
         if k not in known:
             raise RecipeError(file, k, f"unknown key{did_you_mean(k, known)}; known: {', '.join(known)}")
     if "model" not in data:
@@ -321,17 +396,88 @@ def build_recipe(data: dict[str, Any], file: Any = None) -> Recipe:
     return recipe
 
 
-def _check_combinations(recipe: Recipe, file: Any) -> None:
-    """Choices that are valid alone but not together (checked without loading a model)."""
-    from dare.algorithms import ALGORITHMS
+def _model_spec(recipe: Recipe, file: Any):
+    """The model's DiffusionSpec and its maximum sequence length (None when it declares none),
+    from the checkpoint's config.json or the preset with `model.overrides` (keys checked
+    against the family config's fields)."""
     from dare.models import FAMILIES, load_config
 
     if recipe.model.path is not None:
-        spec = load_config(recipe.model.path).diffusion_spec()
+        config = load_config(recipe.model.path)
     else:
-        spec = FAMILIES.get(recipe.model.family).tiny_config(64, **recipe.model.overrides).diffusion_spec()
+        family = FAMILIES.get(recipe.model.family)
+        known = [f.name for f in dataclasses.fields(family.config_cls)]
+        for name in recipe.model.overrides:
+            if name not in known:
+                raise RecipeError(
+                    file,
+                    f"model.overrides.{name}",
+                    f"not a {family.config_cls.__name__} field{did_you_mean(name, known)}",
+                )
+        check_finite(recipe.model.overrides, "model.overrides", file)
+        try:
+            config = family.tiny_config(64, **recipe.model.overrides)
+            config.diffusion_spec()
+        except Exception as e:  # the config's own (strict dataclass) checks
+            raise RecipeError(file, "model.overrides", str(e).splitlines()[0]) from None
+    return config.diffusion_spec(), max_model_length(config)
+
+
+def max_model_length(config: Any) -> int | None:
+    """The longest sequence a model config supports (max_position_embeddings or
+    max_sequence_length), None when it declares neither."""
+    for name in ("max_position_embeddings", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _check_sampling(sampling: dict[str, Any], spec: Any, key: str, file: Any) -> None:
+    """`sampling` (SamplingConfig fields) builds a config that fits the model; an unknown field
+    is named with a suggestion."""
+    from dare.sampling import SamplingConfig
+
+    check_finite(sampling, key, file)
+    try:
+        SamplingConfig(**sampling).for_model(spec)
+    except TypeError as e:  # an unknown field
+        fields = [f.name for f in dataclasses.fields(SamplingConfig)]
+        unknown = [k for k in sampling if k not in fields]
+        if unknown:
+            raise RecipeError(
+                file, f"{key}.{unknown[0]}", f"not a sampling setting{did_you_mean(unknown[0], fields)}"
+            ) from None
+        raise RecipeError(file, key, str(e)) from None
+    except ValueError as e:
+        raise RecipeError(file, key, str(e)) from None
+
+
+def stage_sampling_fields(args: Any) -> list[str]:
+    """The algorithm arguments that hold SamplingConfig fields: by convention `sampling` (the
+    RL rollout) and `*_sampling` (e.g. DiDi's `teacher_sampling`)."""
+    if args is None or not dataclasses.is_dataclass(args):
+        return []
+    return [f.name for f in dataclasses.fields(args) if f.name == "sampling" or f.name.endswith("_sampling")]
+
+
+def _check_combinations(recipe: Recipe, file: Any) -> None:
+    """Choices that are valid alone but not together (checked without loading a model)."""
+    from dare.algorithms import ALGORITHMS
+
+    if not 0 <= recipe.seed <= MAX_SEED:
+        raise RecipeError(file, "seed", f"must be in [0, {MAX_SEED}], got {recipe.seed}")
+    spec, max_length = _model_spec(recipe, file)
     attention = spec.attention
     sharded = recipe.resources.resolved_strategy() == "fsdp2"
+    data = recipe.data
+    if max_length is not None and data.max_prompt_length + data.gen_length > max_length:
+        raise RecipeError(
+            file,
+            "data.max_prompt_length",
+            f"max_prompt_length + gen_length = {data.max_prompt_length} + {data.gen_length} exceeds the "
+            f"model's maximum sequence length {max_length}",
+        )
     for i, stage in enumerate(recipe.stages):
         algo = ALGORITHMS.get(stage.algorithm)
         if stage.sft_control and not any(s.kind == "sft" for s in recipe.stages[:i]):
@@ -353,13 +499,24 @@ def _check_combinations(recipe: Recipe, file: Any) -> None:
                 f"{stage.algorithm!r} needs {' or '.join(algo.attention)} attention, but the model "
                 f"({recipe.model.family or recipe.model.path}) uses {attention!r} attention",
             )
-    from dare.sampling import SamplingConfig
-
-    try:
-        SamplingConfig(**{"gen_length": recipe.data.gen_length, **recipe.eval.sampling}).for_model(spec)
-    except (TypeError, ValueError) as e:
-        raise RecipeError(file, "eval.sampling", str(e)) from None
-    convert(int, recipe.seed, "seed", file)
+        try:
+            algo.check_fit(stage.args, spec, data.gen_length)
+        except ValueError as e:
+            raise RecipeError(file, f"stages[{i}]", f"{stage.algorithm}: {e}") from None
+        for name in stage_sampling_fields(stage.args):
+            # the trainers set gen_length and num_generations
+            sampling = {**getattr(stage.args, name), "gen_length": data.gen_length, "num_generations": 1}
+            _check_sampling(sampling, spec, f"stages[{i}].{name}", file)
+        builtin_train = data.train.startswith(BUILTIN_PREFIX)
+        if stage.kind == "preference" and builtin_train and not data.train.startswith(BUILTIN_PREFIX + "pref-"):
+            task = data.train[len(BUILTIN_PREFIX) :]
+            raise RecipeError(
+                file,
+                "data.train",
+                f"stages[{i}] is a preference stage: it needs pairs; use builtin:pref-{task} (correct vs incorrect)",
+            )
+    # eval.sampling may set its own gen_length (the rollouts' is data.gen_length)
+    _check_sampling({"gen_length": data.gen_length, **recipe.eval.sampling}, spec, "eval.sampling", file)
 
 
 __all__ = [

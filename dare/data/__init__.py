@@ -10,6 +10,7 @@ from dare.data.formatting import (
     encode_prompt,
     encode_response,
     encode_sft_row,
+    limit_prompts,
     prompt_messages,
 )
 from dare.data.loading import BUILTIN_PREFIX, KINDS, RowError, load_dataset_spec, load_rows, normalize_row
@@ -38,6 +39,7 @@ __all__ = [
     "encode_prompt",
     "encode_response",
     "encode_sft_row",
+    "limit_prompts",
     "extract_answer",
     "get_task",
     "load_dataset_spec",

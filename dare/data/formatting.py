@@ -21,14 +21,23 @@ all G response positions, EOS padding included, and never on a prompt position.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100  # `labels` value on positions outside the loss (the transformers convention)
+LongPrompts = Literal["skip", "truncate", "fail"]
+LONG_PROMPTS = ("skip", "truncate", "fail")
+MAX_REPORTED_ROWS = 3
+# no token of the tokenizers dare meets (character level, BPE) spans more characters than this,
+# so a prompt with more than max_prompt_length * MAX_CHARS_PER_TOKEN characters is over the limit
+MAX_CHARS_PER_TOKEN = 64
+
+logger = logging.getLogger("dare.data")
 
 Message = Mapping[str, str]
 Prompt = str | Sequence[Message]
@@ -201,6 +210,125 @@ def collate_preference(
 
 
 @dataclass
+class PromptReport:
+    """What `limit_prompts` did: rows seen, prompts over the limit (skipped or truncated) and rows
+    whose text holds characters the tokenizer maps to its unknown token."""
+
+    rows: int = 0
+    long: int = 0
+    unknown: int = 0
+    long_examples: list[str] = field(default_factory=list)
+    unknown_examples: list[str] = field(default_factory=list)
+
+
+def _unknown_text(row: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase, prompt_ids: list[int]) -> str | None:
+    """The first text of `row` (prompt, then response / chosen / rejected) that encodes to the
+    unknown token, or None (also when the tokenizer has no unknown token: byte-level BPE)."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return None
+    if unk in prompt_ids:
+        return str(row.get("prompt"))
+    for name in ("response", "chosen", "rejected"):
+        text = row.get(name)
+        if isinstance(text, str) and unk in tokenizer(text, add_special_tokens=False)["input_ids"]:
+            return text
+    return None
+
+
+def _prompt_chars(prompt: Any) -> int:
+    if isinstance(prompt, str):
+        return len(prompt)
+    if isinstance(prompt, Sequence):
+        return sum(len(m.get("content", "")) for m in prompt if isinstance(m, Mapping))
+    return 0
+
+
+def _prompt_tail(prompt: Prompt, max_chars: int) -> Prompt:
+    """The last `max_chars` characters of a string prompt (a conversation is kept whole)."""
+    return prompt[-max_chars:] if isinstance(prompt, str) else prompt
+
+
+def _snippet(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def limit_prompts(
+    rows: Sequence[Mapping[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    max_prompt_length: int,
+    long_prompts: LongPrompts = "skip",
+    source: str = "data",
+) -> tuple[list[dict[str, Any]], PromptReport]:
+    """Apply `data.max_prompt_length` (in tokens, chat template included) and count unknown
+    characters, before any row reaches a model.
+
+    A prompt longer than `max_prompt_length` is, per `long_prompts`: "skip" dropped, "truncate"
+    cut to its last `max_prompt_length` tokens (the end of the question and the template's
+    assistant header, which generation continues from; the row then carries `prompt_ids`), or
+    "fail" a ValueError naming `source`, the row and its length. Rows whose text holds characters
+    the tokenizer maps to its unknown token are counted. Both counts are logged as one warning
+    each on the `dare.data` logger with the first few rows.
+
+    Raises:
+        ValueError: a long prompt under "fail", an unknown `long_prompts`, or every prompt skipped.
+    """
+    if long_prompts not in LONG_PROMPTS:
+        raise ValueError(f"long_prompts must be one of {LONG_PROMPTS}, got {long_prompts!r}")
+    report = PromptReport(rows=len(rows))
+    kept: list[dict[str, Any]] = []
+    max_chars = max_prompt_length * MAX_CHARS_PER_TOKEN
+    for i, row in enumerate(rows):
+        chars = _prompt_chars(row.get("prompt"))
+        # a prompt far over the limit is not tokenized whole (a 10 MB line takes a minute)
+        ids = None if "prompt_ids" not in row and chars > max_chars else _prompt_ids(row, tokenizer)
+        out = dict(row)
+        if ids is None or len(ids) > max_prompt_length:
+            size = f"{chars} characters" if ids is None else f"{len(ids)} tokens"
+            if long_prompts == "fail":
+                raise ValueError(
+                    f"{source}: row {i}: the prompt is {size} > data.max_prompt_length={max_prompt_length} "
+                    "(data.long_prompts: fail; use skip or truncate, or raise max_prompt_length)"
+                )
+            report.long += 1
+            if len(report.long_examples) < MAX_REPORTED_ROWS:
+                report.long_examples.append(f"row {i} ({size})")
+            if long_prompts == "skip":
+                continue
+            if ids is None:  # only the end survives truncation: encode the end
+                ids = encode_prompt(tokenizer, _prompt_tail(row["prompt"], max_chars))
+            ids = out["prompt_ids"] = ids[-max_prompt_length:]
+        unknown = _unknown_text(row, tokenizer, ids)
+        if unknown is not None:
+            report.unknown += 1
+            if len(report.unknown_examples) < MAX_REPORTED_ROWS:
+                report.unknown_examples.append(f"row {i}: {_snippet(unknown)}")
+        kept.append(out)
+    _log_report(report, source, max_prompt_length, long_prompts, tokenizer)
+    if not kept:
+        raise ValueError(
+            f"{source}: every one of the {len(rows)} prompts is longer than data.max_prompt_length={max_prompt_length}"
+        )
+    return kept, report
+
+
+def _log_report(
+    report: PromptReport, source: str, max_len: int, policy: str, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    if report.long:
+        verb = "skipped" if policy == "skip" else "truncated"
+        logger.warning(
+            "%s: %s %d of %d prompts longer than data.max_prompt_length=%d tokens (data.long_prompts: %s); first: %s",
+            source, verb, report.long, report.rows, max_len, policy, "; ".join(report.long_examples),
+        )  # fmt: skip
+    if report.unknown:
+        logger.warning(
+            "%s: %d of %d rows hold characters the tokenizer does not know (encoded as %s); first: %s",
+            source, report.unknown, report.rows, tokenizer.unk_token, "; ".join(report.unknown_examples),
+        )  # fmt: skip
+
+
+@dataclass
 class SFTCollator:
     """`collate_sft` bound to a tokenizer and `gen_length`, for `DataLoader(collate_fn=...)`."""
 
@@ -214,6 +342,8 @@ class SFTCollator:
 
 __all__ = [
     "IGNORE_INDEX",
+    "LONG_PROMPTS",
+    "PromptReport",
     "SFTCollator",
     "collate_preference",
     "collate_prompts",
@@ -221,5 +351,6 @@ __all__ = [
     "encode_prompt",
     "encode_response",
     "encode_sft_row",
+    "limit_prompts",
     "prompt_messages",
 ]

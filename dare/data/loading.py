@@ -21,7 +21,7 @@ Where a field is read from (first match wins; `columns={"prompt": "question", ..
     rejected      rejected: likewise (UltraFeedback-binarized rows: prompt, chosen, rejected
                   as message lists; without a prompt column the prompt is chosen[:-1])
 
-Malformed rows are located as `file:LINE` (JSONL, 1-based line numbers as in an editor) or
+A JSONL line that is not UTF-8 is a malformed row like any other. Malformed rows are located as `file:LINE` (JSONL, 1-based line numbers as in an editor) or
 `file: row I` (parquet, HF datasets and JSON arrays, 0-based row index as in `dataset[I]`).
 `on_error="fail"` (default) raises a ValueError at the first one, naming where and what was
 expected; `on_error="skip"` drops them and logs one warning on the `dare.data` logger with the
@@ -54,6 +54,8 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "chosen": ("chosen",),
     "rejected": ("rejected",),
 }
+# the row fields a source column can be mapped to (`columns={"prompt": "question"}`)
+ROW_FIELDS = tuple(_ALIASES)
 _HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 _FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -202,11 +204,18 @@ def normalize_row(raw: Any, kind: Kind = "sft", columns: Mapping[str, str] | Non
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    # bytes, decoded line by line: a line that is not UTF-8 is one malformed row (`on_error`
+    # applies), not an exception that names neither the file nor the line
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield where, RowError(f"not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})")
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as e:
@@ -214,10 +223,17 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
-    text = path.read_text(encoding="utf-8")
-    if not text.lstrip().startswith("["):
+    raw = path.read_bytes()
+    if not raw.lstrip().startswith(b"["):
         yield from _iter_jsonl(path)  # a .json file holding JSON lines
         return
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:  # one array: no row can be read without the rest
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x}); expected a UTF-8 JSON array"
+        ) from None
     try:
         items = json.loads(text)
     except json.JSONDecodeError as e:
@@ -357,4 +373,4 @@ def load_dataset_spec(
     return rows if n is None else rows[:n]
 
 
-__all__ = ["BUILTIN_PREFIX", "KINDS", "RowError", "load_dataset_spec", "load_rows", "normalize_row"]
+__all__ = ["BUILTIN_PREFIX", "KINDS", "ROW_FIELDS", "RowError", "load_dataset_spec", "load_rows", "normalize_row"]

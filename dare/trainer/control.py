@@ -46,7 +46,7 @@ def run_sft_control(pipeline: Any, actor: Any, tokenizer: Any, eval_rows: list, 
     sft_index = last_sft_index(r, index)
     ctx = StageContext(
         recipe=r, index=sft_index, stage=stage, dir=pipeline.run_dir / f"control-{index + 1}", actor=actor,
-        tokenizer=tokenizer, train_rows=pipeline.train_rows("sft"), base_dir=base_dir, start_step=0,
+        tokenizer=tokenizer, train_rows=pipeline.train_rows("sft", tokenizer), base_dir=base_dir, start_step=0,
     )  # fmt: skip
     trainer = SFTTrainer(ctx, pipeline)
     # the SFT stage's stream continues past its own steps (fresh batch order, same demonstrations)

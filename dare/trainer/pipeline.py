@@ -28,6 +28,7 @@ import yaml
 from dare.algorithms import ALGORITHMS
 from dare.config import Recipe, StageSpec, build_recipe
 from dare.config.schema import BUILTIN_PREFIX
+from dare.data.formatting import limit_prompts
 from dare.data.loading import load_dataset_spec
 from dare.registry import Registry
 from dare.trainer.evaluate import (
@@ -168,7 +169,7 @@ class Pipeline:
             f"dare: run {self.run_dir} | {r.model.family or r.model.path} | trainable params {n_params:,}", flush=True
         )
 
-        eval_rows = self._eval_rows()
+        eval_rows = self._eval_rows(tokenizer)
         self.scorer = eval_scorer(r, eval_rows)  # checked against the rows before any training
         if r.eval.enabled and r.eval.before_first_stage and "0" not in state["eval"]:
             state["eval"]["0"] = self.evaluate(actor, tokenizer, eval_rows, "start")
@@ -182,7 +183,7 @@ class Pipeline:
             steps_done = list_states(sdir)
             ctx = StageContext(
                 recipe=r, index=index, stage=stage, dir=sdir, actor=actor, tokenizer=tokenizer,
-                train_rows=self.train_rows(stage.kind), base_dir=base_dir, start_step=steps_done[-1] if steps_done else 0,
+                train_rows=self.train_rows(stage.kind, tokenizer), base_dir=base_dir, start_step=steps_done[-1] if steps_done else 0,
             )  # fmt: skip
             t0 = time.perf_counter()
             STAGE_TRAINERS.get(ALGORITHMS.get(stage.algorithm).trainer_name())(ctx, self).fit()
@@ -234,10 +235,11 @@ class Pipeline:
 
     # -------------------------------------------------------------- data
 
-    def train_rows(self, kind: str) -> list[dict[str, Any]]:
+    def train_rows(self, kind: str, tokenizer) -> list[dict[str, Any]]:
         """A stage's training rows. For a built-in task, RL and distill stages get the
         `num_rl_prompts` problems that follow the `num_train` demonstrations (generation is
-        prefix-stable), so they train on prompts the SFT stage never saw."""
+        prefix-stable), so they train on prompts the SFT stage never saw. `data.max_prompt_length`
+        applies (`dare.data.limit_prompts`)."""
         d = self.recipe.data
         builtin = d.train.startswith(BUILTIN_PREFIX)
         rl = kind in ("rl", "distill") and builtin
@@ -246,9 +248,10 @@ class Pipeline:
             d.train, split="train", n=n, seed=self.recipe.seed, kind=ROW_KINDS.get(kind, "sft"),
             columns=d.columns or None, on_error=d.on_error, task_kwargs=d.task_args or None,
         )  # fmt: skip
-        return rows[d.num_train :] if rl else rows
+        rows = rows[d.num_train :] if rl else rows
+        return limit_prompts(rows, tokenizer, d.max_prompt_length, d.long_prompts, f"data.train ({d.train})")[0]
 
-    def _eval_rows(self) -> list[dict[str, Any]]:
+    def _eval_rows(self, tokenizer) -> list[dict[str, Any]]:
         d = self.recipe.data
         source = d.eval or d.train
         rows = load_dataset_spec(
@@ -256,7 +259,8 @@ class Pipeline:
             seed=self.recipe.seed, kind="prompt", columns=d.columns or None, on_error=d.on_error,
             task_kwargs=d.task_args or None,
         )  # fmt: skip
-        return rows[: self.recipe.eval.num_prompts]
+        rows = rows[: self.recipe.eval.num_prompts]
+        return limit_prompts(rows, tokenizer, d.max_prompt_length, d.long_prompts, f"eval rows ({source})")[0]
 
     # -------------------------------------------------------------- evaluation and report
 

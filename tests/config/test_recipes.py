@@ -133,8 +133,9 @@ def test_every_shipped_recipe_validates(tmp_path):
         if raw["model"].get("path"):
             family = path.parent.name
             ckpt = tmp_path / family
-            if not ckpt.is_dir():
-                tiny(family).save_pretrained(ckpt)
+            if not ckpt.is_dir():  # the released models' context (>= 4096), checked against the lengths
+                length = {"llada": "max_sequence_length"}.get(family, "max_position_embeddings")
+                tiny(family, **{length: 4096}).save_pretrained(ckpt)
             overrides.append(f"model.path={ckpt}")
         for key in ("train", "eval"):
             value = raw.get("data", {}).get(key)

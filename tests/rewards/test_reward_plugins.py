@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dare.config.loader import RecipeError, convert
+from dare.config.loader import convert
+from dare.errors import RecipeError
 from dare.rewards import CombinedReward, RewardLoadError, RewardRunner, RewardSpec, as_specs, load_plugin
 
 ROOT = Path(__file__).resolve().parents[2]
