@@ -45,7 +45,8 @@ def check_finite(metrics: dict[str, Any], stage_dir: Path, step: int, total: int
         stage_name = stage_dir.name
         raise TrainingDivergedError(
             f"{stage_name}: step {step}/{total}: the loss or gradient is not finite ({', '.join(bad)}); training "
-            f"stopped without applying the update and nothing of this step was saved (last saved state: "
+            f"stopped{' (the diverged update was not applied)' if NON_FINITE in metrics else ''} and nothing of "
+            f"this step was saved (last saved state: "
             f"{f'state/step_{last_saved}' if last_saved else 'none'}). Usual causes: a reward or advantage that "
             "is huge or NaN, a learning rate too high, or bad data"
         )

@@ -103,6 +103,10 @@ def test_rerun_after_a_failed_start_reuses_the_folder(run, tmp_path):
     with pytest.raises(ValueError, match="resources.ray_address"):
         Pipeline(recipe(other, **{"resources.ray_address": "garbage:1"}), overwrite=True).run()
     assert sorted(p.name for p in other.iterdir()) == ["recipe.yaml", "tokenizer"]
+    from dare.cli import main
+
+    assert main(["run", "--resume", str(other), "--overwrite"]) == 2  # resuming never deletes
+    assert (other / "recipe.yaml").is_file()
     stray = tmp_path / "not-a-run"
     (stray / "x").mkdir(parents=True)
     with pytest.raises(ValueError, match="not a dare run folder"):
