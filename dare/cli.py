@@ -3,6 +3,7 @@
 dare --help
 dare run RECIPE [key=value ...] [--dry-run]   # run a recipe's stages (overrides: stages.0.lr=1e-4)
 dare run --resume RUN_DIR                     # continue a stopped run from its last checkpoint
+dare run RECIPE --overwrite                   # replace an earlier run in the recipe's output_dir
 dare export RUN_DIR/stage-K-NAME [--merge-lora] OUT   # a plain Hugging Face folder
 dare info PATH                      # print a checkpoint's family and DiffusionSpec
 dare generate --model PATH --prompt "..." [--prompt ...] [sampler options]
@@ -169,8 +170,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from dare.config import load_recipe
 
     if args.resume:
-        if args.recipe or args.overrides:
-            raise ValueError("--resume RUN_DIR continues a run with its saved recipe; give no recipe or overrides")
+        if args.recipe or args.overrides or args.overwrite:
+            raise ValueError(
+                "--resume RUN_DIR continues a run with its saved recipe; give no recipe, overrides or --overwrite"
+            )
         from dare.trainer import Pipeline
 
         Pipeline.resume(args.resume).run()
@@ -184,7 +187,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     from dare.trainer import Pipeline
 
-    Pipeline(recipe).run()
+    Pipeline(recipe, overwrite=args.overwrite).run()
     return 0
 
 
@@ -247,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stages.0.lr=1e-4 output_dir=/tmp/x")
     p.add_argument("--dry-run", action="store_true", help="validate and print the resolved recipe, load nothing")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier run in output_dir first")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("export", help="write a stage's checkpoint as a plain Hugging Face folder")

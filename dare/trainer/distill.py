@@ -46,7 +46,7 @@ class DistillTrainer(StageTrainer):
         ctx, G = self.ctx, self.args.num_generations
         path = ctx.dir / TEACHER_CACHE
         if path.is_file():
-            saved = torch.load(path)
+            saved = torch.load(path, weights_only=True)  # tensors and a float: no pickled objects
             return saved["responses"], saved["accuracy"]
         if ctx.start_step:
             raise FileNotFoundError(f"{path}: missing; the teacher samples of a resumed stage must be cached")

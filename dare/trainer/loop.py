@@ -9,13 +9,47 @@ it is registered in `dare.trainer.pipeline.STAGE_TRAINERS` under a name that an 
 
 from __future__ import annotations
 
+import math
 import time
+from pathlib import Path
 from typing import Any
 
 from dare.config.schema import stage_to_dict
 from dare.trainer.metrics import MetricsLogger
 from dare.trainer.pipeline import StageContext, list_states, save_training_state
 from dare.trainer.stream import BatchStream
+from dare.workers.actor import NON_FINITE, check_training_state
+
+
+class TrainingDivergedError(ValueError):
+    """A loss or gradient turned NaN/inf: the run stops (a ValueError, so `dare run` reports it as
+    `dare: error: ...` like other bad input: rewards, learning rate or data are the usual cause)."""
+
+
+def _diverged(metrics: dict[str, Any]) -> list[str]:
+    """The loss / gradient-norm metrics of a step that are not finite (or the actor's flag)."""
+    watched = [k for k in metrics if k == NON_FINITE or k.endswith("loss") or k.endswith("grad_norm")]
+    return [
+        f"{k}={metrics[k]}" for k in watched
+        if k == NON_FINITE or (isinstance(metrics[k], float) and not math.isfinite(metrics[k]))
+    ]  # fmt: skip
+
+
+def check_finite(metrics: dict[str, Any], stage_dir: Path, step: int, total: int) -> None:
+    """Stop the run when a step's loss or gradient was not finite; the actor skipped that update,
+    so the weights and every saved state are still finite."""
+    bad = _diverged(metrics)
+    if bad:
+        saved = list_states(stage_dir)
+        last_saved = saved[-1] if saved else 0
+        stage_name = stage_dir.name
+        raise TrainingDivergedError(
+            f"{stage_name}: step {step}/{total}: the loss or gradient is not finite ({', '.join(bad)}); training "
+            f"stopped{' (the diverged update was not applied)' if NON_FINITE in metrics else ''} and nothing of "
+            f"this step was saved (last saved state: "
+            f"{f'state/step_{last_saved}' if last_saved else 'none'}). Usual causes: a reward or advantage that "
+            "is huge or NaN, a learning rate too high, or bad data"
+        )
 
 
 class StageTrainer:
@@ -55,15 +89,18 @@ class StageTrainer:
         )  # fmt: skip
         start = ctx.start_step
         if start:
-            ctx.actor.load_state(str(ctx.dir / "state" / f"step_{start}"))
+            state = ctx.dir / "state" / f"step_{start}"
+            check_training_state(state)  # refused here, with the file named, before any worker reads it
+            ctx.actor.load_state(str(state))
             self.sync_rollout()
-            logger.truncate_after(start)
             print(f"dare: resumed {ctx.dir.name} at step {start}", flush=True)
+        logger.truncate_after(start)  # also drops the steps of a run killed before its first save
         try:
             for step in range(start + 1, stage.steps + 1):
                 t0 = time.perf_counter()
                 metrics = self.step(step - 1)
                 metrics["perf/step_s"] = time.perf_counter() - t0
+                check_finite(metrics, ctx.dir, step, stage.steps)
                 logger.log(step, metrics)
                 if stage.save_every and step % stage.save_every == 0 and step < stage.steps:
                     save_training_state(ctx, step)
@@ -74,4 +111,4 @@ class StageTrainer:
         logger.close()
 
 
-__all__ = ["StageTrainer"]
+__all__ = ["StageTrainer", "TrainingDivergedError", "check_finite"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,14 @@ class MetricsLogger:
             self._wandb = wandb.init(project=wandb_project, name=stage_name, reinit=True)
 
     def truncate_after(self, step: int) -> None:
+        """Keep the rows of steps <= `step` (a torn last line, from a kill mid-write, is dropped
+        with a warning naming the file)."""
         if not self.path.is_file():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        keep = [row for row in read_metrics(self.path) if row["step"] <= step]
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in keep))
+        tmp.replace(self.path)  # atomic: a kill here leaves the old file or the new one
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}}
@@ -77,10 +82,28 @@ def rank_zero_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a `metrics.jsonl`. A torn last line (the run was killed while appending it) is
+    skipped with a warning naming the file; a damaged line before it raises a ValueError naming
+    the file and line (that is not what a kill leaves)."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    lines = path.read_text(errors="replace").splitlines()
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not an object with an integer 'step'")
+        except ValueError as e:
+            if n == len(lines):
+                warnings.warn(f"{path}: line {n} is torn (an interrupted write: {e}); dropped", stacklevel=2)
+                break
+            raise ValueError(f"{path}: line {n} is not a metrics row ({e}); fix or remove the line") from None
+        rows.append(row)
+    return rows
 
 
 __all__ = ["MetricsLogger", "rank_zero_metrics", "read_metrics"]

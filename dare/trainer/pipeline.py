@@ -8,6 +8,7 @@ Run directory layout:
     RUN/stage-K-NAME/state/step_N/   training state: policy + optimizer/scheduler + trainer_state.json
     RUN/stage-K-NAME/checkpoint/     the stage's final HF checkpoint (or PEFT adapter) + tokenizer
     RUN/stage-K-NAME/metrics.jsonl   one line per step
+    RUN/run_state.json               stages trained (checkpoint written) and completed (evaluated too)
     RUN/eval/results.json            evaluation of every stage
     RUN/report.md                    table of the stages
 """
@@ -38,8 +39,8 @@ from dare.trainer.evaluate import (
     evaluate_accuracy,
     evaluate_benchmarks,
 )
-from dare.trainer.runtime import start_ray, worker_group
-from dare.workers.actor import ActorWorker
+from dare.trainer.runtime import release, start_ray, worker_group
+from dare.workers.actor import ActorWorker, check_training_state
 from dare.workers.builder import load_tokenizer
 from dare.workers.rollout import RolloutWorker
 
@@ -109,10 +110,12 @@ def list_states(stage_dir: Path) -> list[int]:
 class Pipeline:
     """Runs a recipe end to end (or resumes a stopped run)."""
 
-    def __init__(self, recipe: Recipe, run_dir: str | Path | None = None) -> None:
+    def __init__(self, recipe: Recipe, run_dir: str | Path | None = None, overwrite: bool = False) -> None:
         self.recipe = recipe
         self.run_dir = Path(run_dir or recipe.output_dir)
         self.scorer = None  # the built-in check's (eval.scorer), resolved with the eval rows
+        self.overwrite = overwrite  # delete an existing run in run_dir first
+        self.rollout = None
 
     @classmethod
     def resume(cls, run_dir: str | Path) -> Pipeline:
@@ -126,7 +129,12 @@ class Pipeline:
 
     def _run_state(self) -> dict[str, Any]:
         p = self.run_dir / RUN_STATE
-        return json.loads(p.read_text()) if p.is_file() else {"completed": [], "eval": {}}
+        if not p.is_file():
+            return {"completed": [], "trained": [], "eval": {}}
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError as e:  # written atomically by dare: damaged by something else
+            raise ValueError(f"{p}: not valid JSON ({e}); the run state is damaged") from None
 
     def _save_run_state(self, state: dict[str, Any]) -> None:
         _write_json(self.run_dir / RUN_STATE, state)
@@ -136,32 +144,40 @@ class Pipeline:
     def run(self) -> dict[str, Any]:
         r = self.recipe
         check_benchmark_setup(r)  # OpenCompass installed (names / files were checked at load)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        recipe_file = self.run_dir / "recipe.yaml"
-        if recipe_file.is_file():
-            saved = build_recipe(yaml.safe_load(recipe_file.read_text()), recipe_file)
-            if recipe_hash(saved) != recipe_hash(r):
-                raise ValueError(
-                    f"{self.run_dir} holds a run of a different recipe; use `dare run --resume {self.run_dir}` "
-                    "or another output_dir"
-                )
-        else:
-            recipe_file.write_text(yaml.safe_dump(r.to_dict(), sort_keys=False))
+        self._prepare_run_dir()
         state = self._run_state()
+        completed: list[int] = state["completed"]
+        # stages whose checkpoint is written; a stage is `completed` once its evaluation is saved too
+        trained: list[int] = state.setdefault("trained", list(completed))
+        self._check_resume_state(trained)  # a damaged / planted state file fails before Ray starts
         t_start = time.perf_counter()
 
         tokenizer = load_tokenizer(_model_dict(r))
         tok_dir = self.run_dir / "tokenizer"
         if not tok_dir.is_dir():
-            tokenizer.save_pretrained(tok_dir)
+            tmp = self.run_dir / ".tokenizer.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tokenizer.save_pretrained(tmp)
+            tmp.rename(tok_dir)  # a killed save never leaves a half tokenizer that a rerun would trust
 
         start_ray(r.resources)
-        actor = worker_group(ActorWorker, r.resources, name="actor", strategy=r.resources.resolved_strategy())
-        completed: list[int] = state["completed"]
-        init_from = self.checkpoint_of(completed[-1]) if completed else None
+        actor = self.rollout = None
+        try:
+            actor = worker_group(ActorWorker, r.resources, name="actor", strategy=r.resources.resolved_strategy())
+            self._run_stages(actor, tokenizer, tok_dir, state, trained)
+        finally:  # no workers outlive the run (an in-process caller can run again)
+            release(self.rollout)
+            release(actor)
+        state["total_seconds"] = state.get("total_seconds", 0.0) + time.perf_counter() - t_start
+        self._save_run_state(state)
+        self._write_results(state)
+        return state
+
+    def _run_stages(self, actor, tokenizer, tok_dir: Path, state: dict[str, Any], trained: list[int]) -> None:
+        r, completed = self.recipe, state["completed"]
+        init_from = self.checkpoint_of(max(trained)) if trained else None
         base_dir = self._base_dir()
         n_params = actor.init_model(_model_dict(r), str(tok_dir), r.seed, init_from, base_dir)[0]
-        self.rollout = None
         if r.resources.rollout == "separate":
             self.rollout = worker_group(RolloutWorker, r.resources, name="rollout")
             self.rollout.init_model(_model_dict(r), str(tok_dir), r.seed, init_from)
@@ -179,34 +195,86 @@ class Pipeline:
             if index in completed:
                 self._maybe_control(state, actor, tokenizer, eval_rows, index, base_dir)  # a run killed in it
                 continue
-            sdir = self.run_dir / stage_dir_name(index, stage)
-            steps_done = list_states(sdir)
-            ctx = StageContext(
-                recipe=r, index=index, stage=stage, dir=sdir, actor=actor, tokenizer=tokenizer,
-                train_rows=self.train_rows(stage.kind, tokenizer), base_dir=base_dir, start_step=steps_done[-1] if steps_done else 0,
-            )  # fmt: skip
-            t0 = time.perf_counter()
-            STAGE_TRAINERS.get(ALGORITHMS.get(stage.algorithm).trainer_name())(ctx, self).fit()
-            ckpt = sdir / "checkpoint"
-            actor.save_state(str(ckpt), base_dir, False)
-            tokenizer.save_pretrained(ckpt)
-            completed.append(index)
-            state["completed"] = completed
-            state.setdefault("stage_seconds", {})[str(index + 1)] = time.perf_counter() - t0
-            self._save_run_state(state)
+            name = stage_dir_name(index, stage)
+            ckpt = self.run_dir / name / "checkpoint"
+            if index in trained:  # killed after training, before its evaluation was saved
+                print(f"dare: {name} is trained; evaluating it", flush=True)
+            else:
+                self._train_stage(actor, tokenizer, index, stage, base_dir, state, trained)
             if r.eval.enabled:
-                state["eval"][str(index + 1)] = self.evaluate(actor, tokenizer, eval_rows, stage_dir_name(index, stage))
+                state["eval"][str(index + 1)] = self.evaluate(actor, tokenizer, eval_rows, name)
                 if r.eval.benchmarks:  # OpenCompass on the stage's checkpoint
-                    name = stage_dir_name(index, stage)
                     state["eval"][str(index + 1)]["benchmarks"] = evaluate_benchmarks(
                         r, ckpt, self.run_dir / "eval" / "opencompass" / name, name
                     )
                 self._save_run_state(state)
+                self._write_results(state)  # the stage's results and report rows, before it counts as done
+            completed.append(index)
+            self._save_run_state(state)
             self._maybe_control(state, actor, tokenizer, eval_rows, index, base_dir)
-        state["total_seconds"] = state.get("total_seconds", 0.0) + time.perf_counter() - t_start
+
+    def _train_stage(self, actor, tokenizer, index: int, stage: StageSpec, base_dir: str | None,
+                     state: dict[str, Any], trained: list[int]) -> None:  # fmt: skip
+        """Train stage `index` (from its last saved state) and write its checkpoint."""
+        r = self.recipe
+        sdir = self.run_dir / stage_dir_name(index, stage)
+        steps_done = list_states(sdir)
+        ctx = StageContext(
+            recipe=r, index=index, stage=stage, dir=sdir, actor=actor, tokenizer=tokenizer,
+            train_rows=self.train_rows(stage.kind, tokenizer), base_dir=base_dir, start_step=steps_done[-1] if steps_done else 0,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        STAGE_TRAINERS.get(ALGORITHMS.get(stage.algorithm).trainer_name())(ctx, self).fit()
+        ckpt = sdir / "checkpoint"
+        actor.save_state(str(ckpt), base_dir, False)
+        tokenizer.save_pretrained(ckpt)
+        trained.append(index)
+        state.setdefault("stage_seconds", {})[str(index + 1)] = time.perf_counter() - t0
         self._save_run_state(state)
-        self._write_results(state)
-        return state
+
+    # -------------------------------------------------------------- run folder
+
+    def _started(self) -> bool:
+        """Whether anything of a run was done in the folder (a stage began or an evaluation was
+        saved); a folder holding only what a failed start wrote is not a started run."""
+        return (self.run_dir / RUN_STATE).is_file() or any(self.run_dir.glob("stage-*"))
+
+    def _prepare_run_dir(self) -> None:
+        """Create the run folder and its `recipe.yaml`. A folder of another recipe is refused once
+        that run has started; one whose run failed to start is taken over (its tokenizer and base
+        weights, written for the other recipe, are removed)."""
+        if self.overwrite:
+            clear_run_dir(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        recipe_file = self.run_dir / "recipe.yaml"
+        if recipe_file.is_file() and _saved_recipe_hash(recipe_file) == recipe_hash(self.recipe):
+            return
+        if recipe_file.is_file():
+            if self._started():
+                raise ValueError(
+                    f"{self.run_dir} holds a run of a different recipe; continue it with `dare run --resume "
+                    f"{self.run_dir}`, choose another output_dir, or replace it with `dare run RECIPE --overwrite` "
+                    "(deletes that run)"
+                )
+            print(
+                f"dare: {self.run_dir}: its earlier run never started; reusing the folder for this recipe", flush=True
+            )
+            for stale in ("tokenizer", "base", ".tokenizer.tmp"):
+                shutil.rmtree(self.run_dir / stale, ignore_errors=True)
+        tmp = recipe_file.with_suffix(".yaml.tmp")
+        tmp.write_text(yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
+        tmp.replace(recipe_file)
+
+    def _check_resume_state(self, trained: list[int]) -> None:
+        """The training state the first unfinished stage resumes from, checked on the driver."""
+        for index, stage in enumerate(self.recipe.stages):
+            if index in trained:
+                continue
+            sdir = self.run_dir / stage_dir_name(index, stage)
+            steps = list_states(sdir)
+            if steps:
+                check_training_state(sdir / "state" / f"step_{steps[-1]}")
+            return
 
     def _maybe_control(self, state, actor, tokenizer, eval_rows, index: int, base_dir: str | None) -> None:
         """The stage's compute-matched SFT control (`sft_control`), unless already evaluated."""
@@ -332,8 +400,37 @@ def write_report(run_dir: Path, recipe: Recipe, state: dict[str, Any]) -> Path:
     return path
 
 
+def _saved_recipe_hash(path: Path) -> str | None:
+    """The hash of a run folder's saved recipe (None if it no longer builds: not this recipe)."""
+    try:
+        return recipe_hash(build_recipe(yaml.safe_load(path.read_text()), path))
+    except (ValueError, KeyError, TypeError, FileNotFoundError, yaml.YAMLError):
+        return None
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Delete a dare run folder (`dare run --overwrite`); a folder that is not one (no
+    `recipe.yaml`) and is not empty is refused, never deleted."""
+    if not run_dir.exists():
+        return
+    if not (run_dir / "recipe.yaml").is_file():
+        if run_dir.is_dir() and not any(run_dir.iterdir()):
+            return
+        raise ValueError(f"--overwrite: {run_dir} is not a dare run folder (no recipe.yaml); not deleting it")
+    shutil.rmtree(run_dir)
+    print(f"dare: --overwrite: deleted the earlier run in {run_dir}", flush=True)
+
+
 def _model_dict(recipe: Recipe) -> dict[str, Any]:
     return recipe.to_dict()["model"]
 
 
-__all__ = ["STAGE_TRAINERS", "Pipeline", "StageContext", "list_states", "save_training_state", "write_report"]
+__all__ = [
+    "STAGE_TRAINERS",
+    "Pipeline",
+    "clear_run_dir",
+    "StageContext",
+    "list_states",
+    "save_training_state",
+    "write_report",
+]

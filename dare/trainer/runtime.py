@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 
 import ray
 from verl import DataProto
@@ -11,9 +14,57 @@ from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, Ra
 
 from dare.config import ResourcesSpec
 
+# how long the head node's port may take to accept a TCP connection (ray.init itself retries an
+# unreachable address for minutes)
+RAY_CONNECT_TIMEOUT_S = 20.0
+
+
+def _tcp_reachable(host: str, port: int, timeout: float) -> str | None:
+    """None if `host:port` accepts a connection within `timeout` seconds (name lookup included,
+    which `create_connection`'s own timeout does not bound), else why not."""
+    outcome: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(str(e) or type(e).__name__)
+
+    t = threading.Thread(target=attempt, daemon=True)  # daemon: a stuck lookup never blocks exit
+    t.start()
+    t.join(timeout)
+    return outcome[0] if outcome else f"no answer within {timeout:g} s"
+
+
+def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Refuse a `resources.ray_address` that is malformed or whose host:port does not answer,
+    within `timeout` seconds, instead of letting `ray.init` retry for minutes. "auto" (Ray finds
+    the local cluster itself) is left to Ray."""
+    if address == "auto":
+        return
+    scheme, sep, rest = address.partition("://")
+    hostport = rest if sep else address
+    host, colon, port = hostport.rpartition(":")
+    host = host.strip("[]")  # [IPv6]:port
+    if (sep and scheme != "ray") or not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"resources.ray_address: {address!r} is not a Ray address; expected 'auto', HOST:PORT or "
+            "ray://HOST:PORT (or null to start Ray locally)"
+        )
+    why = _tcp_reachable(host, int(port), timeout)
+    if why is not None:
+        raise ValueError(
+            f"resources.ray_address: cannot reach the Ray cluster at {address!r} ({host}:{port}: {why}); "
+            "is the head node running (`ray start --head`) and the address right? Use null to start Ray locally"
+        )
+
 
 def start_ray(resources: ResourcesSpec) -> None:
-    """Connect to `resources.ray_address`, or start a local Ray sized for the workers."""
+    """Connect to `resources.ray_address` (checked with a bounded timeout first), or start a
+    local Ray sized for the workers."""
+    if resources.ray_address:  # checked even when this process already has a Ray session
+        check_ray_address(resources.ray_address)
     if ray.is_initialized():
         return
     env = {"TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "0"}
@@ -43,12 +94,34 @@ def worker_group(cls, resources: ResourcesSpec, name: str, **init_kwargs) -> Ray
         name_prefix=name,
     )
     threads = resources.num_threads or max(1, (os.cpu_count() or 1) // resources.num_workers)
-    return RayWorkerGroup(
+    group = RayWorkerGroup(
         resource_pool=pool,
         ray_cls_with_init=RayClassWithInitArgs(cls=cls, num_threads=threads, device=resources.device, **init_kwargs),
         name_prefix=name,
         device_name="cuda" if use_gpu else "cpu",
     )
+    group.dare_pool = pool  # for `release`
+    return group
+
+
+def release(group: RayWorkerGroup | None, wait_s: float = 30.0) -> None:
+    """Kill a group's workers and free its placement groups, and wait until the worker names are
+    free again, so a caller in the same process (a notebook, a test, a retry) can start the run
+    again in the same Ray session."""
+    if group is None:
+        return
+    for worker in group.workers:
+        ray.kill(worker, no_restart=True)
+    for pg in getattr(getattr(group, "dare_pool", None), "pgs", None) or []:
+        ray.util.remove_placement_group(pg)
+    deadline = time.monotonic() + wait_s
+    for name in group.worker_names:
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(name)
+            except ValueError:  # gone
+                break
+            time.sleep(0.05)
 
 
 def dp_call(method, data: DataProto, world_size: int) -> DataProto:
@@ -57,4 +130,4 @@ def dp_call(method, data: DataProto, world_size: int) -> DataProto:
     return unpad_dataproto(method(padded), pad)
 
 
-__all__ = ["dp_call", "start_ray", "worker_group"]
+__all__ = ["RAY_CONNECT_TIMEOUT_S", "check_ray_address", "dp_call", "release", "start_ray", "worker_group"]

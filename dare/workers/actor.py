@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,23 @@ from dare.algorithms import ALGORITHMS
 from dare.workers import sharding
 from dare.workers.builder import build_policy, load_policy, quiet_progress_bars, save_policy, wrap_lora
 from dare.workers.generation import generate_batch
+from dare.workers.state_io import StateFileError, check_tree, has_tree, load_tree, refuse_pickles, save_tree
 
-OPTIM_FILE = "optimizer.pt"
+# training-state files (safetensors + JSON, never pickle): optimizer + lr schedule, algorithm extras
+OPTIM_STATE = "optimizer"
+ALGORITHM_STATE = "algorithm_state"
+# metric set by `update_actor` when it skipped an update whose loss or gradient was not finite
+NON_FINITE = "actor/non_finite"
+
+
+def check_training_state(path: str | Path) -> None:
+    """Driver-side check of a `state/step_N` folder before the actor loads it: the optimizer state
+    is there, nothing is pickled, manifests and safetensors headers are intact (cheap: no tensor
+    data is read). Raises `StateFileError` naming the file."""
+    refuse_pickles(path, ALGORITHM_STATE)
+    check_tree(path, OPTIM_STATE)
+    if has_tree(path, ALGORITHM_STATE):
+        check_tree(path, ALGORITHM_STATE)
 
 
 def peak_memory_mb(device: str) -> float:
@@ -72,6 +86,16 @@ def split_batch(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, to
         return [batch]
     chunks = {k: v.chunk(parts) for k, v in batch.items()}
     return [{k: c[i] for k, c in chunks.items()} for i in range(parts)]
+
+
+def _check_moment_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """`load_state_dict` takes moments of any shape; one that does not match its parameter would
+    only fail (or broadcast) at the next step."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for k, v in optimizer.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor) and v.ndim and v.shape != p.shape:
+                    raise ValueError(f"state {k!r} has shape {tuple(v.shape)}, its parameter {tuple(p.shape)}")
 
 
 @ray.remote
@@ -204,10 +228,20 @@ class ActorWorker(Worker):
         flat = torch.cat([g.flatten() for g in grads]).cpu()
         return DataProto.from_dict(tensors={"grad": flat[None].repeat(len(data), 1)})
 
+    def _non_finite(self, bad_loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """Whether any rank's loss or the (global) gradient norm is NaN/inf. One all-reduced flag,
+        so every rank takes the same decision (a rank that stopped alone would hang the others)."""
+        flag = bad_loss + (~torch.isfinite(grad_norm.detach())).float().to(bad_loss.device)
+        if self.world_size > 1:
+            dist.all_reduce(flag)
+        return bool(flag > 0)
+
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def update_actor(self, data: DataProto) -> DataProto:
         """One trainer step on this rank's shard: the algorithm's updates (1 for SFT, mu for
-        GRPO), each in `grad_accum` micro-batches with an all-reduce and an optimizer step."""
+        GRPO), each in `grad_accum` micro-batches with an all-reduce and an optimizer step. An
+        update whose loss (any rank's) or gradient is not finite is not applied: the step stops
+        there and reports `actor/non_finite` = 1 (the trainer loop then stops the run)."""
         t0 = time.perf_counter()
         accum = self.stage["grad_accum"]
         batch = self._tensors(data)
@@ -216,12 +250,15 @@ class ActorWorker(Worker):
         self.model.train()
         sums: dict[str, float] = {}
         params = [p for p in self.model.parameters() if p.requires_grad]
+        lr = self.scheduler.get_last_lr()[0]
         for update in updates:
             self.optimizer.zero_grad(set_to_none=True)
+            bad_loss = torch.zeros((), device=self.device)
             for i, micro in enumerate(split_batch(update, accum)):
                 if self.sharded:  # reduce-scatter once per update, on the last micro-batch
                     self.model.set_requires_gradient_sync(i == accum - 1)
                 loss, metrics = self.algorithm.compute_loss(self.model, micro)
+                bad_loss += (~torch.isfinite(loss.detach())).float()
                 (loss / accum).backward()
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v) / (accum * len(updates))
@@ -229,6 +266,10 @@ class ActorWorker(Worker):
             grad_norm = sharding.full_tensor(torch.nn.utils.clip_grad_norm_(params, self.stage["grad_clip"]))
             sums["actor/grad_norm"] = sums.get("actor/grad_norm", 0.0) + float(grad_norm) / len(updates)
             lr = self.scheduler.get_last_lr()[0]
+            if self._non_finite(bad_loss, grad_norm):  # never step on NaN/inf: the weights stay finite
+                self.optimizer.zero_grad(set_to_none=True)
+                sums[NON_FINITE] = 1.0
+                break
             self.optimizer.step()
             self.scheduler.step()
             self._version += 1
@@ -278,10 +319,14 @@ class ActorWorker(Worker):
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def save_state(self, path: str, base_dir: str | None, with_optimizer: bool = True) -> None:
-        """Rank 0 writes the policy (HF folder or PEFT adapter) and the optimizer/scheduler state.
-        Sharded, both are gathered into full (unsharded) form first, so the files are the same
-        whatever the strategy and number of workers."""
+        """Rank 0 writes the policy (HF folder or PEFT adapter) and the optimizer/scheduler state
+        (`optimizer.safetensors` + `optimizer.json`, no pickle). Sharded, both are gathered into
+        full (unsharded) form first, so the files are the same whatever the strategy and number of
+        workers. Weights that are not finite are never written (every rank raises)."""
         model = self.plain_model()
+        bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+        if bad:
+            raise ValueError(f"{path}: not saved: non-finite (NaN/inf) weights in {', '.join(bad[:3])}")
         optim = None
         if with_optimizer and self.optimizer is not None:
             optim = (
@@ -293,42 +338,49 @@ class ActorWorker(Worker):
             Path(path).mkdir(parents=True, exist_ok=True)
             save_policy(model, path, base_dir)
             if optim is not None:
-                torch.save(
-                    {"optimizer": optim, "scheduler": self.scheduler.state_dict(), "strategy": self.strategy},
-                    os.path.join(path, OPTIM_FILE),
-                )
+                state = {"optimizer": optim, "scheduler": self.scheduler.state_dict(), "strategy": self.strategy}
+                save_tree(state, path, OPTIM_STATE)
             extra = getattr(self.algorithm, "extra_state", lambda: None)()  # e.g. DiDi's discriminator
             if extra is not None:
-                torch.save(extra, os.path.join(path, "algorithm_state.pt"))
+                save_tree(extra, path, ALGORITHM_STATE)
         if self.world_size > 1:
             dist.barrier()
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def load_state(self, path: str) -> None:
-        """Load policy weights (and optimizer/scheduler state if saved) on every rank."""
+        """Load policy weights and the optimizer/scheduler state (required once a stage's
+        optimizer exists: a resumed step must continue the same Adam moments) on every rank.
+        Nothing is unpickled: a pickled or malformed state file raises `StateFileError`."""
+        refuse_pickles(path, OPTIM_STATE)
+        refuse_pickles(path, ALGORITHM_STATE)
         loaded = load_policy(path, merge=False).state_dict()
         if self.sharded:
             sharding.load_full_state_dict(self.model, loaded)
             self._version += 1  # the plain copy is stale
         else:
             self.model.load_state_dict(loaded)
-        optim = Path(path) / OPTIM_FILE
-        if optim.is_file() and self.optimizer is not None:
-            state = torch.load(optim, weights_only=False)
+        if self.optimizer is not None:
+            state = load_tree(path, OPTIM_STATE)
+            optim = Path(path) / f"{OPTIM_STATE}.json"
+            if not isinstance(state, dict) or not {"optimizer", "scheduler"} <= set(state):
+                raise StateFileError(f"{optim}: expected the keys 'optimizer' and 'scheduler'")
             saved_strategy = state.get("strategy", "replicate")
             if (saved_strategy == "fsdp2") != self.sharded:
                 raise ValueError(
                     f"{optim}: optimizer state written with strategy {saved_strategy!r}; "
                     f"this run uses {self.strategy!r} with {self.world_size} worker(s)"
                 )
-            if self.sharded:
-                sharding.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
-            else:
-                self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        extra = Path(path) / "algorithm_state.pt"
-        if extra.is_file() and hasattr(self.algorithm, "load_extra_state"):
-            self.algorithm.load_extra_state(torch.load(extra, weights_only=False))
+            try:
+                if self.sharded:
+                    sharding.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
+                else:
+                    self.optimizer.load_state_dict(state["optimizer"])
+                    _check_moment_shapes(self.optimizer)
+                self.scheduler.load_state_dict(state["scheduler"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                raise StateFileError(f"{optim}: does not fit this stage's optimizer ({e})") from None
+        if has_tree(path, ALGORITHM_STATE) and hasattr(self.algorithm, "load_extra_state"):
+            self.algorithm.load_extra_state(load_tree(path, ALGORITHM_STATE))
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def state_checksum(self) -> float:
