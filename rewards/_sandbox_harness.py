@@ -200,9 +200,9 @@ def isolate_filesystem(tmpfs_mb):
     return failed
 
 
-def drop_capabilities():
-    """No capability left (bounding set emptied, inheritable cleared, no_new_privs set): mounts
-    stay read-only, limits cannot be raised, no file permission is bypassed."""
+def drop_bounding_set():
+    """Empty the capability bounding set and set no_new_privs (needs CAP_SETPCAP: before the
+    uid switch, which clears the effective set)."""
     _check(libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:
@@ -210,7 +210,13 @@ def drop_capabilities():
     except (OSError, ValueError):
         last = 63
     for cap in range(last + 1):
-        libc().prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)  # EINVAL for caps this kernel lacks: fine
+        if libc().prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:
+            _check(-1, f"prctl(CAPBSET_DROP, {cap})")  # EINVAL: a cap this kernel lacks, fine
+
+
+def drop_capabilities():
+    """No capability left (effective, permitted, inheritable): mounts stay read-only, limits
+    cannot be raised, no file permission is bypassed."""
 
     class Header(ctypes.Structure):
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
@@ -246,6 +252,7 @@ def confine(config, uid, keep_fds=(), dumpable=True):
         os.closerange(lo + 1, hi)
     set_limits(config["limits"], with_nproc=config["namespaces"])
     if config["namespaces"]:
+        drop_bounding_set()
         if uid is not None:
             os.setgroups([])
             os.setresgid(uid, uid, uid)
@@ -587,9 +594,9 @@ def run_probe():
     except OSError:
         wrote = False
     with open("/proc/self/status") as f:
-        caps = [line.split()[1] for line in f if line.startswith("CapEff")]
+        caps = [line.split()[1] for line in f if line.startswith(("CapEff", "CapPrm", "CapBnd"))]
     pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    ok = not wrote and caps == ["0000000000000000"] and len(pids) < 10
+    ok = not wrote and caps == ["0000000000000000"] * 3 and len(pids) < 10
     print(json.dumps({"ok": ok, "root_writable": wrote, "caps": caps, "pids": len(pids)}), flush=True)
     os._exit(0)
 
