@@ -12,18 +12,24 @@ Every run is a fresh process with:
   the interpreter runs isolated (`python -I -B`: no `PYTHON*` variables, no user site);
 - with Linux namespaces (`unshare`, util-linux; the default where it works, as root or with
   unprivileged user namespaces): its own user, pid, mount and **network** namespace (no network
-  interface but a down loopback), every mount read-only, an empty private tmpfs as /tmp (the
-  working directory), /var/tmp and /dev/shm, no capabilities (and no_new_privs), the process
-  count limit counted per sandbox (the user namespace), and teardown of every process it started
-  when it ends (pid namespace);
+  interface but a down loopback), every mount read-only, a fresh /proc (only the run's
+  processes), every top-level directory but the system ones hidden (the interpreter bound back
+  read-only), an empty private tmpfs as /tmp (the working directory), /var/tmp and /dev/shm, an
+  unprivileged uid per process (as root), no capabilities at all (bounding set included) and
+  no_new_privs, the process count limit counted per sandbox, and teardown of every process it
+  started when it ends (pid namespace);
 - without them (`isolation="none"`, or `"auto"` where `unshare` fails: non-Linux, containers
   without user namespaces): rlimits, clean env, a fresh temporary working directory and a
   process-group kill only. The network is then reachable, files outside the working directory
-  writable with the caller's permissions, and there is no process-count limit (a per-user count
-  would count the caller's own processes). A warning is logged once.
+  readable and writable with the caller's permissions, there is no process-count limit (a
+  per-user count would count the caller's own processes), and the verdict of `run_tests` is not
+  protected from the program. A warning is logged once.
 
-Threat model: mistakes and resource abuse by generated code (loops, memory and fork bombs, stray
-file writes, network calls), not a determined attacker inspecting the harness from inside.
+`run_tests` never runs the tests in the program's interpreter: a separate verdict process (which
+never executes the program) runs them and calls the program's functions over a socket, data only,
+so patched builtins, a hunted nonce, an early `os._exit(0)` or an object that equals anything do
+not pass a test (`_sandbox_harness.py` explains the design). Threat model, what is and is not
+enforced: docs/security.md.
 """
 
 from __future__ import annotations
