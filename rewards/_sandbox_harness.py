@@ -455,8 +455,8 @@ def _to_program(x):
 def _from_program(tagged):
     if tagged[0] == "h" and type(tagged[1]) is int:
         return Remote(tagged[1])
-    if tagged[0] == "m" and type(tagged[1]) is str:
-        return importlib.import_module(tagged[1])  # the verdict process's own module
+    if tagged[0] == "m" and type(tagged[1]) is str and tagged[1].partition(".")[0] in sys.stdlib_module_names:
+        return importlib.import_module(tagged[1])  # the verdict process's own copy (standard library only)
     raise ValueError("malformed value")
 
 

@@ -43,12 +43,12 @@ ESCAPES = {
     "assertion_error_patched": "import builtins\nclass E(Exception):\n    pass\nbuiltins.AssertionError = E\n",
     "nonce_hunted_in_frames": """
 import gc, inspect, os, sys
-found = [repr(o)[:300] for o in gc.get_objects() if isinstance(o, (dict, list, str)) and "assert" in repr(o)[:300]]
+found = [o for o in gc.get_objects() if isinstance(o, dict) and any(isinstance(v, str) and "assert" in v for v in o.values())]
 frames = [repr(fr.f_globals.get("config"))[:300] for fr in [sys._getframe(0)] + [i.frame for i in inspect.stack()]]
 print("FOUND", found, frames)
 for fd in range(3, 30):
     try:
-        print("FD", fd, os.read(fd, 1000))
+        print("FD", fd, os.readlink(f"/proc/self/fd/{fd}"))
     except OSError:
         pass
 for fd in range(3, 30):
