@@ -316,12 +316,14 @@ class _Outcome:
     extra_keys: set[str] = field(default_factory=set)
 
 
-def _kill_group(pid: int | None) -> None:
+def _kill_group(pid: int | None, reaped: bool = False) -> None:
     """SIGKILL what a worker started (its descendants, also those that left its group), then its
-    process group (itself, and what is left of the group after the worker died)."""
+    process group (itself, and what is left of the group after the worker died). Once the worker
+    is reaped its pid may be reused, so only the group is killed (a pid stays reserved while a
+    group of that id has members)."""
     if pid is None:
         return
-    for child in _descendants(pid):
+    for child in [] if reaped else _descendants(pid):
         try:
             os.kill(child, signal.SIGKILL)
         except OSError:
@@ -334,7 +336,7 @@ def _kill_group(pid: int | None) -> None:
 
 def _kill_worker(w: _Worker) -> None:
     """Kill the worker, everything it started, and its process group, then reap it."""
-    _kill_group(w.proc.pid)
+    _kill_group(w.proc.pid, reaped=w.proc.exitcode is not None)
     try:
         w.proc.kill()
     except (ProcessLookupError, AttributeError, ValueError):
@@ -352,12 +354,9 @@ def _shutdown(workers: list[_Worker]) -> None:
                 pass
     deadline = time.monotonic() + 2.0
     for w in workers:
-        w.proc.join(timeout=max(0.0, deadline - time.monotonic()))
-        if w.proc.is_alive():
-            _kill_worker(w)
-        else:
-            _kill_group(w.proc.pid)  # the group outlives its leader: nothing of it may
-            w.conn.close()
+        # the sentinel is ready when the worker exits, before it is reaped: its pid is still ours
+        mpc.wait([w.proc.sentinel], timeout=max(0.0, deadline - time.monotonic()))
+        _kill_worker(w)  # the group outlives its leader: nothing of it may
     workers.clear()
 
 
