@@ -706,8 +706,15 @@ class RewardRunner:
         return total, metrics, components
 
 
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _numeric(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)  # bools count (as 0/1)
+    """An info value kept as a metric column: finite, and finite in float32 (bools count as 0/1)."""
+    try:
+        return isinstance(v, (int, float)) and math.isfinite(v) and abs(v) <= _FLOAT32_MAX
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 __all__ = ["RewardRunner"]

@@ -343,3 +343,13 @@ def test_distinct_tracebacks_are_all_reported(plugin, caplog):
     for name in ("KeyError", "ZeroDivisionError", "TypeError"):
         assert sum(name in tb for tb in tracebacks) == 1 and name in caplog.text
     assert "3 distinct traceback(s) (at most 3 shown)" in caplog.text
+
+
+def test_huge_info_values_are_not_metric_columns(tmp_path):
+    plug = tmp_path / "info.py"
+    plug.write_text(
+        "def info(prompt, response, ground_truth=None):\n    return {'score': 1.0, 'acc': 1e300, 'big': 10**400, 'ok': 0.5}\n"
+    )
+    scores, metrics, comp = RewardRunner([f"{plug}:info"], num_workers=0).score(["p"], ["r"])
+    assert scores == [1.0] and comp["info/ok"] == [0.5] and metrics["reward/info/ok"] == 0.5
+    assert "info/acc" not in comp and "info/big" not in comp and "reward/info/acc" not in metrics
