@@ -46,8 +46,9 @@ is not a verdict channel. Exiting early (`os._exit(0)`), crashing, hanging or ki
 only makes the calls of the remaining tests fail (`RemoteError`), never pass.
 
 Known limits of `assert` mode: arguments are copies (a list, dict or set passed to the program is
-updated in place after the call, nested objects are not), and functions or objects of the tests'
-own cannot be passed to the program (the test fails with a TypeError).
+updated in place after the call, nested objects are not), functions or objects of the tests' own
+cannot be passed to the program (the test fails with a TypeError), and a program function named
+like a builtin is not visible to the tests.
 
 Without `namespaces` (fallback) step 2, the uid switch and the capability drop are skipped, the
 working directory is a fresh temporary folder, and the deadline kills this process group
