@@ -30,8 +30,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import json
 import math
+import secrets
+import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -86,6 +90,56 @@ def is_plugin_ref(ref: str) -> bool:
 
 _PLUGIN_LOCK = threading.Lock()
 _PLUGIN_MODULES: dict[str, Any] = {}
+# Import a plug-in in a throw-away process first (see `_trial_import`); the reward workers turn it
+# off (a worker that dies at import is already reported as a dead worker).
+TRIAL_IMPORT = True
+TRIAL_IMPORT_TIMEOUT_S = 120.0
+
+_TRIAL = """
+import importlib.util, json, sys
+path, marker, nonce = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.path[:] = json.loads(sys.argv[4])
+spec = importlib.util.spec_from_file_location("dare_reward_plugin_trial", path)
+try:
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+finally:
+    # reached when the import returns or raises, not when it ends the process
+    with open(marker, "w") as f:
+        f.write(nonce)
+"""
+
+
+def _trial_import(path: Path) -> None:
+    """Import `path` in a child process first: a file that ends its process at import
+    (`os._exit`, `sys.exit` in a thread, a signal) would otherwise end the caller (e.g. `dare run`,
+    silently, with its exit code). An import error is left to the real import, which reports it.
+
+    Raises:
+        RewardLoadError: the child ended before its import returned or raised.
+    """
+    nonce = secrets.token_hex(8)
+    with tempfile.TemporaryDirectory(prefix="dare-plugin-trial-") as tmp:
+        marker = Path(tmp) / "done"
+        cmd = [sys.executable, "-c", _TRIAL, str(path), str(marker), nonce, json.dumps(sys.path)]
+        try:
+            proc = subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=TRIAL_IMPORT_TIMEOUT_S,
+                start_new_session=True,
+            )
+        except subprocess.TimeoutExpired:
+            return  # a slow import: the real one decides
+        finished = marker.is_file() and marker.read_text() == nonce
+    if not finished:
+        code = proc.returncode
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        raise RewardLoadError(
+            f"{path}: importing it ended the process (it {how} before the import finished); a reward "
+            "file must not exit or kill its process at import (os._exit, sys.exit in a thread, signals)"
+        )
 
 
 def _import_file(path: Path) -> Any:
@@ -94,6 +148,8 @@ def _import_file(path: Path) -> Any:
     with _PLUGIN_LOCK:
         if key in _PLUGIN_MODULES:
             return _PLUGIN_MODULES[key]
+        if TRIAL_IMPORT:
+            _trial_import(Path(key))
         digest = hashlib.sha1(key.encode()).hexdigest()[:10]
         name = f"dare_reward_plugin_{path.stem}_{digest}"
         spec = importlib.util.spec_from_file_location(name, key)

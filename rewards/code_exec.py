@@ -14,6 +14,9 @@ or the whole response when it has no fence (`require_fence: true` scores that 0)
     [{"input": "1 2\\n", "output": "3\\n"}, ...]             same, as pairs
 
 Stdout is compared line by line with trailing whitespace and surrounding blank lines ignored.
+Assert tests run in a separate verdict process that calls the program's functions over a socket
+(data only), so the program cannot forge a pass (patched builtins, `os._exit(0)` before the
+asserts, objects equal to anything: see `_sandbox_harness.py` and docs/security.md).
 
 Returns `{"score": fraction of tests passed (or 0/1 with all_or_nothing), "acc": 1.0 if all
 passed, "timeout": 1.0 if a run hit a limit}`; no program or no tests score 0.

@@ -12,7 +12,15 @@ per-call timeout, so that no reward can crash or stall a run.
   that sample and counts in `reward/errors`; one that runs past `timeout_s` (one call: one
   sample, or one whole batch for a batched reward) gives 0, counts in `reward/timeouts`, and its
   worker process is killed with its whole process group (sandboxed programs included) and
-  replaced. The first traceback (and the first timeout) of each `score` call is logged.
+  replaced. Each `score` call logs, per reward, the error count and its first `max_tracebacks`
+  distinct tracebacks (and the first timeout). A score outside the spec's `bounds` (default
+  [-1e4, 1e4]) or not finite is an error too.
+- Processes a reward starts do not outlive its call: a worker is its own process group and the
+  subreaper of everything it starts; after each call batch it kills and reaps every descendant,
+  and closing the runner (or the driver's exit) kills the whole group.
+- A worker's stdout and stderr go through a pipe to the driver's stderr, at most
+  `max_output_bytes` per `score` call (then one truncation marker; the rest is counted, dropped,
+  and reported in the log).
 - Metrics: `reward/mean`, `reward/std`, `reward/errors`, `reward/timeouts`, `reward/time_s`,
   `reward/<label>/mean` and `reward/<label>/<key>` (mean of each numeric extra, e.g. `acc`,
   `parse_error`). Counts are (sample, reward) pairs.
@@ -26,12 +34,15 @@ a timeout hits exactly the sample in progress and the rest of its chunk is sent 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
 import signal
+import sys
+import threading
 import time
 import traceback
 import weakref
@@ -41,11 +52,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dare.rewards import base
 from dare.rewards.spec import LoadedReward, RewardSpec, as_specs
 
 logger = logging.getLogger("dare.rewards")
 
-_OK, _ERR = "ok", "err"
+_OK, _ERR, _DONE = "ok", "err", "done"
+PR_SET_CHILD_SUBREAPER = 36
+_TRACEBACK_CHARS = 4000  # of each logged traceback (its tail)
 
 
 def _plain(value: Any) -> Any:
@@ -63,13 +77,96 @@ def _absolute(spec: RewardSpec) -> RewardSpec:
     return replace(spec, path=f"{Path(path).resolve()}:{func}")
 
 
-def _worker_main(conn: mpc.Connection, specs: list[RewardSpec]) -> None:
+def _descendants(root: int) -> list[int]:
+    """Pids of every process below `root` (from /proc; empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _has_children() -> bool:
+    """Whether this process has a child (cheap: /proc/self/task/*/children; True if unknown)."""
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                if f.read().strip():
+                    return True
+        return False
+    except OSError:
+        return True
+
+
+def _end_descendants() -> None:
+    """Kill and reap every process this worker started (it is their subreaper, so orphans and
+    daemons that left the process group are found too)."""
+    for _ in range(10):  # a fork bomb may add processes while we kill
+        if not _has_children():
+            return
+        pids = _descendants(os.getpid())
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                time.sleep(0.005)
+                if not _descendants(os.getpid()):
+                    break
+        if not pids:
+            return
+
+
+def _become_subreaper() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the process group kill still applies
+
+
+def _worker_main(conn: mpc.Connection, specs: list[RewardSpec], output: mpc.Connection | None = None) -> None:
     """A worker: load rewards on first use, score the items of each task, send each result."""
     try:
         os.setsid()  # its own process group: a kill on timeout takes its children along
     except OSError:
         pass  # already a group leader
+    _become_subreaper()
+    base.TRIAL_IMPORT = False  # a plug-in that kills this process is reported as a dead worker
+    if output is not None:  # stdout/stderr to the driver's capped reader
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(output.fileno(), 1)
+        os.dup2(output.fileno(), 2)
+        output.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    try:
+        _serve(conn, specs)
+    finally:
+        _end_descendants()
+
+
+def _serve(conn: mpc.Connection, specs: list[RewardSpec]) -> None:
     loaded: dict[int, LoadedReward] = {}
     while True:
         try:
@@ -80,28 +177,51 @@ def _worker_main(conn: mpc.Connection, specs: list[RewardSpec]) -> None:
             return
         _, task_id, spec_index, is_batched, items = msg
         try:
-            if spec_index not in loaded:
-                loaded[spec_index] = LoadedReward.from_spec(specs[spec_index])
-            reward = loaded[spec_index]
+            _run_task(conn, specs, loaded, task_id, spec_index, is_batched, items)
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            _end_descendants()
+        # after the cleanup: when the driver's `score` returns, nothing the batch started runs
+        conn.send((_DONE, task_id, -1, None))
+
+
+def _run_task(
+    conn: mpc.Connection,
+    specs: list[RewardSpec],
+    loaded: dict[int, LoadedReward],
+    task_id: int,
+    spec_index: int,
+    is_batched: bool,
+    items: Any,
+) -> None:
+    """Score one task's items, sending each result as soon as it is ready."""
+    try:
+        if spec_index not in loaded:
+            loaded[spec_index] = LoadedReward.from_spec(specs[spec_index])
+        reward = loaded[spec_index]
+    except BaseException:
+        tb = traceback.format_exc()
+        for pos in range(len(items) if not is_batched else 1):
+            conn.send((_ERR, task_id, pos, tb))
+        return
+    if is_batched:
+        prompts, responses, gts, extras = items
+        try:
+            out = reward.many(prompts, responses, gts, extras)
+            conn.send((_OK, task_id, 0, [(s, {k: _plain(v) for k, v in info.items()}) for s, info in out]))
         except BaseException:
-            tb = traceback.format_exc()
-            for pos in range(len(items) if not is_batched else 1):
-                conn.send((_ERR, task_id, pos, tb))
-            continue
-        if is_batched:
-            prompts, responses, gts, extras = items
-            try:
-                out = reward.many(prompts, responses, gts, extras)
-                conn.send((_OK, task_id, 0, [(s, {k: _plain(v) for k, v in info.items()}) for s, info in out]))
-            except BaseException:
-                conn.send((_ERR, task_id, 0, traceback.format_exc()))
-            continue
-        for pos, (prompt, response, gt, extra) in enumerate(items):
-            try:
-                score, info = reward.one(prompt, response, gt, extra)
-                conn.send((_OK, task_id, pos, (score, {k: _plain(v) for k, v in info.items()})))
-            except BaseException:
-                conn.send((_ERR, task_id, pos, traceback.format_exc()))
+            conn.send((_ERR, task_id, 0, traceback.format_exc()))
+        return
+    for pos, (prompt, response, gt, extra) in enumerate(items):
+        try:
+            score, info = reward.one(prompt, response, gt, extra)
+            conn.send((_OK, task_id, pos, (score, {k: _plain(v) for k, v in info.items()})))
+        except BaseException:
+            conn.send((_ERR, task_id, pos, traceback.format_exc()))
 
 
 @dataclass
@@ -116,6 +236,60 @@ class _Task:
     @property
     def n_messages(self) -> int:
         return 1 if self.batched else len(self.idxs)
+
+
+class _OutputCap:
+    """The byte budget of the workers' stdout/stderr in one `score` call (shared by the reader
+    threads); what is over it is counted and dropped."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.used = 0
+        self.dropped = 0
+
+    def reset(self) -> tuple[int, int]:
+        with self.lock:
+            used, dropped = self.used, self.dropped
+            self.used = self.dropped = 0
+        return used, dropped
+
+    def take(self, chunk: bytes) -> bytes:
+        """The part of `chunk` that may be printed (plus the marker when the budget runs out)."""
+        with self.lock:
+            shown = chunk[: max(0, self.limit - self.used)]
+            self.used += len(shown)
+            lost = len(chunk) - len(shown)
+            first_drop = lost > 0 and self.dropped == 0
+            self.dropped += lost
+        if first_drop:
+            shown += (
+                f"\n[dare.rewards: reward output over {self.limit} bytes in this batch; the rest is dropped]\n".encode()
+            )
+        return shown
+
+
+def _pump(fd: int, cap: _OutputCap) -> None:
+    """Copy a worker's output to this process's stderr within the cap, until every writer closed."""
+    try:
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return
+            shown = cap.take(chunk)
+            if shown:
+                try:
+                    sys.stderr.write(shown.decode("utf-8", errors="replace"))
+                    sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass
+    except OSError:
+        return
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 @dataclass
@@ -137,15 +311,32 @@ class _Outcome:
     timeouts: int = 0
     first_error: str | None = None
     first_timeout: str | None = None
+    # distinct tracebacks, in order of first occurrence (at most the runner's max_tracebacks)
+    tracebacks: list[str] = field(default_factory=list)
     extra_keys: set[str] = field(default_factory=set)
 
 
-def _kill_worker(w: _Worker) -> None:
-    """SIGKILL the worker's process group (itself and anything it started), then reap it."""
+def _kill_group(pid: int | None, reaped: bool = False) -> None:
+    """SIGKILL what a worker started (its descendants, also those that left its group), then its
+    process group (itself, and what is left of the group after the worker died). Once the worker
+    is reaped its pid may be reused, so only the group is killed (a pid stays reserved while a
+    group of that id has members)."""
+    if pid is None:
+        return
+    for child in [] if reaped else _descendants(pid):
+        try:
+            os.kill(child, signal.SIGKILL)
+        except OSError:
+            pass
     try:
-        os.killpg(w.proc.pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError, TypeError):
         pass
+
+
+def _kill_worker(w: _Worker) -> None:
+    """Kill the worker, everything it started, and its process group, then reap it."""
+    _kill_group(w.proc.pid, reaped=w.proc.exitcode is not None)
     try:
         w.proc.kill()
     except (ProcessLookupError, AttributeError, ValueError):
@@ -163,11 +354,9 @@ def _shutdown(workers: list[_Worker]) -> None:
                 pass
     deadline = time.monotonic() + 2.0
     for w in workers:
-        w.proc.join(timeout=max(0.0, deadline - time.monotonic()))
-        if w.proc.is_alive():
-            _kill_worker(w)
-        else:
-            w.conn.close()
+        # the sentinel is ready when the worker exits, before it is reaped: its pid is still ours
+        mpc.wait([w.proc.sentinel], timeout=max(0.0, deadline - time.monotonic()))
+        _kill_worker(w)  # the group outlives its leader: nothing of it may
     workers.clear()
 
 
@@ -180,6 +369,8 @@ class RewardRunner:
         timeout_s: wall-clock limit of one reward call (one sample; a whole batch if batched).
         chunk_size: samples per message to a worker (per-sample rewards).
         start_method: multiprocessing start method (default forkserver, else spawn).
+        max_tracebacks: distinct tracebacks logged per reward and `score` call.
+        max_output_bytes: workers' stdout/stderr shown per `score` call (the rest is dropped).
 
     Raises:
         RewardLoadError: a spec that does not load (checked here, before any worker starts).
@@ -192,6 +383,8 @@ class RewardRunner:
         timeout_s: float = 30.0,
         chunk_size: int = 8,
         start_method: str | None = None,
+        max_tracebacks: int = 3,
+        max_output_bytes: int = 64 * 1024,
     ) -> None:
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
@@ -199,6 +392,12 @@ class RewardRunner:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if max_tracebacks < 1 or max_output_bytes < 0:
+            raise ValueError(
+                f"max_tracebacks must be >= 1 and max_output_bytes >= 0, got {max_tracebacks}, {max_output_bytes}"
+            )
+        self.max_tracebacks = max_tracebacks
+        self._output = _OutputCap(max_output_bytes)
         self.specs = [_absolute(s) for s in as_specs(specs)]
         self.rewards = [LoadedReward.from_spec(s) for s in self.specs]
         self.num_workers = num_workers
@@ -215,6 +414,8 @@ class RewardRunner:
         self._finalizer = weakref.finalize(self, _shutdown, self._workers)
         # the first traceback of the last `score` call (None if no reward failed)
         self.first_error: str | None = None
+        # per reward label: (error count, distinct tracebacks) of the last `score` call
+        self.error_summary: dict[str, tuple[int, list[str]]] = {}
 
     @property
     def labels(self) -> list[str]:
@@ -259,6 +460,7 @@ class RewardRunner:
             )
         batch = (list(prompts), list(responses), gts, ext)
         start = time.monotonic()
+        self._output.reset()
         outcomes = [_Outcome([None] * n, [None] * n) for _ in self.rewards]
         if n:
             if self.num_workers == 0:
@@ -283,11 +485,12 @@ class RewardRunner:
                 except Exception:
                     self._record_error(out, [i], traceback.format_exc())
 
-    @staticmethod
-    def _record_error(out: _Outcome, idxs: Sequence[int], tb: str) -> None:
+    def _record_error(self, out: _Outcome, idxs: Sequence[int], tb: str) -> None:
         out.errors += len(idxs)
         if out.first_error is None:
             out.first_error = tb
+        if len(out.tracebacks) < self.max_tracebacks and tb not in out.tracebacks:
+            out.tracebacks.append(tb)
         for i in idxs:
             out.scores[i], out.infos[i] = 0.0, {}
 
@@ -301,9 +504,17 @@ class RewardRunner:
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_worker_main, args=(child, self.specs), daemon=True, name="dare-reward")
+        out_read, out_write = self._ctx.Pipe(duplex=False)
+        proc = self._ctx.Process(
+            target=_worker_main, args=(child, self.specs, out_write), daemon=True, name="dare-reward"
+        )
         proc.start()
         child.close()
+        out_write.close()
+        # the reader owns the descriptor from here (it closes it at EOF: every writer is gone)
+        fd = os.dup(out_read.fileno())
+        out_read.close()
+        threading.Thread(target=_pump, args=(fd, self._output), daemon=True, name="dare-reward-output").start()
         w = _Worker(proc, parent)
         self._workers.append(w)
         return w
@@ -378,6 +589,9 @@ class RewardRunner:
                 task = w.task
                 if task_id != task.task_id:
                     continue
+                if kind == _DONE:  # the worker has cleaned up after the task
+                    w.task = None
+                    break
                 out = outcomes[task.spec_index]
                 if task.batched:
                     if kind == _OK:
@@ -393,8 +607,6 @@ class RewardRunner:
                         self._record_error(out, [i], payload)
                 w.received += 1
                 w.deadline = time.monotonic() + self.timeout_s
-                if w.received >= task.n_messages:
-                    w.task = None
         except (EOFError, OSError):
             pass
         if w.task is not None and not w.proc.is_alive():
@@ -406,6 +618,10 @@ class RewardRunner:
         task = w.task
         assert task is not None
         done = w.received
+        if done >= task.n_messages:  # every result is in; it died or hung cleaning up
+            w.task = None
+            self._retire(w)
+            return
         current = task.idxs if task.batched else [task.idxs[done]]
         rest = [] if task.batched else task.idxs[done + 1 :]
         out = outcomes[task.spec_index]
@@ -439,6 +655,7 @@ class RewardRunner:
         total = [0.0] * n
         errors = timeouts = 0
         self.first_error = None
+        self.error_summary = {}
         for spec, out in zip(self.specs, outcomes):
             label = spec.key
             scores = [0.0 if s is None else float(s) for s in out.scores]
@@ -453,16 +670,33 @@ class RewardRunner:
                 metrics[f"reward/{label}/{k}"] = sum(col) / n
             errors += out.errors
             timeouts += out.timeouts
-            if out.first_error is not None and self.first_error is None:
-                self.first_error = out.first_error
+            if out.first_error is not None:
+                if self.first_error is None:
+                    self.first_error = out.first_error
+                self.error_summary[label] = (out.errors, list(out.tracebacks))
+                shown = "\n".join(
+                    f"--- traceback {k + 1} of {len(out.tracebacks)} ---\n{tb[-_TRACEBACK_CHARS:]}"
+                    for k, tb in enumerate(out.tracebacks)
+                )
+                more = "" if len(out.tracebacks) < self.max_tracebacks else f" (at most {self.max_tracebacks} shown)"
                 logger.error(
-                    "reward %r failed on %d sample(s) of this batch (scored 0); first traceback:\n%s",
+                    "reward %r failed on %d sample(s) of this batch (scored 0); %d distinct traceback(s)%s:\n%s",
                     label,
                     out.errors,
-                    out.first_error,
+                    len(out.tracebacks),
+                    more,
+                    shown,
                 )
             if out.first_timeout is not None:
                 logger.warning("%s (%d timeout(s) in this batch, scored 0)", out.first_timeout, out.timeouts)
+        _, dropped = self._output.reset()
+        if dropped:
+            logger.warning(
+                "reward workers printed %d byte(s) over the %d-byte cap of this batch (dropped)",
+                dropped,
+                self._output.limit,
+            )
+        metrics["reward/output_dropped_bytes"] = float(dropped)
         mean = sum(total) / n if n else 0.0
         metrics["reward/mean"] = mean
         metrics["reward/std"] = math.sqrt(sum((t - mean) ** 2 for t in total) / n) if n else 0.0
@@ -472,8 +706,15 @@ class RewardRunner:
         return total, metrics, components
 
 
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _numeric(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)  # bools count (as 0/1)
+    """An info value kept as a metric column: finite, and finite in float32 (bools count as 0/1)."""
+    try:
+        return isinstance(v, (int, float)) and math.isfinite(v) and abs(v) <= _FLOAT32_MAX
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 __all__ = ["RewardRunner"]

@@ -12,18 +12,24 @@ Every run is a fresh process with:
   the interpreter runs isolated (`python -I -B`: no `PYTHON*` variables, no user site);
 - with Linux namespaces (`unshare`, util-linux; the default where it works, as root or with
   unprivileged user namespaces): its own user, pid, mount and **network** namespace (no network
-  interface but a down loopback), every mount read-only, an empty private tmpfs as /tmp (the
-  working directory), /var/tmp and /dev/shm, no capabilities (and no_new_privs), the process
-  count limit counted per sandbox (the user namespace), and teardown of every process it started
-  when it ends (pid namespace);
+  interface but a down loopback), every mount read-only, a fresh /proc (only the run's
+  processes), every top-level directory but the system ones hidden (the interpreter bound back
+  read-only), an empty private tmpfs as /tmp (the working directory), /var/tmp and /dev/shm, an
+  unprivileged uid per process (as root), no capabilities at all (bounding set included) and
+  no_new_privs, the process count limit counted per sandbox, and teardown of every process it
+  started when it ends (pid namespace);
 - without them (`isolation="none"`, or `"auto"` where `unshare` fails: non-Linux, containers
   without user namespaces): rlimits, clean env, a fresh temporary working directory and a
   process-group kill only. The network is then reachable, files outside the working directory
-  writable with the caller's permissions, and there is no process-count limit (a per-user count
-  would count the caller's own processes). A warning is logged once.
+  readable and writable with the caller's permissions, there is no process-count limit (a
+  per-user count would count the caller's own processes), and the verdict of `run_tests` is not
+  protected from the program. A warning is logged once.
 
-Threat model: mistakes and resource abuse by generated code (loops, memory and fork bombs, stray
-file writes, network calls), not a determined attacker inspecting the harness from inside.
+`run_tests` never runs the tests in the program's interpreter: a separate verdict process (which
+never executes the program) runs them and calls the program's functions over a socket, data only,
+so patched builtins, a hunted nonce, an early `os._exit(0)` or an object that equals anything do
+not pass a test (`_sandbox_harness.py` explains the design). Threat model, what is and is not
+enforced: docs/security.md.
 """
 
 from __future__ import annotations
@@ -144,7 +150,7 @@ def _probe() -> dict[str, Any]:
     if shutil.which("unshare") is None:
         return {"ok": False, "why": "no unshare command (util-linux)"}
     try:
-        res = _run({"mode": "probe"}, "", SandboxLimits(cpu_s=5, wall_s=20), namespaces=True)
+        res, _ = _run({"mode": "probe"}, "", SandboxLimits(cpu_s=5, wall_s=20), namespaces=True)
     except OSError as e:
         return {"ok": False, "why": str(e)}
     try:
@@ -187,9 +193,16 @@ def _kill(proc: subprocess.Popen[bytes], namespaces: bool) -> None:
 
 
 def _run(
-    config: dict[str, Any], stdin: str, limits: SandboxLimits, namespaces: bool, python: str | None = None
-) -> SandboxResult:
+    config: dict[str, Any],
+    stdin: str,
+    limits: SandboxLimits,
+    namespaces: bool,
+    python: str | None = None,
+    tests: list[str] | None = None,
+) -> tuple[SandboxResult, str]:
+    """One harness run: its result, and what the verdict process wrote (`assert` mode)."""
     host = Path(tempfile.mkdtemp(prefix="dare-sandbox-"))
+    fds: list[int] = []
     try:
         work = host / "work"  # the program's working directory without namespaces (empty)
         work.mkdir()
@@ -197,11 +210,21 @@ def _run(
         config.update(tmpfs_mb=limits.tmpfs_mb, workdir=str(work))
         cmd = [python or _python(), "-I", "-B", str(HARNESS), str(host / "config.json")]
         env = dict(_CLEAN_ENV)
+        if tests is not None:
+            # the tests reach only the verdict process (a descriptor it inherits), its verdicts
+            # come back in a file no other process of the run holds
+            (host / "tests.json").write_text(json.dumps(tests))
+            fds = [
+                os.open(host / "verdict", os.O_WRONLY | os.O_CREAT, 0o600),
+                os.open(host / "tests.json", os.O_RDONLY),
+            ]
+            config.update(verdict_fd=fds[0], tests_fd=fds[1])
         if namespaces:
             as_root = os.geteuid() == 0
             if as_root:
                 lo, hi = SANDBOX_UID_RANGE
-                config["uid"] = lo + secrets.randbelow(hi - lo)
+                uid = lo + 2 * secrets.randbelow((hi - lo) // 2)
+                config.update(uid=uid, verdict_uid=uid + 1)  # two uids: neither can signal the other
             cmd = ["unshare", *([] if as_root else USERNS_ARGS), *UNSHARE_ARGS, "--", *cmd]
             env.update(HOME="/tmp", TMPDIR="/tmp")
         else:
@@ -225,8 +248,12 @@ def _run(
                 cwd=str(work),
                 env=env,
                 close_fds=True,
+                pass_fds=fds,
                 start_new_session=not namespaces,
             )
+            for fd in fds:
+                os.close(fd)
+            fds = []
             try:
                 # the harness enforces wall_s itself; this is the backstop
                 rc = proc.wait(timeout=limits.wall_s + 5.0)
@@ -242,13 +269,17 @@ def _run(
                 pass
         stdout = _read_capped(host / "stdout", limits.max_output_mb * _MB)
         stderr = _read_capped(host / "stderr", 64 * 1024)
+        verdict = _read_capped(host / "verdict", 1024 * 1024) if tests is not None else ""
     finally:
+        for fd in fds:
+            os.close(fd)
         shutil.rmtree(host, ignore_errors=True)
     if rc < 0:  # killed by a signal before the harness could report (fallback group kill)
         rc = 128 - rc
     timed_out = rc == 124 or "dare-sandbox: wall-clock limit reached" in stderr or elapsed >= limits.wall_s
     sig = rc - 128 if rc > 128 else None
-    return SandboxResult(rc, stdout, stderr, timed_out, elapsed, "namespaces" if namespaces else "none", sig)
+    result = SandboxResult(rc, stdout, stderr, timed_out, elapsed, "namespaces" if namespaces else "none", sig)
+    return result, verdict
 
 
 def run_program(
@@ -260,7 +291,7 @@ def run_program(
 ) -> SandboxResult:
     """Run `source` as a `__main__` program with `stdin`; returns its exit status and output."""
     limits = limits or SandboxLimits()
-    return _run({"mode": "stdio", "source": source}, stdin, limits, _resolve_isolation(isolation), python)
+    return _run({"mode": "stdio", "source": source}, stdin, limits, _resolve_isolation(isolation), python)[0]
 
 
 def run_tests(
@@ -270,23 +301,20 @@ def run_tests(
     isolation: Isolation = "auto",
     python: str | None = None,
 ) -> tuple[list[bool], SandboxResult]:
-    """Run `source`, then each test snippet (e.g. `assert f(2) == 4`) in its namespace, in one
-    sandboxed process. A test passes when it raises nothing; tests after a crash, a timeout or a
-    kill count as failed."""
+    """Run `source`, then each test snippet (e.g. `assert f(2) == 4`) against its top-level names.
+
+    The tests run in a separate verdict process that never executes `source` and calls the
+    program's functions over a socket, data in and out (see `_sandbox_harness.py`). A test passes
+    when it raises nothing there; tests after a crash, a timeout or a kill count as failed."""
     limits = limits or SandboxLimits()
-    nonce = secrets.token_hex(16)
-    res = _run(
-        {"mode": "assert", "source": source, "tests": list(tests), "nonce": nonce},
-        "",
-        limits,
-        _resolve_isolation(isolation),
-        python,
+    res, verdict = _run(
+        {"mode": "assert", "source": source}, "", limits, _resolve_isolation(isolation), python, tests=list(tests)
     )
     passed = [False] * len(tests)
-    for line in res.stdout.splitlines():
+    for line in verdict.splitlines():
         parts = line.split()
-        if len(parts) == 3 and parts[0] == nonce and parts[1].isdigit() and int(parts[1]) < len(tests):
-            passed[int(parts[1])] = parts[2] == "1"
+        if len(parts) == 2 and parts[0].isdigit() and int(parts[0]) < len(tests) and parts[1] in ("0", "1"):
+            passed[int(parts[0])] = parts[1] == "1"
     return passed, res
 
 

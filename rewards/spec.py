@@ -14,6 +14,11 @@ In a recipe (the list sits wherever the RL algorithm's arguments take it, e.g. `
 
 The total reward is `sum(weight_i * score_i)`; each component is kept (by `label`, which defaults
 to the name or the plug-in's function name) for metrics and logs.
+
+`bounds: [low, high]` (default `[-1e4, 1e4]`) is the range a score must lie in: a score outside it
+(e.g. a plug-in returning `1e300`, which becomes `inf` in float32 and NaN in the advantages) is a
+reward error, scored like a raising reward (0, counted in `reward/errors`), as is a NaN or
+infinite score.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ from dare.rewards.base import (
     resolve_reward,
 )
 
+# a score outside [low, high] is a reward error (float32 overflows at ~3.4e38)
+DEFAULT_BOUNDS = (-1e4, 1e4)
+
 
 @dataclass
 class RewardSpec:
@@ -52,6 +60,8 @@ class RewardSpec:
     args: dict[str, Any] = field(default_factory=dict)
     # the component's key in metrics (reward/<label>/mean); default: name or function name
     label: str | None = None
+    # [low, high]: a score outside it is a reward error (scored 0, counted in reward/errors)
+    bounds: list[float] = field(default_factory=lambda: list(DEFAULT_BOUNDS))
 
     @property
     def ref(self) -> str:
@@ -91,6 +101,9 @@ class RewardSpec:
         w = self.weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
             raise RecipeError(file, f"{key}.weight" if key else "weight", f"must be a finite number, got {w!r}")
+        problem = bounds_problem(self.bounds)
+        if problem:
+            raise RecipeError(file, f"{key}.bounds" if key else "bounds", problem)
         try:
             self.load()
         except RewardLoadError as e:
@@ -105,7 +118,7 @@ def as_spec(item: RewardSpec | Mapping[str, Any] | str) -> RewardSpec:
     if isinstance(item, str):
         return RewardSpec(path=item) if is_plugin_ref(item) else RewardSpec(name=item)
     if isinstance(item, Mapping):
-        known = {"name", "path", "weight", "args", "label"}
+        known = {"name", "path", "weight", "args", "label", "bounds"}
         unknown = sorted(set(item) - known)
         if unknown:
             raise RewardLoadError(f"unknown reward spec key(s) {unknown}; known: {sorted(known)}")
@@ -113,10 +126,27 @@ def as_spec(item: RewardSpec | Mapping[str, Any] | str) -> RewardSpec:
     raise RewardLoadError(f"a reward spec must be a dict, a RewardSpec or a string, got {type(item).__name__}")
 
 
+def bounds_problem(bounds: Any) -> str | None:
+    """Why `bounds` is not `[low, high]` with finite low < high (None when it is)."""
+    ok = (
+        isinstance(bounds, (list, tuple))
+        and len(bounds) == 2
+        and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
+    )
+    if not ok:
+        return f"must be [low, high], two finite numbers, got {bounds!r}"
+    if not bounds[0] < bounds[1]:
+        return f"low must be < high, got {list(bounds)!r}"
+    return None
+
+
 def _check_weight(spec: RewardSpec) -> RewardSpec:
     w = spec.weight
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
         raise RewardLoadError(f"reward {spec.ref!r}: weight must be a finite number, got {w!r}")
+    problem = bounds_problem(spec.bounds)
+    if problem:
+        raise RewardLoadError(f"reward {spec.ref!r}: bounds {problem}")
     return spec
 
 
@@ -153,16 +183,32 @@ class LoadedReward:
         fn = spec.load()
         return cls(spec, fn, is_batched(fn), accepted_extra(fn))
 
+    def bounded(self, value: tuple[float, dict[str, Any]]) -> tuple[float, dict[str, Any]]:
+        """`value` if its score lies in the spec's bounds.
+
+        Raises:
+            ValueError: (a reward error) naming the reward, the score and the bounds.
+        """
+        low, high = self.spec.bounds
+        if not low <= value[0] <= high:
+            raise ValueError(
+                f"reward {self.spec.key!r} returned {value[0]!r}, outside its bounds [{low:g}, {high:g}] "
+                "(the spec's `bounds`)"
+            )
+        return value
+
     def one(
         self, prompt: str, response: str, ground_truth: Any = None, extra: Mapping[str, Any] | None = None
     ) -> tuple[float, dict[str, Any]]:
         """Score one sample (a batched reward is called with a batch of one)."""
         if self.batched:
             extras = [extra] if extra else None
-            return call_batched_reward(
-                self.fn, self.spec.args, [prompt], [response], [ground_truth], extras, self.accepted
-            )[0]
-        return call_reward(self.fn, self.spec.args, prompt, response, ground_truth, extra, self.accepted)
+            return self.bounded(
+                call_batched_reward(
+                    self.fn, self.spec.args, [prompt], [response], [ground_truth], extras, self.accepted
+                )[0]
+            )
+        return self.bounded(call_reward(self.fn, self.spec.args, prompt, response, ground_truth, extra, self.accepted))
 
     def many(
         self,
@@ -173,11 +219,10 @@ class LoadedReward:
     ) -> list[tuple[float, dict[str, Any]]]:
         """Score a batch (a per-sample reward is called once per sample)."""
         if self.batched:
-            return call_batched_reward(
-                self.fn, self.spec.args, prompts, responses, ground_truths, extras, self.accepted
-            )
+            out = call_batched_reward(self.fn, self.spec.args, prompts, responses, ground_truths, extras, self.accepted)
+            return [self.bounded(v) for v in out]
         return [
-            call_reward(self.fn, self.spec.args, p, r, g, extras[i] if extras else None, self.accepted)
+            self.bounded(call_reward(self.fn, self.spec.args, p, r, g, extras[i] if extras else None, self.accepted))
             for i, (p, r, g) in enumerate(zip(prompts, responses, ground_truths))
         ]
 
@@ -208,4 +253,4 @@ class CombinedReward:
         return {"score": total, **out}
 
 
-__all__ = ["CombinedReward", "LoadedReward", "RewardSpec", "as_spec", "as_specs"]
+__all__ = ["DEFAULT_BOUNDS", "CombinedReward", "LoadedReward", "RewardSpec", "as_spec", "as_specs", "bounds_problem"]

@@ -80,6 +80,7 @@ def test_raising_and_hanging_rewards_score_zero_and_are_counted(plugin, tmp_path
     ]
     responses = ["3*8*1", "boom", "hang", "ok", "boom"]
     with caplog.at_level(logging.WARNING, logger="dare.rewards"), RewardRunner(specs, 2, timeout_s=2) as runner:
+        runner.score(["p"] * 2, ["ok"] * 2, [GT] * 2)  # workers started (a loaded machine: ~20 s)
         start = time.monotonic()
         scores, metrics, comp = runner.score(["p"] * 5, responses, [GT] * 5)
         elapsed = time.monotonic() - start

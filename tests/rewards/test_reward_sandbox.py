@@ -173,3 +173,56 @@ def test_fallback_without_namespaces_still_limits():
     assert res.timed_out
     res = run_program("import os\nprint(os.getcwd(), os.listdir('.'))", "", LIMITS, isolation="none")
     assert res.ok and res.stdout.strip().endswith("[]")
+
+
+def test_assert_tests_call_the_program_through_data():
+    """Tests run in a separate verdict process (docs/security.md): the usual shapes of tests still
+    work - classes, generators, expected exceptions, in-place changes, a HumanEval `check`."""
+    program = """
+import math
+LIMIT = 10
+class Solution:
+    def two_sum(self, nums, target):
+        seen = {}
+        for i, n in enumerate(nums):
+            if target - n in seen:
+                return [seen[target - n], i]
+            seen[n] = i
+def squares(n):
+    for i in range(n):
+        yield i * i
+def safe_div(a, b):
+    if b == 0:
+        raise ValueError("zero")
+    return a / b
+def sort_in_place(xs):
+    xs.sort()
+def stats(xs):
+    return {"mean": sum(xs) / len(xs), "set": set(xs), "t": (1, 2), "b": b"x", "c": 1 + 2j}
+def root(x):
+    return math.sqrt(x)
+class Counter:
+    def __init__(self):
+        self.n = 0
+    def inc(self):
+        self.n += 1
+        return self.n
+print("the program's own output")
+"""
+    tests = [
+        "assert Solution().two_sum([2, 7, 11, 15], 9) == [0, 1]",
+        "assert list(squares(4)) == [0, 1, 4, 9] and max(squares(5)) == 16",
+        "try:\n    safe_div(1, 0)\n    assert False\nexcept ValueError:\n    pass",
+        "xs = [3, 1, 2]\nsort_in_place(xs)\nassert xs == [1, 2, 3]",
+        "s = stats([1, 2, 2])\nassert abs(s['mean'] - 5 / 3) < 1e-9 and s['set'] == {1, 2} and s['t'] == (1, 2)\n"
+        "assert s['b'] == b'x' and s['c'] == 1 + 2j",
+        "assert math.isclose(root(2), 2 ** 0.5) and LIMIT == 10",
+        "def check(candidate):\n    assert candidate(9) == 3.0\ncheck(root)",
+        "c = Counter()\nc.inc()\nassert c.inc() == 2 and c.n == 2",
+        "assert root(-1) is None",  # raises ValueError in the program: fails
+        "assert safe_div(1, 2) == 0.4",  # wrong expectation: fails
+        "assert squares(2) == [0, 1]",  # a generator is not data: equal only to itself
+    ]
+    passed, res = run_tests(program, tests, LIMITS)
+    assert passed == [True] * 8 + [False] * 3, res.stderr
+    assert res.stdout == "the program's own output\n"
