@@ -316,6 +316,7 @@ def _check_combinations(recipe: Recipe, file: Any) -> None:
     sharded = recipe.resources.resolved_strategy() == "fsdp2"
     for i, stage in enumerate(recipe.stages):
         algo = ALGORITHMS.get(stage.algorithm)
+        algo.check_recipe(recipe, stage, f"stages[{i}]", file)
         if stage.sft_control and not any(s.kind == "sft" for s in recipe.stages[:i]):
             raise RecipeError(
                 file, f"stages[{i}].sft_control", "needs an earlier sft stage (its settings train the control)"
