@@ -11,7 +11,8 @@ lists (`@batched`). A recipe names a reward by registry name or `path/to/file.py
       - {path: examples/custom_reward/my_reward.py:length_penalty, weight: 0.5, args: {max_chars: 64}}
 
 Built-ins: `countdown`, `sudoku`, `addition`, `sort` (the built-in tasks' verifiers), `math`
-(`\\boxed{}` / `####` answers, equivalence by math-verify), `format` (tag structure), `code`
+(`<answer>` / `\\boxed{}` / `####` answers, equivalence by math-verify), `format` (tag structure),
+d1's GSM8K format rewards `xml_count`, `soft_format`, `strict_format`, `int_answer`, `code`
 (tests run in a sandbox), `judge` (an OpenAI-compatible LLM endpoint, e.g. a vLLM server).
 
     from dare.rewards import RewardRunner
@@ -19,7 +20,7 @@ Built-ins: `countdown`, `sudoku`, `addition`, `sort` (the built-in tasks' verifi
         scores, metrics, components = runner.score(prompts, responses, ground_truths, extras)
 """
 
-from dare.rewards import code_exec, judge, math_answer, tag_format, tasks  # noqa: F401  (register built-ins)
+from dare.rewards import code_exec, d1_format, judge, math_answer, tag_format, tasks  # noqa: F401  (register built-ins)
 from dare.rewards.base import (
     REWARDS,
     RewardFn,
