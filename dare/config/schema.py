@@ -93,6 +93,11 @@ class DataSpec:
     # response length in tokens (SFT pads answers with EOS up to it; generation length)
     gen_length: int = 16
     max_prompt_length: int = 64
+    # an instruction added to every training and evaluation prompt (SFT, RL, preference, eval
+    # rows; not the OpenCompass benchmarks, which use their own prompts): as a system turn, or
+    # (user_prefix) written before the first user turn's text with a blank line, as d1 does
+    system_prompt: str | None = None
+    system_prompt_placement: Literal["system", "user_prefix"] = "system"
 
     def validate(self, key: str, file: Any) -> None:
         for name in ("train", "eval"):
@@ -106,6 +111,8 @@ class DataSpec:
         for name in ("num_train", "num_eval", "gen_length", "max_prompt_length"):
             if getattr(self, name) < 1:
                 raise RecipeError(file, f"{key}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        if self.system_prompt is not None and not self.system_prompt.strip():
+            raise RecipeError(file, f"{key}.system_prompt", "is empty; leave it out (null) for no system prompt")
 
 
 @dataclass

@@ -28,6 +28,7 @@ import yaml
 from dare.algorithms import ALGORITHMS
 from dare.config import Recipe, StageSpec, build_recipe
 from dare.config.schema import BUILTIN_PREFIX
+from dare.data.formatting import apply_system_prompt
 from dare.data.loading import load_dataset_spec
 from dare.registry import Registry
 from dare.trainer.evaluate import benchmark_report, check_benchmark_setup, evaluate_accuracy, evaluate_benchmarks
@@ -236,7 +237,7 @@ class Pipeline:
             d.train, split="train", n=n, seed=self.recipe.seed, kind=ROW_KINDS.get(kind, "sft"),
             columns=d.columns or None, on_error=d.on_error, task_kwargs=d.task_args or None,
         )  # fmt: skip
-        return rows[d.num_train :] if rl else rows
+        return apply_system_prompt(rows[d.num_train :] if rl else rows, d.system_prompt, d.system_prompt_placement)
 
     def _eval_rows(self) -> list[dict[str, Any]]:
         d = self.recipe.data
@@ -246,7 +247,7 @@ class Pipeline:
             seed=self.recipe.seed, kind="prompt", columns=d.columns or None, on_error=d.on_error,
             task_kwargs=d.task_args or None,
         )  # fmt: skip
-        return rows[: self.recipe.eval.num_prompts]
+        return apply_system_prompt(rows[: self.recipe.eval.num_prompts], d.system_prompt, d.system_prompt_placement)
 
     # -------------------------------------------------------------- evaluation and report
 
