@@ -64,3 +64,34 @@ def test_math_reads_the_answer_tag():
     assert score("math", GOOD.replace("72", "73"), gsm8k_truth) == 0.0
     assert score("math", "<reasoning>\nx\n</reasoning>\n<answer>\n72.0\n</answer>", "72") == 1.0
     assert score("math", "<answer>\n72", "72") == 0.0
+
+
+def test_the_d1_recipe_reproduces_d1s_reward_scale_and_prompt(tmp_path):
+    """recipes/llada/d1_gsm8k.yaml: d1's five rewards with weights that give d1's values (a perfect
+    response scores 4.0 as in d1: 4 x 0.5 format + 2.0 correctness), and d1's prompt before the question."""
+    import json
+    from pathlib import Path
+
+    from dare.config import load_recipe
+    from dare.data.formatting import with_system_prompt
+    from dare.models import tiny
+    from dare.rewards import CombinedReward
+
+    root = Path(__file__).resolve().parents[2]
+    tiny("llada").save_pretrained(tmp_path / "ckpt")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"question": "q", "answer": "#### 72"}) + "\n")
+    overrides = [f"model.path={tmp_path / 'ckpt'}", f"data.train={rows}", f"data.eval={rows}",
+                 f"eval.benchmark_files.gsm8k={rows}"]  # fmt: skip
+    recipe = load_recipe(root / "recipes" / "llada" / "d1_gsm8k.yaml", overrides)
+    combined = CombinedReward(recipe.stages[0].args.rewards)
+    truth = "Natalia sold 48/2 = 24 clips in May.\n#### 72"
+    # d1: xmlcount 0.5 + soft 0.5 + strict 0.5 + int 0.5 + correctness 2.0
+    assert combined("q", GOOD, truth)["score"] == pytest.approx(4.0)
+    assert combined("q", GOOD.replace("72", "73"), truth)["score"] == pytest.approx(2.0)
+    assert combined("q", "72", truth)["score"] == pytest.approx(0.5)  # only d1's int reward
+    d = recipe.data
+    prompt = with_system_prompt("How many clips?", d.system_prompt, d.system_prompt_placement)
+    # d1's data_utils.py: SYSTEM_PROMPT + "\n\n" + question, in the user turn
+    d1_prompt = "\nRespond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>\n"
+    assert prompt == d1_prompt + "\n\nHow many clips?"
