@@ -11,9 +11,10 @@ lists (`@batched`). A recipe names a reward by registry name or `path/to/file.py
       - {path: examples/custom_reward/my_reward.py:length_penalty, weight: 0.5, args: {max_chars: 64}}
 
 Built-ins: `countdown`, `sudoku`, `addition`, `sort` (the built-in tasks' verifiers), `task` (the
-row's own built-in task), `math` (`\\boxed{}` / `####` answers, equivalence by math-verify),
-`gsm8k` (final number, numeric comparison), `multiple_choice` (option letter), `exact_match`,
-`format` (tag structure), `code` (tests run in a sandbox), `judge` (an OpenAI-compatible LLM
+row's own built-in task), `math` (`<answer>` / `\\boxed{}` / `####` answers, equivalence by
+math-verify), `gsm8k` (final number, numeric comparison), `multiple_choice` (option letter),
+`exact_match`, `format` (tag structure), d1's GSM8K format rewards `xml_count`, `soft_format`,
+`strict_format`, `int_answer`, `code` (tests run in a sandbox), `judge` (an OpenAI-compatible LLM
 endpoint, e.g. a vLLM server). The same verifiers score the after-stage check: `scorers.py`.
 
     from dare.rewards import RewardRunner
@@ -21,7 +22,7 @@ endpoint, e.g. a vLLM server). The same verifiers score the after-stage check: `
         scores, metrics, components = runner.score(prompts, responses, ground_truths, extras)
 """
 
-from dare.rewards import answers, code_exec, judge, math_answer, tag_format, tasks  # noqa: F401  (register built-ins)
+from dare.rewards import answers, code_exec, d1_format, judge, math_answer, tag_format, tasks  # noqa: F401  (register built-ins)
 from dare.rewards.base import (
     REWARDS,
     RewardFn,

@@ -3,9 +3,11 @@ mathematical equivalence by `math-verify` (Hugging Face's maintained verifier: L
 expressions parsed to sympy, so `\\frac{1}{2}` == `0.5`, `3\\sqrt{2}` == `\\sqrt{18}`,
 `\\{1,2\\}` == `\\{2,1\\}`, `x=3` == `3`), not a home-made normaliser.
 
-The final answer of the response is the content of its last `\\boxed{...}` (balanced braces), or
-else the text after its last `####` (GSM8K style, up to the end of that line). A response with
-neither scores 0 (`pred` None). The ground truth may be the bare answer (`"72"`, `"\\frac{1}{2}"`)
+The final answer of the response is taken from its last `<answer>...</answer>` when it has one
+(d1's `<reasoning>...</reasoning><answer>...</answer>` format): a `\\boxed{}` or `####` answer
+inside the tags, else the tags' whole (stripped) content. Without answer tags it is the content of
+the last `\\boxed{...}` (balanced braces), or else the text after the last `####` (GSM8K style, up
+to the end of that line). A response with none of these scores 0 (`pred` None). The ground truth may be the bare answer (`"72"`, `"\\frac{1}{2}"`)
 or a full reference solution holding a `\\boxed{}` or `####` answer (MATH / GSM8K rows).
 
 Returns `{"score": 1.0 | 0.0, "acc": same, "pred": the extracted answer or None}`.
@@ -19,6 +21,19 @@ from typing import Any
 from dare.rewards.base import register_reward
 
 _BOXED = ("\\boxed", "\\fbox")
+_ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
+
+
+def answer_tag(text: str) -> str | None:
+    """The stripped content of the last closed `<answer>...</answer>` in `text`; None if there
+    is none (an unclosed tag, e.g. a truncated response, does not count)."""
+    end = text.rfind(_ANSWER_CLOSE)
+    if end < 0:
+        return None
+    start = text.rfind(_ANSWER_OPEN, 0, end)
+    if start < 0:
+        return None
+    return text[start + len(_ANSWER_OPEN) : end].strip()
 
 
 def last_boxed(text: str) -> str | None:
@@ -42,10 +57,18 @@ def last_boxed(text: str) -> str | None:
 
 
 def final_answer(text: Any) -> str | None:
-    """The final answer of a solution text: last `\\boxed{}` content, else what follows the last
-    `####` on its line; None if neither is present (or the answer is empty)."""
+    """The final answer of a solution text: inside the last `<answer>...</answer>` if present
+    (its `\\boxed{}` / `####` answer, else all of it); otherwise the last `\\boxed{}` content,
+    else what follows the last `####` on its line; None if none is present (or it is empty)."""
     if not isinstance(text, str):
         return None
+    tagged = answer_tag(text)
+    if tagged is not None:
+        return _boxed_or_hash(tagged) or tagged or None
+    return _boxed_or_hash(text)
+
+
+def _boxed_or_hash(text: str) -> str | None:
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed or None
@@ -86,7 +109,7 @@ def answers_equal(reference: str, prediction: str, timeout_s: int = 5) -> bool:
 
 @register_reward("math")
 def math_reward(prompt: str, response: str, ground_truth: Any = None, timeout_s: int = 5) -> dict[str, Any]:
-    """1.0 if the response's final answer (`\\boxed{}` or `####`) equals the reference."""
+    """1.0 if the response's final answer (`<answer>`, `\\boxed{}` or `####`) equals the reference."""
     pred = final_answer(response)
     ref = reference_answer(ground_truth)
     ok = pred is not None and ref is not None and answers_equal(ref, pred, timeout_s)
@@ -94,4 +117,4 @@ def math_reward(prompt: str, response: str, ground_truth: Any = None, timeout_s:
     return {"score": score, "acc": score, "pred": pred}
 
 
-__all__ = ["answers_equal", "final_answer", "last_boxed", "math_reward", "reference_answer"]
+__all__ = ["answer_tag", "answers_equal", "final_answer", "last_boxed", "math_reward", "reference_answer"]

@@ -58,6 +58,17 @@ class Algorithm:
     def needs_reference(self) -> bool:
         return False
 
+    @property
+    def reference_sync(self) -> tuple[int, float]:
+        """(N, alpha): after every N-th optimizer update of the stage the actor moves its frozen
+        reference toward the policy, ref = alpha * policy + (1 - alpha) * ref; N = 0: never."""
+        return 0, 1.0
+
+    @classmethod
+    def check_recipe(cls, recipe: Any, stage: Any, key: str, file: Any) -> None:
+        """Checks of the stage's arguments against the rest of the recipe (model, resources),
+        at recipe load; raise `RecipeError` naming `key`."""
+
     def prepare(
         self, model: torch.nn.Module, reference, batch: dict[str, torch.Tensor]
     ) -> list[dict[str, torch.Tensor]]:

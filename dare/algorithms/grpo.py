@@ -11,6 +11,15 @@ old, reference and current policy:
 with logp the estimator's per-token value (dare.diffusion.estimators) and agg the token mean over
 the batch's response tokens. With mu = 1 the old policy is the current one (ratio exactly 1).
 
+Reference re-sync (`ref_sync_every: N`, `ref_sync_alpha: a`): after every N-th optimizer update
+of the stage the frozen reference becomes a * policy + (1 - a) * reference (TRL's
+`sync_ref_model` / `ref_model_sync_steps` / `ref_model_mixup_alpha`, the TR-DPO update, which d1
+and DiffuCoder configure). N counts optimizer updates, as TRL's global steps do (a trainer step
+takes mu of them); the reference log-probs of a step are computed before its updates, so a sync
+takes effect from the next step, as in TRL where they are computed at generation time. With LoRA
+the reference is the base model with the adapter off, which a sync cannot move: such recipes are
+refused (TRL 0.16 with PEFT has no reference model to sync and its callback silently does nothing).
+
 - `d1` (Zhao et al., arXiv 2504.12216; dllm-reasoning/d1): one-step estimator (completion fully
   masked, prompt masked with p_mask_prompt), advantage r - mean_group(r), eps 0.5, beta 0.04.
 - `coupled_grpo` (Gong et al., DiffuCoder, arXiv 2506.20639; apple/ml-diffucoder): the coupled
@@ -61,6 +70,11 @@ class GRPOArgs:
     reward_timeout_s: float = 10.0
     reward_workers: int = 2
     p_mask_prompt: float = 0.15
+    # move the frozen reference toward the policy after every N-th optimizer update (mu per
+    # step); 0 = never (the reference stays the stage's starting policy)
+    ref_sync_every: int = 0
+    # ref = alpha * policy + (1 - alpha) * ref at a sync (1 = copy; TRL's default mixup is 0.6)
+    ref_sync_alpha: float = 1.0
 
     def validate(self, key: str, file: Any) -> None:
         checks = {
@@ -73,10 +87,16 @@ class GRPOArgs:
             "p_mask_prompt": (0 <= self.p_mask_prompt < 1, "in [0, 1)"),
             "reward_timeout_s": (self.reward_timeout_s > 0, "> 0"),
             "reward_workers": (self.reward_workers >= 1, ">= 1"),
+            "ref_sync_every": (self.ref_sync_every >= 0, ">= 0"),
+            "ref_sync_alpha": (0 < self.ref_sync_alpha <= 1, "in (0, 1]"),
         }
         for name, (ok, rule) in checks.items():
             if not ok:
                 raise RecipeError(file, f"{key}.{name}", f"must be {rule}, got {getattr(self, name)!r}")
+        if self.ref_sync_every and self.beta == 0:
+            raise RecipeError(
+                file, f"{key}.ref_sync_every", "syncs the reference policy, but beta is 0 (no reference); set beta > 0"
+            )
         if self.rewards:  # names, plug-in files and argument signatures, before anything starts
             from dare.rewards.spec import LoadedReward, as_specs
 
@@ -112,6 +132,23 @@ class GRPO(Algorithm):
     @property
     def needs_reference(self) -> bool:
         return self.args.beta > 0
+
+    @property
+    def reference_sync(self) -> tuple[int, float]:
+        return self.args.ref_sync_every, self.args.ref_sync_alpha
+
+    @classmethod
+    def check_recipe(cls, recipe: Any, stage: Any, key: str, file: Any) -> None:
+        from dare.config.loader import RecipeError
+
+        if stage.args.ref_sync_every and recipe.model.lora is not None:
+            raise RecipeError(
+                file,
+                f"{key}.ref_sync_every",
+                "cannot sync the reference with model.lora: the reference is the base model with the adapter "
+                "disabled, which training never changes (TRL with PEFT does not sync either); set "
+                "ref_sync_every: 0 or train without LoRA (the reference is then a frozen copy that can be synced)",
+            )
 
     def prepare(
         self, model: torch.nn.Module, reference: ReferenceFn | None, batch: dict[str, torch.Tensor]

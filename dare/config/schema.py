@@ -132,6 +132,11 @@ class DataSpec:
     # skipped (counted, one warning), truncated to its last max_prompt_length tokens, or an error
     max_prompt_length: int = 64
     long_prompts: Literal["skip", "truncate", "fail"] = "skip"
+    # an instruction added to every training and evaluation prompt (SFT, RL, preference, eval
+    # rows; not the OpenCompass benchmarks, which use their own prompts): as a system turn, or
+    # (user_prefix) written before the first user turn's text with a blank line, as d1 does
+    system_prompt: str | None = None
+    system_prompt_placement: Literal["system", "user_prefix"] = "system"
 
     def validate(self, key: str, file: Any) -> None:
         for name in ("train", "eval"):
@@ -161,6 +166,8 @@ class DataSpec:
             value = getattr(self, name)
             if value is not None and value.startswith(BUILTIN_PREFIX):
                 self._check_builtin(value, f"{key}.{name}", f"{key}.task_args", file)
+        if self.system_prompt is not None and not self.system_prompt.strip():
+            raise RecipeError(file, f"{key}.system_prompt", "is empty; leave it out (null) for no system prompt")
 
     def _check_builtin(self, value: str, key: str, args_key: str, file: Any) -> None:
         """A `builtin:<task>` name is a registered task and `task_args` are its knobs with valid values."""
@@ -480,6 +487,7 @@ def _check_combinations(recipe: Recipe, file: Any) -> None:
         )
     for i, stage in enumerate(recipe.stages):
         algo = ALGORITHMS.get(stage.algorithm)
+        algo.check_recipe(recipe, stage, f"stages[{i}]", file)
         if stage.sft_control and not any(s.kind == "sft" for s in recipe.stages[:i]):
             raise RecipeError(
                 file, f"stages[{i}].sft_control", "needs an earlier sft stage (its settings train the control)"

@@ -2,7 +2,8 @@
 
 Rows are the normalized dicts of `dare.data.loading` and the built-in tasks: `prompt` is a string
 (one user turn) or a list of chat messages `{"role", "content"}` (a system turn, earlier turns);
-`response` is the assistant's reply text.
+`response` is the assistant's reply text. The recipe's `data.system_prompt` is added to the
+prompts when rows are loaded (`apply_system_prompt`).
 
 Token layout of one SFT batch (P = longest prompt in the batch, G = `gen_length`, L = P + G):
 
@@ -57,6 +58,51 @@ def prompt_messages(prompt: Prompt) -> list[dict[str, str]]:
             raise ValueError(f"prompt message {i} must be a dict with string 'role' and 'content', got {m!r}")
         messages.append({"role": m["role"], "content": m["content"]})
     return messages
+
+
+def with_system_prompt(prompt: Prompt, system_prompt: str | None, placement: str = "system") -> Prompt:
+    """`prompt` with the recipe's `data.system_prompt`: a system turn first ("system"), or the
+    text plus a blank line before the first user turn's content ("user_prefix", d1's
+    `SYSTEM_PROMPT + "\\n\\n" + question`; a string prompt stays a string). None: unchanged.
+
+    Raises:
+        ValueError: "system" on a prompt that has its own system turn (two would conflict), a
+            "user_prefix" prompt without a user turn, or an unknown placement.
+    """
+    if system_prompt is None:
+        return prompt
+    if placement == "user_prefix" and isinstance(prompt, str):
+        return f"{system_prompt}\n\n{prompt}"
+    messages = prompt_messages(prompt)
+    if placement == "system":
+        if any(m["role"] == "system" for m in messages):
+            raise ValueError("data.system_prompt: this prompt already has a system turn; drop one of the two")
+        return [{"role": "system", "content": system_prompt}, *messages]
+    if placement != "user_prefix":
+        raise ValueError(f"system prompt placement must be 'system' or 'user_prefix', got {placement!r}")
+    for m in messages:
+        if m["role"] == "user":
+            m["content"] = f"{system_prompt}\n\n{m['content']}"
+            return messages
+    raise ValueError("data.system_prompt (user_prefix): this prompt has no user turn to prefix")
+
+
+def apply_system_prompt(
+    rows: Sequence[Mapping[str, Any]], system_prompt: str | None, placement: str = "system"
+) -> list[dict[str, Any]]:
+    """Copies of `rows` whose `prompt` carries the system prompt (`with_system_prompt`); rows
+    pre-encoded as `prompt_ids` cannot take one and raise. None: the rows as a list, unchanged."""
+    if system_prompt is None:
+        return list(rows)
+    out = []
+    for i, row in enumerate(rows):
+        if "prompt" not in row:
+            raise ValueError(f"row {i}: data.system_prompt needs the prompt text (the row has none)")
+        try:
+            out.append({**row, "prompt": with_system_prompt(row["prompt"], system_prompt, placement)})
+        except ValueError as e:
+            raise ValueError(f"row {i}: {e}") from None
+    return out
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[int]:
@@ -345,6 +391,7 @@ __all__ = [
     "LONG_PROMPTS",
     "PromptReport",
     "SFTCollator",
+    "apply_system_prompt",
     "collate_preference",
     "collate_prompts",
     "collate_sft",
@@ -353,4 +400,5 @@ __all__ = [
     "encode_sft_row",
     "limit_prompts",
     "prompt_messages",
+    "with_system_prompt",
 ]

@@ -4,7 +4,7 @@ At the start of the stage the actor's policy is still the teacher (the previous 
 checkpoint), so the trainer first samples and caches `num_generations` many-step teacher
 responses for every training prompt (`teacher_sampling`, colocated actor or the separate rollout
 workers), scored with the task verifier for the `didi/teacher_accuracy` metric. The cache lives in
-the stage folder (`teacher_samples.pt`), so a resumed stage reuses it instead of sampling from a
+the stage folder (`teacher_samples.safetensors` + `.json`, no pickle), so a resumed stage reuses it instead of sampling from a
 half-trained student. Then per step:
 
     prompts of the step (deterministic, `BatchStream`) -> each repeated num_generations times,
@@ -29,8 +29,9 @@ from dare.trainer.metrics import rank_zero_metrics
 from dare.trainer.pipeline import STAGE_TRAINERS, StageContext
 from dare.trainer.runtime import dp_call
 from dare.trainer.stream import BatchStream, step_generator
+from dare.workers.state_io import load_tree, save_tree
 
-TEACHER_CACHE = "teacher_samples.pt"
+TEACHER_CACHE = "teacher_samples"  # teacher_samples.safetensors + .json (dare.workers.state_io)
 
 
 class DistillTrainer(StageTrainer):
@@ -44,12 +45,13 @@ class DistillTrainer(StageTrainer):
     def teacher_samples(self, chunk: int = 256) -> tuple[torch.Tensor, float]:
         """`[R, G, gen_length]` teacher responses for the R training prompts, and their accuracy."""
         ctx, G = self.ctx, self.args.num_generations
-        path = ctx.dir / TEACHER_CACHE
-        if path.is_file():
-            saved = torch.load(path, weights_only=True)  # tensors and a float: no pickled objects
+        if (ctx.dir / f"{TEACHER_CACHE}.json").is_file():  # written last: the cache is complete
+            saved = load_tree(ctx.dir, TEACHER_CACHE)  # safetensors + JSON: a tampered cache runs no code
             return saved["responses"], saved["accuracy"]
         if ctx.start_step:
-            raise FileNotFoundError(f"{path}: missing; the teacher samples of a resumed stage must be cached")
+            raise FileNotFoundError(
+                f"{ctx.dir / TEACHER_CACHE}.json: missing; the teacher samples of a resumed stage must be cached"
+            )
         sampling = {**self.args.teacher_sampling, "gen_length": self.gen_length, "num_generations": G}
         sampler = self.pipeline.rollout or ctx.actor
         rows, out, scores = ctx.train_rows, [], []
@@ -70,9 +72,7 @@ class DistillTrainer(StageTrainer):
                            for r, m in zip(group, masks)]  # fmt: skip
         cache = {"responses": torch.cat(out), "accuracy": sum(scores) / max(1, len(scores)), "sampling": sampling}
         Path(ctx.dir).mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(cache, tmp)
-        tmp.replace(path)
+        save_tree(cache, ctx.dir, TEACHER_CACHE)  # the JSON, written last, marks a complete cache
         return cache["responses"], cache["accuracy"]
 
     def batch(self, step: int, cache: torch.Tensor) -> DataProto:

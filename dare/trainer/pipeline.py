@@ -29,7 +29,7 @@ import yaml
 from dare.algorithms import ALGORITHMS
 from dare.config import Recipe, StageSpec, build_recipe
 from dare.config.schema import BUILTIN_PREFIX
-from dare.data.formatting import limit_prompts
+from dare.data.formatting import apply_system_prompt, limit_prompts
 from dare.data.loading import load_dataset_spec
 from dare.registry import Registry
 from dare.trainer.evaluate import (
@@ -316,7 +316,7 @@ class Pipeline:
             d.train, split="train", n=n, seed=self.recipe.seed, kind=ROW_KINDS.get(kind, "sft"),
             columns=d.columns or None, on_error=d.on_error, task_kwargs=d.task_args or None,
         )  # fmt: skip
-        rows = rows[d.num_train :] if rl else rows
+        rows = apply_system_prompt(rows[d.num_train :] if rl else rows, d.system_prompt, d.system_prompt_placement)
         return limit_prompts(rows, tokenizer, d.max_prompt_length, d.long_prompts, f"data.train ({d.train})")[0]
 
     def _eval_rows(self, tokenizer) -> list[dict[str, Any]]:
@@ -327,7 +327,7 @@ class Pipeline:
             seed=self.recipe.seed, kind="prompt", columns=d.columns or None, on_error=d.on_error,
             task_kwargs=d.task_args or None,
         )  # fmt: skip
-        rows = rows[: self.recipe.eval.num_prompts]
+        rows = apply_system_prompt(rows[: self.recipe.eval.num_prompts], d.system_prompt, d.system_prompt_placement)
         return limit_prompts(rows, tokenizer, d.max_prompt_length, d.long_prompts, f"eval rows ({source})")[0]
 
     # -------------------------------------------------------------- evaluation and report

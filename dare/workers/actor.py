@@ -42,6 +42,9 @@ from dare.workers.state_io import StateFileError, check_tree, has_tree, load_tre
 # training-state files (safetensors + JSON, never pickle): optimizer + lr schedule, algorithm extras
 OPTIM_STATE = "optimizer"
 ALGORITHM_STATE = "algorithm_state"
+# the frozen reference of a stage that re-syncs it (`ref_sync_every`): saved with the training
+# state once it differs from the stage's starting policy, so a resumed run continues with it
+REFERENCE_STATE = "reference"
 # metric set by `update_actor` when it skipped an update whose loss or gradient was not finite
 NON_FINITE = "actor/non_finite"
 
@@ -50,10 +53,11 @@ def check_training_state(path: str | Path) -> None:
     """Driver-side check of a `state/step_N` folder before the actor loads it: the optimizer state
     is there, nothing is pickled, manifests and safetensors headers are intact (cheap: no tensor
     data is read). Raises `StateFileError` naming the file."""
-    refuse_pickles(path, ALGORITHM_STATE)
     check_tree(path, OPTIM_STATE)
-    if has_tree(path, ALGORITHM_STATE):
-        check_tree(path, ALGORITHM_STATE)
+    for name in (ALGORITHM_STATE, REFERENCE_STATE):
+        refuse_pickles(path, name)
+        if has_tree(path, name):
+            check_tree(path, name)
 
 
 def peak_memory_mb(device: str) -> float:
@@ -179,6 +183,7 @@ class ActorWorker(Worker):
                 else:
                     self._frozen_reference = copy.deepcopy(self.model).eval().requires_grad_(False)
             self.reference = self._reference
+        self._ref_syncs = 0  # reference syncs so far in this stage
 
     # ------------------------------------------------------------------ training
 
@@ -273,6 +278,7 @@ class ActorWorker(Worker):
             self.optimizer.step()
             self.scheduler.step()
             self._version += 1
+            self._maybe_sync_reference()
         # real tokens of every sequence in the batch (preference batches: chosen_ and rejected_)
         tokens = float(sum(v.sum() for k, v in batch.items() if k.endswith("attention_mask")))
         metrics = self._mean_metrics(sums)
@@ -286,7 +292,47 @@ class ActorWorker(Worker):
                 "perf/max_memory_mb": peak_memory_mb(self.device),
             }
         )
+        if self.algorithm.reference_sync[0]:
+            metrics["actor/ref_syncs"] = float(self._ref_syncs)
         return DataProto(meta_info={"metrics": metrics})
+
+    def _maybe_sync_reference(self) -> None:
+        """After the stage's N-th, 2N-th ... optimizer update (the scheduler's count, which a
+        resumed run restores), ref <- alpha * policy + (1 - alpha) * ref, parameter by parameter.
+        Sharded, both models are sharded alike, so each rank updates its own shards."""
+        every, alpha = self.algorithm.reference_sync
+        if not every or self.scheduler.last_epoch % every:
+            return
+        if self._frozen_reference is None:  # refused at recipe load (LoRA); guard direct callers
+            raise ValueError("ref_sync_every needs a frozen-copy reference (no LoRA) and beta > 0")
+        if self.sharded:  # a root kept unsharded after its last forward: back to the registered shards
+            sharding.reshard(self.model)
+            sharding.reshard(self._frozen_reference)
+        policy = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, ref in self._frozen_reference.named_parameters():
+                if alpha == 1.0:
+                    ref.copy_(policy[name])
+                else:
+                    ref.mul_(1.0 - alpha).add_(policy[name], alpha=alpha)
+        self._ref_syncs += 1
+
+    def _reference_state(self) -> dict[str, torch.Tensor] | None:
+        """The synced reference's full state dict (CPU) on rank 0; None when it never moved."""
+        if self._frozen_reference is None or not self._ref_syncs:
+            return None
+        if self.sharded:
+            sd = sharding.full_state_dict(self._frozen_reference, rank0_only=True)
+        else:
+            sd = {k: v.detach().cpu() for k, v in self._frozen_reference.state_dict().items()}
+        return sd if self.rank == 0 else None
+
+    def _load_reference_state(self, loaded: dict[str, torch.Tensor]) -> None:
+        if self.sharded:
+            sharding.load_full_state_dict(self._frozen_reference, loaded)
+        else:
+            self._frozen_reference.load_state_dict(loaded)
+        self._ref_syncs = max(1, self._ref_syncs)
 
     @contextlib.contextmanager
     def _reference(self):
@@ -334,12 +380,15 @@ class ActorWorker(Worker):
                 if self.sharded
                 else self.optimizer.state_dict()
             )
+        reference = self._reference_state() if with_optimizer and self.algorithm is not None else None
         if self.rank == 0:
             Path(path).mkdir(parents=True, exist_ok=True)
             save_policy(model, path, base_dir)
             if optim is not None:
                 state = {"optimizer": optim, "scheduler": self.scheduler.state_dict(), "strategy": self.strategy}
                 save_tree(state, path, OPTIM_STATE)
+            if reference is not None:
+                save_tree(reference, path, REFERENCE_STATE)
             extra = getattr(self.algorithm, "extra_state", lambda: None)()  # e.g. DiDi's discriminator
             if extra is not None:
                 save_tree(extra, path, ALGORITHM_STATE)
@@ -379,6 +428,8 @@ class ActorWorker(Worker):
                 self.scheduler.load_state_dict(state["scheduler"])
             except (KeyError, TypeError, ValueError, RuntimeError) as e:
                 raise StateFileError(f"{optim}: does not fit this stage's optimizer ({e})") from None
+        if has_tree(path, REFERENCE_STATE) and getattr(self, "_frozen_reference", None) is not None:
+            self._load_reference_state(load_tree(path, REFERENCE_STATE))
         if has_tree(path, ALGORITHM_STATE) and hasattr(self.algorithm, "load_extra_state"):
             self.algorithm.load_extra_state(load_tree(path, ALGORITHM_STATE))
 
@@ -386,6 +437,12 @@ class ActorWorker(Worker):
     def state_checksum(self) -> float:
         """Sum of all parameters (replicas must agree; sharded parameters gathered)."""
         return float(sum(sharding.full_tensor(p.detach()).double().sum() for p in self.model.parameters()))
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def reference_checksum(self) -> float:
+        """Sum of the frozen reference's parameters (sharded ones gathered)."""
+        ref = self._frozen_reference
+        return float(sum(sharding.full_tensor(p.detach()).double().sum() for p in ref.parameters()))
 
 
 __all__ = ["ActorWorker", "lr_lambda"]

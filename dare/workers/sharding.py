@@ -64,6 +64,14 @@ def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def reshard(model: nn.Module) -> None:
+    """Register the sharded parameters of every FSDP module of `model` (frees unsharded ones
+    kept after a forward without backward, e.g. the root's), so parameters are DTensor shards."""
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor of a DTensor shard (a collective), or `t` itself."""
     return t.full_tensor() if isinstance(t, DTensor) else t
@@ -100,5 +108,6 @@ __all__ = [
     "is_sharded",
     "load_full_optimizer_state",
     "load_full_state_dict",
+    "reshard",
     "shard_model",
 ]

@@ -19,6 +19,7 @@ from dare.models.tokenizer import model_token_ids
 from dare.sampling import SamplingConfig, generate
 from dare.sampling.few_step import sample_trajectory, trajectory_logp
 from dare.sampling.guided import Guidance, GuidedModel
+from dare.workers.state_io import load_tree
 
 DIGITS = [str(d) for d in range(10)]
 
@@ -324,7 +325,7 @@ def test_didi_stage_through_the_pipeline_gives_an_ordinary_checkpoint(tmp_path):
                 "actor/pg_loss"):  # fmt: skip
         assert key in rows[-1], key
     assert rows[0]["actor/grad_norm"] == 0.0 and rows[-1]["actor/grad_norm"] > 0  # warm-up: discriminator only
-    assert torch.load(stage / "teacher_samples.pt")["responses"].shape == (24, 4, 10)
+    assert load_tree(stage, "teacher_samples")["responses"].shape == (24, 4, 10)
     assert "2" in state["eval"]
     model = load_policy(str(stage / "checkpoint"))
     tok = builtin_tokenizer()

@@ -113,11 +113,22 @@ def test_overrides(tmp_path):
         load_recipe(path, ["stages.0.lr"])
 
 
+# one row of each file benchmark, in its release layout (evals/benchmarks.py)
+BENCHMARK_ROWS = {
+    "gsm8k": {"question": "1+1?", "answer": "1+1=2\n#### 2"},
+    "math500": {"problem": "1+1?", "answer": "2"},
+    "humaneval": {"task_id": "HumanEval/0", "prompt": "def f():\n", "test": "def check(c):\n    assert c() == 1\n",
+                  "entry_point": "f"},
+    "mbpp": {"task_id": 1, "text": "Return 1.", "test_list": ["assert f() == 1"]},
+}  # fmt: skip
+
+
 def test_every_shipped_recipe_validates(tmp_path):
     """Every YAML under recipes/ (recursively) has a header and validates. Real-scale recipes name
-    a checkpoint folder and data files the test machine does not have: they are validated with
-    `model.path` / `data.*` overridden by a tiny checkpoint of the same family (the folder name:
-    recipes/<family>/...) and small data files, as a user would run them."""
+    a checkpoint (Hub id or folder), data files and benchmark files the test machine does not have:
+    they are validated with `model.path` / `data.*` / `eval.benchmark_files.*` overridden by a tiny
+    checkpoint of the same family (the folder name: recipes/<family>/...) and small files, as a user
+    would run them. Each real-scale recipe runs OpenCompass benchmarks after its stages."""
     from dare.models import tiny
 
     recipes = sorted((ROOT / "recipes").rglob("*.yaml"))
@@ -141,5 +152,12 @@ def test_every_shipped_recipe_validates(tmp_path):
             value = raw.get("data", {}).get(key)
             if value and not value.startswith("builtin:"):
                 overrides.append(f"data.{key}={data}")
+        for name in raw.get("eval", {}).get("benchmark_files", {}):
+            bench = tmp_path / f"{name}.jsonl"
+            bench.write_text(json.dumps(BENCHMARK_ROWS[name]) + "\n")
+            overrides.append(f"eval.benchmark_files.{name}={bench}")
         recipe = load_recipe(path, overrides)
         assert recipe.stages, path
+        if path.parent != ROOT / "recipes":  # real scale: scored by OpenCompass after every stage
+            assert recipe.eval.enabled and recipe.eval.benchmarks, f"{path}: set eval.benchmarks"
+            assert set(recipe.eval.benchmark_files) == set(recipe.eval.benchmarks), path
