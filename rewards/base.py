@@ -70,12 +70,28 @@ def is_batched(fn: RewardFn) -> bool:
     return getattr(fn, "batched", False) is True
 
 
-def register_reward(name: str, *, batched: bool = False) -> Callable[[RewardFn], RewardFn]:
-    """Decorator: register `fn` as the built-in reward `name` (a duplicate name raises)."""
+def row_fields(*names: str) -> Callable[[RewardFn], RewardFn]:
+    """Decorator: the data-row fields (columns beyond prompt / response / ground truth) `fn`
+    reads; only these reach it. A reward's other keyword arguments are then settings that only the
+    recipe's `args` set: a data row with a column named like one (`isolation`, `cpu_s`,
+    `base_url`) cannot loosen the code sandbox or redirect the judge. A plug-in without the
+    declaration receives every row field its signature accepts."""
+
+    def _mark(fn: RewardFn) -> RewardFn:
+        fn.row_fields = frozenset(names)  # type: ignore[attr-defined]
+        return fn
+
+    return _mark
+
+
+def register_reward(name: str, *, batched: bool = False, reads: tuple[str, ...] = ()) -> Callable[[RewardFn], RewardFn]:
+    """Decorator: register `fn` as the built-in reward `name` (a duplicate name raises). `reads`
+    names the data-row fields it takes (see `row_fields`); a built-in gets no other row field."""
 
     def _add(fn: RewardFn) -> RewardFn:
         if batched:
             fn.batched = True  # type: ignore[attr-defined]
+        row_fields(*reads)(fn)
         REWARDS.register(name, fn)
         return fn
 
@@ -233,8 +249,12 @@ def check_signature(fn: RewardFn, args: Mapping[str, Any], where: str) -> None:
 
 
 def accepted_extra(fn: RewardFn) -> frozenset[str] | None:
-    """Names of the keyword arguments `fn` accepts beyond the call args, or None if it takes
-    `**kwargs` (it accepts every extra field)."""
+    """The data-row fields passed to `fn`: those it declares (`row_fields`; every built-in does),
+    else the keyword arguments it accepts beyond the call args, or None if it takes `**kwargs`
+    (it accepts every extra field)."""
+    declared = getattr(fn, "row_fields", None)
+    if isinstance(declared, frozenset):
+        return frozenset(declared - set(CALL_ARGS) - set(BATCH_CALL_ARGS))
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
@@ -330,4 +350,5 @@ __all__ = [
     "normalize_output",
     "register_reward",
     "resolve_reward",
+    "row_fields",
 ]

@@ -59,7 +59,7 @@ def score_task(
         return 0.0  # a malformed ground truth (wrong shape for this task) scores 0, it is no crash
 
 
-@register_reward("countdown")
+@register_reward("countdown", reads=("task_args",))
 def countdown(
     prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None, task_args: dict | None = None
 ) -> float:
@@ -67,7 +67,7 @@ def countdown(
     return score_task("countdown", response, ground_truth, answer_tag, task_args)
 
 
-@register_reward("sudoku")
+@register_reward("sudoku", reads=("task_args",))
 def sudoku(
     prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None, task_args: dict | None = None
 ) -> float:
@@ -75,7 +75,7 @@ def sudoku(
     return score_task("sudoku", response, ground_truth, answer_tag, task_args)
 
 
-@register_reward("addition")
+@register_reward("addition", reads=("task_args",))
 def addition(
     prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None, task_args: dict | None = None
 ) -> float:
@@ -83,7 +83,7 @@ def addition(
     return score_task("addition", response, ground_truth, answer_tag, task_args)
 
 
-@register_reward("sort")
+@register_reward("sort", reads=("task_args",))
 def sort(
     prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None, task_args: dict | None = None
 ) -> float:
@@ -91,7 +91,7 @@ def sort(
     return score_task("sort", response, ground_truth, answer_tag, task_args)
 
 
-@register_reward("task")
+@register_reward("task", reads=("task", "task_args"))
 def row_task_reward(
     prompt: str,
     response: str,

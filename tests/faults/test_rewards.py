@@ -353,3 +353,41 @@ def test_huge_info_values_are_not_metric_columns(tmp_path):
     scores, metrics, comp = RewardRunner([f"{plug}:info"], num_workers=0).score(["p"], ["r"])
     assert scores == [1.0] and comp["info/ok"] == [0.5] and metrics["reward/info/ok"] == 0.5
     assert "info/acc" not in comp and "info/big" not in comp and "reward/info/acc" not in metrics
+
+
+# --- data rows cannot set a reward's settings ----------------------------------------------------
+
+
+def test_builtin_rewards_read_only_their_declared_row_fields():
+    """A data column named like a reward setting (the sandbox's `isolation` / `cpu_s`, the judge's
+    `base_url`, math's `timeout_s`) never reaches a built-in: only the task fields do."""
+    from dare.rewards import REWARDS
+    from dare.rewards.base import accepted_extra
+
+    for name in REWARDS.names():
+        accepted = accepted_extra(REWARDS.get(name))
+        assert accepted is not None and accepted <= {"task", "task_args"}, (name, accepted)
+
+
+@needs_namespaces
+def test_a_row_column_does_not_change_the_code_sandbox_settings():
+    half = "def f(x):\n    return 2 * x if x > 0 else 0\n"  # passes 2 of the 3 tests
+    hostile = {"all_or_nothing": True, "isolation": "none", "cpu_s": 1e9, "memory_mb": 10**6}
+    runner = RewardRunner(["code"], num_workers=0)
+    scores, _, _ = runner.score(["p", "p"], [half, half], [TESTS, TESTS], [{}, hostile])
+    assert scores == pytest.approx([2 / 3, 2 / 3])  # the row's all_or_nothing would make it 0
+    strict = RewardRunner([{"name": "code", "args": {"all_or_nothing": True}}], num_workers=0)
+    assert strict.score(["p"], [half], [TESTS])[0] == [0.0]  # the recipe's args do set it
+
+
+def test_a_plugin_declaring_row_fields_gets_only_those(tmp_path):
+    plug = tmp_path / "declared.py"
+    plug.write_text(
+        "from dare.rewards import row_fields\n"
+        "@row_fields('difficulty')\n"
+        "def graded(prompt, response, ground_truth=None, difficulty=1, limit=10, **rest):\n"
+        "    return float(difficulty * 100 + limit + len(rest))\n"
+    )
+    row = {"difficulty": 2, "limit": 10**9, "other": "x"}
+    scores, _, _ = RewardRunner([f"{plug}:graded"], num_workers=0).score(["p"], ["r"], None, [row])
+    assert scores == [210.0]  # difficulty from the row; limit stays the default; nothing else passed
