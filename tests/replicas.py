@@ -342,6 +342,16 @@ RELEASES: dict[str, Release] = {
         auto_map={"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
         tiny_dims=_QWEN_TINY,
     ),
+    # DiffuCoder (Apple, arXiv 2506.20639) is a Dream-architecture model with Dream's tokenizer
+    # code (DreamModel, tokenization_dream). Its released files are not in the DARE repository
+    # dare reads layouts from: the replica assumes Dream-v0-Instruct-7B's layout (Qwen2.5-7B sizes,
+    # Dream's tokenizer files and chat template), which its model card's loading code implies.
+    "diffucoder": Release(
+        name="DiffuCoder-7B-Instruct", repo_id="apple/DiffuCoder-7B-Instruct", family="dream", full_config=dream_7b,
+        n_shards=4, tokenizer=dream_tokenizer_files, architectures=["DreamModel"],
+        auto_map={"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+        tiny_dims=_QWEN_TINY,
+    ),
     "sdar-1.7b": _sdar("1.7B", sdar_1_7b, 1),
     "sdar-4b": _sdar("4B", sdar_4b, 2),
     "sdar-8b": _sdar("8B", sdar_8b, 4),

@@ -139,8 +139,6 @@ class GRPO(Algorithm):
 
     @classmethod
     def check_recipe(cls, recipe: Any, stage: Any, key: str, file: Any) -> None:
-        from dare.config.loader import RecipeError
-
         if stage.args.ref_sync_every and recipe.model.lora is not None:
             raise RecipeError(
                 file,

@@ -53,9 +53,10 @@ def check_training_state(path: str | Path) -> None:
     """Driver-side check of a `state/step_N` folder before the actor loads it: the optimizer state
     is there, nothing is pickled, manifests and safetensors headers are intact (cheap: no tensor
     data is read). Raises `StateFileError` naming the file."""
-    check_tree(path, OPTIM_STATE)
     for name in (ALGORITHM_STATE, REFERENCE_STATE):
         refuse_pickles(path, name)
+    check_tree(path, OPTIM_STATE)
+    for name in (ALGORITHM_STATE, REFERENCE_STATE):
         if has_tree(path, name):
             check_tree(path, name)
 

@@ -45,7 +45,7 @@ def recipe(kind: str, algorithm: str, **data) -> dict:
     return {
         "model": {"family": "llada", "preset": "tiny", "tokenizer": "builtin"},
         "data": {"train": "builtin:pref-sort" if kind == "preference" else "builtin:sort", "num_train": 4,
-                 "num_rl_prompts": 3, "num_eval": 5, **data},
+                 "num_rl_prompts": 3, "num_eval": 5, "max_prompt_length": 256, **data},
         "eval": {"num_prompts": 5},
         "stages": [{"kind": kind, "algorithm": algorithm, "steps": 1, "batch_size": 2}],
     }  # fmt: skip
@@ -56,7 +56,9 @@ def recipe(kind: str, algorithm: str, **data) -> dict:
 def test_pipeline_rows_carry_the_system_prompt(kind, algorithm, placement):
     pipe = Pipeline(build_recipe(recipe(kind, algorithm, system_prompt=SYS, system_prompt_placement=placement)))
     bare = Pipeline(build_recipe(recipe(kind, algorithm)))
-    for rows, plain in ((pipe.train_rows(kind), bare.train_rows(kind)), (pipe._eval_rows(), bare._eval_rows())):
+    tok = builtin_tokenizer()
+    pairs = ((pipe.train_rows(kind, tok), bare.train_rows(kind, tok)), (pipe._eval_rows(tok), bare._eval_rows(tok)))
+    for rows, plain in pairs:
         assert len(rows) == len(plain) > 0
         for row, p in zip(rows, plain):
             assert row["prompt"] == with_system_prompt(p["prompt"], SYS, placement)

@@ -201,7 +201,11 @@ def test_non_finite_or_out_of_bounds_reward_is_an_error(tmp_path, response, boun
 
 @pytest.mark.parametrize(
     ("bounds", "message"),
-    [([1, 0], "low must be < high"), ([0, float("inf")], "two finite numbers"), ([0], "two finite numbers")],
+    [
+        ([1, 0], "low must be < high"),
+        ([0, float("inf")], "must be a finite number, got inf"),
+        ([0], "two finite numbers"),
+    ],
 )
 def test_bad_bounds_are_refused_at_recipe_load(bounds, message):
     with pytest.raises(RecipeError) as e:

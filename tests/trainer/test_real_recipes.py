@@ -1,0 +1,190 @@
+"""Every real-scale recipe (recipes/<family>/*.yaml) rehearsed end to end through `dare run`.
+
+Each recipe runs as shipped (its Hub id, algorithm, rewards, LoRA, system prompt, reference
+re-sync, samplers and OpenCompass benchmarks) on a *replica* of the released model it names
+(tests/replicas.py: the released config with shrunk dimensions, the released tokenizer layout,
+special tokens and chat template, random weights in the released shard naming) installed in a
+huggingface_hub cache with the network off, and on small files in the data layouts the recipe
+names (GSM8K JSONL, AceCode-style code with tests, MATH JSONL, UltraFeedback-binarized parquet,
+HumanEval / MBPP / MATH-500 benchmark files). Only the scale is overridden: steps, batch sizes,
+generation lengths, sampling steps, CPU workers. What is checked: the run completes, every stage is
+trained, evaluated by the built-in check with the scorer its data calls for, and scored by each of
+its OpenCompass benchmarks, and the report is written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from replicas import RELEASES, install_replica
+
+from dare.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if p.parent != ROOT / "recipes")
+GEN = 32  # the rehearsal's generation length (LLaDA's recipes decode in 32-token blocks)
+
+# a module-scoped Hub cache: keep this file's tests on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("real_recipes")
+
+
+# --- data files in the released layouts ---------------------------------------------------------
+
+PAIRS = [(2, 3), (4, 5), (10, 7), (6, 6), (9, 1), (12, 3), (8, 8), (5, 11)]
+
+
+def gsm8k_rows() -> list[dict]:
+    return [{"question": f"Tom has {a} apples and buys {b} more. How many apples does he have?",
+             "answer": f"He has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}"} for a, b in PAIRS]  # fmt: skip
+
+
+def math_rows() -> list[dict]:
+    return [{"problem": f"Compute ${a} \\cdot {b}$.", "solution": f"${a} \\cdot {b} = \\boxed{{{a * b}}}$.",
+             "answer": str(a * b), "subject": "Prealgebra", "level": 1, "unique_id": f"test/prealgebra/{i}.json"}
+            for i, (a, b) in enumerate(PAIRS)]  # fmt: skip
+
+
+def acecode_rows() -> list[dict]:  # AceCode-87K: a question and a list of assert test cases
+    return [{"id": f"oss_{i}", "question": f"Write a function `add_{i}(x)` that returns x + {a}.",
+             "test_cases": [f"assert add_{i}(0) == {a}", f"assert add_{i}({b}) == {a + b}"]}
+            for i, (a, b) in enumerate(PAIRS)]  # fmt: skip
+
+
+def humaneval_rows() -> list[dict]:
+    return [{"task_id": f"HumanEval/{i}", "prompt": f'def add_{i}(x):\n    """Return x + {a}."""\n',
+             "canonical_solution": f"    return x + {a}\n", "entry_point": f"add_{i}",
+             "test": f"def check(candidate):\n    assert candidate({b}) == {a + b}\n"}
+            for i, (a, b) in enumerate(PAIRS)]  # fmt: skip
+
+
+def mbpp_rows() -> list[dict]:
+    return [{"task_id": 11 + i, "text": f"Write a function add_{i}(x) that returns x + {a}.",
+             "code": f"def add_{i}(x):\n    return x + {a}", "test_list": [f"assert add_{i}({b}) == {a + b}"]}
+            for i, (a, b) in enumerate(PAIRS)]  # fmt: skip
+
+
+def ultrafeedback_table():
+    """UltraFeedback-binarized preference rows (prompt, chosen and rejected message lists, scores)."""
+    import pyarrow as pa
+
+    rows = []
+    for i, (a, b) in enumerate(PAIRS):
+        prompt = f"What is {a} plus {b}?"
+        turn = [{"role": "user", "content": prompt}]
+        rows.append({"prompt": prompt, "prompt_id": f"{i:064x}",
+                     "chosen": turn + [{"role": "assistant", "content": f"{a} plus {b} is {a + b}."}],
+                     "rejected": turn + [{"role": "assistant", "content": f"It is {a + b + 1}."}],
+                     "messages": turn + [{"role": "assistant", "content": f"{a} plus {b} is {a + b}."}],
+                     "score_chosen": 8.0, "score_rejected": 3.0})  # fmt: skip
+    return pa.Table.from_pylist(rows)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def data_file(path: str, tmp: Path) -> str:
+    """A local file in the layout of the recipe's data path (by its name), under `tmp`."""
+    target = tmp / Path(path).relative_to("/")
+    name = target.name
+    if name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(ultrafeedback_table(), target)
+        return str(target)
+    if "humaneval" in str(target):
+        return write_jsonl(target, humaneval_rows())
+    if "mbpp" in str(target):
+        return write_jsonl(target, mbpp_rows())
+    if "acecode" in str(target):
+        return write_jsonl(target, acecode_rows())
+    if "math" in str(target):
+        return write_jsonl(target, math_rows())
+    if "gsm8k" in str(target):
+        return write_jsonl(target, gsm8k_rows())
+    raise AssertionError(f"no rehearsal data layout for {path}")
+
+
+# --- the rehearsal ------------------------------------------------------------------------------
+
+
+def shrink(raw: dict, tmp: Path) -> list[str]:
+    """`dare run` overrides that keep everything a recipe chooses but its scale (and point its
+    data paths at the rehearsal files)."""
+    out = [f"output_dir={tmp / 'run'}", "resources.device=cpu", "resources.num_workers=1",
+           f"data.gen_length={GEN}", "data.max_prompt_length=480", "eval.num_prompts=4", "eval.batch_size=4",
+           "eval.limit=2", "eval.sampling.steps=8"]  # fmt: skip
+    for key in ("train", "eval"):
+        out.append(f"data.{key}={data_file(raw['data'][key], tmp)}")
+    for name, path in raw["eval"].get("benchmark_files", {}).items():
+        out.append(f"eval.benchmark_files.{name}={data_file(path, tmp)}")
+    for i, stage in enumerate(raw["stages"]):
+        small = {"steps": 2, "batch_size": 2, "grad_accum": 1, "save_every": 1, "log_every": 1}
+        if "num_generations" in stage:
+            small["num_generations"] = 2
+        if stage.get("mu", 1) > 2:
+            small["mu"] = 2
+        if stage.get("warmup_steps", 0) > 1:
+            small["warmup_steps"] = 1
+        if stage.get("ref_sync_every"):
+            small["ref_sync_every"] = 1  # a re-sync happens within the two steps
+        if "sampling" in stage:
+            small["sampling.steps"] = 8
+        out += [f"stages.{i}.{k}={v}" for k, v in small.items()]
+    return out
+
+
+def release_of(model_path: str):
+    matches = [key for key, rel in RELEASES.items() if rel.repo_id == model_path]
+    assert matches, f"no replica layout for {model_path}: add it to tests/replicas.py"
+    return matches[0]
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf") / "hub"
+    paths = {yaml.safe_load(p.read_text())["model"]["path"] for p in RECIPES}
+    for path in sorted(paths):
+        install_replica(release_of(path), root, seed=1)
+    return root
+
+
+def test_the_real_scale_recipes_are_the_ones_rehearsed():
+    names = {p.relative_to(ROOT / "recipes").as_posix() for p in RECIPES}
+    assert {"llada/d1_gsm8k.yaml", "llada/vrpo_ultrafeedback.yaml", "dream/coupled_grpo_code.yaml",
+            "sdar/coupled_grpo_math.yaml"} <= names  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.relative_to(ROOT / "recipes").as_posix())
+def test_recipe_runs_end_to_end_on_its_replica(recipe, hub_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    raw = yaml.safe_load(recipe.read_text())
+    assert "/" in raw["model"]["path"] and not Path(raw["model"]["path"]).exists()  # a Hub id, from the cache
+    assert main(["run", str(recipe), *shrink(raw, tmp_path)]) == 0
+
+    run = tmp_path / "run"
+    results = json.loads((run / "eval" / "results.json").read_text())
+    state = json.loads((run / "run_state.json").read_text())
+    assert sorted(state["completed"]) == list(range(len(raw["stages"])))
+    for i, stage in enumerate(raw["stages"]):
+        folder = next(run.glob(f"stage-{i + 1}-*"))
+        assert (folder / "checkpoint" / "config.json").is_file(), folder
+        metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert len(metrics) == 2 and all(m["step"] in (1, 2) for m in metrics)
+        if stage["kind"] == "rl":
+            assert all("reward/mean" in m for m in metrics)
+        if stage.get("ref_sync_every"):
+            assert metrics[-1]["actor/ref_syncs"] >= 1
+        evaluation = results[str(i + 1)]
+        assert set(evaluation["benchmarks"]) >= set(raw["eval"]["benchmarks"])
+        for name in raw["eval"]["benchmarks"]:
+            score = evaluation["benchmarks"][name]["score"]
+            assert 0 <= score <= 100 and evaluation["benchmarks"][name]["num_examples"] == 2, (name, evaluation)
+    assert (run / "report.md").is_file()
