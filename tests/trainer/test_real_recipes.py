@@ -175,7 +175,8 @@ def test_recipe_runs_end_to_end_on_its_replica(recipe, hub_cache, tmp_path, monk
     assert sorted(state["completed"]) == list(range(len(raw["stages"])))
     for i, stage in enumerate(raw["stages"]):
         folder = next(run.glob(f"stage-{i + 1}-*"))
-        assert (folder / "checkpoint" / "config.json").is_file(), folder
+        saved = "adapter_config.json" if raw["model"].get("lora") else "config.json"  # LoRA: the adapter
+        assert (folder / "checkpoint" / saved).is_file(), folder
         metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         assert len(metrics) == 2 and all(m["step"] in (1, 2) for m in metrics)
         if stage["kind"] == "rl":
