@@ -1,7 +1,7 @@
-"""SFT learns every built-in task: eval exact-match rises clearly above the untrained model
-(0% on all four). Thresholds are conservative versions of values measured on a 2-core CPU with
-these seeds (torch 2.13 CPU, float32): sort 93.0%, sudoku 45.5%, addition 11.0%, countdown 5.5%
-(200 eval prompts; `python tests/algorithms/sft_utils.py` style runs, see `train_sft`)."""
+"""SFT learns the built-in tasks: eval exact-match rises clearly above the untrained model (0%).
+Measured on a 2-core CPU with these seeds (torch 2.13 CPU, float32, 200 eval prompts): sort 93.0%,
+sudoku 45.5%, addition 11.0%, countdown 5.5%. The suite runs the sort case (one small learning
+test); every task is in `benchmarks/sft_tasks.py` (same cases, several seeds)."""
 
 import pytest
 from sft_utils import accuracy, train_sft  # noqa: I001  (pytest puts this folder on sys.path)
@@ -18,7 +18,7 @@ CASES = [
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task,gen_length,steps,lr,knobs,measured,threshold", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("task,gen_length,steps,lr,knobs,measured,threshold", CASES[:1], ids=[CASES[0][0]])
 def test_sft_raises_exact_match(task, gen_length, steps, lr, knobs, measured, threshold):
     cfg = SamplingConfig(algorithm="llada", gen_length=gen_length, steps=gen_length, block_length=gen_length)
     untrained, tok, t, _ = train_sft("llada", task, 0, gen_length, task_args=knobs)
