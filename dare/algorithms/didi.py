@@ -147,7 +147,7 @@ class DiDiInstruct(Algorithm):
         # weight of the intermediate states' rewards (intermediate-state matching, the paper's; > 0
         # scores every student state); 0 = the final samples only, the default: with the frozen-
         # surprise discriminator it reached the same accuracy at 1/S of the discriminator work
-        # (sort-either, 4 steps: 85.3% vs 85.7%; docs/didi.md)
+        # (docs/didi.md)
         intermediate_weight: float = 0.0
 
         def validate(self, key: str, file: Any) -> None:
