@@ -308,8 +308,8 @@ def test_didi_stage_through_the_pipeline_gives_an_ordinary_checkpoint(tmp_path):
     evaluated by `dare eval`'s OpenCompass run. The distill stage caches teacher samples for its
     own `num_rl_prompts` prompts, not the SFT rows."""
     from dare.config import build_recipe
+    from dare.models.checkpoint import load_policy
     from dare.trainer import Pipeline
-    from dare.workers.builder import load_policy
 
     raw = yaml.safe_load(open("recipes/didi_quickstart.yaml"))
     raw["data"].update(num_train=32, num_rl_prompts=24, num_eval=16)
