@@ -10,14 +10,15 @@ import yaml
 
 from dare.algorithms import ALGORITHMS
 from dare.algorithms.didi import group_normalise, noise_pair, states_after_steps, step_advantages
+from dare.algorithms.didi_discriminator import DiffusionDiscriminator, log_ratio
 from dare.config import RecipeError, load_recipe
 from dare.data.tasks import builtin_tokenizer
+from dare.diffusion.trajectory import trajectory_logp
 from dare.models import tiny
-from dare.models.discriminator import DiffusionDiscriminator, log_ratio
 from dare.models.spec import aligned_logits
 from dare.models.tokenizer import model_token_ids
 from dare.sampling import SamplingConfig, generate
-from dare.sampling.few_step import sample_trajectory, trajectory_logp
+from dare.sampling.few_step import sample_trajectory
 from dare.sampling.guided import Guidance, GuidedModel
 from dare.workers.state_io import load_tree
 
