@@ -100,7 +100,7 @@ def _load_for_generate(args: argparse.Namespace):
         tokenizer = build_tokenizer(TINY_SYMBOLS)
         model = tiny(family, seed=args.seed, **model_token_ids(tokenizer))
     else:
-        from dare.workers.builder import load_model_and_tokenizer
+        from dare.models.checkpoint import load_model_and_tokenizer
 
         # a folder or Hub id; a LoRA adapter is merged; tokenizer ids checked against the config
         with checkpoint_errors(args.model):
@@ -193,7 +193,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
 
-    from dare.workers.builder import export_checkpoint
+    from dare.models.checkpoint import export_checkpoint
 
     with checkpoint_errors(args.stage_dir):
         out = export_checkpoint(args.stage_dir, args.out, merge_lora=args.merge_lora)

@@ -33,7 +33,7 @@ from dare.sampling import SamplingConfig, generate
 def load_dare_checkpoint(path: str, tokenizer_path: str | None = None, dtype: str = "float32", device: str = "cpu"):
     """(model in eval mode, tokenizer) of a dare checkpoint folder or Hub id (a LoRA adapter is
     merged; a released tokenizer loads without remote code, its ids checked against the config)."""
-    from dare.workers.builder import load_model_and_tokenizer
+    from dare.models.checkpoint import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(path, tokenizer_path, dtype)
     return model.to(device).eval(), tokenizer

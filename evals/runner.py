@@ -127,9 +127,9 @@ def check_checkpoint(path: str, tokenizer: str | None, sampling: dict[str, Any],
     import json as _json
 
     from dare.models import load_config
+    from dare.models.checkpoint import is_adapter_dir, load_policy
     from dare.models.hub import HubResolutionError, resolve_checkpoint
     from dare.models.released_tokenizers import load_tokenizer
-    from dare.workers.builder import is_adapter_dir, load_policy
 
     try:  # a folder or a Hub id (fetched, or from the cache offline)
         p = resolve_checkpoint(path)

@@ -4,7 +4,7 @@ Zheng et al., "Ultra-Fast Language Generation via Discrete Diffusion Divergence 
 arXiv 2509.25035 (haoyangzheng-ai/didi-instruct; its training code was unreleased at 7825a02,
 so this follows the paper). Roles, all in the actor process: the teacher (the actor's frozen
 reference copy, taken at the start of the stage), the student (the trainable policy, initialised
-from the teacher) and a discriminator D(z_t, t) (`dare.models.discriminator`, initialised from the
+from the teacher) and a discriminator D(z_t, t) (`dare.algorithms.didi_discriminator`, initialised from the
 teacher backbone, last blocks unfrozen, new head on (z_t, t), its own Adam).
 
 Objective: the integral KL between the forward-noised marginals of student samples x ~ p_nu and
@@ -25,7 +25,7 @@ Per step of the stage:
 3. the discriminator takes `disc_updates` BCE steps (student = 1, teacher = 0, label smoothing),
    so its logit estimates log q_nu(z_t) / q_theta(z_t) (`log_ratio` undoes the smoothing; dare's
    discriminator reads the tokens through `disc_views` complementary views and adds the frozen
-   teacher's surprise at them, see `dare.models.discriminator`);
+   teacher's surprise at them, see `dare.algorithms.didi_discriminator`);
 4. rewards R_s = -(discriminator logit of state s), a monotone stand-in for the log ratio that does
    not saturate (see `prepare`), normalised within each prompt's group (GRPO style);
    intermediate-state matching: step j's transition gets the advantage
@@ -45,9 +45,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from dare.algorithms.base import Algorithm, register_algorithm
+from dare.algorithms.didi_discriminator import DiffusionDiscriminator, log_ratio, smoothed_targets
+from dare.diffusion.trajectory import trajectory_logp, trajectory_states
 from dare.errors import RecipeError
-from dare.models.discriminator import DiffusionDiscriminator, log_ratio, smoothed_targets
-from dare.sampling.few_step import sample_trajectory, trajectory_logp, trajectory_states
+from dare.sampling.few_step import sample_trajectory
 from dare.sampling.ops import topk_transfer, uniform
 
 
@@ -131,7 +132,7 @@ class DiDiInstruct(Algorithm):
         disc_lr: float = 1e-3
         disc_unfrozen_blocks: int = 4
         # complementary views of the visible tokens the discriminator reads (dare's addition, see
-        # dare/models/discriminator.py; 1 = the paper's single pass)
+        # dare/algorithms/didi_discriminator.py; 1 = the paper's single pass)
         disc_views: int = 2
         # the views' surprise term is the frozen teacher's (True) or the trainable backbone's
         disc_frozen_surprise: bool = True
@@ -147,7 +148,7 @@ class DiDiInstruct(Algorithm):
         # weight of the intermediate states' rewards (intermediate-state matching, the paper's; > 0
         # scores every student state); 0 = the final samples only, the default: with the frozen-
         # surprise discriminator it reached the same accuracy at 1/S of the discriminator work
-        # (sort-either, 4 steps: 85.3% vs 85.7%; docs/didi.md)
+        # (docs/didi.md)
         intermediate_weight: float = 0.0
 
         def validate(self, key: str, file: Any) -> None:

@@ -37,8 +37,7 @@ the same prompt layout, plus `noise_seed [B]`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -47,13 +46,12 @@ import torch.nn.functional as F
 
 from dare.algorithms.base import Algorithm, register_algorithm, row_generators
 from dare.diffusion.elbo import ElboEstimator, elbo_samples
-from dare.diffusion.estimators import NoisePlan, model_spec
+from dare.diffusion.estimators import NoisePlan
 from dare.errors import RecipeError
-from dare.models.spec import DiffusionSpec
+from dare.models.spec import DiffusionSpec, ReferenceFn, model_spec
 
 SIDES = ("chosen", "rejected")
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "response_mask")
-ReferenceFn = Callable[[], AbstractContextManager[torch.nn.Module]]
 
 
 def side_batch(batch: Mapping[str, torch.Tensor], side: str) -> dict[str, torch.Tensor]:

@@ -27,8 +27,6 @@ set lr / grad_accum / grad_clip (official: Adam, clip 1.0, accumulation 4-8).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,9 +34,8 @@ import torch
 
 from dare.algorithms.base import Algorithm, register_algorithm, row_generators
 from dare.errors import RecipeError
+from dare.models.spec import ReferenceFn
 from dare.sampling.relaxed import RelaxedConfig, relaxed_sample
-
-ReferenceFn = Callable[[], AbstractContextManager[torch.nn.Module]]
 
 
 def relaxed_config(args: Any, gen_length: int) -> RelaxedConfig:

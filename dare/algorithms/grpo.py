@@ -29,8 +29,6 @@ refused (TRL 0.16 with PEFT has no reference model to sync and its callback sile
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,9 +38,9 @@ from dare.algorithms.base import Algorithm, register_algorithm, row_generators
 from dare.diffusion.estimators import NoisePlan, build_estimator
 from dare.diffusion.rl_losses import PPOClipConfig, rl_loss
 from dare.errors import RecipeError
+from dare.models.spec import ReferenceFn
 
 PLAN_PREFIX = "plan."
-ReferenceFn = Callable[[], AbstractContextManager[torch.nn.Module]]
 
 
 @dataclass

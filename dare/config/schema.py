@@ -7,7 +7,7 @@ A recipe is:
     resources:  workers, Ray address, rollout placement
     seed, output_dir
     eval:       the evaluation run after every stage
-    stages:     an ordered list; each has a `kind`, an `algorithm` registered for that kind, the
+    stages:     an ordered list; each names an `algorithm` (its `kind` follows from it), the
                 shared optimisation fields below, and the algorithm's own arguments (flat, next to them)
 """
 
@@ -71,7 +71,7 @@ class LoraSpec:
 @dataclass
 class ModelSpec:
     # a family preset initialised at random ...
-    family: Literal["llada", "dream", "sdar"] | None = None
+    family: str | None = None  # a registered family (dare.models.FAMILIES)
     preset: Literal["tiny"] | None = None
     # ... or a checkpoint: a local folder (config.json + safetensors) or a Hub id ORG/NAME[@REVISION]
     path: str | None = None
@@ -92,6 +92,11 @@ class ModelSpec:
             )
         if self.preset is not None and self.family is None:
             raise RecipeError(file, f"{key}.family", "is required with model.preset")
+        if self.family is not None:
+            from dare.models import FAMILIES
+
+            if self.family not in FAMILIES:
+                raise RecipeError(file, f"{key}.family", FAMILIES.unknown_message(self.family))
         if self.path is not None:
             try:  # a Hub id: its configs only (from the cache, or fetched online); weights come at build
                 p = resolve_checkpoint(self.path, files=CONFIG_FILES)
@@ -354,9 +359,8 @@ def build_stage(raw: Any, key: str, file: Any) -> StageSpec:
     for k in raw:
         if not isinstance(k, str):
             raise RecipeError(file, key, f"keys must be strings, got {short_repr(k)} ({type(k).__name__})")
-    for required in ("kind", "algorithm"):
-        if required not in raw:
-            raise RecipeError(file, f"{key}.{required}", "is required")
+    if "algorithm" not in raw:
+        raise RecipeError(file, f"{key}.algorithm", "is required")
     name = raw["algorithm"]
     if not isinstance(name, str):
         raise RecipeError(file, f"{key}.algorithm", f"expected str, got {short_repr(name)} ({type(name).__name__})")
@@ -364,7 +368,8 @@ def build_stage(raw: Any, key: str, file: Any) -> StageSpec:
         raise RecipeError(file, f"{key}.algorithm", ALGORITHMS.unknown_message(str(name)))
     algo = ALGORITHMS.get(name)
     arg_fields = {f.name for f in dataclasses.fields(algo.Args)}
-    common = {k: v for k, v in raw.items() if k in _STAGE_FIELDS}
+    # the stage kind is the algorithm's; writing it in the recipe is optional (checked when written)
+    common = {"kind": algo.kind, **{k: v for k, v in raw.items() if k in _STAGE_FIELDS}}
     extra = {k: v for k, v in raw.items() if k not in _STAGE_FIELDS}
     for k in extra:
         if k not in arg_fields:

@@ -34,7 +34,7 @@ from torch import nn
 
 from dare.diffusion.estimators import LogpEstimator, NoisePlan, register_estimator, rl_batch_masks, view_logp
 from dare.diffusion.noise import mask_exact_count, response_aligned_positions, stratified_mask_counts
-from dare.models.spec import DiffusionSpec
+from dare.models.spec import DiffusionSpec, model_spec
 
 
 def _groups(batch: Mapping[str, torch.Tensor], block_size: int | None) -> torch.Tensor:
@@ -128,7 +128,6 @@ def sequence_elbo(
 ) -> torch.Tensor:
     """ELBO of each row's response given the rest of the row, `[B]` float32 (differentiable;
     wrap in `torch.no_grad()` for evaluation)."""
-    from dare.diffusion.estimators import model_spec
 
     spec = spec or model_spec(model)
     est = ElboEstimator.for_spec(spec, num_samples)

@@ -63,9 +63,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dare.diffusion.noise import bernoulli_mask, complementary_masks, response_aligned_positions
+from dare.diffusion.noise import bernoulli_mask, complementary_masks, response_aligned_positions, uniform01
 from dare.diffusion.sft import block_diffusion_attention_mask
-from dare.models.spec import DiffusionSpec, aligned_logits
+from dare.models.spec import DiffusionSpec, aligned_logits, model_spec
 from dare.registry import Registry
 
 # ---------------------------------------------------------------------------------------------
@@ -208,11 +208,6 @@ def block_attention_view_logits(
     return model(both, attention_mask=mask4d, position_ids=both_pos).logits[:, :L]  # [N, 2L, V] -> [N, L, V]
 
 
-def model_spec(model: nn.Module) -> DiffusionSpec:
-    """The `DiffusionSpec` of a dare model, also through a PEFT wrapper."""
-    return getattr(model, "get_base_model", lambda: model)().diffusion_spec()
-
-
 def view_logp(
     model: nn.Module,
     batch: Mapping[str, torch.Tensor],
@@ -263,11 +258,6 @@ def view_logp(
 # ---------------------------------------------------------------------------------------------
 # Estimators
 # ---------------------------------------------------------------------------------------------
-
-
-def _uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """U[0, 1) on the generator's device, moved to `device` (same draw on CPU and GPU)."""
-    return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
 
 class LogpEstimator:
@@ -417,7 +407,7 @@ class CoupledEstimator(LogpEstimator):
         B, device = m.valid.shape[0], m.valid.device
         a = self.args
         prompt_mask = _prompt_mask(m, a.p_mask_prompt, generator)
-        u = _uniform((1,) if a.shared_t else (B,), generator, device)
+        u = uniform01((1,) if a.shared_t else (B,), generator, device)
         t = (a.t_min + (a.t_max - a.t_min) * u).expand(B).contiguous()  # [B]
         m1, m2 = complementary_masks(m.completion, t, generator)  # [B, L] each, disjoint, union = completion
         resp = m.response.float()
@@ -444,7 +434,6 @@ __all__ = [
     "block_attention_view_logits",
     "build_estimator",
     "full_attention_view_logits",
-    "model_spec",
     "register_estimator",
     "rl_batch_masks",
     "view_logp",

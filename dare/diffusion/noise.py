@@ -42,7 +42,7 @@ class MaskedNoise:
     p_mask: torch.Tensor
 
 
-def _uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+def uniform01(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """U[0, 1) drawn on the generator's device (so results do not depend on the data's device)."""
     return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
@@ -60,7 +60,7 @@ def sample_p_mask(
     """
     if not 0.0 <= eps < 1.0:
         raise ValueError(f"eps must be in [0, 1), got {eps}")
-    t = _uniform((batch_size,), generator, torch.device(device or "cpu"))  # [B]
+    t = uniform01((batch_size,), generator, torch.device(device or "cpu"))  # [B]
     return (1.0 - eps) * t + eps
 
 
@@ -77,7 +77,7 @@ def bernoulli_mask(eligible: torch.Tensor, p_mask: torch.Tensor, generator: torc
     p_mask = p_mask.to(eligible.device)
     if p_mask.dim() == 1:
         p_mask = p_mask[:, None]  # [B] -> [B, 1]
-    u = _uniform(tuple(eligible.shape), generator, eligible.device)  # [B, L]
+    u = uniform01(tuple(eligible.shape), generator, eligible.device)  # [B, L]
     return eligible.bool() & (u < p_mask)
 
 
@@ -154,7 +154,7 @@ def sample_block_p_mask(blocks: torch.Tensor, generator: torch.Generator, *, eps
         raise ValueError(f"eps must be in [0, 1), got {eps}")
     B = blocks.shape[0]
     num_blocks = int(blocks.max()) + 1 if blocks.numel() else 1  # a CPU-GPU sync point
-    t = _uniform((B, num_blocks), generator, blocks.device)  # [B, NB]
+    t = uniform01((B, num_blocks), generator, blocks.device)  # [B, NB]
     p = (1.0 - eps) * t + eps
     return torch.gather(p, 1, blocks.long())  # [B, NB] -> [B, L]
 
@@ -198,7 +198,7 @@ def mask_exact_count(eligible: torch.Tensor, num_masked: torch.Tensor, generator
         `[B, L]` bool mask with `min(num_masked[b], eligible[b].sum())` True entries per row.
     """
     eligible = eligible.bool()
-    scores = _uniform(tuple(eligible.shape), generator, eligible.device)  # [B, L] in [0, 1)
+    scores = uniform01(tuple(eligible.shape), generator, eligible.device)  # [B, L] in [0, 1)
     scores = torch.where(eligible, scores, torch.full_like(scores, 2.0))  # ineligible rank last
     ranks = scores.argsort(dim=-1).argsort(dim=-1)  # [B, L], rank of each position
     return eligible & (ranks < num_masked.to(eligible.device).long()[:, None])
@@ -216,7 +216,7 @@ def stratified_mask_counts(num_eligible: torch.Tensor, num_samples: int, generat
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     n = num_eligible.long()  # [B]
     n_safe = n.clamp(min=1).double()
-    u = _uniform((n.shape[0],), generator, n.device).double()  # [B]
+    u = uniform01((n.shape[0],), generator, n.device).double()  # [B]
     k = (u * n_safe).floor() + 1  # [B], uniform on 1..n
     j = torch.arange(num_samples, device=n.device, dtype=torch.float64)  # [K]
     counts = torch.round(k[:, None] + j[None, :] * n_safe[:, None] / num_samples)  # [B, K]
@@ -244,7 +244,7 @@ def complementary_masks(
     t = t.to(eligible.device, torch.float32)
     if t.dim() == 1:
         t = t[:, None]  # [B] -> [B, 1]
-    r = _uniform(tuple(eligible.shape), generator, eligible.device)  # [B, L]
+    r = uniform01(tuple(eligible.shape), generator, eligible.device)  # [B, L]
     first = eligible & (r < t)
     return first, eligible & ~first
 

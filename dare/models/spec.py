@@ -6,6 +6,8 @@ Algorithms, estimators and samplers never branch on the family; they read the sp
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -103,4 +105,21 @@ def spec_from_config(
     )
 
 
-__all__ = ["DiffusionSpec", "aligned_logits", "spec_from_config"]
+def model_spec(model: torch.nn.Module) -> DiffusionSpec:
+    """The `DiffusionSpec` of a dare model (also through a PEFT wrapper), or a ValueError saying
+    why there is none."""
+    base = getattr(model, "get_base_model", lambda: model)()
+    get_spec = getattr(base, "diffusion_spec", None)
+    if get_spec is None:
+        raise ValueError(
+            f"{type(base).__name__} has no diffusion_spec(); load models with dare.models.from_pretrained or tiny"
+        )
+    return get_spec()  # raises ValueError naming mask_token_id when the config lacks it
+
+
+# The reference policy of an objective, as a context manager yielding the model: a frozen copy of
+# the starting policy, or the policy itself with its LoRA adapter disabled.
+ReferenceFn = Callable[[], AbstractContextManager[torch.nn.Module]]
+
+
+__all__ = ["DiffusionSpec", "aligned_logits", "spec_from_config", "ReferenceFn", "model_spec"]

@@ -8,10 +8,11 @@ Samplers read only the model's `DiffusionSpec` and aligned logits, never its fam
 draw every random number in float64 from the caller's `torch.Generator`.
 """
 
+from dare.models.spec import model_spec
 from dare.sampling import dream, few_step, first_hitting, guided, llada, sdar  # noqa: F401  (register the algorithms)
 from dare.sampling.base import SAMPLERS, Policy, Sampler
 from dare.sampling.config import SamplingConfig
-from dare.sampling.generate import generate, model_spec
+from dare.sampling.generate import generate
 from dare.sampling.rollout import Rollout
 
 __all__ = ["SAMPLERS", "Policy", "Rollout", "Sampler", "SamplingConfig", "generate", "model_spec"]

@@ -1,12 +1,11 @@
-"""The sampler registry and the two interfaces an algorithm implements.
+"""The sampler interface (`Sampler`, one registered class per algorithm) and the per-step
+`Policy` an algorithm implements.
 
-- `Sampler` (one registered class per algorithm): declares what it supports — attention kind,
-  remasking strategies, caches, which `SamplingConfig` fields it reads — so the config is
-  validated from data, never by branching on algorithm names; `run` decodes a prompt batch.
-- `Policy` (per decoding step): `plan` says how many tokens each row unmasks (or None when the
-  rule is not count-based), `propose` draws candidate tokens and a confidence per position, and
-  `select` picks the positions to commit. The block engine (`dare.sampling.engine`) owns the
-  loop, caches, trajectory and EOS stopping, and calls these three.
+- `Sampler`: declares what it supports — attention kind, remasking strategies, caches, which
+  `SamplingConfig` fields it reads — so the config is validated from data, never by branching on
+  algorithm names (`SamplingConfig` reads these declarations through `SamplerDeclaration`, so
+  the config does not depend on this module); `run` decodes a prompt batch.
+- `Policy` (`dare.sampling.policy`, per decoding step): `plan`, `propose`, `select`.
 """
 
 from __future__ import annotations
@@ -15,18 +14,12 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from dare.registry import Registry
+from dare.sampling.config import COMMON_FIELDS, SAMPLERS, SamplingConfig
+from dare.sampling.policy import Policy
 
 if TYPE_CHECKING:
     from dare.models.spec import DiffusionSpec
-    from dare.sampling.config import SamplingConfig
     from dare.sampling.engine import DecodeResult, PromptBatch
-
-# Fields every algorithm reads; anything else must appear in `Sampler.options` to be set.
-COMMON_FIELDS = frozenset(
-    {"algorithm", "gen_length", "steps", "block_length", "temperature", "num_generations",
-     "extra_eos_token_ids", "logits_eos_inf"}
-)  # fmt: skip
 
 
 class Sampler:
@@ -65,38 +58,5 @@ class Sampler:
     ) -> DecodeResult:
         raise NotImplementedError
 
-
-class Policy:
-    """Per-step decisions of a masked-diffusion algorithm (see module docstring).
-
-    Shapes: N rows, L positions of the current block, V vocabulary.
-    """
-
-    def plan(self, remaining: torch.Tensor, step: int, num_steps: int) -> torch.Tensor | None:
-        """Tokens to unmask per row `[N]` at `step` of a block with `num_steps` steps, given the
-        masks `remaining` per row `[N]`; None when the count is not fixed in advance. The engine
-        skips the forward pass of a step that plans zero tokens for every row."""
-        return None
-
-    def propose(self, logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Candidate tokens `[N, L]` and their confidence `[N, L]` (float64; higher = unmask
-        first) from processed float64 logits `[N, L, V]`."""
-        raise NotImplementedError
-
-    def select(
-        self,
-        conf: torch.Tensor,
-        eligible: torch.Tensor,
-        k: torch.Tensor | None,
-        step: int,
-        num_steps: int,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
-        """Positions to commit, bool `[N, L]` (the engine ANDs it with `eligible`). `k` is the
-        output of `plan` for this step."""
-        raise NotImplementedError
-
-
-SAMPLERS: Registry[type[Sampler]] = Registry("sampling algorithm")
 
 __all__ = ["COMMON_FIELDS", "SAMPLERS", "Policy", "Sampler"]

@@ -11,9 +11,37 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
 from dare.models.spec import DiffusionSpec
-from dare.sampling.base import COMMON_FIELDS, SAMPLERS, Sampler
+from dare.registry import Registry
+
+# Fields every algorithm reads; anything else must appear in `Sampler.options` to be set.
+COMMON_FIELDS = frozenset(
+    {"algorithm", "gen_length", "steps", "block_length", "temperature", "num_generations",
+     "extra_eos_token_ids", "logits_eos_inf"}
+)  # fmt: skip
+
+
+class SamplerDeclaration(Protocol):
+    """What the config reads from a registered sampler class (`dare.sampling.base.Sampler`
+    implements it): the config is validated from these declarations, and this module does not
+    import the samplers."""
+
+    name: ClassVar[str]
+    attention: ClassVar[str]
+    remasking_choices: ClassVar[tuple[str, ...]]
+    cache_choices: ClassVar[tuple[str, ...]]
+    options: ClassVar[frozenset[str]]
+
+    @classmethod
+    def check_config(cls, config: Any) -> None: ...
+
+    @classmethod
+    def default_block_length(cls, config: Any, spec: DiffusionSpec) -> int: ...
+
+
+SAMPLERS: Registry[type[SamplerDeclaration]] = Registry("sampling algorithm")
 
 
 @dataclass(frozen=True)
@@ -129,7 +157,7 @@ class SamplingConfig:
         need(self.factor is None or self.factor > 0, "factor", "> 0")
         need(isinstance(self.num_generations, int) and self.num_generations >= 1, "num_generations", ">= 1")
 
-    def _check_options(self, sampler: type[Sampler]) -> None:
+    def _check_options(self, sampler: type[SamplerDeclaration]) -> None:
         allowed = COMMON_FIELDS | sampler.options
         # values the algorithm resolves None to are as good as None (a resolved config re-validates)
         resolved = {
@@ -161,7 +189,7 @@ class SamplingConfig:
     # --- derived values ---------------------------------------------------------------------
 
     @property
-    def sampler_class(self) -> type[Sampler]:
+    def sampler_class(self) -> type[SamplerDeclaration]:
         return SAMPLERS.get(self.algorithm)
 
     @property
@@ -202,4 +230,4 @@ class SamplingConfig:
         return tuple(dict.fromkeys(spec.eos_token_ids + self.extra_eos_token_ids))
 
 
-__all__ = ["SamplingConfig"]
+__all__ = ["COMMON_FIELDS", "SAMPLERS", "SamplerDeclaration", "SamplingConfig"]

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from dare.models.spec import DiffusionSpec, aligned_logits
-from dare.sampling.base import Policy
 from dare.sampling.ops import split_evenly, token_probability
+from dare.sampling.policy import Policy
 
 PromptsLike = list[list[int]] | tuple[torch.Tensor, torch.Tensor]
 

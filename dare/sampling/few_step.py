@@ -9,7 +9,7 @@ ancestral sampler of a masked diffusion model, DiDi-Instruct's student sampler) 
 Unlike the engine's samplers, no row stops early at EOS: every position is decoded by the model,
 so the trajectory is exact — `Trajectory.step_of[i] = j` means token i was drawn at step j from
 the state where every position with `step_of >= j` was masked, and `Trajectory.logp` is its
-log-probability under the distribution it was drawn from. `trajectory_logp` recomputes those
+log-probability under the distribution it was drawn from. `dare.diffusion.trajectory.trajectory_logp` recomputes those
 log-probabilities with gradients (the student's log p_nu(x) = sum over steps of the per-step
 transition log-probs, as in DiDi-Instruct, Zheng et al., arXiv 2509.25035).
 
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dare.models.spec import DiffusionSpec, aligned_logits
+from dare.diffusion.trajectory import response_logits, tempered_log_probs
+from dare.models.spec import DiffusionSpec
 from dare.sampling.base import SAMPLERS, Sampler
 from dare.sampling.config import SamplingConfig
 from dare.sampling.engine import DecodeResult, PromptBatch, process_logits
@@ -42,25 +43,6 @@ class Trajectory:
     logp: torch.Tensor  # [N, L] float64, log-prob of each token under its step's (tempered) distribution
     confidence: torch.Tensor  # [N, L] float64, softmax(logits)[token] at temperature 1
     num_steps: int
-
-
-def response_logits(
-    model: torch.nn.Module, spec: DiffusionSpec, x: torch.Tensor, valid: torch.Tensor, P: int
-) -> torch.Tensor:
-    """Aligned logits of the response columns: x `[N, P+L]` -> `[N, L, V]`."""
-    out = model(x, attention_mask=valid)
-    return aligned_logits(out.logits, spec)[:, P:]
-
-
-def tempered_log_probs(logits: torch.Tensor, spec: DiffusionSpec, temperature: float) -> torch.Tensor:
-    """log softmax(logits / T) with the mask token removed (T = 0 reads as T = 1: the greedy
-    draw has no density; its log-probs are those of the model at temperature 1). `[..., V]`"""
-    if logits.dtype not in (torch.float32, torch.float64):
-        logits = logits.float()
-    never = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-    never[spec.mask_token_id] = True
-    logits = logits.masked_fill(never, -math.inf)
-    return (logits / (temperature if temperature > 0 else 1.0)).log_softmax(-1)
 
 
 def sample_trajectory(
@@ -107,40 +89,6 @@ def sample_trajectory(
     return Trajectory(x[:, P:].clone(), step_of, logp, conf_out, steps)
 
 
-def trajectory_states(response: torch.Tensor, step_of: torch.Tensor, num_steps: int, mask_id: int) -> torch.Tensor:
-    """The state each step saw: state j masks every position with `step_of >= j`.
-    `[N, L]` -> `[S, N, L]`."""
-    j = torch.arange(num_steps, device=response.device)[:, None, None]
-    return torch.where(step_of[None] >= j, mask_id, response[None])
-
-
-def trajectory_logp(
-    model: torch.nn.Module,
-    spec: DiffusionSpec,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    response: torch.Tensor,
-    step_of: torch.Tensor,
-    num_steps: int,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """log p(tokens drawn at step j | state j) summed per step, with gradients: `[N, S]`.
-
-    One batched forward over the S states of every row (`[S*N, P+L]`).
-    """
-    N, P = input_ids.shape
-    L = response.shape[1]
-    states = trajectory_states(response, step_of, num_steps, spec.mask_token_id)  # [S, N, L]
-    x = torch.cat([input_ids.expand(num_steps, N, P), states], -1).reshape(num_steps * N, P + L)
-    valid = torch.cat([attention_mask.bool(), torch.ones(N, L, dtype=torch.bool, device=x.device)], 1)
-    logits = response_logits(model, spec, x, valid.repeat(num_steps, 1), P)  # [S*N, L, V]
-    lp = tempered_log_probs(logits, spec, temperature)  # [S*N, L, V]
-    tok = response.repeat(num_steps, 1)  # [S*N, L]
-    lp = lp.gather(-1, tok[..., None])[..., 0].view(num_steps, N, L)
-    drawn = step_of[None] == torch.arange(num_steps, device=x.device)[:, None, None]  # [S, N, L]
-    return torch.where(drawn, lp, 0.0).sum(-1).transpose(0, 1)  # [N, S]
-
-
 @SAMPLERS.register("few_step")
 class FewStepSampler(Sampler):
     """Decodes the whole response in `steps` steps with an exact trajectory (module docstring)."""
@@ -176,13 +124,4 @@ class FewStepSampler(Sampler):
         return DecodeResult(traj.response, traj.step_of, traj.confidence, config.steps, {"logp": traj.logp})
 
 
-__all__ = [
-    "REMASKING",
-    "FewStepSampler",
-    "Trajectory",
-    "response_logits",
-    "sample_trajectory",
-    "tempered_log_probs",
-    "trajectory_logp",
-    "trajectory_states",
-]
+__all__ = ["REMASKING", "FewStepSampler", "Trajectory", "sample_trajectory"]

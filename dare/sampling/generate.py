@@ -7,20 +7,10 @@ import time
 
 import torch
 
-from dare.models.spec import DiffusionSpec
+from dare.models.spec import DiffusionSpec, model_spec
 from dare.sampling.config import SamplingConfig
 from dare.sampling.engine import DecodeResult, PromptBatch, PromptsLike, prepare_prompts
 from dare.sampling.rollout import Rollout
-
-
-def model_spec(model: torch.nn.Module) -> DiffusionSpec:
-    """The model's `DiffusionSpec`, or a ValueError saying why there is none."""
-    get_spec = getattr(model, "diffusion_spec", None)
-    if get_spec is None:
-        raise ValueError(
-            f"{type(model).__name__} has no diffusion_spec(); load models with dare.models.from_pretrained or tiny"
-        )
-    return get_spec()  # raises ValueError naming mask_token_id when the config lacks it
 
 
 def _finalize(
@@ -98,4 +88,4 @@ def generate(
     return _finalize(result, batch, spec, config, time.perf_counter() - t0)
 
 
-__all__ = ["generate", "model_spec"]
+__all__ = ["generate"]

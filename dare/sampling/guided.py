@@ -20,7 +20,7 @@ The discriminator and the guidance settings ride on the model: pass
 `GuidedModel(student, discriminator, Guidance(...))` to `generate` with
 `SamplingConfig(algorithm="rgas", steps=...)`. The discriminator is any module called as
 `disc(input_ids | None, attention_mask, t, token_probs=None, response_mask=...) -> [N, T]` per-position logits
-(`dare.models.discriminator.DiffusionDiscriminator`).
+(`dare.algorithms.didi_discriminator.DiffusionDiscriminator`).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dare.diffusion.trajectory import response_logits
 from dare.models.spec import DiffusionSpec
 from dare.sampling.base import SAMPLERS, Sampler
 from dare.sampling.config import SamplingConfig
 from dare.sampling.engine import DecodeResult, PromptBatch, process_logits
-from dare.sampling.few_step import response_logits
 from dare.sampling.ops import gumbel_argmax, token_probability, uniform
 
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -50,10 +49,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dare.diffusion.noise import response_aligned_positions
-from dare.models.spec import DiffusionSpec, aligned_logits
+from dare.models.spec import DiffusionSpec, ReferenceFn, aligned_logits
 from dare.registry import Registry
 
-ReferenceFn = Callable[[], AbstractContextManager[nn.Module]]
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 

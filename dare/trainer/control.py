@@ -15,8 +15,8 @@ import time
 from typing import Any
 
 from dare.config.schema import stage_to_dict
-from dare.trainer.pipeline import StageContext, stage_dir_name
 from dare.trainer.sft import SFTTrainer
+from dare.trainer.stage import StageContext, stage_dir_name
 
 
 def last_sft_index(recipe: Any, index: int) -> int:

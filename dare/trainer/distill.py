@@ -26,8 +26,8 @@ from dare.data.formatting import collate_prompts
 from dare.trainer.evaluate import row_scorer
 from dare.trainer.loop import StageTrainer
 from dare.trainer.metrics import rank_zero_metrics
-from dare.trainer.pipeline import STAGE_TRAINERS, StageContext
 from dare.trainer.runtime import dp_call
+from dare.trainer.stage import STAGE_TRAINERS, StageContext
 from dare.trainer.stream import BatchStream, step_generator
 from dare.workers.state_io import load_tree, save_tree
 

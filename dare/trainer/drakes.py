@@ -21,7 +21,7 @@ from dare.rewards.differentiable import with_defaults
 from dare.rewards.differentiable.task_match import task_from_data
 from dare.trainer.loop import StageTrainer
 from dare.trainer.metrics import rank_zero_metrics
-from dare.trainer.pipeline import STAGE_TRAINERS
+from dare.trainer.stage import STAGE_TRAINERS
 
 
 class DRAKESTrainer(StageTrainer):

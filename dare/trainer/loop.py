@@ -16,7 +16,7 @@ from typing import Any
 
 from dare.config.schema import stage_to_dict
 from dare.trainer.metrics import MetricsLogger
-from dare.trainer.pipeline import StageContext, list_states, save_training_state
+from dare.trainer.stage import StageContext, list_states, save_training_state
 from dare.trainer.stream import BatchStream
 from dare.workers.actor import NON_FINITE, check_training_state
 

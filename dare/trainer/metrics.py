@@ -61,7 +61,7 @@ class MetricsLogger:
         bar = "#" * done + "." * (width - done)
         elapsed = time.perf_counter() - self.t0
         shown = " ".join(
-            f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if isinstance(v, float) and k in _SHOWN
+            f"{_SHOWN[k]}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and k in _SHOWN
         )
         print(f"[{self.stage_name}] [{bar}] {step}/{self.total} {shown} ({elapsed:.0f}s)", file=sys.stdout, flush=True)
 
@@ -72,7 +72,16 @@ class MetricsLogger:
             self._wandb.finish()
 
 
-_SHOWN = {"actor/sft_loss", "actor/loss", "actor/grad_norm", "actor/lr", "reward/mean", "actor/pg_loss"}
+# the metrics of the progress line and the names it prints them under (`reward=`, not `mean=`)
+_SHOWN = {
+    "actor/sft_loss": "sft_loss",
+    "actor/loss": "loss",
+    "actor/pg_loss": "pg_loss",
+    "reward/mean": "reward",
+    "actor/kl": "kl",
+    "actor/grad_norm": "grad_norm",
+    "actor/lr": "lr",
+}
 
 
 def rank_zero_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

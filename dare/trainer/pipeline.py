@@ -15,11 +15,9 @@ Run directory layout:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,7 @@ from dare.config import Recipe, StageSpec, build_recipe
 from dare.config.schema import BUILTIN_PREFIX
 from dare.data.formatting import apply_system_prompt, limit_prompts
 from dare.data.loading import load_dataset_spec
-from dare.registry import Registry
+from dare.trainer.curves import write_training_curves
 from dare.trainer.evaluate import (
     benchmark_report,
     check_benchmark_setup,
@@ -39,72 +37,23 @@ from dare.trainer.evaluate import (
     evaluate_accuracy,
     evaluate_benchmarks,
 )
+from dare.trainer.metrics import read_metrics
 from dare.trainer.runtime import release, start_ray, worker_group
+from dare.trainer.stage import (
+    STAGE_TRAINERS,
+    StageContext,
+    list_states,
+    recipe_hash,
+    stage_dir_name,
+    write_json,
+)
 from dare.workers.actor import ActorWorker, check_training_state
 from dare.workers.builder import load_tokenizer
 from dare.workers.rollout import RolloutWorker
 
-TRAINER_STATE = "trainer_state.json"
 # the row format each stage kind reads from a data file (dare.data.loading kinds)
 ROW_KINDS = {"sft": "sft", "rl": "prompt", "preference": "preference", "distill": "prompt"}
 RUN_STATE = "run_state.json"
-
-
-def recipe_hash(recipe: Recipe) -> str:
-    return hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def stage_dir_name(index: int, stage: StageSpec) -> str:
-    return f"stage-{index + 1}-{stage.name or stage.algorithm}"
-
-
-@dataclass
-class StageContext:
-    """What a stage trainer gets from the pipeline."""
-
-    recipe: Recipe
-    index: int
-    stage: StageSpec
-    dir: Path
-    actor: Any  # RayWorkerGroup of ActorWorker
-    tokenizer: Any
-    train_rows: list[dict[str, Any]]
-    base_dir: str | None
-    start_step: int  # steps already done (resume)
-
-
-STAGE_TRAINERS: Registry[Any] = Registry("stage kind")
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)  # atomic: a killed run never leaves a half-written file
-
-
-def save_training_state(ctx: StageContext, step: int) -> None:
-    """Write `state/step_N` atomically (temp dir + rename) and keep the last `keep_last`."""
-    states = ctx.dir / "state"
-    final = states / f"step_{step}"
-    tmp = states / f".tmp_step_{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    ctx.actor.save_state(str(tmp), ctx.base_dir, True)
-    _write_json(tmp / TRAINER_STATE, {"stage_index": ctx.index, "step": step, "recipe_hash": recipe_hash(ctx.recipe)})
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in sorted(list_states(ctx.dir))[: -ctx.stage.keep_last]:
-        shutil.rmtree(states / f"step_{old}", ignore_errors=True)
-
-
-def list_states(stage_dir: Path) -> list[int]:
-    states = stage_dir / "state"
-    if not states.is_dir():
-        return []
-    return sorted(
-        int(p.name.split("_")[1])
-        for p in states.iterdir()
-        if p.name.startswith("step_") and (p / TRAINER_STATE).is_file()
-    )
 
 
 class Pipeline:
@@ -137,7 +86,7 @@ class Pipeline:
             raise ValueError(f"{p}: not valid JSON ({e}); the run state is damaged") from None
 
     def _save_run_state(self, state: dict[str, Any]) -> None:
-        _write_json(self.run_dir / RUN_STATE, state)
+        write_json(self.run_dir / RUN_STATE, state)
 
     # -------------------------------------------------------------- running
 
@@ -359,7 +308,7 @@ class Pipeline:
         results = dict(state["eval"])
         if state.get("control"):  # compute-matched SFT controls, keyed by the stage they control
             results["control"] = state["control"]
-        _write_json(self.run_dir / "eval" / "results.json", results)
+        write_json(self.run_dir / "eval" / "results.json", results)
         write_report(self.run_dir, self.recipe, state)
 
 
@@ -394,10 +343,21 @@ def write_report(run_dir: Path, recipe: Recipe, state: dict[str, Any]) -> Path:
             )
     lines += ["", f"Decoding: `{json.dumps(next(iter(state['eval'].values()), {}).get('sampling', {}))}`", ""]
     lines += benchmark_report(run_dir, recipe, state)
+    printed = len(lines)
+    lines += curves_report(run_dir, recipe)
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
-    print("\n".join(lines[4:]), flush=True)
+    print("\n".join(lines[4:printed]), flush=True)
     return path
+
+
+def curves_report(run_dir: Path, recipe: Recipe) -> list[str]:
+    """The report's training-curves section: `eval/training.png` from the stages' metrics."""
+    stages = [(stage_dir_name(i, s), read_metrics(run_dir / stage_dir_name(i, s) / "metrics.jsonl"))
+              for i, s in enumerate(recipe.stages)]  # fmt: skip
+    if write_training_curves([(n, rows) for n, rows in stages if rows], run_dir / "eval" / "training.png") is None:
+        return []
+    return ["## Training curves (loss, reward, KL per step)", "", "![training curves](eval/training.png)", ""]
 
 
 def _saved_recipe_hash(path: Path) -> str | None:
@@ -425,12 +385,4 @@ def _model_dict(recipe: Recipe) -> dict[str, Any]:
     return recipe.to_dict()["model"]
 
 
-__all__ = [
-    "STAGE_TRAINERS",
-    "Pipeline",
-    "clear_run_dir",
-    "StageContext",
-    "list_states",
-    "save_training_state",
-    "write_report",
-]
+__all__ = ["Pipeline", "clear_run_dir", "write_report"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from verl import DataProto
 
 from dare.data.formatting import collate_preference
-from dare.trainer.pipeline import STAGE_TRAINERS
 from dare.trainer.sft import SFTTrainer
+from dare.trainer.stage import STAGE_TRAINERS
 
 
 class PreferenceTrainer(SFTTrainer):

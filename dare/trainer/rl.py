@@ -23,8 +23,8 @@ from dare.diffusion.rl_losses import compute_advantages
 from dare.trainer.evaluate import row_scorer
 from dare.trainer.loop import StageTrainer
 from dare.trainer.metrics import rank_zero_metrics
-from dare.trainer.pipeline import STAGE_TRAINERS, StageContext
 from dare.trainer.runtime import dp_call
+from dare.trainer.stage import STAGE_TRAINERS, StageContext
 from dare.trainer.stream import step_generator
 
 

@@ -7,7 +7,7 @@ from verl import DataProto
 from dare.data.formatting import collate_sft
 from dare.trainer.loop import StageTrainer
 from dare.trainer.metrics import rank_zero_metrics
-from dare.trainer.pipeline import STAGE_TRAINERS
+from dare.trainer.stage import STAGE_TRAINERS
 
 
 class SFTTrainer(StageTrainer):

@@ -34,8 +34,9 @@ from verl.single_controller.base import Worker
 from verl.single_controller.base.decorator import Dispatch, register
 
 from dare.algorithms import ALGORITHMS
+from dare.models.checkpoint import load_policy, quiet_progress_bars, save_policy
 from dare.workers import sharding
-from dare.workers.builder import build_policy, load_policy, quiet_progress_bars, save_policy, wrap_lora
+from dare.workers.builder import build_policy, wrap_lora
 from dare.workers.generation import generate_batch
 from dare.workers.state_io import StateFileError, check_tree, has_tree, load_tree, refuse_pickles, save_tree
 

@@ -12,7 +12,8 @@ from verl import DataProto
 from verl.single_controller.base import Worker
 from verl.single_controller.base.decorator import Dispatch, register
 
-from dare.workers.builder import build_policy, load_policy, quiet_progress_bars, wrap_lora
+from dare.models.checkpoint import load_policy, quiet_progress_bars
+from dare.workers.builder import build_policy, wrap_lora
 from dare.workers.generation import generate_batch
 
 

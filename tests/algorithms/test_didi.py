@@ -10,14 +10,15 @@ import yaml
 
 from dare.algorithms import ALGORITHMS
 from dare.algorithms.didi import group_normalise, noise_pair, states_after_steps, step_advantages
+from dare.algorithms.didi_discriminator import DiffusionDiscriminator, log_ratio
 from dare.config import RecipeError, load_recipe
 from dare.data.tasks import builtin_tokenizer
+from dare.diffusion.trajectory import trajectory_logp
 from dare.models import tiny
-from dare.models.discriminator import DiffusionDiscriminator, log_ratio
 from dare.models.spec import aligned_logits
 from dare.models.tokenizer import model_token_ids
 from dare.sampling import SamplingConfig, generate
-from dare.sampling.few_step import sample_trajectory, trajectory_logp
+from dare.sampling.few_step import sample_trajectory
 from dare.sampling.guided import Guidance, GuidedModel
 from dare.workers.state_io import load_tree
 
@@ -308,8 +309,8 @@ def test_didi_stage_through_the_pipeline_gives_an_ordinary_checkpoint(tmp_path):
     evaluated by `dare eval`'s OpenCompass run. The distill stage caches teacher samples for its
     own `num_rl_prompts` prompts, not the SFT rows."""
     from dare.config import build_recipe
+    from dare.models.checkpoint import load_policy
     from dare.trainer import Pipeline
-    from dare.workers.builder import load_policy
 
     raw = yaml.safe_load(open("recipes/didi_quickstart.yaml"))
     raw["data"].update(num_train=32, num_rl_prompts=24, num_eval=16)

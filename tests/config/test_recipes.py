@@ -41,6 +41,13 @@ def test_valid_recipe_loads_with_defaults(tmp_path):
     assert r.resources.num_workers == 1 and r.eval.num_prompts == 1000
 
 
+def test_stage_kind_follows_from_the_algorithm(tmp_path):
+    recipe = edit()
+    recipe["stages"] = [{"algorithm": "sft", "steps": 2}, {"algorithm": "coupled_grpo", "steps": 2},
+                        {"algorithm": "d1", "kind": "rl", "steps": 2}]  # fmt: skip
+    assert [s.kind for s in load_recipe(write(tmp_path, recipe)).stages] == ["sft", "rl", "rl"]
+
+
 @pytest.mark.parametrize(
     "recipe,key,message",
     [
@@ -52,7 +59,7 @@ def test_valid_recipe_loads_with_defaults(tmp_path):
         (edit(stages__0__eps=2.0), "stages[0].eps", "must be in [0, 1)"),
         (edit(stages__0__algorithm="sftt"), "stages[0].algorithm", "did you mean 'sft'?"),
         (edit(stages__0__kind="rl"), "stages[0].kind", "is a 'sft' algorithm, not 'rl'"),
-        (edit(model__family="gpt"), "model.family", "must be one of"),
+        (edit(model__family="gpt"), "model.family", "unknown model family 'gpt'; known: dream, llada, sdar"),
         (edit(stages__0__lr_schedule="cosin"), "stages[0].lr_schedule", "did you mean 'cosine'?"),
         (edit(stages__0__grad_accum=3), "stages[0].grad_accum", "must divide batch_size=8"),
         (edit(data__on_error="ignore"), "data.on_error", "must be one of ['skip', 'fail']"),

@@ -21,9 +21,9 @@ from transformers import AutoTokenizer
 from dare.data.formatting import collate_prompts
 from dare.data.tasks import get_task
 from dare.evals import EvalRequest, run_benchmarks
+from dare.models.checkpoint import load_policy
 from dare.sampling import SamplingConfig, generate
 from dare.trainer.evaluate import row_scorer
-from dare.workers.builder import load_policy
 
 # module-scoped fixtures: keep this file's tests on one pytest-xdist worker
 pytestmark = pytest.mark.xdist_group("evals")

@@ -244,7 +244,8 @@ def poisoned_checkpoint(tmp_path: Path) -> Path:
     """A finite checkpoint whose output layer is at the float32 limit: every logit is +-inf, the
     loss NaN (what a 1e300 reward does to advantages, without the reward)."""
     from dare.data.tasks import builtin_tokenizer
-    from dare.workers.builder import build_policy, save_policy
+    from dare.models.checkpoint import save_policy
+    from dare.workers.builder import build_policy
 
     tok = builtin_tokenizer()
     model = build_policy({"family": "llada", "preset": "tiny"}, tok, 0)

@@ -11,8 +11,9 @@ from replicas import RELEASES, install_replica, make_replica, place_in_hub_cache
 from dare.cli import main
 from dare.config import RecipeError, load_recipe
 from dare.models import from_pretrained, load_config
+from dare.models.checkpoint import export_checkpoint, load_model_and_tokenizer
 from dare.models.hub import HubResolutionError, parse_hub_id, resolve_checkpoint
-from dare.workers.builder import build_policy, export_checkpoint, load_model_and_tokenizer, load_tokenizer
+from dare.workers.builder import build_policy, load_tokenizer
 
 LLADA = RELEASES["llada"].repo_id  # GSAI-ML/LLaDA-8B-Instruct
 
@@ -157,7 +158,8 @@ def test_online_validation_fetches_configs_only_and_loading_fetches_weights(tmp_
 
 
 def test_lora_adapter_on_a_hub_base_points_at_its_snapshot(tmp_path, cache):
-    from dare.workers.builder import load_policy, save_policy, wrap_lora
+    from dare.models.checkpoint import load_policy, save_policy
+    from dare.workers.builder import wrap_lora
 
     lora = {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
     model = wrap_lora(from_pretrained(LLADA), lora, seed=0)

@@ -9,9 +9,8 @@ import torch
 from replicas import make_replica
 from safetensors.torch import load_file, save_file
 
-from dare.models import from_pretrained, tiny
+from dare.models import checkpoint, from_pretrained, tiny
 from dare.models.dtypes import DTYPES, resolve_dtype
-from dare.workers import builder
 
 
 def _saved_state(folder) -> dict[str, torch.Tensor]:
@@ -114,7 +113,7 @@ def test_training_never_writes_into_the_checkpoint(tmp_path):
 
 
 def test_one_dtype_table():
-    assert builder.DTYPES is DTYPES and set(DTYPES) == {"float32", "bfloat16", "float16"}
+    assert checkpoint.DTYPES is DTYPES and set(DTYPES) == {"float32", "bfloat16", "float16"}
     assert resolve_dtype("bf16") is torch.bfloat16 and resolve_dtype(None) is torch.float32
     with pytest.raises(ValueError, match="unknown dtype 'float8'; expected one of float32, bfloat16, float16"):
         resolve_dtype("float8")

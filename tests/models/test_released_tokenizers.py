@@ -7,8 +7,9 @@ import pytest
 from replicas import TOKENIZER_LAYOUTS, make_replica, write_tokenizer
 
 from dare.data.formatting import collate_sft, encode_prompt
+from dare.models.checkpoint import load_model_and_tokenizer
 from dare.models.released_tokenizers import REMOTE_TOKENIZERS, load_tokenizer, tokenizer_class_for
-from dare.workers.builder import build_policy, load_model_and_tokenizer
+from dare.workers.builder import build_policy
 
 QUESTION = "What is 1+1?"
 # chat rendering of one user turn with the generation prompt, per release

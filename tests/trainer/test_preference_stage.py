@@ -13,7 +13,7 @@ import yaml
 
 from dare.algorithms.dpo import preference_accuracy
 from dare.data.tasks import builtin_tokenizer, get_task
-from dare.workers.builder import load_policy
+from dare.models.checkpoint import load_policy
 
 DARE = [sys.executable, "-m", "dare.cli"]
 TASK_ARGS = {"max_len": 5}  # short lists: 100 SFT steps reach ~35% greedy accuracy

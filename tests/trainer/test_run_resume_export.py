@@ -97,7 +97,7 @@ def test_lora_stage_exports_merged_model(tmp_path):
     from transformers import AutoModel
 
     import dare as _  # noqa: F401  (registers the families)
-    from dare.workers.builder import load_policy
+    from dare.models.checkpoint import load_policy
 
     merged = AutoModel.from_pretrained(out, dtype=torch.float32).eval()
     adapter = load_policy(ckpt, merge=False).eval()

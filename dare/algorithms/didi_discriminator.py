@@ -11,23 +11,23 @@ log q_student(z_t) / q_teacher(z_t) (`log_ratio` undoes label smoothing).
 
 Complementary views (`views >= 2`, dare's default 2). A backbone reading z_t directly sees every
 visible token at its own position, and a bidirectional dLLM's hidden state there says little about
-whether that token fits the others: measured on a tiny sort teacher (docs/didi.md), the plain
-design plateaus at ~63% held-out accuracy on clean 4-step student vs teacher samples. So the
+whether that token fits the others, and the plain design separates student from teacher samples
+poorly (measurements: docs/didi.md). So the
 visible response tokens are split at random into `views` groups and the backbone runs once per
 group with that group masked; each visible position is read from the pass that hid it, where the
 backbone predicts it from the rest. Its per-position logit is the head on that hidden state plus
 `surprise_scale` (learnable, initialised to 1) times the backbone's surprise -log p(x_i | view):
 summed over the response this starts as the teacher's pseudo-log-likelihood of the visible tokens,
-an estimate of -log q_teacher(z_t) up to a constant (71% accuracy on the same data before any
-training), and BCE then trains the head, the scale and the unfrozen blocks as before. Masked and
+an estimate of -log q_teacher(z_t) up to a constant (informative before any training), and BCE
+then trains the head, the scale and the unfrozen blocks as before. Masked and
 prompt positions are read from the first pass and carry no surprise. `views = 1` is the plain
 design (one pass, no surprise term).
 
 Frozen surprise (`frozen_surprise`, default on): the surprise comes from a frozen copy of the
 teacher, not from the trainable backbone. Left to BCE, the backbone's own predictions drift and the
-surprise loses what made it useful: on 4-step sort-either student samples the teacher's surprise
-ranks correct samples above wrong ones with AUC 0.97 (2 views), yet a student rewarded by the
-trained-backbone version reached 57% where the frozen one reaches 85% (docs/didi.md). The learned
+surprise loses what made it useful: the frozen teacher's surprise keeps ranking a student's correct
+samples above its wrong ones, the trained backbone's stops doing so and its student does not learn
+(docs/didi.md). The learned
 part (head, unfrozen blocks, scale, bias) then models what the teacher's pseudo-likelihood misses,
 e.g. a student that over-concentrates on one mode.
 

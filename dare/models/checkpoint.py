@@ -1,0 +1,131 @@
+"""Saving and loading the checkpoints dare reads and writes (building one from a recipe's `model`
+block is `dare.workers.builder`).
+
+Checkpoint folders are Hugging Face folders: `config.json` + `model.safetensors` (+ tokenizer
+files); wherever a checkpoint or tokenizer is named, a Hub id `ORG/NAME[@REVISION]` works too
+(`dare.models.hub`), and released tokenizers load without remote code
+(`dare.models.released_tokenizers`). A LoRA checkpoint is a PEFT adapter folder (`adapter_config.json` +
+`adapter_model.safetensors`) whose `base_model_name_or_path` points at its base checkpoint folder;
+`load_policy` resolves it and `dare export --merge-lora` merges it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from dare.models import from_pretrained
+from dare.models.dtypes import DTYPES, resolve_dtype
+from dare.models.hub import HubResolutionError, parse_hub_id, resolve_checkpoint
+from dare.models.released_tokenizers import check_token_ids
+from dare.models.released_tokenizers import load_tokenizer as load_released_tokenizer
+
+
+def quiet_progress_bars() -> None:
+    """No per-file "Loading weights" / "Writing model shards" bars from transformers in worker
+    logs (a run saves a checkpoint every few steps; the console keeps dare's own progress)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def load_policy(path: str | Path, dtype: torch.dtype | str = torch.float32, merge: bool = True) -> PreTrainedModel:
+    """Load a dare checkpoint (folder or Hub id): a full model, or a LoRA adapter on its base
+    (merged when `merge`, else a trainable `PeftModel`)."""
+    path = resolve_checkpoint(path)
+    dtype = resolve_dtype(dtype)
+    if not is_adapter_dir(path):
+        return from_pretrained(path, dtype=dtype)
+    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    try:
+        base_dir = resolve_checkpoint(base) if base else None
+    except HubResolutionError as e:
+        raise FileNotFoundError(f"{path / 'adapter_config.json'}: base_model_name_or_path: {e}") from None
+    if base_dir is None or not (base_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path / 'adapter_config.json'}: base_model_name_or_path={base!r} is not a checkpoint folder"
+        )
+    model = PeftModel.from_pretrained(from_pretrained(base_dir, dtype=dtype), path, is_trainable=not merge)
+    return model.merge_and_unload() if merge else model
+
+
+def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
+        )
+
+
+def check_model_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, source: str = "") -> None:
+    """The tokenizer fits the model: no token id past the embedding, and the config's mask / EOS /
+    pad ids are the tokenizer's (`check_token_ids`)."""
+    check_vocab(model, tokenizer)
+    check_token_ids(model.config, tokenizer, f"{source}/config.json" if source else "config.json")
+
+
+def load_model_and_tokenizer(
+    model: str | Path, tokenizer: str | Path | None = None, dtype: torch.dtype | str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) of a checkpoint (folder or Hub id; a LoRA adapter is merged) and its
+    tokenizer (default: the checkpoint's own), checked against each other. Used by
+    `dare generate` and the OpenCompass model."""
+    policy = load_policy(model, dtype=resolve_dtype(dtype))
+    tok = load_released_tokenizer(tokenizer or model)
+    check_model_tokenizer(policy, tok, str(model))
+    return policy, tok
+
+
+def save_policy(model: torch.nn.Module, path: str | Path, base_dir: str | Path | None = None) -> None:
+    """Write a checkpoint folder (safetensors). A `PeftModel` writes its adapter, pointing at
+    `base_dir` (which must hold the base weights)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, PeftModel):
+        if base_dir is None:
+            raise ValueError("saving a LoRA adapter needs the base checkpoint folder (base_dir)")
+        base = Path(base_dir)
+        if not base.is_dir() and parse_hub_id(str(base_dir)):
+            base = resolve_checkpoint(base_dir)  # a Hub id: its snapshot, so the adapter reloads offline
+        model.peft_config["default"].base_model_name_or_path = str(base.resolve())
+        model.save_pretrained(path)
+    else:
+        model.save_pretrained(path, safe_serialization=True)
+
+
+def export_checkpoint(source: str | Path, out: str | Path, merge_lora: bool = False) -> Path:
+    """Write a plain HF folder (config + safetensors + tokenizer) from a stage directory or a
+    checkpoint folder. An adapter checkpoint needs `merge_lora=True` (the result then loads with
+    `transformers.AutoModel` after `import dare`, no peft needed)."""
+    source, out = resolve_checkpoint(source), Path(out)
+    ckpt = source / "checkpoint" if (source / "checkpoint").is_dir() else source
+    if not ((ckpt / "config.json").is_file() or is_adapter_dir(ckpt)):
+        raise FileNotFoundError(f"{source}: no checkpoint (expected config.json or adapter_config.json)")
+    if is_adapter_dir(ckpt) and not merge_lora:
+        raise ValueError(f"{ckpt} is a LoRA adapter; pass --merge-lora to write a plain model folder")
+    model = load_policy(ckpt, merge=True)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    if (ckpt / "tokenizer_config.json").is_file() or (ckpt / "tokenizer.json").is_file():
+        load_released_tokenizer(ckpt).save_pretrained(out)
+    return out
+
+
+__all__ = [
+    "DTYPES",
+    "check_model_tokenizer",
+    "check_vocab",
+    "export_checkpoint",
+    "is_adapter_dir",
+    "load_model_and_tokenizer",
+    "load_policy",
+    "quiet_progress_bars",
+    "save_policy",
+]

@@ -1,0 +1,41 @@
+"""The per-step decisions of a masked-diffusion algorithm (`Policy`): the block engine
+(`dare.sampling.engine`) owns the loop, caches, trajectory and EOS stopping, and calls `plan`,
+`propose` and `select` at every step."""
+
+from __future__ import annotations
+
+import torch
+
+
+class Policy:
+    """Per-step decisions of a masked-diffusion algorithm (see module docstring).
+
+    Shapes: N rows, L positions of the current block, V vocabulary.
+    """
+
+    def plan(self, remaining: torch.Tensor, step: int, num_steps: int) -> torch.Tensor | None:
+        """Tokens to unmask per row `[N]` at `step` of a block with `num_steps` steps, given the
+        masks `remaining` per row `[N]`; None when the count is not fixed in advance. The engine
+        skips the forward pass of a step that plans zero tokens for every row."""
+        return None
+
+    def propose(self, logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidate tokens `[N, L]` and their confidence `[N, L]` (float64; higher = unmask
+        first) from processed float64 logits `[N, L, V]`."""
+        raise NotImplementedError
+
+    def select(
+        self,
+        conf: torch.Tensor,
+        eligible: torch.Tensor,
+        k: torch.Tensor | None,
+        step: int,
+        num_steps: int,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Positions to commit, bool `[N, L]` (the engine ANDs it with `eligible`). `k` is the
+        output of `plan` for this step."""
+        raise NotImplementedError
+
+
+__all__ = ["Policy"]
