@@ -31,3 +31,31 @@ def _ray_down_after_module():
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+# Test modules (or xdist groups) that take minutes, longest first. `make test` runs pytest-xdist with
+# --dist loadgroup, which hands whole modules / groups to the workers in collection order: starting
+# the long ones first lets the three workers finish together instead of one running a long module
+# at the end alone.
+LONG_FIRST = (
+    "algorithms/test_didi_learning.py",
+    "trainer/test_rl_stage.py",
+    "trainer/test_real_recipes.py",
+    "trainer/test_run_resume_export.py",
+    "rewards/test_reward_judge_vllm.py",
+    "trainer/test_fsdp2.py",
+    "algorithms/test_didi.py",
+    "faults/test_training.py",
+    "evals/test_opencompass_e2e.py",
+    "trainer/test_preference_stage.py",
+    "algorithms/test_drakes.py",
+    "trainer/test_ref_sync.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0]
+        return next((i for i, name in enumerate(LONG_FIRST) if path.endswith(name)), len(LONG_FIRST))
+
+    items.sort(key=rank)  # stable: the rest keep their order
