@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dare.config.schema import stage_to_dict
@@ -33,35 +36,50 @@ def control_stage(recipe: Any, index: int):
     )
 
 
-def run_sft_control(pipeline: Any, actor: Any, tokenizer: Any, eval_rows: list, index: int, seconds: float,
-                    base_dir: str | None) -> dict[str, Any]:  # fmt: skip
-    """Train and evaluate the control of stage `index` for `seconds`; returns its evaluation
-    plus `steps` and `seconds`."""
-    r = pipeline.recipe
-    stage = control_stage(r, index)
-    start_ckpt = pipeline.checkpoint_of(index - 1) if index > 0 else None
-    tok_dir = str(pipeline.run_dir / "tokenizer")
+@dataclass
+class ControlContext:
+    """What the control of stage `index` needs from the run (built by the pipeline)."""
+
+    recipe: Any
+    index: int  # the stage being controlled
+    seconds: float  # its training wall time: the control's budget
+    run_dir: Path
+    actor: Any  # RayWorkerGroup of ActorWorker
+    tokenizer: Any
+    sft_rows: list[dict[str, Any]]  # the SFT stages' training rows
+    base_dir: str | None
+    start_checkpoint: str | None  # stage `index`'s starting checkpoint (None: the initial model)
+    stage_checkpoint: str  # stage `index`'s own checkpoint, which the actor is put back on
+    evaluate: Callable[[str], dict[str, Any]]  # evaluate the actor's current weights under a label
+
+
+def run_sft_control(c: ControlContext) -> dict[str, Any]:
+    """Train and evaluate the control of stage `c.index` for `c.seconds`; returns its evaluation
+    plus `steps`, `seconds` and `lr`."""
+    r = c.recipe
+    stage = control_stage(r, c.index)
+    tok_dir = str(c.run_dir / "tokenizer")
     model = r.to_dict()["model"]
-    actor.init_model(model, tok_dir, r.seed, start_ckpt, base_dir)
-    sft_index = last_sft_index(r, index)
+    c.actor.init_model(model, tok_dir, r.seed, c.start_checkpoint, c.base_dir)
+    sft_index = last_sft_index(r, c.index)
     ctx = StageContext(
-        recipe=r, index=sft_index, stage=stage, dir=pipeline.run_dir / f"control-{index + 1}", actor=actor,
-        tokenizer=tokenizer, train_rows=pipeline.train_rows("sft", tokenizer), base_dir=base_dir, start_step=0,
+        recipe=r, index=sft_index, stage=stage, dir=c.run_dir / f"control-{c.index + 1}", actor=c.actor,
+        tokenizer=c.tokenizer, train_rows=c.sft_rows, base_dir=c.base_dir, start_step=0,
     )  # fmt: skip
-    trainer = SFTTrainer(ctx, pipeline)
+    trainer = SFTTrainer(ctx)
     # the SFT stage's stream continues past its own steps (fresh batch order, same demonstrations)
     offset = r.stages[sft_index].steps
-    actor.init_stage(stage_to_dict(stage), stage.args, 10**6)
+    c.actor.init_stage(stage_to_dict(stage), stage.args, 10**6)
     t0, steps = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
+    while time.perf_counter() - t0 < c.seconds:
         trainer.step(offset + steps)
         steps += 1
     spent = time.perf_counter() - t0
-    label = f"control of {stage_dir_name(index, r.stages[index])}"
+    label = f"control of {stage_dir_name(c.index, r.stages[c.index])}"
     print(f"dare: {label}: {steps} SFT steps in {spent:.0f}s (lr {stage.lr:g})", flush=True)
-    res = pipeline.evaluate(actor, tokenizer, eval_rows, label)
-    actor.init_model(model, tok_dir, r.seed, pipeline.checkpoint_of(index), base_dir)  # back on stage K
+    res = c.evaluate(label)
+    c.actor.init_model(model, tok_dir, r.seed, c.stage_checkpoint, c.base_dir)  # back on stage K
     return {**res, "steps": steps, "seconds": spent, "lr": stage.lr}
 
 
-__all__ = ["control_stage", "last_sft_index", "run_sft_control"]
+__all__ = ["ControlContext", "control_stage", "last_sft_index", "run_sft_control"]

@@ -35,8 +35,8 @@ TEACHER_CACHE = "teacher_samples"  # teacher_samples.safetensors + .json (dare.w
 
 
 class DistillTrainer(StageTrainer):
-    def __init__(self, ctx: StageContext, pipeline) -> None:
-        super().__init__(ctx, pipeline)
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
         self.args = ctx.stage.args
         self.gen_length = ctx.recipe.data.gen_length
         # row indices (the batch carries each row's cached teacher samples)
@@ -53,7 +53,7 @@ class DistillTrainer(StageTrainer):
                 f"{ctx.dir / TEACHER_CACHE}.json: missing; the teacher samples of a resumed stage must be cached"
             )
         sampling = {**self.args.teacher_sampling, "gen_length": self.gen_length, "num_generations": G}
-        sampler = self.pipeline.rollout or ctx.actor
+        sampler = ctx.sampler
         rows, out, scores = ctx.train_rows, [], []
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]

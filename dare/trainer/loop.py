@@ -3,7 +3,7 @@ training state, run the steps, log, checkpoint.
 
 A stage trainer subclasses `StageTrainer` and writes `step(step) -> metrics` (and, if it needs
 them, `setup` before the loop, `algorithm_args` to adjust the recipe's arguments, `close` after);
-it is registered in `dare.trainer.pipeline.STAGE_TRAINERS` under a name that an algorithm's
+it is registered in `dare.trainer.stage.STAGE_TRAINERS` under a name that an algorithm's
 `trainer_name()` returns.
 """
 
@@ -57,8 +57,8 @@ class StageTrainer:
     must come from (recipe seed, stage index, step) (`dare.trainer.stream`), so a resumed run
     replays the same steps."""
 
-    def __init__(self, ctx: StageContext, pipeline: Any = None) -> None:
-        self.ctx, self.pipeline = ctx, pipeline
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
         self.stream = BatchStream(ctx.train_rows, ctx.stage.batch_size, ctx.recipe.seed, ctx.index)
 
     def algorithm_args(self) -> Any:
@@ -75,10 +75,6 @@ class StageTrainer:
     def close(self) -> None:
         """Release what `setup` / `step` opened (reward worker pools ...); runs even on errors."""
 
-    def sync_rollout(self) -> None:
-        if self.pipeline is not None:
-            self.pipeline.sync_rollout(self.ctx.actor)
-
     def fit(self) -> None:
         ctx, stage = self.ctx, self.ctx.stage
         self.setup()
@@ -92,7 +88,7 @@ class StageTrainer:
             state = ctx.dir / "state" / f"step_{start}"
             check_training_state(state)  # refused here, with the file named, before any worker reads it
             ctx.actor.load_state(str(state))
-            self.sync_rollout()
+            ctx.sync_rollout()
             print(f"dare: resumed {ctx.dir.name} at step {start}", flush=True)
         logger.truncate_after(start)  # also drops the steps of a run killed before its first save
         try:

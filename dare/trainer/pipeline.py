@@ -15,6 +15,7 @@ Run directory layout:
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -171,9 +172,10 @@ class Pipeline:
         ctx = StageContext(
             recipe=r, index=index, stage=stage, dir=sdir, actor=actor, tokenizer=tokenizer,
             train_rows=self.train_rows(stage.kind, tokenizer), base_dir=base_dir, start_step=steps_done[-1] if steps_done else 0,
+            rollout=self.rollout, sync_rollout=functools.partial(self.sync_rollout, actor),
         )  # fmt: skip
         t0 = time.perf_counter()
-        STAGE_TRAINERS.get(ALGORITHMS.get(stage.algorithm).trainer_name())(ctx, self).fit()
+        STAGE_TRAINERS.get(ALGORITHMS.get(stage.algorithm).trainer_name())(ctx).fit()
         ckpt = sdir / "checkpoint"
         actor.save_state(str(ckpt), base_dir, False)
         tokenizer.save_pretrained(ckpt)
@@ -230,10 +232,16 @@ class Pipeline:
         key = str(index + 1)
         if not self.recipe.stages[index].sft_control or key in state.setdefault("control", {}):
             return
-        from dare.trainer.control import run_sft_control
+        from dare.trainer.control import ControlContext, run_sft_control
 
-        seconds = state["stage_seconds"][key]
-        state["control"][key] = run_sft_control(self, actor, tokenizer, eval_rows, index, seconds, base_dir)
+        control = ControlContext(
+            recipe=self.recipe, index=index, seconds=state["stage_seconds"][key], run_dir=self.run_dir, actor=actor,
+            tokenizer=tokenizer, sft_rows=self.train_rows("sft", tokenizer), base_dir=base_dir,
+            start_checkpoint=self.checkpoint_of(index - 1) if index > 0 else None,
+            stage_checkpoint=self.checkpoint_of(index),
+            evaluate=lambda label: self.evaluate(actor, tokenizer, eval_rows, label),
+        )  # fmt: skip
+        state["control"][key] = run_sft_control(control)
         self._save_run_state(state)
 
     def checkpoint_of(self, index: int) -> str:

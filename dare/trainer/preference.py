@@ -1,15 +1,16 @@
-"""The preference stage trainer (DPO, VRPO): the SFT loop on (prompt, chosen, rejected) rows."""
+"""The preference stage trainer (DPO, VRPO): the SFT step (`update_on`) on (prompt, chosen, rejected) rows."""
 
 from __future__ import annotations
 
 from verl import DataProto
 
 from dare.data.formatting import collate_preference
-from dare.trainer.sft import SFTTrainer
+from dare.trainer.loop import StageTrainer
+from dare.trainer.sft import update_on
 from dare.trainer.stage import STAGE_TRAINERS
 
 
-class PreferenceTrainer(SFTTrainer):
+class PreferenceTrainer(StageTrainer):
     """Per step: the step's preference rows (deterministic, see `BatchStream`) -> chosen and
     rejected collated with one shared layout (`collate_preference`, responses padded with EOS to
     `data.gen_length`) and one noise seed per row -> `actor.update_actor`, which runs the
@@ -22,6 +23,9 @@ class PreferenceTrainer(SFTTrainer):
                    for k in ("input_ids", "attention_mask", "response_mask")}  # fmt: skip
         tensors["noise_seed"] = self.stream.noise_seeds(step)
         return DataProto.from_dict(tensors=tensors)
+
+    def step(self, step: int) -> dict[str, float]:
+        return update_on(self.ctx, self.batch(step))
 
 
 STAGE_TRAINERS.register("preference", PreferenceTrainer)

@@ -65,8 +65,8 @@ def build_scorer(args: Any):
 
 
 class RLTrainer(StageTrainer):
-    def __init__(self, ctx: StageContext, pipeline) -> None:
-        super().__init__(ctx, pipeline)
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
         self.args = ctx.stage.args
         self.sampling = {**self.args.sampling, "gen_length": ctx.recipe.data.gen_length, "num_generations": 1}
         self.scorer = None
@@ -89,7 +89,7 @@ class RLTrainer(StageTrainer):
             tensors={"input_ids": p["input_ids"], "attention_mask": p["attention_mask"]},
             meta_info={"sampling": self.sampling, "seed": seed},
         ).repeat(G, interleave=True)  # prompt-major: rows i*G .. i*G+G-1 answer prompt i
-        sampler = self.pipeline.rollout or ctx.actor
+        sampler = ctx.sampler
         t0 = time.perf_counter()
         out = dp_call(sampler.generate, prompts, sampler.world_size)
         rollout_s = time.perf_counter() - t0
@@ -123,7 +123,7 @@ class RLTrainer(StageTrainer):
         g = step_generator(ctx.recipe.seed, ctx.index, step, 3)
         data.batch["noise_seed"] = torch.randint(0, 2**62, (len(scores), self.args.mu), generator=g)
         out = ctx.actor.update_actor(data)
-        self.pipeline.sync_rollout(ctx.actor)
+        ctx.sync_rollout()
         metrics.update(rank_zero_metrics(out.meta_info["metrics"]))
         metrics.update(reward_metrics)
         metrics.update(adv_metrics)

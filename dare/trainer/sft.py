@@ -7,7 +7,7 @@ from verl import DataProto
 from dare.data.formatting import collate_sft
 from dare.trainer.loop import StageTrainer
 from dare.trainer.metrics import rank_zero_metrics
-from dare.trainer.stage import STAGE_TRAINERS
+from dare.trainer.stage import STAGE_TRAINERS, StageContext
 
 
 class SFTTrainer(StageTrainer):
@@ -27,9 +27,15 @@ class SFTTrainer(StageTrainer):
         return DataProto.from_dict(tensors=tensors)
 
     def step(self, step: int) -> dict[str, float]:
-        return rank_zero_metrics(self.ctx.actor.update_actor(self.batch(step)).meta_info["metrics"])
+        return update_on(self.ctx, self.batch(step))
+
+
+def update_on(ctx: StageContext, batch: DataProto) -> dict[str, float]:
+    """One data-parallel optimizer step of the actor on a collated batch; the global metrics. The
+    step of every trainer that learns from fixed rows (SFT, preference)."""
+    return rank_zero_metrics(ctx.actor.update_actor(batch).meta_info["metrics"])
 
 
 STAGE_TRAINERS.register("sft", SFTTrainer)
 
-__all__ = ["SFTTrainer"]
+__all__ = ["SFTTrainer", "update_on"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,14 @@ def stage_dir_name(index: int, stage: StageSpec) -> str:
     return f"stage-{index + 1}-{stage.name or stage.algorithm}"
 
 
+def _no_rollout_workers() -> None:
+    """`sync_rollout` of a colocated rollout: the actor generates with its own weights."""
+
+
 @dataclass
 class StageContext:
-    """What a stage trainer gets from the pipeline."""
+    """Everything a stage trainer gets: the stage, its data and worker handles, and the one
+    callback into the run it needs. Trainers never see the pipeline."""
 
     recipe: Recipe
     index: int
@@ -40,6 +46,14 @@ class StageContext:
     train_rows: list[dict[str, Any]]
     base_dir: str | None
     start_step: int  # steps already done (resume)
+    rollout: Any = None  # RayWorkerGroup of RolloutWorker (`resources.rollout: separate`), else None
+    # push the actor's weights to the rollout workers (after an update, after a resume)
+    sync_rollout: Callable[[], None] = _no_rollout_workers
+
+    @property
+    def sampler(self) -> Any:
+        """The worker group that generates: the separate rollout workers, else the actor."""
+        return self.rollout if self.rollout is not None else self.actor
 
 
 STAGE_TRAINERS: Registry[Any] = Registry("stage kind")
