@@ -1,7 +1,7 @@
 """The algorithm interface and registry.
 
 An algorithm is one class, registered by name, that declares its stage `kind`, the attention
-kinds it supports, the roles it needs and its `Args` dataclass (the recipe keys it accepts), and
+kinds it supports, the batch tensors it reads and its `Args` dataclass (the recipe keys it accepts), and
 computes its loss from a batch. Trainers and workers never branch on algorithm names.
 """
 
@@ -22,13 +22,13 @@ class Algorithm:
     name: ClassVar[str]
     kind: ClassVar[str]  # "sft" | "rl" | "preference" | "distill"
     attention: ClassVar[tuple[str, ...]] = ("full", "block")
-    roles: ClassVar[tuple[str, ...]] = ("actor",)
     # the stage trainer (`dare.trainer.STAGE_TRAINERS` name) that drives it; None = its kind's.
     # An algorithm with its own loop (DRAKES backpropagates through sampling) names its own.
     trainer: ClassVar[str | None] = None
     # whether it runs on an FSDP2-sharded actor (resources.strategy); an algorithm that reads
     # parameters outside the model's forward (e.g. the embedding matrix) cannot
     supports_sharding: ClassVar[bool] = True
+    # tensors its `prepare` / `compute_loss` read; the actor checks a batch has them before a step
     required_batch_keys: ClassVar[tuple[str, ...]] = ()
 
     @dataclass
@@ -38,6 +38,12 @@ class Algorithm:
     def __init__(self, args: Any, spec: DiffusionSpec) -> None:
         self.args = args
         self.spec = spec
+
+    def check_batch(self, batch: dict[str, Any]) -> None:
+        """Raise a KeyError naming the algorithm and the tensors a batch lacks."""
+        missing = [k for k in self.required_batch_keys if k not in batch]
+        if missing:
+            raise KeyError(f"{self.name}: the batch lacks {missing} (it has {sorted(batch)})")
 
     @classmethod
     def check_fit(cls, args: Any, spec: DiffusionSpec, gen_length: int) -> None:

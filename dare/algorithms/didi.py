@@ -108,7 +108,6 @@ class DiDiInstruct(Algorithm):
     supports_sharding = False  # the discriminator is built from the unsharded teacher
     kind = "distill"
     attention = ("full",)
-    roles = ("actor", "teacher", "discriminator")
     required_batch_keys = ("input_ids", "attention_mask", "teacher_response", "noise_seed", "step")
 
     @dataclass

@@ -124,7 +124,6 @@ class PreferenceOptimization(Algorithm):
     """ELBO-DPO; subclasses fix whether the reference shares the policy's noise."""
 
     kind = "preference"
-    roles = ("actor", "reference")
     required_batch_keys = tuple(f"{s}_{k}" for s in SIDES for k in SEQUENCE_KEYS) + ("noise_seed",)
     shared_noise: ClassVar[bool]
     PLAN_PREFIX: ClassVar[str] = "plan."

@@ -53,7 +53,6 @@ class DRAKES(Algorithm):
     kind = "rl"
     trainer = "drakes"
     attention = ("full", "block")
-    roles = ("actor", "reference")
     required_batch_keys = ("input_ids", "attention_mask", "noise_seed", "train_step")
 
     @dataclass

@@ -109,7 +109,6 @@ class GRPO(Algorithm):
     """Shared implementation; subclasses fix the estimator and the defaults."""
 
     kind = "rl"
-    roles = ("actor", "rollout", "reference", "reward")
     required_batch_keys = ("input_ids", "attention_mask", "response_mask", "advantages", "noise_seed")
     estimator_name: str
 

@@ -252,6 +252,7 @@ class ActorWorker(Worker):
         t0 = time.perf_counter()
         accum = self.stage["grad_accum"]
         batch = self._tensors(data)
+        self.algorithm.check_batch(batch)  # a trainer / algorithm mismatch fails before any forward pass
         self.model.eval()  # no dropout in the old/reference passes
         updates = self.algorithm.prepare(self.model, self.reference, batch)
         self.model.train()

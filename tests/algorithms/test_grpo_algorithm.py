@@ -99,3 +99,12 @@ def test_reward_specs_are_checked_at_recipe_load(tmp_path):
         build_stage({**base, "rewards": [{"name": "sortt"}]}, "stages[0]", None)
     with pytest.raises(RecipeError, match=r"stages\[0\].rewards: .*missing.py"):
         build_stage({**base, "rewards": [{"path": str(tmp_path / "missing.py:fn")}]}, "stages[0]", None)
+
+
+def test_a_batch_without_the_algorithms_tensors_is_refused_by_name():
+    algo = algorithm("coupled_grpo", tiny("llada", V).diffusion_spec())
+    batch = rl_batch("llada")
+    algo.check_batch(batch)  # complete
+    del batch["advantages"]
+    with pytest.raises(KeyError, match=r"coupled_grpo: the batch lacks \['advantages'\]"):
+        algo.check_batch(batch)
