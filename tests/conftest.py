@@ -33,24 +33,11 @@ def _ray_down_after_module():
         ray.shutdown()
 
 
-# Test modules (or xdist groups) that take minutes, longest first. `make test` runs pytest-xdist with
-# --dist loadgroup, which hands whole modules / groups to the workers in collection order: starting
-# the long ones first lets the three workers finish together instead of one running a long module
-# at the end alone.
-LONG_FIRST = (
-    "algorithms/test_didi_learning.py",
-    "trainer/test_rl_stage.py",
-    "trainer/test_real_recipes.py",
-    "trainer/test_run_resume_export.py",
-    "rewards/test_reward_judge_vllm.py",
-    "trainer/test_fsdp2.py",
-    "algorithms/test_didi.py",
-    "faults/test_training.py",
-    "evals/test_opencompass_e2e.py",
-    "trainer/test_preference_stage.py",
-    "algorithms/test_drakes.py",
-    "trainer/test_ref_sync.py",
-)
+# The longest test module, an in-process learning test (no Ray), starts first: `make test` runs
+# pytest-xdist with --dist loadgroup, which hands whole modules to the workers in collection order,
+# so a long module collected last would run alone at the end. (Starting every long module first
+# is slower: several Ray pipelines at once oversubscribe a 2-core machine.)
+LONG_FIRST = ("algorithms/test_didi_learning.py",)
 
 
 def pytest_collection_modifyitems(config, items):
