@@ -29,7 +29,8 @@ from dare.trainer.stream import step_generator
 
 
 class TaskVerifierScorer:
-    """Rewards from each row's own verifier (built-in tasks) or exact match with ground truth."""
+    """Rewards from each row's own scorer (`row_scorer`: its built-in task's verifier, its declared data
+    source's, its ground truth's shape's, else exact match)."""
 
     def score(self, rows: list[dict[str, Any]], texts: list[str]) -> tuple[list[float], dict[str, float]]:
         return [row_scorer(row)(text) for row, text in zip(rows, texts)], {}
