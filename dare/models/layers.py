@@ -168,11 +168,11 @@ def build_attention_context(
     head_dim: int,
     rope_theta: float,
     block_size: int | None,
-    attention_mask: torch.Tensor | None,
-    position_ids: torch.Tensor | None,
-    past_key_values: DiffusionCache | None,
-    use_cache: bool,
-    replace_position: int | None,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    past_key_values: DiffusionCache | None = None,
+    use_cache: bool = False,
+    replace_position: int | None = None,
 ) -> AttentionContext:
     """Resolve positions, key validity and the attention mask for a forward call.
 
