@@ -23,6 +23,8 @@ class DreamConfig(QwenDiffusionConfig):
 
     model_type = "Dream"
 
+    # the release's sizes and ids: the same declarations (names, types, order) in every Qwen-layout
+    # family, kept so by tests/models/test_model_files.py
     vocab_size: int = 152064
     hidden_size: int = 3584
     intermediate_size: int = 18944
@@ -78,11 +80,6 @@ class DreamModel(QwenLM):
 
 
 # Dream's auto_map names only AutoModel; the masked-LM class is registered too, for convenience
-register_family(
-    ModelFamily(
-        "dream", DreamConfig, DreamModel, dream_tiny,
-        auto_classes={AutoModel: DreamModel, AutoModelForMaskedLM: DreamModel},
-    )
-)  # fmt: skip
+register_family(ModelFamily("dream", DreamModel, dream_tiny, {AutoModel: DreamModel, AutoModelForMaskedLM: DreamModel}))
 
 __all__ = ["DreamBaseModel", "DreamConfig", "DreamModel", "dream_7b", "dream_tiny"]

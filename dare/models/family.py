@@ -1,6 +1,6 @@
 """The model-family registry: one `register_family(...)` call at the end of each family file
-binds its name, config, top-level class, tiny preset and the transformers Auto classes its
-released checkpoints' `auto_map` names.
+binds its name, top-level class (and through it the config), tiny preset and the transformers
+Auto classes its released checkpoints' `auto_map` names.
 
 Adding a family takes its own file in `dare/models/` (ending with that call) and one import line
 in `dare/models/__init__.py`; nothing outside `dare/models/` names a family (docs/models.md).
@@ -22,18 +22,21 @@ class ModelFamily:
 
     Attributes:
         name: the registry name recipes use (`model.family`, `tiny:<name>`).
-        config_cls: its `PreTrainedConfig` (its `model_type` is the one in config.json).
-        lm_cls: the top-level class that returns logits (`architectures` of the release).
+        lm_cls: the top-level class that returns logits (`architectures` of the release); its
+            `config_class` is the family's config (whose `model_type` is the one in config.json).
         tiny_config: `(vocab_size, **overrides) -> config`, the CPU-test preset.
         auto_classes: transformers Auto class -> the model class it loads (what the checkpoints'
             `auto_map` names, so a released folder loads without `trust_remote_code`).
     """
 
     name: str
-    config_cls: type[PreTrainedConfig]
     lm_cls: type[PreTrainedModel]
     tiny_config: Callable[..., PreTrainedConfig]
     auto_classes: Mapping[type, type[PreTrainedModel]]
+
+    @property
+    def config_cls(self) -> type[PreTrainedConfig]:
+        return self.lm_cls.config_class
 
     @property
     def model_type(self) -> str:

@@ -29,6 +29,13 @@ class LLaDAConfig(PreTrainedConfig):
 
     model_type = "llada"
     keys_to_ignore_at_inference = ["past_key_values"]
+    # transformers-standard names used by generic code (peft, accelerate, verl) -> OLMo's names
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_attention_heads": "n_heads",
+        "num_hidden_layers": "n_layers",
+        "num_key_value_heads": "n_kv_heads",
+    }
 
     d_model: int = 4096
     n_heads: int = 32
@@ -99,23 +106,6 @@ class LLaDAConfig(PreTrainedConfig):
             )
         if self.embedding_size < self.vocab_size:
             raise ValueError(f"LLaDAConfig: embedding_size={self.embedding_size} < vocab_size={self.vocab_size}")
-
-    # transformers-standard aliases used by generic code (peft, accelerate, verl)
-    @property
-    def hidden_size(self) -> int:
-        return self.d_model
-
-    @property
-    def num_attention_heads(self) -> int:
-        return self.n_heads
-
-    @property
-    def num_hidden_layers(self) -> int:
-        return self.n_layers
-
-    @property
-    def num_key_value_heads(self) -> int:
-        return self.n_kv_heads
 
     @property
     def head_dim(self) -> int:
@@ -227,12 +217,8 @@ class LLaDAModelLM(DiffusionLM):
 
 
 # LLaDA's auto_map names AutoModel and AutoModelForCausalLM; the masked-LM class is registered too
-register_family(
-    ModelFamily(
-        "llada", LLaDAConfig, LLaDAModelLM, llada_tiny,
-        auto_classes={AutoModel: LLaDAModelLM, AutoModelForCausalLM: LLaDAModelLM, AutoModelForMaskedLM: LLaDAModelLM},
-    )
-)  # fmt: skip
+_AUTO_CLASSES = {AutoModel: LLaDAModelLM, AutoModelForCausalLM: LLaDAModelLM, AutoModelForMaskedLM: LLaDAModelLM}
+register_family(ModelFamily("llada", LLaDAModelLM, llada_tiny, _AUTO_CLASSES))
 
 __all__ = [
     "LLaDAConfig",

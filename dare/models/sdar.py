@@ -25,6 +25,8 @@ class SDARConfig(QwenDiffusionConfig):
 
     model_type = "sdar"
 
+    # the release's sizes and ids: the same declarations (names, types, order) in every Qwen-layout
+    # family, kept so by tests/models/test_model_files.py
     vocab_size: int = 151936
     hidden_size: int = 4096
     intermediate_size: int = 12288
@@ -94,11 +96,8 @@ class SDARForCausalLM(QwenLM):
 
 # SDAR's auto_map names AutoModel -> SDARModel and AutoModelForCausalLM -> SDARForCausalLM
 register_family(
-    ModelFamily(
-        "sdar", SDARConfig, SDARForCausalLM, sdar_tiny,
-        auto_classes={AutoModel: SDARModel, AutoModelForCausalLM: SDARForCausalLM},
-    )
-)  # fmt: skip
+    ModelFamily("sdar", SDARForCausalLM, sdar_tiny, {AutoModel: SDARModel, AutoModelForCausalLM: SDARForCausalLM})
+)
 
 __all__ = [
     "SDARConfig",
