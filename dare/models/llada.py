@@ -203,6 +203,7 @@ class LLaDAModelLM(DiffusionLM):
     """The released top-level class (`architectures: ["LLaDAModelLM"]`): `.model` is `LLaDAModel`."""
 
     config_class = LLaDAConfig
+    _no_split_modules = ["LLaDALlamaBlock"]
 
     def __init__(self, config: LLaDAConfig) -> None:
         super().__init__(config)

@@ -171,6 +171,7 @@ class QwenLM(DiffusionLM):
     """`.model` (the family's `backbone_class`) + `lm_head`, as the Qwen-layout releases."""
 
     backbone_class: type[nn.Module]
+    _no_split_modules = ["QwenDecoderLayer"]
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config) -> None:
