@@ -1,9 +1,9 @@
 """Building blocks shared by the model families: RMSNorm, rotary embeddings, the diffusion KV
 cache, attention-mask construction and the SDPA attention kernel.
 
-Every family file (llada.py, dream.py, sdar.py) keeps its own module names (they must match the
-released state dicts) and calls into these functions for the math, so the attention rules are
-written once:
+Part of the shared model kernel (docs/models.md): every family file (llada.py, dream.py, sdar.py)
+keeps its own module names (they must match the released state dicts) and calls into these
+functions for the math, so the attention rules are written once:
 
 - a key is visible to a query if the key is a real token (2-D padding mask) and, for block
   attention (SDAR), the key's block is not later than the query's block (block = position // size);

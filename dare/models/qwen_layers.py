@@ -1,13 +1,14 @@
-"""The Qwen2 / Qwen3 decoder stack shared by Dream (Qwen2.5 layout: q/k/v biases) and SDAR (Qwen3
+"""The Qwen2 / Qwen3 layout shared by Dream (Qwen2.5 layout: q/k/v biases) and SDAR (Qwen3
 layout: no biases, per-head q_norm / k_norm before RoPE). Module names match the released state
 dicts: `model.embed_tokens`, `model.layers.{i}.self_attn.{q,k,v,o}_proj`, `...q_norm`,
 `model.layers.{i}.mlp.{gate,up,down}_proj`, `input_layernorm`, `post_attention_layernorm`,
 `model.norm`, `lm_head`.
 
 Part of the shared model kernel (`dare.models.modeling`, docs/models.md): the family files hold
-the configs, their `PreTrainedModel` classes and what differs (the layout flags `qkv_bias` /
-`qk_norm`, logits shift, attention kind); this file holds the layers and the two model bodies
-they share, `QwenBackbone` (`model.*`) and `QwenLM` (`.model` + `lm_head`).
+their release's sizes and ids, the class names, and what differs (the layout flags `qkv_bias` /
+`qk_norm`, logits shift, attention kind); this file holds what they share: the config fields
+(`QwenDiffusionConfig`), the layers, and the two model bodies `QwenBackbone` (`model.*`) and
+`QwenLM` (`.model` + `lm_head`).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class QwenDiffusionConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
     @classmethod
-    def tiny(cls, vocab_size: int = 64, **overrides):
+    def tiny(cls, vocab_size: int = 64, **overrides) -> QwenDiffusionConfig:
         """A ~0.35M-parameter model (hidden 128, 2 layers, GQA 4/2 heads) for CPU tests; token ids
         at the end of the vocab (mask = V-1, eos = pad = bos = V-2); overrides win."""
         defaults = dict(
@@ -146,7 +147,7 @@ class QwenBackbone(DiffusionBackbone):
     qk_norm: bool
     _no_split_modules = ["QwenDecoderLayer"]
 
-    def __init__(self, config) -> None:
+    def __init__(self, config: QwenDiffusionConfig) -> None:
         super().__init__(config)
         config.validate_architecture()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
@@ -174,7 +175,7 @@ class QwenLM(DiffusionLM):
     _no_split_modules = ["QwenDecoderLayer"]
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
-    def __init__(self, config) -> None:
+    def __init__(self, config: QwenDiffusionConfig) -> None:
         super().__init__(config)
         self.model = self.backbone_class(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
