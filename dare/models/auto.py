@@ -57,7 +57,7 @@ def load_config(path: str | Path) -> PreTrainedConfig:
     if getattr(config, "mask_token_id", None) is None:
         raise ValueError(
             f"{cfg_file}: mask_token_id is missing; dare needs the id of the [MASK] token the checkpoint "
-            "was trained with (LLaDA 126336, Dream 151666, SDAR 151669)"
+            f"was trained with (the released {fam.name} checkpoints use {fam.config_cls().mask_token_id})"
         )
     config.diffusion_spec()  # validates ids (mask != eos/pad, ...)
     return config
