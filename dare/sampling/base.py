@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 
 class Sampler:
-    """One generation algorithm. Subclasses set the class attributes and implement `run`.
+    """One generation algorithm. Subclasses set the class attributes and either implement `policy`
+    (decoded by the block engine; `runner` picks the logits) or override `decode` (their own loop).
 
     Attributes:
         name: registry name (`SamplingConfig.algorithm`).

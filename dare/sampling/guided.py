@@ -158,8 +158,7 @@ class RewardGuidedSampler(Sampler):
                         ],
                         -1,
                     ).double()  # [N, M]  fmt: skip
-                    gumbel = -torch.log(-torch.log(uniform(tuple(scores.shape), generator, device)))
-                    pick = (scores + gumbel).argmax(-1)  # a draw from softmax(scores)
+                    pick = gumbel_argmax(scores, 1.0, generator)  # a draw from softmax(scores)
                 else:
                     pick = torch.zeros(N, dtype=torch.long, device=device)
                 new = torch.stack([c[0] for c in cands], 1)[torch.arange(N), pick]
