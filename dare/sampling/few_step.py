@@ -26,7 +26,7 @@ import torch
 
 from dare.diffusion.trajectory import response_logits, tempered_log_probs
 from dare.models.spec import DiffusionSpec
-from dare.sampling.base import SAMPLERS, Sampler
+from dare.sampling.base import SAMPLERS, Sampler, check_whole_response
 from dare.sampling.config import SamplingConfig
 from dare.sampling.engine import DecodeState, process_logits
 from dare.sampling.ops import gumbel_argmax, split_evenly, token_probability, topk_transfer, uniform
@@ -100,13 +100,7 @@ class FewStepSampler(Sampler):
 
     @classmethod
     def check_config(cls, config: SamplingConfig) -> None:
-        if config.block_length is not None and config.block_length != config.gen_length:
-            raise ValueError(
-                f"block_length={config.block_length}: few_step decodes the whole response as one block "
-                f"(leave it unset or set it to gen_length={config.gen_length})"
-            )
-        if config.steps > config.gen_length:
-            raise ValueError(f"steps={config.steps}: few_step takes at most gen_length={config.gen_length} steps")
+        check_whole_response(config)
 
     def decode(
         self, model: torch.nn.Module, state: DecodeState, config: SamplingConfig, generator: torch.Generator | None

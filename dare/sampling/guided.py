@@ -32,7 +32,7 @@ from torch import nn
 
 from dare.diffusion.trajectory import response_logits
 from dare.models.spec import DiffusionSpec
-from dare.sampling.base import SAMPLERS, Sampler
+from dare.sampling.base import SAMPLERS, Sampler, check_whole_response
 from dare.sampling.config import SamplingConfig
 from dare.sampling.engine import DecodeState, process_logits
 from dare.sampling.ops import gumbel_argmax, token_probability, uniform
@@ -96,10 +96,7 @@ class RewardGuidedSampler(Sampler):
 
     @classmethod
     def check_config(cls, config: SamplingConfig) -> None:
-        if config.block_length is not None and config.block_length != config.gen_length:
-            raise ValueError(f"block_length={config.block_length}: rgas decodes the whole response as one block")
-        if config.steps > config.gen_length:
-            raise ValueError(f"steps={config.steps}: rgas takes at most gen_length={config.gen_length} steps")
+        check_whole_response(config)
 
     def decode(
         self, model: torch.nn.Module, state: DecodeState, config: SamplingConfig, generator: torch.Generator | None
