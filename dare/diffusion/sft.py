@@ -4,8 +4,8 @@ One loss (`sft_loss`, or `sft_nll` for a given noise draw) with two objectives, 
 `SFT_OBJECTIVES` by `DiffusionSpec.attention` (never by family name); an objective is its noise
 draw and the logits the loss reads:
 
-- "full" (LLaDA, Dream; `masked_diffusion_noise`, `masked_diffusion_logits`): LLaDA's SFT objective (Nie et al. 2025,
-  arXiv 2502.09992; ML-GSAI/LLaDA `GUIDELINES.md`)
+- "full" (LLaDA, Dream; `masked_diffusion_noise`, `masked_diffusion_logits`): LLaDA's SFT
+  objective (Nie et al. 2025, arXiv 2502.09992; ML-GSAI/LLaDA `GUIDELINES.md`)
 
       L = 1/B sum_b 1/|y_b| sum_{i in y_b, masked} CE(logits_{b,i}, y_{b,i}) / p_mask_b,
 
@@ -13,10 +13,10 @@ draw and the logits the loss reads:
   the response part of the answer y_b (trained on: it is how the model learns to stop). Dream's
   logits are re-aligned first (`aligned_logits`: position i-1 predicts token i).
 
-- "block" (SDAR; `block_diffusion_noise`, `block_diffusion_logits`): block diffusion (BD3-LM, Arriola et al. 2025,
-  arXiv 2503.09573; SDAR, Cheng et al. 2025, arXiv 2510.06303). One forward over
-  `[x_t ; x_0]` (length 2L) under the three-part mask of `block_diffusion_attention_mask`, one
-  noise level per block, and the same answer-length-normalised CE/p_mask on the noisy half.
+- "block" (SDAR; `block_diffusion_noise`, `block_diffusion_logits`): block diffusion (BD3-LM,
+  Arriola et al. 2025, arXiv 2503.09573; SDAR, Cheng et al. 2025, arXiv 2510.06303). One forward
+  over `[x_t ; x_0]` (length 2L) under the three-part mask of `block_diffusion_attention_mask`,
+  one noise level per block, and the same answer-length-normalised CE/p_mask on the noisy half.
 
 The batch (see `dare.data`): `input_ids [B, L]` = left-padded prompt, response, EOS padding;
 `loss_mask [B, L]` bool, True on the answer (response + EOS padding); `attention_mask [B, L]`,
