@@ -90,16 +90,21 @@ class Sampler:
         return state.result(nfe, extras)
 
 
-def check_whole_response(config: SamplingConfig) -> None:
-    """`check_config` of a sampler that decodes the whole response as one block, one or more
-    tokens per step (few_step, rgas)."""
-    if config.block_length is not None and config.block_length != config.gen_length:
-        raise ValueError(
-            f"block_length={config.block_length}: {config.algorithm} decodes the whole response as one block "
-            f"(leave it unset or set it to gen_length={config.gen_length})"
-        )
-    if config.steps > config.gen_length:
-        raise ValueError(f"steps={config.steps}: {config.algorithm} takes at most gen_length={config.gen_length} steps")
+class WholeResponseSampler(Sampler):
+    """A sampler that decodes the whole response as one block, one or more tokens per step, with
+    its own loop (`decode`): few_step, rgas."""
+
+    @classmethod
+    def check_config(cls, config: SamplingConfig) -> None:
+        if config.block_length is not None and config.block_length != config.gen_length:
+            raise ValueError(
+                f"block_length={config.block_length}: {config.algorithm} decodes the whole response as one block "
+                f"(leave it unset or set it to gen_length={config.gen_length})"
+            )
+        if config.steps > config.gen_length:
+            raise ValueError(
+                f"steps={config.steps}: {config.algorithm} takes at most gen_length={config.gen_length} steps"
+            )
 
 
-__all__ = ["COMMON_FIELDS", "SAMPLERS", "Policy", "Sampler", "check_whole_response"]
+__all__ = ["COMMON_FIELDS", "SAMPLERS", "Policy", "Sampler", "WholeResponseSampler"]

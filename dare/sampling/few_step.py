@@ -26,7 +26,7 @@ import torch
 
 from dare.diffusion.trajectory import response_logits, tempered_log_probs
 from dare.models.spec import DiffusionSpec
-from dare.sampling.base import SAMPLERS, Sampler, check_whole_response
+from dare.sampling.base import SAMPLERS, WholeResponseSampler
 from dare.sampling.config import SamplingConfig
 from dare.sampling.engine import DecodeState, process_logits
 from dare.sampling.ops import gumbel_argmax, split_evenly, token_probability, topk_transfer, uniform
@@ -90,17 +90,13 @@ def sample_trajectory(
 
 
 @SAMPLERS.register("few_step")
-class FewStepSampler(Sampler):
+class FewStepSampler(WholeResponseSampler):
     """Decodes the whole response in `steps` steps with an exact trajectory (module docstring)."""
 
     name = "few_step"
     attention = "full"
     remasking_choices = REMASKING
     options = frozenset({"remasking"})
-
-    @classmethod
-    def check_config(cls, config: SamplingConfig) -> None:
-        check_whole_response(config)
 
     def decode(
         self, model: torch.nn.Module, state: DecodeState, config: SamplingConfig, generator: torch.Generator | None

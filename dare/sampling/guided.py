@@ -32,7 +32,7 @@ from torch import nn
 
 from dare.diffusion.trajectory import response_logits
 from dare.models.spec import DiffusionSpec
-from dare.sampling.base import SAMPLERS, Sampler, check_whole_response
+from dare.sampling.base import SAMPLERS, WholeResponseSampler
 from dare.sampling.config import SamplingConfig
 from dare.sampling.engine import DecodeState, process_logits
 from dare.sampling.ops import gumbel_argmax, token_probability, uniform
@@ -90,13 +90,9 @@ def _ancestral_step(x_resp, logp_x0, t, s, temperature, mask_id, generator):
 
 
 @SAMPLERS.register("rgas")
-class RewardGuidedSampler(Sampler):
+class RewardGuidedSampler(WholeResponseSampler):
     name = "rgas"
     attention = "full"
-
-    @classmethod
-    def check_config(cls, config: SamplingConfig) -> None:
-        check_whole_response(config)
 
     def decode(
         self, model: torch.nn.Module, state: DecodeState, config: SamplingConfig, generator: torch.Generator | None
