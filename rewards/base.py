@@ -143,6 +143,8 @@ def builtin_reward(name: str, kind: str = "text") -> RewardFn:
         RewardLoadError: an unknown name (lists the rewards of `kind`, suggests the closest) or a
             reward of the other kind (names it, its kind and the kind expected here).
     """
+    if kind not in REWARD_KINDS:
+        raise ValueError(f"kind must be one of {sorted(REWARD_KINDS)}, got {kind!r}")
     if name not in REWARDS:
         known = reward_names(kind)
         msg = f"unknown {_KIND_LABELS[kind]} {name!r}; known: {', '.join(known) or '(none)'}"
