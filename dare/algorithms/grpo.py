@@ -29,12 +29,13 @@ refused (TRL 0.16 with PEFT has no reference model to sync and its callback sile
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
 from dare.algorithms.base import Algorithm, register_algorithm, row_generators
+from dare.algorithms.rollout import RolloutSpec
 from dare.diffusion.estimators import NoisePlan, build_estimator
 from dare.diffusion.rl_losses import PPOClipConfig, rl_loss
 from dare.errors import RecipeError
@@ -44,9 +45,7 @@ PLAN_PREFIX = "plan."
 
 
 @dataclass
-class GRPOArgs:
-    # completions sampled per prompt (a group); stage.batch_size counts prompts
-    num_generations: int = 8
+class GRPOArgs(RolloutSpec):
     # inner policy updates per rollout batch (one fresh noise plan each)
     mu: int = 1
     # KL coefficient to the reference policy (0 = no reference forward)
@@ -56,17 +55,7 @@ class GRPOArgs:
     clip_eps_high: float | None = None
     # dual clip for negative advantages; null = off
     clip_ratio_c: float | None = None
-    advantage: Literal["grpo", "grpo_mean", "rloo"] = "grpo_mean"
-    # grpo only: divide by the group's std
-    norm_adv_by_std: bool = True
     loss_agg_mode: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
-    # rollout SamplingConfig fields (gen_length comes from data.gen_length)
-    sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 1.0})
-    # reward functions [{name: countdown, weight: 1.0}, {path: my.py:fn, weight: 0.5, args: {...}}];
-    # empty = the built-in task's verifier
-    rewards: list[dict[str, Any]] = field(default_factory=list)
-    reward_timeout_s: float = 10.0
-    reward_workers: int = 2
     p_mask_prompt: float = 0.15
     # move the frozen reference toward the policy after every N-th optimizer update (mu per
     # step); 0 = never (the reference stays the stage's starting policy)
@@ -75,16 +64,14 @@ class GRPOArgs:
     ref_sync_alpha: float = 1.0
 
     def validate(self, key: str, file: Any) -> None:
+        super().validate(key, file)
         checks = {
-            "num_generations": (self.num_generations >= 2, ">= 2 (a group)"),
             "mu": (self.mu >= 1, ">= 1"),
             "beta": (self.beta >= 0, ">= 0"),
             "clip_eps": (0 < self.clip_eps < 1, "in (0, 1)"),
             "clip_eps_high": (self.clip_eps_high is None or self.clip_eps_high > 0, "> 0 or null"),
             "clip_ratio_c": (self.clip_ratio_c is None or self.clip_ratio_c > 1, "> 1 or null (dual clip)"),
             "p_mask_prompt": (0 <= self.p_mask_prompt < 1, "in [0, 1)"),
-            "reward_timeout_s": (self.reward_timeout_s > 0, "> 0"),
-            "reward_workers": (self.reward_workers >= 1, ">= 1"),
             "ref_sync_every": (self.ref_sync_every >= 0, ">= 0"),
             "ref_sync_alpha": (0 < self.ref_sync_alpha <= 1, "in (0, 1]"),
         }
@@ -95,14 +82,6 @@ class GRPOArgs:
             raise RecipeError(
                 file, f"{key}.ref_sync_every", "syncs the reference policy, but beta is 0 (no reference); set beta > 0"
             )
-        if self.rewards:  # names, plug-in files and argument signatures, before anything starts
-            from dare.rewards.spec import LoadedReward, as_specs
-
-            try:
-                for spec in as_specs(self.rewards):
-                    LoadedReward.from_spec(spec)
-            except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
-                raise RecipeError(file, f"{key}.rewards", str(e)) from None
 
 
 class GRPO(Algorithm):
@@ -195,7 +174,7 @@ class CoupledGRPO(GRPO):
 
     @dataclass
     class Args(GRPOArgs):
-        advantage: Literal["grpo", "grpo_mean", "rloo"] = "rloo"
+        advantage: str = "rloo"
         p_mask_prompt: float = 0.0
         # t ~ U(t_min, t_max); views mask R < t and its complement
         t_min: float = 0.2

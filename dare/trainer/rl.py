@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from verl import DataProto
 
+from dare.algorithms.rollout import RolloutSpec
 from dare.data.formatting import collate_prompts
 from dare.diffusion.rl_losses import compute_advantages
+from dare.rewards.spec import RewardSpec
 from dare.trainer.evaluate import row_scorer
 from dare.trainer.loop import StageTrainer
 from dare.trainer.metrics import rank_zero_metrics
@@ -43,7 +45,7 @@ class RewardFunctionScorer:
     """The recipe's reward functions (`dare.rewards`), run in worker processes with a timeout;
     a reward that raises or hangs scores 0 and is counted in `reward/errors` / `reward/timeouts`."""
 
-    def __init__(self, specs: list[dict[str, Any]], num_workers: int, timeout_s: float) -> None:
+    def __init__(self, specs: list[RewardSpec], num_workers: int, timeout_s: float) -> None:
         from dare.rewards.runner import RewardRunner
 
         self.runner = RewardRunner(specs, num_workers=num_workers, timeout_s=timeout_s)
@@ -58,7 +60,7 @@ class RewardFunctionScorer:
         self.runner.close()
 
 
-def build_scorer(args: Any):
+def build_scorer(args: RolloutSpec) -> TaskVerifierScorer | RewardFunctionScorer:
     """The built-in verifier when the recipe names no reward functions."""
     if not args.rewards:
         return TaskVerifierScorer()
@@ -68,8 +70,12 @@ def build_scorer(args: Any):
 class RLTrainer(StageTrainer):
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
-        self.args = ctx.stage.args
-        self.sampling = {**self.args.sampling, "gen_length": ctx.recipe.data.gen_length, "num_generations": 1}
+        if not isinstance(ctx.stage.args, RolloutSpec):
+            raise TypeError(
+                f"{ctx.stage.algorithm}: an rl stage's Args must inherit RolloutSpec (dare.algorithms.rollout)"
+            )
+        self.args: RolloutSpec = ctx.stage.args
+        self.sampling = self.args.rollout_sampling(ctx.recipe.data.gen_length)
         self.scorer = None
 
     def setup(self) -> None:

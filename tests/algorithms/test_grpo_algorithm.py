@@ -94,10 +94,10 @@ def test_reward_specs_are_checked_at_recipe_load(tmp_path):
 
     base = {"kind": "rl", "algorithm": "coupled_grpo", "steps": 1}
     stage = build_stage({**base, "rewards": [{"name": "sort", "weight": 1.0}]}, "stages[0]", None)
-    assert stage.args.rewards[0]["name"] == "sort"
-    with pytest.raises(RecipeError, match=r"stages\[0\].rewards: .*sortt"):
+    assert stage.args.rewards[0].name == "sort" and stage.args.rewards[0].weight == 1.0  # a typed RewardSpec
+    with pytest.raises(RecipeError, match=r"stages\[0\].rewards\[0\]: .*sortt"):
         build_stage({**base, "rewards": [{"name": "sortt"}]}, "stages[0]", None)
-    with pytest.raises(RecipeError, match=r"stages\[0\].rewards: .*missing.py"):
+    with pytest.raises(RecipeError, match=r"stages\[0\].rewards\[0\]: .*missing.py"):
         build_stage({**base, "rewards": [{"path": str(tmp_path / "missing.py:fn")}]}, "stages[0]", None)
 
 
