@@ -37,7 +37,8 @@ import torch
 from dare.algorithms.base import Algorithm, register_algorithm, row_generators
 from dare.algorithms.rollout import RolloutSpec
 from dare.diffusion.estimators import NoisePlan, build_estimator
-from dare.diffusion.rl_losses import PPOClipConfig, rl_loss
+from dare.diffusion.rl_losses import DARE_PPO_CLIP, rl_loss
+from dare.diffusion.rl_registry import POLICY_LOSSES
 from dare.errors import RecipeError
 from dare.models.spec import ReferenceFn
 
@@ -56,6 +57,9 @@ class GRPOArgs(RolloutSpec):
     # dual clip for negative advantages; null = off
     clip_ratio_c: float | None = None
     loss_agg_mode: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
+    # a registered policy loss (dare.diffusion.rl_registry.POLICY_LOSSES); its config is built
+    # from these Args (PPO clip reads clip_eps, clip_eps_high, clip_ratio_c)
+    policy_loss: str = DARE_PPO_CLIP
     p_mask_prompt: float = 0.15
     # move the frozen reference toward the policy after every N-th optimizer update (mu per
     # step); 0 = never (the reference stays the stage's starting policy)
@@ -78,6 +82,14 @@ class GRPOArgs(RolloutSpec):
         for name, (ok, rule) in checks.items():
             if not ok:
                 raise RecipeError(file, f"{key}.{name}", f"must be {rule}, got {getattr(self, name)!r}")
+        if self.policy_loss not in POLICY_LOSSES:
+            raise RecipeError(file, f"{key}.policy_loss", POLICY_LOSSES.unknown_message(self.policy_loss))
+        try:
+            POLICY_LOSSES.get(self.policy_loss).config(self)
+        except (AttributeError, ValueError) as e:
+            raise RecipeError(
+                file, f"{key}.policy_loss", f"{self.policy_loss!r} does not fit these arguments: {e}"
+            ) from None
         if self.ref_sync_every and self.beta == 0:
             raise RecipeError(
                 file, f"{key}.ref_sync_every", "syncs the reference policy, but beta is 0 (no reference); set beta > 0"
@@ -94,9 +106,7 @@ class GRPO(Algorithm):
     def __init__(self, args: Any, spec) -> None:
         super().__init__(args, spec)
         self.estimator = build_estimator(self.estimator_name, **self.estimator_args())
-        self.clip = PPOClipConfig(
-            clip_eps=args.clip_eps, clip_eps_high=args.clip_eps_high, clip_ratio_c=args.clip_ratio_c
-        )
+        self.loss_config = POLICY_LOSSES.get(args.policy_loss).config(args)
 
     def estimator_args(self) -> dict[str, Any]:
         return {"p_mask_prompt": self.args.p_mask_prompt}
@@ -149,8 +159,8 @@ class GRPO(Algorithm):
         old = batch.get("old_log_prob", logp.detach())
         loss, metrics = rl_loss(
             old, logp, batch["advantages"], batch["response_mask"],
-            ref_log_prob=batch.get("ref_log_prob"), beta=self.args.beta, config=self.clip,
-            loss_agg_mode=self.args.loss_agg_mode,
+            ref_log_prob=batch.get("ref_log_prob"), beta=self.args.beta, loss_name=self.args.policy_loss,
+            config=self.loss_config, loss_agg_mode=self.args.loss_agg_mode,
         )  # fmt: skip
         resp = batch["response_mask"].float()
         metrics["actor/entropy"] = float((entropy * resp).sum() / resp.sum().clamp(min=1))

@@ -21,6 +21,7 @@ from verl import DataProto
 from dare.algorithms.rollout import RolloutSpec
 from dare.data.formatting import collate_prompts
 from dare.diffusion.rl_losses import compute_advantages
+from dare.diffusion.rl_registry import ADVANTAGES
 from dare.rewards.spec import RewardSpec
 from dare.trainer.evaluate import row_scorer
 from dare.trainer.loop import StageTrainer
@@ -124,7 +125,7 @@ class RLTrainer(StageTrainer):
         metrics["perf/reward_s"] = time.perf_counter() - t0
         scores_t = torch.tensor(scores, dtype=torch.float32)
         uid = np.array([i // G for i in range(len(scores))], dtype=object)
-        kwargs = {"norm_adv_by_std_in_grpo": self.args.norm_adv_by_std} if self.args.advantage == "grpo" else {}
+        kwargs = ADVANTAGES.get(self.args.advantage).kwargs(self.args)  # the settings the estimator declares
         adv, adv_metrics = compute_advantages(self.args.advantage, scores_t, uid, data.batch["response_mask"], **kwargs)
         data.batch["advantages"] = adv
         g = step_generator(ctx.recipe.seed, ctx.index, step, 3)
