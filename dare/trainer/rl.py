@@ -2,7 +2,9 @@
 
 Per step:
     prompts (deterministic rows of the step) -> each repeated num_generations times
-    -> rollout (dare's sampler on the rollout workers: colocated actor or synced copy)
+    -> rollout (dare's sampler on the rollout workers: colocated actor or synced copy), its
+       decoding trajectory kept in the batch (`decode_step`, `decode_block`, `decode_confidence`,
+       `decode_num_steps`; `dare.workers.generation`) for objectives that replay it
     -> rewards (built-in verifier or the recipe's reward functions, in parallel, never crashing)
     -> group advantages (verl estimators)
     -> actor.update_actor: mu inner updates, each with one noise plan shared by old/ref/current
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from verl import DataProto
 
 from dare.algorithms.rollout import RolloutSpec
@@ -29,6 +32,7 @@ from dare.trainer.metrics import rank_zero_metrics
 from dare.trainer.runtime import dp_call
 from dare.trainer.stage import STAGE_TRAINERS, StageContext
 from dare.trainer.stream import step_generator
+from dare.workers.generation import TRAJECTORY_FILL
 
 
 class TaskVerifierScorer:
@@ -107,6 +111,9 @@ class RLTrainer(StageTrainer):
             "input_ids": torch.cat([prompts.batch["input_ids"], responses], 1),  # [N, P+G]
             "attention_mask": torch.cat([prompts.batch["attention_mask"], torch.ones_like(responses)], 1),
             "response_mask": torch.cat([torch.zeros(N, P, dtype=torch.bool), rmask], 1),
+            # the decoding trajectory, aligned with input_ids: [N, G] -> [N, P+G]
+            **{k: F.pad(out.batch[k], (P, 0), value=fill) for k, fill in TRAJECTORY_FILL.items()},
+            "decode_num_steps": out.batch["decode_num_steps"],  # [N]
         }
         texts = [ctx.tokenizer.decode(r[m].tolist(), skip_special_tokens=True) for r, m in zip(responses, rmask)]
         row_of = [rows[i // G] for i in range(N)]
