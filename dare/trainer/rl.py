@@ -137,9 +137,14 @@ class RLTrainer(StageTrainer):
         data.batch["advantages"] = adv
         g = step_generator(ctx.recipe.seed, ctx.index, step, 3)
         data.batch["noise_seed"] = torch.randint(0, 2**62, (len(scores), self.args.mu), generator=g)
+        if ctx.critic is not None:  # the algorithm declared a critic: its values go with the batch
+            data.batch["scores"] = scores_t
+            data.batch["values"] = ctx.critic.compute_values(data).batch["values"]  # [N, P+G]
         out = ctx.actor.update_actor(data)
         ctx.sync_rollout()
         metrics.update(rank_zero_metrics(out.meta_info["metrics"]))
+        if ctx.critic is not None:
+            metrics.update(rank_zero_metrics(ctx.critic.update_critic(data).meta_info["metrics"]))
         metrics.update(reward_metrics)
         metrics.update(adv_metrics)
         metrics["reward/mean"] = float(scores_t.mean())
