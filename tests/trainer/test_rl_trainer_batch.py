@@ -126,6 +126,7 @@ def test_the_trajectory_is_carried_unchanged_from_the_rollout_to_update_actor(tm
         assert torch.equal(batch[key][:, P:], gen[key]) and bool((batch[key][:, :P] == fill).all())
     assert torch.equal(batch["decode_num_steps"], gen["decode_num_steps"])
     assert torch.equal(batch["response_mask"][:, P:].long(), gen["response_mask"])
+    assert torch.equal(batch["group_index"], torch.tensor([0, 0, 1, 1, 2, 2]))  # prompt-major groups
 
 
 @dataclass
