@@ -38,7 +38,7 @@ def rl_batch(rollout, target: int = TARGET) -> tuple[dict[str, torch.Tensor], to
 
 
 def train(
-    name: str, family: str, sampling: dict, *, steps: int, lr: float, G: int = 8, seed: int = 0, **args
+    name: str, family: str, rollout: dict, *, steps: int, lr: float, G: int = 8, seed: int = 0, **args
 ) -> tuple[float, float]:
     """Train `steps` RL steps; returns the mean reward of 128 fixed-seed samples before and after."""
     torch.manual_seed(seed)
@@ -49,8 +49,8 @@ def train(
     )
     algo = ALGORITHMS.get(name)(stage.args, spec)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    train_cfg = SamplingConfig(**{**sampling, "num_generations": G, "temperature": 1.0})
-    eval_cfg = SamplingConfig(**{**sampling, "num_generations": 32, "temperature": 1.0})
+    train_cfg = SamplingConfig(**{**rollout, "num_generations": G, "temperature": 1.0})
+    eval_cfg = SamplingConfig(**{**rollout, "num_generations": 32, "temperature": 1.0})
     g = torch.Generator().manual_seed(seed)
 
     def evaluate() -> float:
