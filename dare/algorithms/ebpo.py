@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -53,7 +53,10 @@ from dare.algorithms.base import register_algorithm
 from dare.algorithms.grpo import GRPO, PLAN_PREFIX, GRPOArgs
 from dare.diffusion.estimators import LogpEstimator, NoisePlan, register_estimator, rl_batch_masks
 from dare.diffusion.rl_losses import PPOClipConfig, masked_mean
+from dare.diffusion.rl_registry import POLICY_LOSSES, register_policy_loss
 from dare.errors import RecipeError
+
+EBPO_LOSS = "ebpo_sequence_clip"
 
 # ---------------------------------------------------------------------------------------------
 # The composite ELBO
@@ -149,7 +152,7 @@ def sequence_advantages(advantages: torch.Tensor, response_mask: torch.Tensor) -
     return (advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
 
 
-def ebpo_policy_loss(
+def ebpo_sequence_clip(
     old_elbo: torch.Tensor,
     elbo: torch.Tensor,
     advantages: torch.Tensor,
@@ -194,6 +197,31 @@ def ebpo_policy_loss(
     return loss, metrics
 
 
+@register_policy_loss(EBPO_LOSS, config=PPOClipConfig.from_args)
+def ebpo_policy_loss(
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    loss_agg_mode: str = "token-mean",
+    config: PPOClipConfig | None = None,
+    rollout_is_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """EBPO's loss in verl's `PolicyLossFn` form: the per-token estimates `[B, L]` (the `ebpo`
+    estimator's, whose sum over a row is the composite ELBO) are summed per sequence, the `[B, L]`
+    outcome advantages averaged over the response, and `ebpo_sequence_clip` applied to the rows
+    that have a response. `loss_agg_mode` is unused (one term per sequence, mean over sequences);
+    importance weights are refused."""
+    if rollout_is_weights is not None:
+        raise ValueError(f"{EBPO_LOSS}: rollout importance weights are not supported")
+    mask = response_mask.bool()
+    keep = mask.any(-1)  # [B], rows with a response (an empty one has no ELBO)
+    elbo = (log_prob * mask).sum(-1)  # [B, L] -> [B]
+    old = (old_log_prob * mask).sum(-1)  # [B]
+    adv = sequence_advantages(advantages.expand_as(log_prob).float(), mask)  # [B]
+    return ebpo_sequence_clip(old[keep], elbo[keep], adv[keep], config or PPOClipConfig())
+
+
 def sequence_k2_kl(elbo: torch.Tensor, ref_elbo: torch.Tensor) -> torch.Tensor:
     """k2 = (elbo - ref)^2 / 2 per sequence `[B]` (>= 0, 0 iff equal)."""
     return 0.5 * (elbo - ref_elbo).square()
@@ -206,17 +234,18 @@ def sequence_k2_kl(elbo: torch.Tensor, ref_elbo: torch.Tensor) -> torch.Tensor:
 
 @register_algorithm
 class EBPO(GRPO):
-    """EBPO as a GRPO variant: the estimator is the block-stratified composite ELBO and the loss
-    clips one ratio per sequence. Wired against `GRPO` (old / reference values from its
-    `prepare`, summed here); see the module docstring for the objective."""
+    """EBPO as a GRPO variant: the `ebpo` estimator (block-stratified composite ELBO) and the
+    registered `ebpo_sequence_clip` policy loss (one clipped ratio per sequence); the KL to the
+    reference, when beta > 0, is k2 on the composite ELBOs. See the module docstring."""
 
     name = "ebpo"
     estimator_name = "ebpo"
 
     @dataclass
     class Args(GRPOArgs):
-        advantage: Literal["grpo", "grpo_mean", "rloo"] = "grpo"
+        advantage: str = "grpo"
         clip_eps: float = 0.2
+        policy_loss: str = EBPO_LOSS
         # the prompt is never masked (GRPOArgs field, unused by EBPO)
         p_mask_prompt: float = 0.0
         # N diffusion timesteps per sequence (DARE recipes mc_num 16)
@@ -238,12 +267,13 @@ class EBPO(GRPO):
     def compute_loss(self, model, batch):
         plan = NoisePlan.from_tensors(batch, PLAN_PREFIX)
         tok, entropy = self.estimator.logp_and_entropy(model, batch, plan, self.spec)  # [B, L] each
-        elbo = tok.sum(-1)  # [B], the composite ELBO L_theta
-        old = batch["old_log_prob"].sum(-1) if "old_log_prob" in batch else elbo.detach()
+        old = batch.get("old_log_prob", tok.detach())
         resp = batch["response_mask"].bool()
-        adv = sequence_advantages(batch["advantages"].float(), resp)  # [B]
-        keep = resp.any(-1)  # rows with a response (an empty one has no ELBO)
-        loss, metrics = ebpo_policy_loss(old[keep], elbo[keep], adv[keep], self.clip)
+        loss, metrics = POLICY_LOSSES.get(self.args.policy_loss).fn(
+            old, tok, batch["advantages"], resp, self.args.loss_agg_mode, self.loss_config, None
+        )
+        keep = resp.any(-1)
+        elbo = tok.sum(-1)  # [B], the composite ELBO L_theta
         if "ref_log_prob" in batch:
             kl = sequence_k2_kl(elbo, batch["ref_log_prob"].sum(-1))[keep].mean()
             metrics["actor/kl"] = kl.item()
@@ -257,8 +287,10 @@ class EBPO(GRPO):
 __all__ = [
     "EBPO",
     "EBPOEstimator",
+    "EBPO_LOSS",
     "block_stratified_masks",
     "ebpo_policy_loss",
+    "ebpo_sequence_clip",
     "response_block_ids",
     "sequence_advantages",
     "sequence_k2_kl",

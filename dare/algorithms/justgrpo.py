@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -148,13 +148,15 @@ class JustGRPO(GRPO):
 
     name = "justgrpo"
     estimator_name = "ar"
+    # the rollout's decoding order (RL contract 4/6), checked to be left to right in `prepare`
+    required_batch_keys = (*GRPO.required_batch_keys, "decode_step")
 
     @dataclass
     class Args(GRPOArgs):
         clip_eps: float = 0.2
         # DARE's JustGRPO actor uses dual clip c = 3 (`clip_ratio_c`, verl's default)
         clip_ratio_c: float | None = 3.0
-        advantage: Literal["grpo", "grpo_mean", "rloo"] = "grpo"
+        advantage: str = "grpo"
         # the prompt stays clean (GRPOArgs field, unused)
         p_mask_prompt: float = 0.0
         # views (response positions) per forward
@@ -185,6 +187,22 @@ class JustGRPO(GRPO):
                 f"steps = gen_length ({gen}) and block_length 1 (llada, dream) or remasking sequential (sdar); "
                 f"got {s}",
             )
+
+    def prepare(self, model, reference, batch):
+        """GRPO's, after checking that the rollout decoded left to right (token k of the
+        completion at decoding step k): otherwise the AR log-probs are not the sampling policy's
+        and the ratio is not an importance ratio."""
+        m = rl_batch_masks(batch)
+        k = m.completion.long().cumsum(-1) - 1  # [B, L], completion position
+        wrong = m.response & (batch["decode_step"].to(k.device) != k)
+        if bool(wrong.any()):
+            row = int(wrong.any(-1).nonzero()[0])
+            raise ValueError(
+                f"{self.name}: the rollout did not decode left to right one token per step (row {row}: decode_step "
+                f"{batch['decode_step'][row][m.response[row]].tolist()}); sample with block_length 1 / "
+                "remasking sequential and steps = gen_length"
+            )
+        return super().prepare(model, reference, batch)
 
     def estimator_args(self) -> dict[str, Any]:
         return {"temperature": float(self.args.sampling["temperature"]), "position_chunk": self.args.position_chunk}

@@ -15,11 +15,13 @@ from dare.algorithms.ebpo import (
     EBPOEstimator,
     block_stratified_masks,
     ebpo_policy_loss,
+    ebpo_sequence_clip,
     response_block_ids,
 )
 from dare.config.schema import build_stage
 from dare.diffusion.estimators import NoisePlan, view_logp
 from dare.diffusion.rl_losses import PPOClipConfig
+from dare.diffusion.rl_registry import POLICY_LOSSES
 from dare.models import tiny
 
 V = 16
@@ -33,7 +35,7 @@ def test_loss_on_a_hand_computed_case():
     elbo = torch.log(torch.tensor([1.5, 0.5, 1.1, 0.7], dtype=torch.float64)).requires_grad_()
     old = torch.zeros(4, dtype=torch.float64)
     A = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=torch.float64)
-    loss, m = ebpo_policy_loss(old, elbo, A, PPOClipConfig(clip_eps=0.2))
+    loss, m = ebpo_sequence_clip(old, elbo, A, PPOClipConfig(clip_eps=0.2))
     assert loss.item() == pytest.approx(0.05, abs=1e-6)
     assert m["actor/pg_clipfrac"] == 0.5 and m["actor/pg_clipfrac_lower"] == 0.25
     loss.backward()
@@ -46,12 +48,26 @@ def test_log_domain_clip_equals_ppo_clip():
     old, new = torch.randn(64, generator=g), torch.randn(64, generator=g)
     A = torch.randn(64, generator=g)
     cfg = PPOClipConfig(clip_eps=0.2, clip_eps_high=0.28)
-    loss, _ = ebpo_policy_loss(old, new, A, cfg)
+    loss, _ = ebpo_sequence_clip(old, new, A, cfg)
     r = torch.exp(new - old)
     ppo = torch.maximum(-A * r, -A * r.clamp(0.8, 1.28)).mean()
     assert loss.item() == pytest.approx(ppo.item(), rel=1e-5)
     with pytest.raises(ValueError, match="dual clip"):
-        ebpo_policy_loss(old, new, A, PPOClipConfig(clip_eps=0.2, clip_ratio_c=3.0))
+        ebpo_sequence_clip(old, new, A, PPOClipConfig(clip_eps=0.2, clip_ratio_c=3.0))
+
+
+def test_registered_loss_sums_token_estimates_per_sequence():
+    # rows: tokens 0.5 + 0.2 (ratio e^0.7 > 1.2, A = 1: clipped at 1.2), tokens -0.1 + 0 (ratio
+    # e^-0.1, A = -2: -A max(e^-0.1, 0.8) = 2 e^-0.1), and an empty row (ignored)
+    old = torch.zeros(3, 3)
+    new = torch.tensor([[0.5, 0.2, 9.0], [-0.1, 0.0, 9.0], [9.0, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 0]], dtype=torch.bool)
+    adv = torch.tensor([[1.0], [-2.0], [5.0]]) * mask
+    entry = POLICY_LOSSES.get("ebpo_sequence_clip")
+    assert entry.fn is ebpo_policy_loss
+    loss, m = entry.fn(old, new, adv, mask, "token-mean", PPOClipConfig(clip_eps=0.2), None)
+    assert loss.item() == pytest.approx((-1.2 + 2 * math.exp(-0.1)) / 2, rel=1e-6)
+    assert m["actor/pg_clipfrac"] == 0.5
 
 
 def test_blocks_are_response_aligned_and_masks_follow_the_level():

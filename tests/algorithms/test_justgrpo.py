@@ -105,6 +105,10 @@ def test_first_update_has_ratio_one_and_moves_the_model():
     b["noise_seed"] = torch.tensor([[1], [2]])
     algo = algorithm("justgrpo", model.diffusion_spec(), sampling={"temperature": 0.6})
     assert algo.estimator.args.temperature == 0.6
+    b["decode_step"] = torch.tensor([[-1, -1, -1, 0, 2, 1], [-1, -1, -1, 0, 1, 2]])
+    with pytest.raises(ValueError, match=r"justgrpo: the rollout did not decode left to right .*row 0"):
+        algo.prepare(model, None, b)
+    b["decode_step"][0] = torch.tensor([-1, -1, -1, 0, 1, 2])
     (update,) = algo.prepare(model, None, b)
     loss, m = algo.compute_loss(model, update)
     assert m["actor/ppo_ratio_mean"] == pytest.approx(1.0) and m["actor/pg_clipfrac"] == 0.0

@@ -33,6 +33,8 @@ def rl_batch(rollout, target: int = TARGET) -> tuple[dict[str, torch.Tensor], to
         "input_ids": rollout.sequences,
         "attention_mask": torch.cat([rollout.prompt_mask.long(), torch.ones_like(rollout.response_ids)], 1),
         "response_mask": torch.cat([torch.zeros(N, P, dtype=torch.bool), resp], 1),
+        # the RL contract's trajectory key: -1 on the prompt and after the response
+        "decode_step": torch.cat([torch.full((N, P), -1), rollout.decode_step], 1),
     }
     return batch, scores
 
