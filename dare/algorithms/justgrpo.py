@@ -63,9 +63,12 @@ class TemperedLogits(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> SimpleNamespace:
         logits = self.model(*args, **kwargs).logits / self.temperature  # [N, L, V]
-        no_mask = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=logits.device)
-        no_mask[self.mask_token_id] = -torch.inf
-        return SimpleNamespace(logits=logits + no_mask)
+        # the lowest finite logit rather than -inf: probability exactly 0 after softmax, and the
+        # entropy's p * log p stays 0 * finite = 0 instead of NaN
+        return SimpleNamespace(logits=logits.index_fill(-1, self._mask_index(logits), torch.finfo(logits.dtype).min))
+
+    def _mask_index(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([self.mask_token_id], device=logits.device)
 
 
 def ar_views(completion: torch.Tensor, response: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

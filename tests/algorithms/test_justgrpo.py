@@ -3,6 +3,8 @@ direct forward of the AR state, the defining property (the AR policy is an exact
 distribution over responses, and replaying a left-to-right rollout reproduces the sampler's step
 probabilities), the recipe check of the rollout order, and a tiny learning run."""
 
+import math
+
 import pytest
 import torch
 from tiny_rl_loop import train
@@ -112,6 +114,7 @@ def test_first_update_has_ratio_one_and_moves_the_model():
     (update,) = algo.prepare(model, None, b)
     loss, m = algo.compute_loss(model, update)
     assert m["actor/ppo_ratio_mean"] == pytest.approx(1.0) and m["actor/pg_clipfrac"] == 0.0
+    assert 0 < m["actor/entropy"] < math.log(V)  # finite: the excluded [MASK] adds 0, not NaN
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
