@@ -214,6 +214,8 @@ def ebpo_policy_loss(
     importance weights are refused."""
     if rollout_is_weights is not None:
         raise ValueError(f"{EBPO_LOSS}: rollout importance weights are not supported")
+    if config is not None and not isinstance(config, PPOClipConfig):
+        raise TypeError(f"{EBPO_LOSS}: config must be a PPOClipConfig (from the algorithm's Args), got {type(config)}")
     mask = response_mask.bool()
     keep = mask.any(-1)  # [B], rows with a response (an empty one has no ELBO)
     elbo = (log_prob * mask).sum(-1)  # [B, L] -> [B]
