@@ -1,0 +1,93 @@
+"""SPG's bounds and loss: a hand-computed case, the sandwich on a model small enough to
+enumerate (lower <= exact log-likelihood <= upper), and the loss's gradient."""
+
+import math
+
+import pytest
+import torch
+from enumerable_mdm import TableMDM  # noqa: I001  (tests/algorithms is on sys.path)
+
+from dare.algorithms.spg import spg_loss, spg_lower_bound, spg_sandwich, spg_upper_bound
+
+
+def test_bounds_by_hand():
+    # one sequence of 3 response tokens (+1 prompt position), two views
+    p = torch.tensor([[[0.9, 0.5, 0.2, 0.4], [0.9, 0.8, 0.1, 0.4]]], dtype=torch.float64)  # [1, 2, 4]
+    masks = torch.tensor([[[False, True, False, False], [False, True, True, True]]])
+    resp = torch.tensor([[False, True, True, True]])
+    lower = spg_lower_bound(p.log(), masks, resp)
+    # view 0: mean log over {0.5}; view 1: mean over {0.8, 0.1, 0.4}; averaged over views
+    want = 0.5 * (math.log(0.5) + (math.log(0.8) + math.log(0.1) + math.log(0.4)) / 3)
+    assert float(lower) == pytest.approx(want, rel=1e-12)
+    beta = 2.0
+    upper = spg_upper_bound(p.log(), masks, resp, beta)
+    # t_0 = 1/3, t_1 = 1; token 1 in both views, tokens 2, 3 only in view 1
+    tok1 = math.log(0.5 * 0.5**2 / (1 / 3) + 0.5 * 0.8**2 / 1) / beta
+    tok2 = math.log(0.5 * 0.1**2) / beta
+    tok3 = math.log(0.5 * 0.4**2) / beta
+    assert float(upper) == pytest.approx((tok1 + tok2 + tok3) / 3, rel=1e-12)
+    # a token masked in no view is left out of the upper bound's mean
+    only0 = spg_upper_bound(p.log()[:, :1], masks[:, :1], resp, beta)
+    assert float(only0) == pytest.approx(math.log(0.5**2 / (1 / 3)) / beta, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bounds_sandwich_the_exact_log_likelihood(seed):
+    """Exact expectations over every mask (l ~ U{1..n}, uniform subsets): n * lower is the ELBO
+    and n * upper with beta >= n is an upper bound (Hoelder); both bracket log p(y), computed by
+    enumerating every decoding order, for every sequence."""
+    model = TableMDM(n=3, V=2, seed=seed)
+    masks, probs = model.all_masks()  # [M, n], [M]
+    resp = torch.ones(1, model.n, dtype=torch.bool)
+    total = 0.0
+    for y in model.sequences():
+        logp = model.token_logp(y, masks)[None]  # [1, M, n]
+        exact = model.exact_logp(y)
+        total += math.exp(exact)
+        lower = model.n * float(spg_lower_bound(logp, masks[None], resp, probs))
+        for beta in (3.0, 4.0, 8.0):
+            upper = model.n * float(spg_upper_bound(logp, masks[None], resp, beta, probs))
+            assert lower <= exact + 1e-12 <= upper + 2e-12, (y.tolist(), beta, lower, exact, upper)
+        # the bound loosens as beta grows (power means increase with the power)
+        u3, u8 = (float(spg_upper_bound(logp, masks[None], resp, b, probs)) for b in (3.0, 8.0))
+        assert u3 <= u8 + 1e-12
+    assert total == pytest.approx(1.0, abs=1e-12)  # the enumerated likelihoods are a distribution
+
+
+def test_upper_bound_below_n_is_not_guaranteed():
+    """beta < n is a surrogate (SPG uses 1.5): the enumeration finds sequences it undershoots."""
+    model = TableMDM(n=3, V=2, seed=0)
+    masks, probs = model.all_masks()
+    resp = torch.ones(1, model.n, dtype=torch.bool)
+    below = 0
+    for y in model.sequences():
+        logp = model.token_logp(y, masks)[None]
+        upper = model.n * float(spg_upper_bound(logp, masks[None], resp, 1.0, probs))
+        below += upper < model.exact_logp(y)
+    assert below > 0
+
+
+def test_sandwich_selects_by_advantage_sign_and_loss_by_hand():
+    lower = torch.tensor([-1.0, -2.0, -3.0], requires_grad=True)
+    upper = torch.tensor([-0.5, -1.0, -1.5], requires_grad=True)
+    adv = torch.tensor([1.0, -1.0, 0.0])
+    s = spg_sandwich(lower, upper, adv, mix=0.5)
+    torch.testing.assert_close(s, torch.tensor([-1.0, -1.5, -2.25]))
+    torch.testing.assert_close(spg_sandwich(lower, upper, adv, mix=1.0), torch.tensor([-1.0, -1.0, -1.5]))
+    lengths = torch.tensor([2, 4, 2])
+    loss, metrics = spg_loss(s, adv, lengths)
+    # -(2 * 1 * -1 + 4 * -1 * -1.5 + 0) / 8
+    assert float(loss.detach()) == pytest.approx(-(2 * -1.0 + 4 * 1.5) / 8)
+    assert metrics["actor/spg_pos_frac"] == pytest.approx(1 / 3)
+    loss.backward()
+    # positive advantage pushes the lower bound up, negative pushes the mix (both bounds) down
+    torch.testing.assert_close(lower.grad, torch.tensor([-2 / 8, 0.5 * 4 / 8, 0.0]))
+    torch.testing.assert_close(upper.grad, torch.tensor([0.0, 0.5 * 4 / 8, 0.0]))
+
+
+def test_bad_arguments_are_refused():
+    x = torch.zeros(1, 1, 2)
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        spg_upper_bound(x, x.bool(), x[:, 0].bool(), 0.0)
+    with pytest.raises(ValueError, match=r"mix must be in \[0, 1\]"):
+        spg_sandwich(x[0, 0], x[0, 0], x[0, 0], mix=2.0)
