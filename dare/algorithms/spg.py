@@ -30,16 +30,27 @@ inequality makes it >= log p(y) for every beta >= n. For beta < n (SPG uses 1.5 
 it is a surrogate, not a guaranteed bound: the enumeration finds sequences where it falls below
 log p(y). The paper's own statement of the bound's range of beta is unverified here.
 
-SPG's block-random masking plan (one random block partially masked, earlier blocks clean,
-later blocks fully masked) is not implemented; dare draws the views with the stratified ELBO
-plan (`dare.diffusion.elbo.ElboEstimator`).
+The registered algorithm `spg` (LLaDA, Dream, SDAR) draws its K = `num_t` views per sequence with
+the stratified ELBO plan (`dare.diffusion.elbo.ElboEstimator`, per block under block attention)
+and evaluates them in one forward. SPG's own block-random masking plan (one random block
+partially masked, earlier blocks clean, later blocks fully masked, the prompt masked with
+probability 0.15) is not implemented. With `mu` > 1 each inner update draws fresh views of the
+same rollouts (SPG's mu = 4); there is no old policy to compare with.
 
 Shapes: B batch, K views, L length.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Literal
+
 import torch
+
+from dare.algorithms.base import register_algorithm, row_generators
+from dare.algorithms.grpo import GRPO, PLAN_PREFIX, GRPOArgs
+from dare.diffusion.estimators import NoisePlan, view_logp
+from dare.errors import RecipeError
 
 
 def _view_weights(view_probs: torch.Tensor | None, B: int, K: int, like: torch.Tensor) -> torch.Tensor:
@@ -123,4 +134,77 @@ def spg_loss(
     return loss, metrics
 
 
-__all__ = ["spg_loss", "spg_lower_bound", "spg_sandwich", "spg_upper_bound"]
+def row_advantages(advantages: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """The sequence advantage of each row from the broadcast `[B, L]` advantages, `[B]`."""
+    mask = response_mask.to(advantages.dtype)
+    return (advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+@register_algorithm
+class SPG(GRPO):
+    """Sandwiched policy gradient (see the module docstring): ELBO for A > 0, the EUBO mix for
+    A <= 0, length-weighted -A * bound, no ratio, no KL."""
+
+    name = "spg"
+    estimator_name = "elbo"
+
+    @dataclass
+    class Args(GRPOArgs):
+        # SPG: A = r - mean (no std), G = 6, mu = 4 (docs/algorithms/spg.md)
+        advantage: Literal["grpo", "grpo_mean", "rloo"] = "grpo_mean"
+        num_generations: int = 6
+        # masked views per sequence and inner update (SPG's num_t)
+        num_t: int = 2
+        # the Renyi power of the upper bound (SPG: 1.5 gsm8k / math, 2.0 countdown, 1.0 sudoku)
+        eubo_beta: float = 1.5
+        # weight omega of the upper bound for A <= 0: omega * EUBO + (1 - omega) * ELBO
+        # (SPG "mix" 0.5; 1.0 = pure EUBO, 0.0 = ELBO for every sample)
+        mix: float = 0.5
+        # the ELBO plan never masks the prompt (SPG's 0.15 prompt masking is not implemented)
+        p_mask_prompt: float = 0.0
+
+        def validate(self, key: str, file: Any) -> None:
+            super().validate(key, file)
+            checks = {
+                "num_t": (self.num_t >= 1, ">= 1"),
+                "eubo_beta": (self.eubo_beta > 0, "> 0"),
+                "mix": (0 <= self.mix <= 1, "in [0, 1]"),
+                "beta": (
+                    self.beta == 0,
+                    "0: SPG has no KL term (its reference estimate would depend on the sign of A)",
+                ),
+                "p_mask_prompt": (self.p_mask_prompt == 0, "0: spg's views never mask the prompt"),
+            }
+            for name, (ok, rule) in checks.items():
+                if not ok:
+                    raise RecipeError(file, f"{key}.{name}", f"must be {rule}, got {getattr(self, name)!r}")
+
+    def estimator_args(self) -> dict[str, Any]:
+        block = self.spec.block_size if self.spec.attention == "block" else None
+        return {"num_samples": self.args.num_t, "block_size": block}
+
+    def prepare(self, model, reference, batch):
+        """One batch per inner update, each with fresh views (from the rows' seeds); nothing is
+        evaluated before the updates (no ratio, no reference)."""
+        out = []
+        for k in range(self.args.mu):
+            plan = self.estimator.sample_rows(batch, row_generators(batch["noise_seed"][:, k]))
+            out.append({**batch, **plan.to(batch["input_ids"].device).as_tensors(PLAN_PREFIX)})
+        return out
+
+    def compute_loss(self, model, batch):
+        plan = NoisePlan.from_tensors(batch, PLAN_PREFIX)
+        resp = batch["response_mask"].bool()
+        logp = view_logp(model, batch, plan, self.spec)  # [B, K, L]
+        lower = spg_lower_bound(logp, plan.view_masks, resp)  # [B]
+        upper = spg_upper_bound(logp, plan.view_masks, resp, self.args.eubo_beta)  # [B]
+        adv = row_advantages(batch["advantages"].float(), resp)  # [B]
+        surrogate = spg_sandwich(lower, upper, adv, self.args.mix)
+        loss, metrics = spg_loss(surrogate, adv, resp.sum(-1))
+        metrics["actor/spg_lower_mean"] = float(lower.detach().mean())
+        metrics["actor/spg_upper_mean"] = float(upper.detach().mean())
+        metrics["actor/loss"] = float(loss.detach())
+        return loss, metrics
+
+
+__all__ = ["SPG", "row_advantages", "spg_loss", "spg_lower_bound", "spg_sandwich", "spg_upper_bound"]
