@@ -15,84 +15,148 @@ sample's term is backpropagated and freed on its own (constant memory in n_mc):
 
 Both branches make the unclipped surrogate (1/n_mc) sum_j A r_j a lower bound of
 A exp(mean_j Delta_j), with equal value and gradient on-policy (Delta = 0): the "boundary"
-the paper's name refers to (`tests/algorithms/test_bgpo.py` checks both). The loss per
-sequence is aggregated with the response length as weight (token-mean over a response that
-carries the sequence value, as DARE). DARE computes r_j = exp(log(1 + Delta_j)), which is NaN
-when Delta_j <= -1; dare uses 1 + Delta_j directly (the clip bounds it from below anyway).
+the paper's name refers to (`tests/algorithms/test_bgpo.py` checks both).
 
-Shapes: B batch, J Monte-Carlo ELBO samples.
+The registered policy loss `bgpo` has verl's per-token signature: for one sample j, `log_prob`
+and `old_log_prob` `[B, L]` carry l_j and l_j^old on every response token (as DARE), the ratio is
+formed by the sign of A and handed to PPO's clip (`ppo_clip_loss`, dual clip `clip_ratio_c`),
+so the token-mean weights sequences by length. The algorithm `bgpo` (LLaDA, Dream, SDAR) draws
+the J samples with the stratified ELBO plan (per block under block attention) and averages the
+J per-sample losses; it evaluates all J in one graph (the actor's step takes one loss), so
+dare does not realise the constant-memory per-sample backward; the test shows the split
+gives the same gradient. DARE forms 1 + Delta as exp(log(1 + Delta)), NaN for Delta <= -1; dare
+clamps 1 + Delta at 1e-6 before the log (the gradient vanishes only there).
+
+Shapes: B batch, J Monte-Carlo ELBO samples, L length.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
+
+from dare.algorithms.base import register_algorithm, row_generators
+from dare.algorithms.grpo import GRPO, PLAN_PREFIX, GRPOArgs
+from dare.diffusion.elbo import elbo_samples
+from dare.diffusion.estimators import NoisePlan
+from dare.diffusion.rl_losses import PPOClipConfig, ppo_clip_loss
+from dare.diffusion.rl_registry import POLICY_LOSSES, register_policy_loss
+from dare.errors import RecipeError
+
+BGPO = "bgpo"
 
 
 def bgpo_ratio(elbo: torch.Tensor, old_elbo: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
-    """Per-sample surrogate ratios `[B, J]`: 1 + Delta where A > 0, exp(Delta) elsewhere.
+    """Surrogate ratios, elementwise: 1 + Delta where A > 0, exp(Delta) elsewhere.
 
     Args:
-        elbo: `[B, J]` per-token-normalised ELBO samples under the current policy.
-        old_elbo: `[B, J]` the same samples (same masks) under the rollout policy.
-        advantages: `[B]` sequence advantages.
+        elbo: per-token-normalised ELBO samples under the current policy (`[B, J]` or `[B, L]`).
+        old_elbo: the same samples (same masks) under the rollout policy.
+        advantages: broadcastable to `elbo` (`[B, 1]` or `[B, L]`).
     """
-    delta = elbo - old_elbo  # [B, J]
-    return torch.where(advantages[:, None] > 0, 1.0 + delta, torch.exp(delta.clamp(max=20.0)))
+    return torch.exp(bgpo_log_ratio(elbo, old_elbo, advantages))
 
 
-def clipped_objective_loss(
-    ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float, clip_ratio_c: float | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO's per-element loss max(-A r, -A clip(r, 1 - low, 1 + high)), with the dual clip
-    min(., -c A) for A < 0 (Ye et al., arXiv 1912.09729); `ratio` `[B, J]`, `advantages` `[B]`.
-
-    Returns (loss `[B, J]`, clipped `[B, J]` bool, dual-clipped `[B, J]` bool)."""
-    adv = advantages[:, None].to(ratio.dtype)  # [B, 1]
-    unclipped = -adv * ratio
-    clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    loss = torch.maximum(unclipped, clipped)  # [B, J]
-    dual = torch.zeros_like(loss, dtype=torch.bool)
-    if clip_ratio_c is not None:
-        dual = (adv < 0) & (loss > -adv * clip_ratio_c)
-        loss = torch.where(dual, -adv * clip_ratio_c, loss)
-    return loss, clipped > unclipped, dual
+def bgpo_log_ratio(elbo: torch.Tensor, old_elbo: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """log of `bgpo_ratio`: log(1 + Delta) where A > 0 (1 + Delta clamped at 1e-6), Delta elsewhere."""
+    delta = elbo - old_elbo
+    return torch.where(advantages > 0, torch.log((1.0 + delta).clamp(min=1e-6)), delta)
 
 
+@register_policy_loss(BGPO, config=PPOClipConfig.from_args)
 def bgpo_loss(
-    elbo: torch.Tensor,
-    old_elbo: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
     advantages: torch.Tensor,
-    lengths: torch.Tensor,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    clip_ratio_c: float | None = 3.0,
+    response_mask: torch.Tensor,
+    loss_agg_mode: str = "token-mean",
+    config: PPOClipConfig | Any | None = None,
+    rollout_is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """BGPO loss: mean over samples j of sum_b n_b l_bj / sum_b n_b, with l the clipped
-    per-sample loss of `bgpo_ratio` (DARE: verl's clip 0.2, dual clip c = 3).
-
-    The loss is a sum of per-sample terms, so calling it on one column of `elbo` at a time
-    (divided by J) and backpropagating each gives the same gradient with one sample's graph.
+    """BGPO's loss for one ELBO sample: PPO clip (+ dual clip) of `bgpo_ratio`.
 
     Args:
-        elbo, old_elbo: `[B, J]` per-token-normalised ELBO samples (current / rollout policy).
-        advantages: `[B]`.
-        lengths: `[B]` response lengths n_b (the aggregation weights).
+        old_log_prob, log_prob: `[B, L]`, the sample's per-token-normalised ELBO (rollout /
+            current policy) on every response token.
+        advantages: `[B, L]`; response_mask `[B, L]`; loss_agg_mode, config, rollout_is_weights:
+            as `ppo_clip_loss` (DARE: verl's clip 0.2, dual clip c = 3, token-mean).
     """
-    if clip_ratio_c is not None and clip_ratio_c <= 1.0:
-        raise ValueError(f"clip_ratio_c (dual clip) must be > 1, got {clip_ratio_c}")
-    ratio = bgpo_ratio(elbo, old_elbo, advantages)  # [B, J]
-    per, clipped, dual = clipped_objective_loss(ratio, advantages, clip_low, clip_high, clip_ratio_c)
-    w = lengths.to(per.dtype)[:, None] / lengths.sum().clamp(min=1)  # [B, 1]
-    loss = (per * w).sum() / per.shape[1]
-    with torch.no_grad():
-        metrics = {
-            "actor/pg_loss": float(loss),
-            "actor/pg_clipfrac": float((clipped.float() * w).sum() / per.shape[1]),
-            "actor/pg_clipfrac_lower": float((dual.float() * w).sum() / per.shape[1]),
-            "actor/ppo_ratio_mean": float(ratio.mean()),
-            "actor/ppo_kl": float((old_elbo - elbo).mean()),
-        }
-    return loss, metrics
+    log_ratio = bgpo_log_ratio(log_prob, old_log_prob, advantages)  # [B, L]
+    return ppo_clip_loss(
+        torch.zeros_like(log_ratio), log_ratio, advantages, response_mask, loss_agg_mode, config, rollout_is_weights
+    )
 
 
-__all__ = ["bgpo_loss", "bgpo_ratio", "clipped_objective_loss"]
+@register_algorithm
+class BGPOAlgorithm(GRPO):
+    """Boundary-guided policy optimisation (see the module docstring)."""
+
+    name = "bgpo"
+    estimator_name = "elbo"
+
+    @dataclass
+    class Args(GRPOArgs):
+        # DARE recipe/llada/run_bgpo_llada_8b_instruct.sh: verl's grpo advantage, clip 0.2, dual
+        # clip 3.0, mc_num 16, no KL (docs/algorithms/bgpo.md)
+        advantage: str = "grpo"
+        policy_loss: str = BGPO
+        clip_eps: float = 0.2
+        clip_ratio_c: float | None = 3.0
+        # Monte-Carlo ELBO samples per sequence (stratified mask counts)
+        mc_num: int = 16
+        # the ELBO plan never masks the prompt
+        p_mask_prompt: float = 0.0
+
+        def validate(self, key: str, file: Any) -> None:
+            super().validate(key, file)
+            checks = {
+                "mc_num": (self.mc_num >= 1, ">= 1"),
+                "beta": (self.beta == 0, "0: bgpo has no KL term (DARE's recipe runs without one)"),
+                "p_mask_prompt": (self.p_mask_prompt == 0, "0: bgpo's ELBO samples never mask the prompt"),
+            }
+            for name, (ok, rule) in checks.items():
+                if not ok:
+                    raise RecipeError(file, f"{key}.{name}", f"must be {rule}, got {getattr(self, name)!r}")
+
+    def estimator_args(self) -> dict[str, Any]:
+        block = self.spec.block_size if self.spec.attention == "block" else None
+        return {"num_samples": self.args.mc_num, "block_size": block}
+
+    def _samples(self, model, batch) -> torch.Tensor:
+        """Per-token-normalised ELBO samples `[B, J]` under the batch's plan."""
+        plan = NoisePlan.from_tensors(batch, PLAN_PREFIX)
+        n = batch["response_mask"].sum(-1, keepdim=True).clamp(min=1).float()  # [B, 1]
+        return elbo_samples(model, batch, plan, self.spec) / n  # [B, J]
+
+    def prepare(self, model, reference, batch):
+        """One batch per inner update with its ELBO plan and, when mu > 1, the rollout policy's
+        samples under that plan (`old_elbo_samples` `[B, J]`)."""
+        out = []
+        for k in range(self.args.mu):
+            plan = self.estimator.sample_rows(batch, row_generators(batch["noise_seed"][:, k]))
+            it = {**batch, **plan.to(batch["input_ids"].device).as_tensors(PLAN_PREFIX)}
+            if self.args.mu > 1:
+                with torch.no_grad():
+                    it["old_elbo_samples"] = self._samples(model, it)
+            out.append(it)
+        return out
+
+    def compute_loss(self, model, batch):
+        elbo = self._samples(model, batch)  # [B, J]
+        old = batch.get("old_elbo_samples", elbo.detach())
+        mask = batch["response_mask"].bool()
+        fn, J = POLICY_LOSSES.get(self.args.policy_loss).fn, elbo.shape[1]
+        loss, metrics = 0.0, {}
+        for j in range(J):  # the sum of the per-sample losses, each on its own sample
+            old_j, elbo_j = old[:, j : j + 1].expand_as(mask), elbo[:, j : j + 1].expand_as(mask)  # [B, 1] -> [B, L]
+            lj, mj = fn(old_j, elbo_j, batch["advantages"], mask, self.args.loss_agg_mode, self.loss_config, None)
+            loss = loss + lj / J
+            metrics = {k: metrics.get(k, 0.0) + v / J for k, v in mj.items()}
+        metrics["actor/elbo_mean"] = float(elbo.detach().mean())
+        metrics["actor/loss"] = float(loss.detach())
+        return loss, metrics
+
+
+__all__ = ["BGPO", "BGPOAlgorithm", "bgpo_log_ratio", "bgpo_loss", "bgpo_ratio"]

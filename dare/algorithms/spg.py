@@ -30,9 +30,9 @@ inequality makes it >= log p(y) for every beta >= n. For beta < n (SPG uses 1.5 
 it is a surrogate, not a guaranteed bound: the enumeration finds sequences where it falls below
 log p(y). The paper's own statement of the bound's range of beta is unverified here.
 
-The registered algorithm `spg` (LLaDA, Dream, SDAR) draws its K = `num_t` views per sequence with
-the stratified ELBO plan (`dare.diffusion.elbo.ElboEstimator`, per block under block attention)
-and evaluates them in one forward. SPG's own block-random masking plan (one random block
+Registered: the estimator `spg_bounds` (named estimates "lower" and "upper" from one draw of K =
+`num_t` views with the stratified ELBO plan, `dare.diffusion.elbo.ElboEstimator`, per block under
+block attention, one forward), the policy loss `spg` and the algorithm `spg` (LLaDA, Dream, SDAR). SPG's own block-random masking plan (one random block
 partially masked, earlier blocks clean, later blocks fully masked, the prompt masked with
 probability 0.15) is not implemented. With `mu` > 1 each inner update draws fresh views of the
 same rollouts (SPG's mu = 4); there is no old policy to compare with.
@@ -42,15 +42,23 @@ Shapes: B batch, K views, L length.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
+from torch import nn
+from verl.trainer.ppo.core_algos import agg_loss
 
 from dare.algorithms.base import register_algorithm, row_generators
 from dare.algorithms.grpo import GRPO, PLAN_PREFIX, GRPOArgs
-from dare.diffusion.estimators import NoisePlan, view_logp
+from dare.diffusion.elbo import ElboEstimator
+from dare.diffusion.estimators import NoisePlan, register_estimator, view_logp
+from dare.diffusion.rl_registry import POLICY_LOSSES, register_policy_loss
 from dare.errors import RecipeError
+from dare.models.spec import DiffusionSpec
+
+SPG_LOSS = "spg"
 
 
 def _view_weights(view_probs: torch.Tensor | None, B: int, K: int, like: torch.Tensor) -> torch.Tensor:
@@ -113,45 +121,88 @@ def spg_sandwich(lower: torch.Tensor, upper: torch.Tensor, advantages: torch.Ten
     return torch.where(advantages > 0, lower, mix * upper + (1.0 - mix) * lower)
 
 
+@register_policy_loss(SPG_LOSS)
 def spg_loss(
-    surrogate: torch.Tensor, advantages: torch.Tensor, lengths: torch.Tensor
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    loss_agg_mode: str = "token-mean",
+    config: Any = None,
+    rollout_is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L = -sum_i n_i A_i s_i / sum_i n_i (length-weighted, as SPG's token-mean).
+    """SPG's loss, agg(-A * s) over response tokens: with the sequence surrogate s_i on every
+    token of response i, "token-mean" is -sum_i n_i A_i s_i / sum_i n_i (SPG's length weighting).
+    No ratio: `old_log_prob` and `config` are unused (verl's policy-loss signature).
 
     Args:
-        surrogate: `[B]` per-token log-likelihood surrogates s_i (`spg_sandwich`).
-        advantages: `[B]` sequence advantages.
-        lengths: `[B]` response lengths n_i.
+        log_prob: `[B, L]` surrogates (`spg_sandwich` of the bounds), differentiable.
+        advantages, response_mask: `[B, L]`.
     """
-    w = lengths.to(surrogate.dtype)  # [B]
-    loss = -(w * advantages.to(surrogate.dtype) * surrogate).sum() / w.sum().clamp(min=1)
-    pos = advantages > 0
-    metrics = {
-        "actor/pg_loss": float(loss.detach()),
-        "actor/spg_pos_frac": float(pos.float().mean()),
-        "actor/spg_surrogate_mean": float(surrogate.detach().mean()),
-    }
+    per_token = -advantages.to(log_prob.dtype) * log_prob  # [B, L]
+    if rollout_is_weights is not None:
+        per_token = per_token * rollout_is_weights
+    mask = response_mask.to(log_prob.dtype)
+    loss = agg_loss(per_token, mask, loss_agg_mode)
+    with torch.no_grad():
+        n = mask.sum().clamp(min=1)
+        metrics = {
+            "actor/pg_loss": float(loss),
+            "actor/spg_pos_frac": float(((advantages > 0) * mask).sum() / n),
+            "actor/spg_surrogate_mean": float((log_prob * mask).sum() / n),
+        }
     return loss, metrics
 
 
-def row_advantages(advantages: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """The sequence advantage of each row from the broadcast `[B, L]` advantages, `[B]`."""
-    mask = response_mask.to(advantages.dtype)
-    return (advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+@register_estimator
+class SPGBoundsEstimator(ElboEstimator):
+    """SPG's two estimates from one draw of the stratified ELBO plan: `lower` (ELBO / n) and
+    `upper` (EUBO / n with power `eubo_beta`), each the row's value on every response token
+    `[B, L]` (so a row's token-mean is the per-token bound, its sum the sequence bound). `logp`
+    is the lower bound."""
+
+    name = "spg_bounds"
+    estimates = ("lower", "upper")
+
+    @dataclass(frozen=True)
+    class Args(ElboEstimator.Args):
+        eubo_beta: float = 1.5
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.eubo_beta <= 0:
+                raise ValueError(f"eubo_beta must be > 0, got {self.eubo_beta}")
+
+    def logp_named(
+        self,
+        model: nn.Module,
+        batch: Mapping[str, torch.Tensor],
+        plan: NoisePlan,
+        spec: DiffusionSpec | None = None,
+    ) -> dict[str, torch.Tensor]:
+        resp = batch["response_mask"].bool()
+        logp = view_logp(model, batch, plan, spec)  # [B, K, L], one forward for both bounds
+        lower = spg_lower_bound(logp, plan.view_masks, resp)  # [B]
+        upper = spg_upper_bound(logp, plan.view_masks, resp, self.args.eubo_beta)  # [B]
+        return {"lower": lower[:, None] * resp, "upper": upper[:, None] * resp}  # [B] -> [B, L]
+
+    def logp(self, model, batch, plan, spec=None) -> torch.Tensor:
+        return self.logp_named(model, batch, plan, spec)["lower"]
 
 
 @register_algorithm
 class SPG(GRPO):
     """Sandwiched policy gradient (see the module docstring): ELBO for A > 0, the EUBO mix for
-    A <= 0, length-weighted -A * bound, no ratio, no KL."""
+    A <= 0, length-weighted -A * bound (policy loss `spg`), no ratio, no KL."""
 
     name = "spg"
-    estimator_name = "elbo"
+    estimator_name = "spg_bounds"
 
     @dataclass
     class Args(GRPOArgs):
         # SPG: A = r - mean (no std), G = 6, mu = 4 (docs/algorithms/spg.md)
-        advantage: Literal["grpo", "grpo_mean", "rloo"] = "grpo_mean"
+        advantage: str = "grpo_mean"
+        policy_loss: str = SPG_LOSS
         num_generations: int = 6
         # masked views per sequence and inner update (SPG's num_t)
         num_t: int = 2
@@ -179,9 +230,13 @@ class SPG(GRPO):
                 if not ok:
                     raise RecipeError(file, f"{key}.{name}", f"must be {rule}, got {getattr(self, name)!r}")
 
+    def __init__(self, args: Any, spec: DiffusionSpec) -> None:
+        super().__init__(args, spec)
+        self.estimator.require_estimates(("lower", "upper"))
+
     def estimator_args(self) -> dict[str, Any]:
         block = self.spec.block_size if self.spec.attention == "block" else None
-        return {"num_samples": self.args.num_t, "block_size": block}
+        return {"num_samples": self.args.num_t, "block_size": block, "eubo_beta": self.args.eubo_beta}
 
     def prepare(self, model, reference, batch):
         """One batch per inner update, each with fresh views (from the rows' seeds); nothing is
@@ -194,17 +249,17 @@ class SPG(GRPO):
 
     def compute_loss(self, model, batch):
         plan = NoisePlan.from_tensors(batch, PLAN_PREFIX)
-        resp = batch["response_mask"].bool()
-        logp = view_logp(model, batch, plan, self.spec)  # [B, K, L]
-        lower = spg_lower_bound(logp, plan.view_masks, resp)  # [B]
-        upper = spg_upper_bound(logp, plan.view_masks, resp, self.args.eubo_beta)  # [B]
-        adv = row_advantages(batch["advantages"].float(), resp)  # [B]
-        surrogate = spg_sandwich(lower, upper, adv, self.args.mix)
-        loss, metrics = spg_loss(surrogate, adv, resp.sum(-1))
-        metrics["actor/spg_lower_mean"] = float(lower.detach().mean())
-        metrics["actor/spg_upper_mean"] = float(upper.detach().mean())
+        bounds = self.estimator.logp_named(model, batch, plan, self.spec)  # "lower", "upper": [B, L]
+        adv = batch["advantages"].float()  # [B, L]
+        surrogate = spg_sandwich(bounds["lower"], bounds["upper"], adv, self.args.mix)  # [B, L]
+        loss, metrics = POLICY_LOSSES.get(self.args.policy_loss).fn(
+            surrogate.detach(), surrogate, adv, batch["response_mask"], self.args.loss_agg_mode, self.loss_config, None
+        )
+        resp = batch["response_mask"].float()
+        for k in ("lower", "upper"):
+            metrics[f"actor/spg_{k}_mean"] = float((bounds[k].detach() * resp).sum() / resp.sum().clamp(min=1))
         metrics["actor/loss"] = float(loss.detach())
         return loss, metrics
 
 
-__all__ = ["SPG", "row_advantages", "spg_loss", "spg_lower_bound", "spg_sandwich", "spg_upper_bound"]
+__all__ = ["SPG", "SPG_LOSS", "SPGBoundsEstimator", "spg_loss", "spg_lower_bound", "spg_sandwich", "spg_upper_bound"]

@@ -74,11 +74,11 @@ def test_sandwich_selects_by_advantage_sign_and_loss_by_hand():
     s = spg_sandwich(lower, upper, adv, mix=0.5)
     torch.testing.assert_close(s, torch.tensor([-1.0, -1.5, -2.25]))
     torch.testing.assert_close(spg_sandwich(lower, upper, adv, mix=1.0), torch.tensor([-1.0, -1.0, -1.5]))
-    lengths = torch.tensor([2, 4, 2])
-    loss, metrics = spg_loss(s, adv, lengths)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)  # lengths 2, 4, 2
+    loss, metrics = spg_loss(None, s[:, None].expand(-1, 4), adv[:, None].expand(-1, 4), mask)
     # -(2 * 1 * -1 + 4 * -1 * -1.5 + 0) / 8
     assert float(loss.detach()) == pytest.approx(-(2 * -1.0 + 4 * 1.5) / 8)
-    assert metrics["actor/spg_pos_frac"] == pytest.approx(1 / 3)
+    assert metrics["actor/spg_pos_frac"] == pytest.approx(2 / 8)  # of the response tokens
     loss.backward()
     # positive advantage pushes the lower bound up, negative pushes the mix (both bounds) down
     torch.testing.assert_close(lower.grad, torch.tensor([-2 / 8, 0.5 * 4 / 8, 0.0]))
