@@ -25,6 +25,10 @@ Both halves are unbiased for the masked-diffusion ELBO (each token's context has
 of other masked tokens, as in the l ~ U{1..n} form); `tests/algorithms/test_espo.py` checks this
 by enumeration. Under block attention the draw is per block (the per-block ELBOs sum).
 
+Registered: the estimator `espo`, the policy loss `espo` (verl's per-token signature; it sums
+the per-token estimates to sequence ELBOs and applies PPO's clip to the sequence ratio, mean over
+sequences, as DARE's port) and the algorithm `espo` (LLaDA, Dream, SDAR).
+
 Shapes: B batch, K views (2 per sample with variance reduction), L length.
 """
 
@@ -32,12 +36,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from dare.algorithms.base import register_algorithm
+from dare.algorithms.grpo import GRPO, PLAN_PREFIX, GRPOArgs
 from dare.diffusion.elbo import elbo_groups
 from dare.diffusion.estimators import LogpEstimator, NoisePlan, register_estimator
 from dare.diffusion.noise import mask_exact_count, uniform01
+from dare.diffusion.rl_losses import PPOClipConfig, ppo_clip_loss
+from dare.diffusion.rl_registry import POLICY_LOSSES, register_policy_loss
+from dare.errors import RecipeError
+
+ESPO = "espo"
 
 
 def espo_weights(mask: torch.Tensor, eligible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,37 +115,35 @@ class EspoEstimator(LogpEstimator):
         )
 
 
+@register_policy_loss(ESPO, config=PPOClipConfig.from_args)
 def espo_policy_loss(
-    elbo: torch.Tensor,
-    old_elbo: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
     advantages: torch.Tensor,
-    lengths: torch.Tensor,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
+    response_mask: torch.Tensor,
+    loss_agg_mode: str = "token-mean",
+    config: PPOClipConfig | Any | None = None,
+    rollout_is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """ESPO's sequence-level clipped objective, averaged over sequences.
+    """ESPO's sequence-level clipped objective, the mean over sequences.
+
+    rho_i = exp((sum_l log_prob_il - sum_l old_log_prob_il) / n_i), clipped as PPO's ratio with
+    the sequence advantage A_i (the response's mean of `advantages`).
 
     Args:
-        elbo, old_elbo: `[B]` sequence ELBO estimates (current / rollout policy, same plan).
-        advantages: `[B]` sequence advantages.
-        lengths: `[B]` response lengths n_i (the ratio's normaliser).
+        old_log_prob, log_prob: `[B, L]` per-token ELBO terms (row sums = sequence ELBOs) of the
+            rollout / current policy under one plan.
+        advantages, response_mask: `[B, L]`.
+        loss_agg_mode: unused (one term per sequence, averaged, as DARE's port).
+        config: `PPOClipConfig` (clip range; a dual clip is refused by the algorithm's Args).
     """
-    log_ratio = (elbo - old_elbo) / lengths.to(elbo.dtype).clamp(min=1)  # [B]
-    ratio = torch.exp(log_ratio.clamp(max=20.0))
-    adv = advantages.to(elbo.dtype)
-    unclipped, clipped = -adv * ratio, -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    loss = torch.maximum(unclipped, clipped).mean()
-    with torch.no_grad():
-        low = (ratio < 1.0 - clip_low) & (adv < 0)
-        high = (ratio > 1.0 + clip_high) & (adv > 0)
-        metrics = {
-            "actor/pg_loss": float(loss),
-            "actor/pg_clipfrac": float((low | high).float().mean()),
-            "actor/pg_clipfrac_lower": float(low.float().mean()),
-            "actor/ppo_kl": float((-log_ratio).mean()),
-            "actor/ppo_ratio_mean": float(ratio.mean()),
-        }
-    return loss, metrics
+    mask = response_mask.to(log_prob.dtype)
+    n = mask.sum(-1, keepdim=True).clamp(min=1)  # [B, 1]
+    seq, old = (log_prob * mask).sum(-1, keepdim=True) / n, (old_log_prob * mask).sum(-1, keepdim=True) / n
+    adv = (advantages.to(log_prob.dtype) * mask).sum(-1, keepdim=True) / n  # [B, 1]
+    w = None if rollout_is_weights is None else (rollout_is_weights * mask).sum(-1, keepdim=True) / n
+    # one "token" per sequence: token-mean over [B, 1] is the mean over sequences
+    return ppo_clip_loss(old, seq, adv, torch.ones_like(adv, dtype=torch.bool), "token-mean", config, w)
 
 
 def espo_kl(elbo: torch.Tensor, ref_elbo: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -141,4 +151,59 @@ def espo_kl(elbo: torch.Tensor, ref_elbo: torch.Tensor, lengths: torch.Tensor) -
     return (0.5 * (elbo - ref_elbo).square() / lengths.to(elbo.dtype).clamp(min=1)).mean()
 
 
-__all__ = ["EspoEstimator", "espo_kl", "espo_policy_loss", "espo_weights"]
+@register_algorithm
+class ESPOAlgorithm(GRPO):
+    """ELBO-based sequence-level policy optimisation (see the module docstring)."""
+
+    name = "espo"
+    estimator_name = "espo"
+
+    @dataclass
+    class Args(GRPOArgs):
+        # DARE recipe/llada/run_espo_llada_8b_instruct.sh: rloo advantage, clip 0.2, mc_num 2,
+        # num_iterations 8 (mu), k2 KL to the reference with beta 0.001 (math)
+        advantage: str = "rloo"
+        policy_loss: str = ESPO
+        clip_eps: float = 0.2
+        # Monte-Carlo ELBO draws per sequence and inner update
+        mc_num: int = 2
+        # average each draw with its complementary view (ESPO's reduce_var)
+        reduce_var: bool = True
+        # the plan never masks the prompt
+        p_mask_prompt: float = 0.0
+
+        def validate(self, key: str, file: Any) -> None:
+            super().validate(key, file)
+            checks = {
+                "mc_num": (self.mc_num >= 1, ">= 1"),
+                "clip_ratio_c": (self.clip_ratio_c is None, "null: espo has no dual clip"),
+                "p_mask_prompt": (self.p_mask_prompt == 0, "0: espo's ELBO views never mask the prompt"),
+            }
+            for name, (ok, rule) in checks.items():
+                if not ok:
+                    raise RecipeError(file, f"{key}.{name}", f"must be {rule}, got {getattr(self, name)!r}")
+
+    def estimator_args(self) -> dict[str, Any]:
+        block = self.spec.block_size if self.spec.attention == "block" else None
+        return {"num_samples": self.args.mc_num, "reduce_var": self.args.reduce_var, "block_size": block}
+
+    def compute_loss(self, model, batch):
+        plan = NoisePlan.from_tensors(batch, PLAN_PREFIX)
+        logp = self.estimator.logp(model, batch, plan, self.spec)  # [B, L], row sums = ELBO
+        old = batch.get("old_log_prob", logp.detach())
+        mask = batch["response_mask"]
+        loss, metrics = POLICY_LOSSES.get(self.args.policy_loss).fn(
+            old, logp, batch["advantages"], mask, self.args.loss_agg_mode, self.loss_config, None
+        )
+        lengths = mask.sum(-1)
+        if "ref_log_prob" in batch:
+            kl = espo_kl(logp.sum(-1), batch["ref_log_prob"].sum(-1), lengths)
+            metrics["actor/kl"] = float(kl.detach())
+            if self.args.beta > 0:
+                loss = loss + self.args.beta * kl
+        metrics["actor/elbo_mean"] = float((logp.detach().sum(-1) / lengths.clamp(min=1)).mean())
+        metrics["actor/loss"] = float(loss.detach())
+        return loss, metrics
+
+
+__all__ = ["ESPO", "ESPOAlgorithm", "EspoEstimator", "espo_kl", "espo_policy_loss", "espo_weights"]

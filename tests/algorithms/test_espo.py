@@ -88,16 +88,73 @@ def test_block_plan_draws_per_block():
 
 
 def test_policy_loss_and_kl_by_hand():
+    from dare.diffusion.rl_losses import PPOClipConfig
+
     elbo = torch.tensor([-10.0, -20.0], requires_grad=True)
     old = torch.tensor([-12.0, -20.0])
     adv = torch.tensor([1.0, -1.0])
     lengths = torch.tensor([4, 10])
-    loss, metrics = espo_policy_loss(elbo, old, adv, lengths, clip_low=0.2, clip_high=0.2)
+    mask = torch.arange(10)[None, :] < lengths[:, None]  # [2, 10]
+    # the per-token terms: the sequence ELBO spread over the response (any split sums the same)
+    spread = lambda x: x[:, None] * mask / lengths[:, None]  # noqa: E731
+    adv_t = adv[:, None] * mask
+    loss, metrics = espo_policy_loss(spread(old), spread(elbo), adv_t, mask, "token-mean", PPOClipConfig(0.2))
     # row 0: rho = e^{2/4} = 1.65 > 1.2 with A > 0: clipped at -1.2, no gradient; row 1: rho = 1
     assert float(loss.detach()) == pytest.approx((-1.2 + 1.0) / 2)
     assert metrics["actor/pg_clipfrac"] == pytest.approx(0.5)
+    assert metrics["actor/ppo_ratio_max"] == pytest.approx(math.exp(0.5), rel=1e-6)
     loss.backward()
     # row 1: d/dELBO [A rho] / 2 = -1 * (1/10) / 2 = -0.05, and the loss is -that
     torch.testing.assert_close(elbo.grad, torch.tensor([0.0, 0.05]))
     kl = espo_kl(torch.tensor([-10.0, -20.0]), torch.tensor([-12.0, -21.0]), lengths)
     assert float(kl) == pytest.approx((0.5 * 4 / 4 + 0.5 * 1 / 10) / 2)
+
+
+def test_algorithm_under_mu_and_reference():
+    import contextlib
+    import copy
+
+    from rl_utils import V, make_algorithm
+
+    from dare.models import tiny
+
+    model = tiny("sdar", V).eval()
+    ref = copy.deepcopy(model)
+    algo = make_algorithm("espo", model, mc_num=2, mu=2, beta=0.01)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, V - 3, (4, 11), generator=g)
+    resp = torch.zeros(4, 11, dtype=torch.bool)
+    resp[:, 3:] = True
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    batch = {
+        "input_ids": ids, "attention_mask": torch.ones_like(ids), "response_mask": resp,
+        "advantages": adv[:, None] * resp, "noise_seed": torch.arange(8).view(4, 2),
+    }  # fmt: skip
+    updates = algo.prepare(model, lambda: contextlib.nullcontext(ref), batch)
+    assert updates[0]["plan.view_masks"].shape[1] == 4  # 2 draws x (view, complement)
+    for u in updates:
+        torch.testing.assert_close(u["old_log_prob"], u["ref_log_prob"])  # same weights, same plan
+        loss, metrics = algo.compute_loss(model, u)
+        assert metrics["actor/ppo_ratio_mean"] == pytest.approx(1.0)
+        assert metrics["actor/kl"] == pytest.approx(0.0, abs=1e-10)
+        # on-policy: the loss is -mean_i A_i (ratio 1)
+        assert float(loss.detach()) == pytest.approx(float(-adv.mean()), abs=1e-6)
+
+
+def test_espo_args_are_validated():
+    from dare.config import RecipeError
+    from dare.config.schema import build_stage
+
+    with pytest.raises(RecipeError, match=r"stages\[0\].clip_ratio_c: must be null"):
+        build_stage({"algorithm": "espo", "steps": 1, "clip_ratio_c": 3.0}, "stages[0]", None)
+    with pytest.raises(RecipeError, match=r"stages\[0\].mc_num"):
+        build_stage({"algorithm": "espo", "steps": 1, "mc_num": 0}, "stages[0]", None)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream", "sdar"])
+def test_espo_raises_the_reward_of_a_tiny_model(family):
+    from rl_utils import rl_learning_run
+
+    rewards = rl_learning_run("espo", family, steps=10)
+    assert rewards[0] < 0.45  # a random model: about a third of its tokens in the target set
+    assert sum(rewards[-3:]) / 3 > 0.75, rewards
