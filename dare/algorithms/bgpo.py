@@ -43,7 +43,7 @@ from dare.diffusion.elbo import elbo_samples
 from dare.diffusion.estimators import NoisePlan
 from dare.diffusion.rl_losses import PPOClipConfig, ppo_clip_loss
 from dare.diffusion.rl_registry import POLICY_LOSSES, register_policy_loss
-from dare.errors import RecipeError
+from dare.errors import check_fields
 
 BGPO = "bgpo"
 
@@ -116,9 +116,7 @@ class BGPOAlgorithm(GRPO):
                 "beta": (self.beta == 0, "0: bgpo has no KL term (DARE's recipe runs without one)"),
                 "p_mask_prompt": (self.p_mask_prompt == 0, "0: bgpo's ELBO samples never mask the prompt"),
             }
-            for name, (ok, rule) in checks.items():
-                if not ok:
-                    raise RecipeError(file, f"{key}.{name}", f"must be {rule}, got {getattr(self, name)!r}")
+            check_fields(self, checks, key, file)
 
     def estimator_args(self) -> dict[str, Any]:
         block = self.spec.block_size if self.spec.attention == "block" else None

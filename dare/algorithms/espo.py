@@ -47,7 +47,7 @@ from dare.diffusion.estimators import LogpEstimator, NoisePlan, register_estimat
 from dare.diffusion.noise import mask_exact_count, uniform01
 from dare.diffusion.rl_losses import PPOClipConfig, ppo_clip_loss
 from dare.diffusion.rl_registry import POLICY_LOSSES, register_policy_loss
-from dare.errors import RecipeError
+from dare.errors import check_fields
 
 ESPO = "espo"
 
@@ -179,9 +179,7 @@ class ESPOAlgorithm(GRPO):
                 "clip_ratio_c": (self.clip_ratio_c is None, "null: espo has no dual clip"),
                 "p_mask_prompt": (self.p_mask_prompt == 0, "0: espo's ELBO views never mask the prompt"),
             }
-            for name, (ok, rule) in checks.items():
-                if not ok:
-                    raise RecipeError(file, f"{key}.{name}", f"must be {rule}, got {getattr(self, name)!r}")
+            check_fields(self, checks, key, file)
 
     def estimator_args(self) -> dict[str, Any]:
         block = self.spec.block_size if self.spec.attention == "block" else None

@@ -55,7 +55,7 @@ from dare.algorithms.grpo import GRPO, PLAN_PREFIX, GRPOArgs
 from dare.diffusion.elbo import ElboEstimator
 from dare.diffusion.estimators import NoisePlan, register_estimator, view_logp
 from dare.diffusion.rl_registry import POLICY_LOSSES, register_policy_loss
-from dare.errors import RecipeError
+from dare.errors import check_fields
 from dare.models.spec import DiffusionSpec
 
 SPG_LOSS = "spg"
@@ -226,9 +226,7 @@ class SPG(GRPO):
                 ),
                 "p_mask_prompt": (self.p_mask_prompt == 0, "0: spg's views never mask the prompt"),
             }
-            for name, (ok, rule) in checks.items():
-                if not ok:
-                    raise RecipeError(file, f"{key}.{name}", f"must be {rule}, got {getattr(self, name)!r}")
+            check_fields(self, checks, key, file)
 
     def __init__(self, args: Any, spec: DiffusionSpec) -> None:
         super().__init__(args, spec)

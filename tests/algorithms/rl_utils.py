@@ -27,6 +27,21 @@ def reward(response_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Ten
     return hit.sum(-1).float() / response_mask.sum(-1).clamp(min=1).float()
 
 
+ADV = torch.tensor([1.0, -1.0, 0.5, -0.5])
+
+
+def toy_batch(P: int = 4, L: int = 5, mu: int = 2) -> dict[str, torch.Tensor]:
+    """An RL batch of 4 rows (prompt P, response L, advantages ADV), as `prepare` receives it."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, V - 3, (4, P + L), generator=g)
+    resp = torch.zeros(4, P + L, dtype=torch.bool)
+    resp[:, P:] = True
+    return {
+        "input_ids": ids, "attention_mask": torch.ones_like(ids), "response_mask": resp,
+        "advantages": ADV[:, None] * resp, "noise_seed": torch.arange(4 * mu).view(4, mu),
+    }  # fmt: skip
+
+
 def make_algorithm(name: str, model, **args):
     stage = build_stage({"algorithm": name, "steps": 1, **args}, "stages[0]", None)
     return ALGORITHMS.get(name)(stage.args, model.diffusion_spec())

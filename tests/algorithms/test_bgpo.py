@@ -85,21 +85,13 @@ def test_on_policy_value_and_gradient_equal_the_elbo_objective():
 
 
 def test_algorithm_first_update_is_on_policy_and_mu_keeps_old_samples():
-    from rl_utils import V, make_algorithm
+    from rl_utils import ADV, V, make_algorithm, toy_batch
 
     from dare.models import tiny
 
     model = tiny("dream", V).eval()
     algo = make_algorithm("bgpo", model, mc_num=3, mu=2)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, V - 3, (4, 9), generator=g)
-    resp = torch.zeros(4, 9, dtype=torch.bool)
-    resp[:, 4:] = True
-    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
-    batch = {
-        "input_ids": ids, "attention_mask": torch.ones_like(ids), "response_mask": resp,
-        "advantages": adv[:, None] * resp, "noise_seed": torch.arange(8).view(4, 2),
-    }  # fmt: skip
+    batch, adv = toy_batch(P=4, L=5), ADV
     updates = algo.prepare(model, None, batch)
     assert updates[0]["old_elbo_samples"].shape == (4, 3)
     loss, metrics = algo.compute_loss(model, updates[0])

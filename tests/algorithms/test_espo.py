@@ -55,11 +55,11 @@ def _batch(B: int = 3, P: int = 3, L: int = 8):
 
 def test_plan_views_are_complementary_and_weights_average_to_one():
     batch = _batch()
+    resp = batch["response_mask"]
     est = EspoEstimator(EspoEstimator.Args(num_samples=2))
     plan = est.sample(batch, torch.Generator().manual_seed(1))
     B, K, L = plan.view_masks.shape
     assert K == 4 and not plan.prompt_mask.any()
-    resp = batch["response_mask"]
     pairs = plan.view_masks.view(B, 2, 2, L)
     assert torch.equal(pairs[:, :, 0] ^ pairs[:, :, 1], resp[:, None].expand(B, 2, L))  # complements
     assert not (plan.weights[:, :, ~resp.any(0)] != 0).any()  # nothing outside responses
@@ -74,10 +74,10 @@ def test_plan_views_are_complementary_and_weights_average_to_one():
 
 def test_block_plan_draws_per_block():
     batch = _batch(B=2)
+    resp = batch["response_mask"]
     plan = EspoEstimator(EspoEstimator.Args(num_samples=1, block_size=4)).sample(
         batch, torch.Generator().manual_seed(3)
     )
-    resp = batch["response_mask"]
     # every block of row 0 is split between the view and its complement, with its own weights
     w = plan.weights[0, 0][resp[0]].view(2, 4)  # [blocks, tokens]
     m = plan.view_masks[0, 0][resp[0]].view(2, 4)
@@ -114,22 +114,14 @@ def test_algorithm_under_mu_and_reference():
     import contextlib
     import copy
 
-    from rl_utils import V, make_algorithm
+    from rl_utils import ADV, V, make_algorithm, toy_batch
 
     from dare.models import tiny
 
     model = tiny("sdar", V).eval()
     ref = copy.deepcopy(model)
     algo = make_algorithm("espo", model, mc_num=2, mu=2, beta=0.01)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, V - 3, (4, 11), generator=g)
-    resp = torch.zeros(4, 11, dtype=torch.bool)
-    resp[:, 3:] = True
-    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
-    batch = {
-        "input_ids": ids, "attention_mask": torch.ones_like(ids), "response_mask": resp,
-        "advantages": adv[:, None] * resp, "noise_seed": torch.arange(8).view(4, 2),
-    }  # fmt: skip
+    batch, adv = toy_batch(P=3, L=8), ADV
     updates = algo.prepare(model, lambda: contextlib.nullcontext(ref), batch)
     assert updates[0]["plan.view_masks"].shape[1] == 4  # 2 draws x (view, complement)
     for u in updates:

@@ -99,22 +99,15 @@ def test_bad_arguments_are_refused():
 
 
 def test_algorithm_loss_is_the_sandwich_of_its_views():
-    from rl_utils import V, make_algorithm
+    from rl_utils import ADV, V, make_algorithm, toy_batch
 
     from dare.diffusion.estimators import NoisePlan, view_logp
     from dare.models import tiny
 
     model = tiny("llada", V).eval()
     algo = make_algorithm("spg", model, num_t=3, mu=2)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, V - 3, (4, 9), generator=g)
-    resp = torch.zeros(4, 9, dtype=torch.bool)
-    resp[:, 4:] = True
-    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
-    batch = {
-        "input_ids": ids, "attention_mask": torch.ones_like(ids), "response_mask": resp,
-        "advantages": adv[:, None] * resp, "noise_seed": torch.arange(8).view(4, 2),
-    }  # fmt: skip
+    batch, adv = toy_batch(P=4, L=5), ADV
+    resp = batch["response_mask"]
     updates = algo.prepare(model, None, batch)
     assert len(updates) == 2 and "old_log_prob" not in updates[0]
     assert not torch.equal(updates[0]["plan.view_masks"], updates[1]["plan.view_masks"])
