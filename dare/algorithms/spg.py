@@ -30,18 +30,21 @@ inequality makes it >= log p(y) for every beta >= n. For beta < n (SPG uses 1.5 
 it is a surrogate, not a guaranteed bound: the enumeration finds sequences where it falls below
 log p(y). The paper's own statement of the bound's range of beta is unverified here.
 
-Registered: the estimator `spg_bounds` (named estimates "lower" and "upper" from one draw of K =
-`num_t` views with the stratified ELBO plan, `dare.diffusion.elbo.ElboEstimator`, per block under
-block attention, one forward), the policy loss `spg` and the algorithm `spg` (LLaDA, Dream, SDAR). SPG's own block-random masking plan (one random block
-partially masked, earlier blocks clean, later blocks fully masked, the prompt masked with
-probability 0.15) is not implemented. With `mu` > 1 each inner update draws fresh views of the
-same rollouts (SPG's mu = 4); there is no old policy to compare with.
+Registered: the estimators `spg_block` (SPG's block-random masking: per view one random block of
+the completion partially masked, earlier blocks clean, later blocks masked, the prompt masked with
+probability `p_mask_prompt`; the default) and `spg_bounds` (the stratified ELBO plan,
+`dare.diffusion.elbo.ElboEstimator`, per block under block attention, no prompt masking), both
+with named estimates "lower" and "upper" from one forward of the K = `num_t` views; the policy
+loss `spg`; the algorithm `spg` (LLaDA, Dream, SDAR; `views:` picks the estimator). With `mu` > 1
+each inner update draws fresh views of the same rollouts (SPG's mu = 4); there is no old policy
+to compare with.
 
 Shapes: B batch, K views, L length.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,9 +56,17 @@ from verl.trainer.ppo.core_algos import agg_loss
 from dare.algorithms.base import register_algorithm, row_generators
 from dare.algorithms.grpo import GRPO, PLAN_PREFIX, GRPOArgs
 from dare.diffusion.elbo import ElboEstimator
-from dare.diffusion.estimators import NoisePlan, register_estimator, view_logp
+from dare.diffusion.estimators import (
+    ESTIMATORS,
+    NoisePlan,
+    build_estimator,
+    register_estimator,
+    rl_batch_masks,
+    view_logp,
+)
+from dare.diffusion.noise import bernoulli_mask, mask_exact_count, uniform01
 from dare.diffusion.rl_registry import POLICY_LOSSES, register_policy_loss
-from dare.errors import check_fields
+from dare.errors import RecipeError, check_fields
 from dare.models.spec import DiffusionSpec
 
 SPG_LOSS = "spg"
@@ -190,13 +201,78 @@ class SPGBoundsEstimator(ElboEstimator):
         return self.logp_named(model, batch, plan, spec)["lower"]
 
 
+@register_estimator
+class SPGBlockEstimator(SPGBoundsEstimator):
+    """SPG's block-random views (`_forward_process_spg` of the DARE port; algorithms.md §7): per
+    view, a block k of the completion (blocks of `block_length` from its first token) is drawn
+    uniformly; earlier blocks stay clean, later blocks are fully masked, and block k gets m of its
+    n_k tokens masked, m ~ U{max(1, floor(min_t n_k)) .. max(that, floor(max_t n_k))}. Prompt
+    tokens are masked with probability `p_mask_prompt`. The bounds are `SPGBoundsEstimator`'s
+    (t_k = the view's masked fraction of the response).
+
+    Unlike the port, the prompt mask is drawn once per row and shared by its views (a plan holds
+    one prompt mask per row)."""
+
+    name = "spg_block"
+
+    @dataclass(frozen=True)
+    class Args:
+        num_samples: int = 2  # views (SPG's num_t)
+        eubo_beta: float = 1.5
+        block_length: int = 32
+        min_t: float = 0.0
+        max_t: float = 1.0
+        p_mask_prompt: float = 0.15
+
+        def __post_init__(self) -> None:
+            if self.num_samples < 1 or self.block_length < 1:
+                raise ValueError(
+                    f"num_samples and block_length must be >= 1, got {self.num_samples}, {self.block_length}"
+                )
+            if not 0.0 <= self.min_t <= self.max_t <= 1.0:
+                raise ValueError(f"need 0 <= min_t <= max_t <= 1, got min_t={self.min_t}, max_t={self.max_t}")
+            if not 0.0 <= self.p_mask_prompt < 1.0:
+                raise ValueError(f"p_mask_prompt must be in [0, 1), got {self.p_mask_prompt}")
+            if self.eubo_beta <= 0:
+                raise ValueError(f"eubo_beta must be > 0, got {self.eubo_beta}")
+
+    def sample(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> NoisePlan:
+        a, m = self.args, rl_batch_masks(batch)
+        B, L = m.valid.shape
+        device = m.valid.device
+        # block of every completion position, counted from the row's first completion token
+        block = torch.where(m.completion, (m.completion.cumsum(-1) - 1) // a.block_length, -1)  # [B, L]
+        num_blocks = block.max(-1).values + 1  # [B]
+        views = torch.zeros(B, a.num_samples, L, dtype=torch.bool, device=device)
+        for k in range(a.num_samples):
+            u = uniform01((B,), generator, device).double()
+            kb = (u * num_blocks.double()).floor().long().clamp(min=0)  # [B], uniform block index
+            in_kb = block == kb[:, None]  # [B, L]
+            n_k = in_kb.sum(-1).double()  # [B]
+            lo = (n_k * a.min_t).floor().clamp(min=1)
+            hi = torch.maximum((n_k * a.max_t).floor(), lo)
+            count = lo + (uniform01((B,), generator, device).double() * (hi - lo + 1)).floor()  # [B], U{lo..hi}
+            views[:, k] = (block > kb[:, None]) | mask_exact_count(in_kb, count.long(), generator)
+        p = torch.full((B,), a.p_mask_prompt, device=device)
+        resp = m.response[:, None]  # [B, 1, L]
+        return NoisePlan(
+            prompt_mask=bernoulli_mask(m.prompt, p, generator),
+            view_masks=views,
+            weights=(views & resp).float(),  # nonzero where a bound needs log p
+            t=((views & resp).sum(-1).float() / resp.sum(-1).clamp(min=1).float()).mean(-1),
+        )
+
+
 @register_algorithm
 class SPG(GRPO):
     """Sandwiched policy gradient (see the module docstring): ELBO for A > 0, the EUBO mix for
     A <= 0, length-weighted -A * bound (policy loss `spg`), no ratio, no KL."""
 
     name = "spg"
-    estimator_name = "spg_bounds"
+
+    @property
+    def estimator_name(self) -> str:
+        return self.args.views
 
     @dataclass
     class Args(GRPOArgs):
@@ -211,8 +287,15 @@ class SPG(GRPO):
         # weight omega of the upper bound for A <= 0: omega * EUBO + (1 - omega) * ELBO
         # (SPG "mix" 0.5; 1.0 = pure EUBO, 0.0 = ELBO for every sample)
         mix: float = 0.5
-        # the ELBO plan never masks the prompt (SPG's 0.15 prompt masking is not implemented)
-        p_mask_prompt: float = 0.0
+        # the views: "spg_block" (SPG's block-random masking) or "spg_bounds" (the stratified
+        # ELBO plan over the whole response, no prompt masking); a registered estimator with
+        # estimates "lower" and "upper"
+        views: str = "spg_block"
+        # spg_block: block size, range of the masked fraction of the drawn block, prompt masking
+        block_length: int = 32
+        min_t: float = 0.0
+        max_t: float = 1.0
+        p_mask_prompt: float = 0.15
 
         def validate(self, key: str, file: Any) -> None:
             super().validate(key, file)
@@ -224,17 +307,38 @@ class SPG(GRPO):
                     self.beta == 0,
                     "0: SPG has no KL term (its reference estimate would depend on the sign of A)",
                 ),
-                "p_mask_prompt": (self.p_mask_prompt == 0, "0: spg's views never mask the prompt"),
+                "views": (self.views in ESTIMATORS, f"a registered estimator ({', '.join(ESTIMATORS.names())})"),
             }
             check_fields(self, checks, key, file)
+            try:  # the estimator's own checks (ranges, the bounds it computes), at recipe load
+                build_estimator(self.views, **SPG.views_args(self)).require_estimates(("lower", "upper"))
+            except (ValueError, TypeError) as e:
+                raise RecipeError(file, f"{key}.views", str(e)) from None
 
     def __init__(self, args: Any, spec: DiffusionSpec) -> None:
         super().__init__(args, spec)
         self.estimator.require_estimates(("lower", "upper"))
 
+    # estimator field <- SPG Args field
+    VIEW_FIELDS = {"num_samples": "num_t", "eubo_beta": "eubo_beta", "block_length": "block_length",
+                   "min_t": "min_t", "max_t": "max_t", "p_mask_prompt": "p_mask_prompt"}  # fmt: skip
+
+    @staticmethod
+    def views_args(args: Any, block_size: int | None = None) -> dict[str, Any]:
+        """The `views` estimator's arguments from SPG's Args (those its Args declares, plus the
+        model's block size where it takes one); a setting it cannot use (p_mask_prompt > 0, or
+        another field off SPG's default) raises ValueError."""
+        names = {f.name for f in dataclasses.fields(ESTIMATORS.get(args.views).Args)}
+        # a setting the estimator does not take must be neutral: no prompt masking, else SPG's default
+        neutral = {**{a: getattr(SPG.Args, a) for a in SPG.VIEW_FIELDS.values()}, "p_mask_prompt": 0.0}
+        unused = [a for f, a in SPG.VIEW_FIELDS.items() if f not in names and getattr(args, a) != neutral[a]]
+        if unused:
+            raise ValueError(f"views {args.views!r} does not use {unused}")
+        out = {f: getattr(args, a) for f, a in SPG.VIEW_FIELDS.items() if f in names}
+        return {**out, "block_size": block_size} if "block_size" in names else out
+
     def estimator_args(self) -> dict[str, Any]:
-        block = self.spec.block_size if self.spec.attention == "block" else None
-        return {"num_samples": self.args.num_t, "block_size": block, "eubo_beta": self.args.eubo_beta}
+        return self.views_args(self.args, self.spec.block_size if self.spec.attention == "block" else None)
 
     def prepare(self, model, reference, batch):
         """One batch per inner update, each with fresh views (from the rows' seeds); nothing is

@@ -127,6 +127,14 @@ def test_spg_args_are_validated():
         build_stage({"algorithm": "spg", "steps": 1, "beta": 0.1}, "stages[0]", None)
     with pytest.raises(RecipeError, match=r"stages\[0\].mix"):
         build_stage({"algorithm": "spg", "steps": 1, "mix": 1.5}, "stages[0]", None)
+    with pytest.raises(RecipeError, match=r"stages\[0\].views: estimator 'd1' computes \['logp'\]"):
+        build_stage({"algorithm": "spg", "steps": 1, "views": "d1"}, "stages[0]", None)
+    with pytest.raises(RecipeError, match=r"views 'spg_bounds' does not use \['p_mask_prompt'\]"):
+        build_stage({"algorithm": "spg", "steps": 1, "views": "spg_bounds"}, "stages[0]", None)
+    with pytest.raises(RecipeError, match=r"stages\[0\].views: need 0 <= min_t <= max_t <= 1"):
+        build_stage({"algorithm": "spg", "steps": 1, "min_t": 0.9, "max_t": 0.1}, "stages[0]", None)
+    stage = build_stage({"algorithm": "spg", "steps": 1, "views": "spg_bounds", "p_mask_prompt": 0}, "s", None)
+    assert stage.args.views == "spg_bounds"
 
 
 @pytest.mark.parametrize("family", ["llada", "dream", "sdar"])
@@ -136,3 +144,35 @@ def test_spg_raises_the_reward_of_a_tiny_model(family):
     rewards = rl_learning_run("spg", family, steps=10)  # ~5 s
     assert rewards[0] < 0.45  # a random model: about a third of its tokens in the target set
     assert sum(rewards[-3:]) / 3 > 0.75, rewards
+
+
+def test_block_random_views():
+    """SPG's views: per view one block of the completion is partially masked (m in the allowed
+    range), earlier blocks are clean, later ones fully masked; the prompt is masked at its rate."""
+    from rl_utils import toy_batch
+
+    from dare.algorithms.spg import SPGBlockEstimator
+
+    batch = toy_batch(P=6, L=10)
+    batch["response_mask"][1, -3:] = False  # a response ending early: its tail is still completion
+    est = SPGBlockEstimator(SPGBlockEstimator.Args(num_samples=64, block_length=4, min_t=0.5, max_t=1.0))
+    plan = est.sample(batch, torch.Generator().manual_seed(0))
+    views = plan.view_masks[:, :, 6:]  # [B, K, 10], the completion (blocks of 4, 4, 2)
+    assert not plan.view_masks[:, :, :6].any()  # the prompt is masked through prompt_mask only
+    blocks = [(0, 4), (4, 8), (8, 10)]
+    seen = set()
+    for b in range(4):
+        for k in range(64):
+            v = views[b, k]
+            partial = [i for i, (s, e) in enumerate(blocks) if 0 < int(v[s:e].sum()) < e - s]
+            full = [i for i, (s, e) in enumerate(blocks) if bool(v[s:e].all())]
+            kb = partial[0] if partial else min(full)  # the drawn block (fully masked when m = n_k)
+            assert len(partial) <= 1 and all(i > kb for i in full if i != kb)
+            assert not any(v[s:e].any() for s, e in blocks[:kb])  # earlier blocks clean
+            s, e = blocks[kb]
+            assert (e - s) * 0.5 <= int(v[s:e].sum()) <= e - s  # m in [max(1, floor(min_t n_k)), n_k]
+            seen.add(kb)
+    assert seen == {0, 1, 2}
+    rate = plan.prompt_mask[:, :6].float().mean()
+    assert 0.0 < float(rate) < 0.5  # p_mask_prompt 0.15 over 24 prompt tokens
+    assert torch.equal(plan.weights != 0, plan.view_masks & batch["response_mask"][:, None])
