@@ -135,11 +135,17 @@ class RLTrainer(StageTrainer):
         kwargs = ADVANTAGES.get(self.args.advantage).kwargs(self.args)  # the settings the estimator declares
         adv, adv_metrics = compute_advantages(self.args.advantage, scores_t, uid, data.batch["response_mask"], **kwargs)
         data.batch["advantages"] = adv
+        data.batch["group_index"] = torch.arange(len(scores)) // G  # [N], the prompt each row answers
         g = step_generator(ctx.recipe.seed, ctx.index, step, 3)
         data.batch["noise_seed"] = torch.randint(0, 2**62, (len(scores), self.args.mu), generator=g)
+        if ctx.critic is not None:  # the algorithm declared a critic: its values go with the batch
+            data.batch["scores"] = scores_t
+            data.batch["values"] = ctx.critic.compute_values(data).batch["values"]  # [N, P+G]
         out = ctx.actor.update_actor(data)
         ctx.sync_rollout()
         metrics.update(rank_zero_metrics(out.meta_info["metrics"]))
+        if ctx.critic is not None:
+            metrics.update(rank_zero_metrics(ctx.critic.update_critic(data).meta_info["metrics"]))
         metrics.update(reward_metrics)
         metrics.update(adv_metrics)
         metrics["reward/mean"] = float(scores_t.mean())

@@ -1,8 +1,11 @@
-"""The decoding trajectory of an RL rollout reaches the actor: the decode steps the sampler records
-are the states it really decoded from, and the RL trainer carries them (with the block index,
-confidence and step count) unchanged into the batch `update_actor` gets, where an algorithm that
-declares `decode_step` in `required_batch_keys` reads it. No Ray: the worker group is a stand-in
-that runs the workers' own `generate_batch`."""
+"""What the RL trainer puts in the batch `update_actor` gets.
+
+The decoding trajectory: the decode steps the sampler records are the states it really decoded
+from, and the trainer carries them (with the block index, confidence and step count) unchanged
+into the batch, where an algorithm that declares `decode_step` in `required_batch_keys` reads it.
+A declared critic: its values and the rows' scores join the batch, and the critic is updated on
+the same batch. No Ray: the worker groups are stand-ins running the workers' own code
+(`generate_batch`, `Critic`)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from verl import DataProto
 
+from dare.algorithms.base import CriticSpec
 from dare.algorithms.grpo import D1
 from dare.config import build_recipe
 from dare.data import load_dataset_spec
@@ -18,6 +22,7 @@ from dare.data.tasks import builtin_tokenizer
 from dare.trainer.rl import RLTrainer
 from dare.trainer.stage import StageContext
 from dare.workers.builder import build_policy
+from dare.workers.critic import Critic, ValueModel
 from dare.workers.generation import TRAJECTORY_FILL, generate_batch
 
 GEN, STEPS, BLOCK = 12, 6, 6  # two blocks of 6 tokens, 3 decoding iterations each
@@ -121,3 +126,54 @@ def test_the_trajectory_is_carried_unchanged_from_the_rollout_to_update_actor(tm
         assert torch.equal(batch[key][:, P:], gen[key]) and bool((batch[key][:, :P] == fill).all())
     assert torch.equal(batch["decode_num_steps"], gen["decode_num_steps"])
     assert torch.equal(batch["response_mask"][:, P:].long(), gen["response_mask"])
+    assert torch.equal(batch["group_index"], torch.tensor([0, 0, 1, 1, 2, 2]))  # prompt-major groups
+
+
+@dataclass
+class StandInCritic:
+    """A one-rank critic worker group around the workers' own `Critic`."""
+
+    critic: Critic
+    updated: DataProto | None = None
+
+    def compute_values(self, data: DataProto) -> DataProto:
+        return DataProto.from_dict(tensors={"values": self.critic.values(dict(data.batch.items()))})
+
+    def update_critic(self, data: DataProto) -> DataProto:
+        self.updated = data
+        metrics = self.critic.update(dict(data.batch.items()), ValueFittingD1.critic_loss_of)
+        return DataProto(meta_info={"metrics": metrics})
+
+
+class ValueFittingD1(D1):
+    """d1 with a critic that fits each row's score (what a value-baseline objective declares)."""
+
+    name = "test_value_fitting_d1"
+
+    @classmethod
+    def critic_spec(cls, args):
+        return CriticSpec(lr=1e-3)
+
+    @staticmethod
+    def critic_loss_of(values, batch):
+        mask = batch["response_mask"].float()
+        return ((values - batch["scores"][:, None]) ** 2 * mask).sum() / mask.sum(), {"critic/value_mean": 0.0}
+
+
+def test_a_declared_critic_gets_the_batch_and_its_values_reach_update_actor(tmp_path):
+    tokenizer = builtin_tokenizer()
+    workers = StandInWorkers(_model(tokenizer))
+    critic = StandInCritic(Critic(ValueModel(_model(tokenizer)), ValueFittingD1.critic_spec(STAGE.args)))
+    critic.critic.model.value_head.bias.data.fill_(0.25)  # a visible value
+    rows = load_dataset_spec("builtin:sort", split="train", n=6, seed=0, kind="rl")
+    ctx = StageContext(RECIPE_OBJ, 0, STAGE, tmp_path, workers, tokenizer, rows, None, 0, critic=critic)
+    trainer = RLTrainer(ctx)
+    trainer.setup()
+    try:
+        metrics = trainer.step(0)
+    finally:
+        trainer.close()
+    batch = workers.updated.batch
+    assert batch["values"].shape == batch["input_ids"].shape and bool((batch["values"] != 0).all())
+    assert batch["scores"].shape == (6,) and critic.updated is workers.updated  # the same batch
+    assert metrics["critic/loss"] > 0 and "critic/value_mean" in metrics and "actor/pg_loss" in metrics
