@@ -41,7 +41,7 @@ def trajectory_states(response: torch.Tensor, step_of: torch.Tensor, num_steps: 
     return torch.where(step_of[None] >= j, mask_id, response[None])
 
 
-def trajectory_logp(
+def trajectory_token_logp(
     model: torch.nn.Module,
     spec: DiffusionSpec,
     input_ids: torch.Tensor,
@@ -51,9 +51,12 @@ def trajectory_logp(
     num_steps: int,
     temperature: float = 1.0,
 ) -> torch.Tensor:
-    """log p(tokens drawn at step j | state j) summed per step, with gradients: `[N, S]`.
+    """log p(token i | state step_of[i]) per response token, with gradients: `[N, L]`, 0 where
+    `step_of` is outside [0, num_steps) (never drawn, e.g. after the first end id).
 
-    One batched forward over the S states of every row (`[S*N, P+L]`).
+    The trajectory replay of CJ-GRPO and TraceRL: token i is scored in the state the sampler saw
+    when it committed i (every position with `step_of >= step_of[i]` masked). One batched forward
+    over the S states of every row (`[S*N, P+L]`).
     """
     N, P = input_ids.shape
     L = response.shape[1]
@@ -65,7 +68,23 @@ def trajectory_logp(
     tok = response.repeat(num_steps, 1)  # [S*N, L]
     lp = lp.gather(-1, tok[..., None])[..., 0].view(num_steps, N, L)
     drawn = step_of[None] == torch.arange(num_steps, device=x.device)[:, None, None]  # [S, N, L]
-    return torch.where(drawn, lp, 0.0).sum(-1).transpose(0, 1)  # [N, S]
+    return torch.where(drawn, lp, 0.0).sum(0)  # [N, L]: each token is drawn at one step at most
 
 
-__all__ = ["response_logits", "tempered_log_probs", "trajectory_logp", "trajectory_states"]
+def trajectory_logp(
+    model: torch.nn.Module,
+    spec: DiffusionSpec,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response: torch.Tensor,
+    step_of: torch.Tensor,
+    num_steps: int,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """log p(tokens drawn at step j | state j) summed per step, with gradients: `[N, S]`."""
+    lp = trajectory_token_logp(model, spec, input_ids, attention_mask, response, step_of, num_steps, temperature)
+    drawn = step_of[:, None] == torch.arange(num_steps, device=lp.device)[None, :, None]  # [N, S, L]
+    return torch.where(drawn, lp[:, None], 0.0).sum(-1)  # [N, S]
+
+
+__all__ = ["response_logits", "tempered_log_probs", "trajectory_logp", "trajectory_states", "trajectory_token_logp"]

@@ -100,6 +100,8 @@ class RLTrainer(StageTrainer):
             "input_ids": torch.cat([prompts.batch["input_ids"], responses], 1),  # [N, P+G]
             "attention_mask": torch.cat([prompts.batch["attention_mask"], torch.ones_like(responses)], 1),
             "response_mask": torch.cat([torch.zeros(N, P, dtype=torch.bool), rmask], 1),
+            # the step that unmasked each token, -1 on the prompt (trajectory objectives replay it)
+            "decode_step": torch.cat([torch.full((N, P), -1, dtype=torch.long), out.batch["decode_step"].long()], 1),
         }
         texts = [ctx.tokenizer.decode(r[m].tolist(), skip_special_tokens=True) for r, m in zip(responses, rmask)]
         row_of = [rows[i // G] for i in range(N)]
