@@ -33,8 +33,10 @@ step i unmasking 2^i tokens) and EOSER (EOS confidence scaled by a gamma rising 
 tokens up to the first end id of a row whose later tokens were unmasked after them (the rollout
 keeps no step for tokens after the first end id; they are shown as end ids in every state).
 
-Families: full attention (LLaDA, Dream: the logits shift is handled by `aligned_logits`). Block
-attention (SDAR) needs the block-causal replay and is refused.
+Families: all. The replay runs the attention kind's forward (`VIEW_FORWARDS`): LLaDA and Dream
+score the whole state (Dream's shift handled by `aligned_logits`); SDAR scores the state as the
+noisy half of `[x_t ; x_0]` under the block-diffusion mask, so a token sees its own block's state
+and the clean blocks before it, as the block sampler did.
 
 Shapes: B rows, T = P + L sequence (left-padded prompt of P columns, response of L), V vocab,
 S steps.
@@ -130,8 +132,6 @@ def replay_log_prob(
 @register_algorithm
 class CJGRPO(GRPO):
     name = "cj_grpo"
-    attention = ("full",)
-    supports_sharding = True
     required_batch_keys = ("input_ids", "attention_mask", "response_mask", "advantages", "decode_step")
 
     @dataclass

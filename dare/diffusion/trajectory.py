@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from dare.diffusion.estimators import VIEW_FORWARDS
 from dare.models.spec import DiffusionSpec, aligned_logits
 
 
@@ -63,7 +64,12 @@ def trajectory_token_logp(
     states = trajectory_states(response, step_of, num_steps, spec.mask_token_id)  # [S, N, L]
     x = torch.cat([input_ids.expand(num_steps, N, P), states], -1).reshape(num_steps * N, P + L)
     valid = torch.cat([attention_mask.bool(), torch.ones(N, L, dtype=torch.bool, device=x.device)], 1)
-    logits = response_logits(model, spec, x, valid.repeat(num_steps, 1), P)  # [S*N, L, V]
+    # the attention kind's forward (block models: the state as the noisy half of [x_t ; x_0], the
+    # clean sequence as context, so a token sees its own block's state and the clean blocks before)
+    context = torch.cat([input_ids, response], -1).repeat(num_steps, 1)  # [S*N, P+L]
+    prompt_len = attention_mask.long().sum(-1).repeat(num_steps)  # [S*N]
+    forward = VIEW_FORWARDS.get(spec.attention)
+    logits = forward(model, x, context, valid.repeat(num_steps, 1), prompt_len, spec)[:, P:]  # [S*N, L, V]
     lp = tempered_log_probs(logits, spec, temperature)  # [S*N, L, V]
     tok = response.repeat(num_steps, 1)  # [S*N, L]
     lp = lp.gather(-1, tok[..., None])[..., 0].view(num_steps, N, L)

@@ -130,7 +130,8 @@ def test_shrink_is_validated_at_load():
         build_stage({"kind": "rl", "algorithm": "tracerl", "steps": 1, "shrink": 0}, "stages[0]", None)
 
 
-def test_tracerl_learns_the_toy_reward():
-    rewards = train_toy("tracerl", steps=20, shrink=2)
+@pytest.mark.parametrize("family", ["llada", "dream", "sdar"])
+def test_tracerl_learns_the_toy_reward(family):
+    rewards = train_toy("tracerl", family, steps=20, shrink=2)
     # measured (2-core CPU, seed 0): see docs/algorithms/tracerl.md
     assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.2, rewards
