@@ -51,7 +51,9 @@ def test_trajectory_replay_reproduces_the_samplers_step_probabilities(family):
     model = tiny(family, V).eval()
     spec = model.diffusion_spec()
     block = spec.block_size or 8  # SDAR decodes its own blocks (block-causal), the others one block
-    cfg = SamplingConfig(algorithm=family, gen_length=8, steps=8, block_length=block, temperature=1.0, num_generations=4)
+    cfg = SamplingConfig(
+        algorithm=family, gen_length=8, steps=8, block_length=block, temperature=1.0, num_generations=4
+    )
     rollout = generate(model, PROMPTS, cfg, generator=torch.Generator().manual_seed(0))
     batch = rl_batch(rollout)
     with torch.no_grad():
