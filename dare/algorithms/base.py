@@ -16,6 +16,21 @@ from dare.models.spec import DiffusionSpec
 from dare.registry import Registry
 
 
+@dataclass(frozen=True)
+class CriticSpec:
+    """The critic (value model) an algorithm asks for: a copy of the policy's architecture whose LM
+    head is replaced by a scalar value head on the last hidden state (`dare.workers.critic`),
+    trained by its own AdamW optimizer on the algorithm's `critic_loss`."""
+
+    lr: float
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0 or self.weight_decay < 0 or not self.grad_clip > 0:
+            raise ValueError(f"critic: need lr > 0, weight_decay >= 0, grad_clip > 0, got {self}")
+
+
 class Algorithm:
     """Base class. Subclasses set the class attributes and implement `compute_loss`."""
 
@@ -71,6 +86,21 @@ class Algorithm:
         return 0, 1.0
 
     @classmethod
+    def critic_spec(cls, args: Any) -> CriticSpec | None:
+        """The critic this algorithm trains next to the policy (lr etc. from its `args`), None = no
+        critic (the default: no critic worker is built and nothing changes). With a critic the RL
+        trainer puts the critic's `values` `[B, L]` and the rows' `scores` `[B]` in the batch before
+        `update_actor`, then calls the critic's `update_critic` on the same batch."""
+        return None
+
+    def critic_loss(
+        self, values: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The critic's loss from its `values` `[B, L]` (with grad) and the batch; metrics `critic/...`.
+        Needed only when `critic_spec` returns a spec."""
+        raise NotImplementedError(f"{self.name}: declares a critic but no critic_loss")
+
+    @classmethod
     def check_recipe(cls, recipe: Any, stage: Any, key: str, file: Any) -> None:
         """Checks of the stage's arguments against the rest of the recipe (model, resources),
         at recipe load; raise `RecipeError` naming `key`."""
@@ -108,4 +138,4 @@ def row_generators(seeds: torch.Tensor) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(int(s)) for s in seeds.tolist()]
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "register_algorithm", "row_generators"]
+__all__ = ["ALGORITHMS", "Algorithm", "CriticSpec", "register_algorithm", "row_generators"]

@@ -45,13 +45,14 @@ S steps.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from dare.algorithms.base import Algorithm, register_algorithm
 from dare.algorithms.grpo import GRPO, GRPOArgs
 from dare.diffusion.rl_losses import PPOClipConfig, k3_kl, ppo_clip_loss
+from dare.diffusion.rl_registry import POLICY_LOSSES, PolicyLossFn
 from dare.diffusion.trajectory import trajectory_token_logp
 from dare.models.spec import DiffusionSpec, ReferenceFn
 
@@ -75,9 +76,10 @@ def cj_grpo_loss(
     decode_step: torch.Tensor,
     response_mask: torch.Tensor,
     *,
-    config: PPOClipConfig,
+    config: PPOClipConfig | Any,
     ref_log_prob: torch.Tensor | None = None,
     beta: float = 0.0,
+    loss_fn: PolicyLossFn = ppo_clip_loss,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The CJ-GRPO loss above from per-token trajectory log-probs.
 
@@ -86,9 +88,12 @@ def cj_grpo_loss(
         advantages: `[B, T]` (or `[B, 1]`).
         decode_step: `[B, T]` long, the step that unmasked each token, -1 where none did.
         response_mask: `[B, T]` tokens in the loss.
-        config: the PPO clip ranges.
+        config: the policy loss's config (PPO clip: the clip ranges).
         ref_log_prob: `[B, T]` reference log-probs (needed when beta > 0).
         beta: k3 KL coefficient.
+        loss_fn: a registered policy loss (`POLICY_LOSSES[...].fn`) with token-mean aggregation
+            that multiplies its per-token losses by `rollout_is_weights` (PPO clip does), through
+            which the per-step weights enter.
 
     Returns:
         (scalar loss, metrics of `ppo_clip_loss` plus `actor/kl` when a reference is given and
@@ -100,7 +105,7 @@ def cj_grpo_loss(
     mask = w > 0
     # token-mean of (l * w * n) over the n loss tokens == sum_i w_i l_i
     n = mask.sum().clamp(min=1)
-    loss, metrics = ppo_clip_loss(old_log_prob, log_prob, advantages, mask, "token-mean", config, w * n)
+    loss, metrics = loss_fn(old_log_prob, log_prob, advantages, mask, "token-mean", config, w * n)
     if ref_log_prob is not None:
         kl = (k3_kl(log_prob, ref_log_prob) * w).sum()
         metrics["actor/kl"] = kl.detach().item()
@@ -136,15 +141,14 @@ class CJGRPO(GRPO):
 
     @dataclass
     class Args(GRPOArgs):
-        advantage: Literal["grpo", "grpo_mean", "rloo"] = "grpo_mean"
+        advantage: str = "grpo_mean"
         beta: float = 0.04
         clip_eps: float = 0.5
 
     def __init__(self, args: Any, spec: DiffusionSpec) -> None:
         Algorithm.__init__(self, args, spec)  # no noise estimator: the trajectory is the estimate
-        self.clip = PPOClipConfig(
-            clip_eps=args.clip_eps, clip_eps_high=args.clip_eps_high, clip_ratio_c=args.clip_ratio_c
-        )
+        self.policy_loss = POLICY_LOSSES.get(args.policy_loss)
+        self.loss_config = self.policy_loss.config(args)
 
     def replay(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return replay_log_prob(model, self.spec, batch, temperature=1.0)
@@ -166,7 +170,8 @@ class CJGRPO(GRPO):
         logp = self.replay(model, batch)  # [B, T]
         return cj_grpo_loss(
             batch.get("old_log_prob", logp.detach()), logp, batch["advantages"], batch["decode_step"],
-            batch["response_mask"], config=self.clip, ref_log_prob=batch.get("ref_log_prob"), beta=self.args.beta,
+            batch["response_mask"], config=self.loss_config, ref_log_prob=batch.get("ref_log_prob"),
+            beta=self.args.beta, loss_fn=self.policy_loss.fn,
         )  # fmt: skip
 
 

@@ -29,14 +29,16 @@ refused (TRL 0.16 with PEFT has no reference model to sync and its callback sile
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
 from dare.algorithms.base import Algorithm, register_algorithm, row_generators
+from dare.algorithms.rollout import RolloutSpec
 from dare.diffusion.estimators import NoisePlan, build_estimator
-from dare.diffusion.rl_losses import PPOClipConfig, rl_loss
+from dare.diffusion.rl_losses import DARE_PPO_CLIP, rl_loss
+from dare.diffusion.rl_registry import POLICY_LOSSES
 from dare.errors import RecipeError
 from dare.models.spec import ReferenceFn
 
@@ -44,9 +46,7 @@ PLAN_PREFIX = "plan."
 
 
 @dataclass
-class GRPOArgs:
-    # completions sampled per prompt (a group); stage.batch_size counts prompts
-    num_generations: int = 8
+class GRPOArgs(RolloutSpec):
     # inner policy updates per rollout batch (one fresh noise plan each)
     mu: int = 1
     # KL coefficient to the reference policy (0 = no reference forward)
@@ -56,17 +56,10 @@ class GRPOArgs:
     clip_eps_high: float | None = None
     # dual clip for negative advantages; null = off
     clip_ratio_c: float | None = None
-    advantage: Literal["grpo", "grpo_mean", "rloo"] = "grpo_mean"
-    # grpo only: divide by the group's std
-    norm_adv_by_std: bool = True
     loss_agg_mode: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
-    # rollout SamplingConfig fields (gen_length comes from data.gen_length)
-    sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 1.0})
-    # reward functions [{name: countdown, weight: 1.0}, {path: my.py:fn, weight: 0.5, args: {...}}];
-    # empty = the built-in task's verifier
-    rewards: list[dict[str, Any]] = field(default_factory=list)
-    reward_timeout_s: float = 10.0
-    reward_workers: int = 2
+    # a registered policy loss (dare.diffusion.rl_registry.POLICY_LOSSES); its config is built
+    # from these Args (PPO clip reads clip_eps, clip_eps_high, clip_ratio_c)
+    policy_loss: str = DARE_PPO_CLIP
     p_mask_prompt: float = 0.15
     # move the frozen reference toward the policy after every N-th optimizer update (mu per
     # step); 0 = never (the reference stays the stage's starting policy)
@@ -75,34 +68,32 @@ class GRPOArgs:
     ref_sync_alpha: float = 1.0
 
     def validate(self, key: str, file: Any) -> None:
+        super().validate(key, file)
         checks = {
-            "num_generations": (self.num_generations >= 2, ">= 2 (a group)"),
             "mu": (self.mu >= 1, ">= 1"),
             "beta": (self.beta >= 0, ">= 0"),
             "clip_eps": (0 < self.clip_eps < 1, "in (0, 1)"),
             "clip_eps_high": (self.clip_eps_high is None or self.clip_eps_high > 0, "> 0 or null"),
             "clip_ratio_c": (self.clip_ratio_c is None or self.clip_ratio_c > 1, "> 1 or null (dual clip)"),
             "p_mask_prompt": (0 <= self.p_mask_prompt < 1, "in [0, 1)"),
-            "reward_timeout_s": (self.reward_timeout_s > 0, "> 0"),
-            "reward_workers": (self.reward_workers >= 1, ">= 1"),
             "ref_sync_every": (self.ref_sync_every >= 0, ">= 0"),
             "ref_sync_alpha": (0 < self.ref_sync_alpha <= 1, "in (0, 1]"),
         }
         for name, (ok, rule) in checks.items():
             if not ok:
                 raise RecipeError(file, f"{key}.{name}", f"must be {rule}, got {getattr(self, name)!r}")
+        if self.policy_loss not in POLICY_LOSSES:
+            raise RecipeError(file, f"{key}.policy_loss", POLICY_LOSSES.unknown_message(self.policy_loss))
+        try:
+            POLICY_LOSSES.get(self.policy_loss).config(self)
+        except (AttributeError, ValueError) as e:
+            raise RecipeError(
+                file, f"{key}.policy_loss", f"{self.policy_loss!r} does not fit these arguments: {e}"
+            ) from None
         if self.ref_sync_every and self.beta == 0:
             raise RecipeError(
                 file, f"{key}.ref_sync_every", "syncs the reference policy, but beta is 0 (no reference); set beta > 0"
             )
-        if self.rewards:  # names, plug-in files and argument signatures, before anything starts
-            from dare.rewards.spec import LoadedReward, as_specs
-
-            try:
-                for spec in as_specs(self.rewards):
-                    LoadedReward.from_spec(spec)
-            except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
-                raise RecipeError(file, f"{key}.rewards", str(e)) from None
 
 
 class GRPO(Algorithm):
@@ -115,9 +106,7 @@ class GRPO(Algorithm):
     def __init__(self, args: Any, spec) -> None:
         super().__init__(args, spec)
         self.estimator = build_estimator(self.estimator_name, **self.estimator_args())
-        self.clip = PPOClipConfig(
-            clip_eps=args.clip_eps, clip_eps_high=args.clip_eps_high, clip_ratio_c=args.clip_ratio_c
-        )
+        self.loss_config = POLICY_LOSSES.get(args.policy_loss).config(args)
 
     def estimator_args(self) -> dict[str, Any]:
         return {"p_mask_prompt": self.args.p_mask_prompt}
@@ -170,8 +159,8 @@ class GRPO(Algorithm):
         old = batch.get("old_log_prob", logp.detach())
         loss, metrics = rl_loss(
             old, logp, batch["advantages"], batch["response_mask"],
-            ref_log_prob=batch.get("ref_log_prob"), beta=self.args.beta, config=self.clip,
-            loss_agg_mode=self.args.loss_agg_mode,
+            ref_log_prob=batch.get("ref_log_prob"), beta=self.args.beta, loss_name=self.args.policy_loss,
+            config=self.loss_config, loss_agg_mode=self.args.loss_agg_mode,
         )  # fmt: skip
         resp = batch["response_mask"].float()
         metrics["actor/entropy"] = float((entropy * resp).sum() / resp.sum().clamp(min=1))
@@ -195,7 +184,7 @@ class CoupledGRPO(GRPO):
 
     @dataclass
     class Args(GRPOArgs):
-        advantage: Literal["grpo", "grpo_mean", "rloo"] = "rloo"
+        advantage: str = "rloo"
         p_mask_prompt: float = 0.0
         # t ~ U(t_min, t_max); views mask R < t and its complement
         t_min: float = 0.2

@@ -35,9 +35,12 @@ sits on the tokens of a row's last step and the targets are step-level GAE mappe
 (gamma = lam = 1: R_i is the reward and A_i = R_i - V_i). The value loss is PPO's clipped one,
 0.5 max((V - R)^2, (V_old + clip(V - V_old, +-eps) - R)^2), normalised as the policy loss.
 
-Wiring: the `tracerl` algorithm below trains the policy with the value-free advantage. The value
-model needs a critic role (a second trained model in the actor loop), which dare's RL stage does
-not have yet: `trace_value_targets` and `value_loss` are the tested math for it (left to wire).
+Wiring: the `tracerl` algorithm below; `use_value_model: true` declares the critic role (a copy
+of the policy with a scalar head, `dare.workers.critic`): the RL trainer puts its `values` and the
+rows' `scores` in the batch, `prepare` replaces the advantages with the GAE ones, and
+`critic_loss` fits the value model. Deviations from dLLM-RL: dare's critic reads the clean
+sequence (dLLM-RL's value model reads each token in its fragment's noisy state), and the GAE
+advantages are used as they come (whether dLLM-RL normalises them further is unverified).
 
 Shapes: B rows, T = P + L sequence (P prompt columns, L response), S merged steps.
 """
@@ -45,16 +48,16 @@ Shapes: B rows, T = P + L sequence (P prompt columns, L response), S merged step
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from verl.trainer.ppo.core_algos import register_adv_est
 
-from dare.algorithms.base import register_algorithm
-from dare.algorithms.cj_grpo import CJGRPO, replay_log_prob
+from dare.algorithms.base import CriticSpec, register_algorithm
+from dare.algorithms.cj_grpo import CJGRPO, replay_log_prob, response_start
 from dare.algorithms.grpo import GRPOArgs
-from dare.diffusion.rl_losses import ADVANTAGES, masked_mean
+from dare.diffusion.rl_losses import masked_mean
+from dare.diffusion.rl_registry import register_advantage
 from dare.errors import RecipeError
 
 _LOG_RATIO_CLAMP = 10.0  # dLLM-RL clamps the log-ratio (and the KL's) to +-10 "for stability"
@@ -132,7 +135,7 @@ def tracerl_policy_loss(
     return loss, metrics
 
 
-@register_adv_est("grpo_pop")
+@register_advantage("grpo_pop")
 def tracerl_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -154,9 +157,6 @@ def tracerl_advantage(
     adv = torch.where(std > 0, (scores - mean[g]) / std.clamp(min=1e-12), 0.0)
     adv = adv[:, None] * response_mask
     return adv, adv
-
-
-ADVANTAGES.register("grpo_pop", tracerl_advantage)
 
 
 def trace_value_targets(
@@ -225,25 +225,57 @@ class TraceRL(CJGRPO):
 
     @dataclass
     class Args(GRPOArgs):
-        advantage: Literal["grpo", "grpo_mean", "rloo", "grpo_pop"] = "grpo_pop"
+        advantage: str = "grpo_pop"
         clip_eps: float = 0.2
         # coefficient of the k3 KL to the OLD policy (not a reference: TraceRL keeps none)
         beta: float = 0.01
         # merge every `shrink` consecutive decoding steps of a row into one training fragment
         shrink: int = 1
+        # train a value model (the critic role) and use its step-level GAE advantages instead of
+        # the group z-score (dLLM-RL configs/*_with_value.yaml)
+        use_value_model: bool = False
+        # value model AdamW lr (dLLM-RL value_learning_rate 5e-6), weight decay 0, grad clip 1.0
+        critic_lr: float = 5.0e-6
+        # discount and GAE lambda of the value targets (dLLM-RL gam / lam: 1.0 / 1.0)
+        gamma: float = 1.0
+        lam: float = 1.0
+        # clip range of the value loss (dLLM-RL reuses the policy's eps)
+        value_clip_eps: float = 0.2
 
         def validate(self, key: str, file: Any) -> None:
             super().validate(key, file)
-            if self.shrink < 1:
-                raise RecipeError(file, f"{key}.shrink", f"must be >= 1, got {self.shrink}")
+            checks = {
+                "shrink": (self.shrink >= 1, ">= 1"),
+                "critic_lr": (self.critic_lr > 0, "> 0"),
+                "gamma": (0 < self.gamma <= 1, "in (0, 1]"),
+                "lam": (0 <= self.lam <= 1, "in [0, 1]"),
+                "value_clip_eps": (self.value_clip_eps > 0, "> 0"),
+            }
+            for name, (ok, rule) in checks.items():
+                if not ok:
+                    raise RecipeError(file, f"{key}.{name}", f"must be {rule}, got {getattr(self, name)!r}")
 
     @property
     def needs_reference(self) -> bool:
         return False  # beta weighs the KL to the old policy
 
+    @classmethod
+    def critic_spec(cls, args: Any) -> CriticSpec | None:
+        return CriticSpec(lr=args.critic_lr, weight_decay=0.0, grad_clip=1.0) if args.use_value_model else None
+
+    def value_targets(self, batch: dict[str, torch.Tensor], values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(merged steps, loss mask, returns, advantages) of a batch under the critic's `values`."""
+        steps = shrink_steps(batch["decode_step"], self.args.shrink)
+        mask = batch["response_mask"].bool() & (steps >= 0)
+        R, A = trace_value_targets(steps, mask, batch["scores"], values, self.args.gamma, self.args.lam)
+        return steps, mask, R, A
+
     def prepare(self, model, reference, batch):
-        """mu updates on the same (merged) trajectory; the old replay first when mu > 1."""
+        """mu updates on the same (merged) trajectory; with a value model its GAE advantages
+        replace the batch's; the old replay first when mu > 1."""
         it = {**batch, "decode_step": shrink_steps(batch["decode_step"], self.args.shrink)}
+        if self.args.use_value_model:
+            it["advantages"] = self.value_targets(batch, batch["values"])[3]
         if self.args.mu > 1:
             with torch.no_grad():
                 it["old_log_prob"] = self.replay(model, it)
@@ -252,11 +284,21 @@ class TraceRL(CJGRPO):
     def compute_loss(self, model, batch):
         logp = replay_log_prob(model, self.spec, batch, temperature=1.0)  # [B, T]
         mask = batch["response_mask"].bool() & (batch["decode_step"] >= 0)
-        L = int(batch["response_mask"].shape[1] - batch["response_mask"].bool().any(0).long().argmax())
+        L = batch["response_mask"].shape[1] - response_start(batch["response_mask"])
         return tracerl_policy_loss(
             batch.get("old_log_prob", logp.detach()), logp, batch["advantages"], mask,
             fragment_count(batch["decode_step"], mask), L, self.args.clip_eps, self.args.beta,
         )  # fmt: skip
+
+    def critic_loss(
+        self, values: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The clipped value loss toward the returns computed with the pre-update values."""
+        old = batch["values"]
+        steps, mask, R, _ = self.value_targets(batch, old)
+        L = batch["response_mask"].shape[1] - response_start(batch["response_mask"])
+        loss = value_loss(values, old, R, mask, fragment_count(steps, mask), L, self.args.value_clip_eps)
+        return loss, {"critic/value_loss": loss.detach().item(), "critic/return_mean": masked_mean(R, mask).item()}
 
 
 __all__ = [

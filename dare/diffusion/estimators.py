@@ -264,9 +264,17 @@ class LogpEstimator:
     """Base class: subclasses set `name`, `Args` and implement `sample`.
 
     `logp` is shared: sum_k plan.weights[:, k] * log p(x0 | view k), `[B, L]`.
+
+    Several estimates: an estimator may compute more than one per-token quantity from the same
+    plan (e.g. SPG's lower and upper bounds of log pi). It then lists their names in `estimates`
+    and overrides `logp_named`; `logp` stays its primary estimate. The algorithm decides which
+    it uses (SPG: the lower bound where A > 0, the upper one elsewhere) and asks for them by name
+    (`require_estimates` at construction, so a mismatch fails before any forward pass).
     """
 
     name: ClassVar[str]
+    # the names `logp_named` returns
+    estimates: ClassVar[tuple[str, ...]] = ("logp",)
 
     @dataclass(frozen=True)
     class Args:
@@ -300,6 +308,24 @@ class LogpEstimator:
         """
         per_view = view_logp(model, batch, plan, spec)  # [B, K, L]
         return (plan.weights * per_view).sum(1)  # [B, K, L] -> [B, L]
+
+    def logp_named(
+        self,
+        model: nn.Module,
+        batch: Mapping[str, torch.Tensor],
+        plan: NoisePlan,
+        spec: DiffusionSpec | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Every estimate of `estimates`, by name, `[B, L]` each (zero outside `response_mask`).
+        Default: `{"logp": self.logp(...)}`, the same numbers."""
+        return {"logp": self.logp(model, batch, plan, spec)}
+
+    @classmethod
+    def require_estimates(cls, names: tuple[str, ...] | list[str]) -> None:
+        """Raise ValueError naming the estimator and what it has when it lacks one of `names`."""
+        missing = [n for n in names if n not in cls.estimates]
+        if missing:
+            raise ValueError(f"estimator {cls.name!r} computes {list(cls.estimates)}, not {missing}")
 
     def logp_and_entropy(
         self,

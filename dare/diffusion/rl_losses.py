@@ -4,8 +4,9 @@ Pure tensor functions returning `(loss, metrics)` with metric keys namespaced `a
 `reward/`. Log-probabilities come from `dare.diffusion.estimators` (per-token estimates `[B, L]`,
 zero outside `response_mask`).
 
-**Policy loss** (`dare_ppo_clip`, registered in verl's policy-loss registry and called through
-it; d1 arXiv 2504.12216 §3, DiffuCoder arXiv 2506.20639 §4): with r_i = exp(logp_i - logp_old_i),
+**Policy loss** (`dare_ppo_clip`, registered by `dare.diffusion.rl_registry.register_policy_loss`
+in dare's `POLICY_LOSSES` and verl's registry; d1 arXiv 2504.12216 §3, DiffuCoder arXiv
+2506.20639 §4): with r_i = exp(logp_i - logp_old_i),
 
     l_i = -min(r_i A_i, clip(r_i, 1 - eps_low, 1 + eps_high) A_i)                  (PPO clip)
     l_i = min(l_i, -c A_i)   for A_i < 0, if dual clip c = clip_ratio_c is set     (Ye et al. 2019, arXiv 1912.09729)
@@ -25,21 +26,15 @@ gives Dr.GRPO's r - mean), verl's `rloo` (leave-one-out, DiffuCoder), and d1's `
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from verl.trainer.ppo.core_algos import (
-    agg_loss,
-    get_adv_estimator_fn,
-    get_policy_loss_fn,
-    register_adv_est,
-    register_policy_loss,
-)
+from verl.trainer.ppo.core_algos import agg_loss, get_adv_estimator_fn
 
-from dare.registry import Registry
+from dare.diffusion.rl_registry import ADVANTAGES, POLICY_LOSSES, Advantage, register_advantage, register_policy_loss
 
 DARE_PPO_CLIP = "dare_ppo_clip"
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean")
@@ -86,6 +81,11 @@ class PPOClipConfig:
     def high(self) -> float:
         return self.clip_eps if self.clip_eps_high is None else self.clip_eps_high
 
+    @classmethod
+    def from_args(cls, args: Any) -> PPOClipConfig:
+        """From an algorithm's Args with `clip_eps`, `clip_eps_high`, `clip_ratio_c` (GRPO's)."""
+        return cls(clip_eps=args.clip_eps, clip_eps_high=args.clip_eps_high, clip_ratio_c=args.clip_ratio_c)
+
 
 def _clip_config(config: Any) -> PPOClipConfig:
     """dare's `PPOClipConfig`, or verl's `ActorConfig` (`clip_ratio*`) when verl's actor selects
@@ -115,7 +115,7 @@ def _check_agg_mode(loss_agg_mode: str) -> None:
         raise ValueError(f"loss_agg_mode must be one of {LOSS_AGG_MODES}, got {loss_agg_mode!r}")
 
 
-@register_policy_loss(DARE_PPO_CLIP)
+@register_policy_loss(DARE_PPO_CLIP, config=PPOClipConfig.from_args)
 def ppo_clip_loss(
     old_log_prob: torch.Tensor,
     log_prob: torch.Tensor,
@@ -179,12 +179,6 @@ def ppo_clip_loss(
     return pg_loss, metrics
 
 
-PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
-POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss")
-"""dare's policy-loss names; each is also registered in verl's registry, which `rl_loss` calls."""
-POLICY_LOSSES.register(DARE_PPO_CLIP, ppo_clip_loss)
-
-
 # ---------------------------------------------------------------------------------------------
 # KL to the reference and the full objective
 # ---------------------------------------------------------------------------------------------
@@ -230,8 +224,8 @@ def rl_loss(
     loss_agg_mode: str = "token-mean",
     rollout_is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """GRPO objective of d1 / coupled-GRPO: policy loss (looked up by `loss_name` in verl's
-    policy-loss registry) + beta * k3 KL to the reference.
+    """GRPO objective of d1 / coupled-GRPO: policy loss (looked up by `loss_name` in
+    `POLICY_LOSSES`) + beta * k3 KL to the reference.
 
         L = agg_i l_i + beta * agg_i kl_i
 
@@ -239,7 +233,7 @@ def rl_loss(
         old_log_prob, log_prob, advantages, response_mask: `[B, L]`, as `ppo_clip_loss`.
         ref_log_prob: `[B, L]` reference estimates under the same plan (needed when beta > 0).
         beta: KL coefficient (d1 0.04, DiffuCoder 0.01).
-        loss_name: a verl policy-loss name ("dare_ppo_clip").
+        loss_name: a registered policy-loss name ("dare_ppo_clip").
         config: passed to the policy loss.
 
     Returns:
@@ -249,8 +243,7 @@ def rl_loss(
         raise ValueError(f"beta must be >= 0, got {beta}")
     if beta > 0 and ref_log_prob is None:
         raise ValueError(f"beta={beta} > 0 needs ref_log_prob")
-    POLICY_LOSSES.get(loss_name)  # an unknown name lists dare's losses
-    pg_loss, metrics = get_policy_loss_fn(loss_name)(
+    pg_loss, metrics = POLICY_LOSSES.get(loss_name).fn(  # an unknown name lists the known losses
         old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights
     )
     loss = pg_loss
@@ -276,7 +269,7 @@ def _group_ids(uid: Sequence[Any] | np.ndarray | torch.Tensor) -> np.ndarray:
     return np.asarray(list(uid), dtype=object)
 
 
-@register_adv_est("grpo_mean")
+@register_advantage("grpo_mean")
 def grpo_mean_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -300,11 +293,9 @@ def grpo_mean_advantage(
     return adv, adv
 
 
-AdvantageFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
-ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator")
-"""dare's advantage names; each is the verl estimator of the same name (`get_adv_estimator_fn`)."""
-for _name in ("grpo", "rloo", "grpo_mean"):
-    ADVANTAGES.register(_name, get_adv_estimator_fn(_name))
+# verl's own estimators, under their verl names, with the stage settings each reads
+ADVANTAGES.register("grpo", Advantage(get_adv_estimator_fn("grpo"), (("norm_adv_by_std", "norm_adv_by_std_in_grpo"),)))
+ADVANTAGES.register("rloo", Advantage(get_adv_estimator_fn("rloo")))
 
 
 def group_stats(scores: torch.Tensor, uid: Sequence[Any] | np.ndarray | torch.Tensor) -> dict[str, float]:
@@ -353,7 +344,7 @@ def compute_advantages(
         (advantages `[B, L]` float32, zero outside `response_mask`; metrics of `group_stats`
         plus `actor/adv_mean`, `actor/adv_abs_mean`).
     """
-    fn = ADVANTAGES.get(name)
+    fn = ADVANTAGES.get(name).fn
     if scores.dim() != 1 or scores.shape[0] != response_mask.shape[0]:
         raise ValueError(f"scores must be [B] with B = {response_mask.shape[0]}, got {tuple(scores.shape)}")
     mask = response_mask.bool()
@@ -377,7 +368,6 @@ __all__ = [
     "LOSS_AGG_MODES",
     "POLICY_LOSSES",
     "PPOClipConfig",
-    "PolicyLossFn",
     "compute_advantages",
     "grpo_mean_advantage",
     "group_stats",

@@ -15,6 +15,7 @@ Run directory layout:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shutil
@@ -50,6 +51,7 @@ from dare.trainer.stage import (
 )
 from dare.workers.actor import ActorWorker, check_training_state
 from dare.workers.builder import load_tokenizer
+from dare.workers.critic import CriticWorker
 from dare.workers.rollout import RolloutWorker
 
 # the row format each stage kind reads from a data file (dare.data.loading kinds)
@@ -169,19 +171,34 @@ class Pipeline:
         r = self.recipe
         sdir = self.run_dir / stage_dir_name(index, stage)
         steps_done = list_states(sdir)
+        critic = self._critic(index, stage)
         ctx = StageContext(
             recipe=r, index=index, stage=stage, dir=sdir, actor=actor, tokenizer=tokenizer,
             train_rows=self.train_rows(stage.kind, tokenizer), base_dir=base_dir, start_step=steps_done[-1] if steps_done else 0,
-            rollout=self.rollout, sync_rollout=functools.partial(self.sync_rollout, actor),
+            rollout=self.rollout, sync_rollout=functools.partial(self.sync_rollout, actor), critic=critic,
         )  # fmt: skip
         t0 = time.perf_counter()
-        STAGE_TRAINERS.get(ALGORITHMS.get(stage.algorithm).trainer_name())(ctx).fit()
+        try:
+            STAGE_TRAINERS.get(ALGORITHMS.get(stage.algorithm).trainer_name())(ctx).fit()
+        finally:
+            release(critic)
         ckpt = sdir / "checkpoint"
         actor.save_state(str(ckpt), base_dir, False)
         tokenizer.save_pretrained(ckpt)
         trained.append(index)
         state.setdefault("stage_seconds", {})[str(index + 1)] = time.perf_counter() - t0
         self._save_run_state(state)
+
+    def _critic(self, index: int, stage: StageSpec):
+        """The critic worker (one rank) of a stage whose algorithm declares one, built from the
+        stage's starting policy; None otherwise."""
+        if ALGORITHMS.get(stage.algorithm).critic_spec(stage.args) is None:
+            return None
+        r = self.recipe
+        critic = worker_group(CriticWorker, dataclasses.replace(r.resources, num_workers=1), name="critic")
+        start = self.checkpoint_of(index - 1) if index > 0 else None
+        critic.init_stage(_model_dict(r), str(self.run_dir / "tokenizer"), r.seed, start, stage.algorithm, stage.args)
+        return critic
 
     # -------------------------------------------------------------- run folder
 

@@ -2,7 +2,9 @@
 
 Per step:
     prompts (deterministic rows of the step) -> each repeated num_generations times
-    -> rollout (dare's sampler on the rollout workers: colocated actor or synced copy)
+    -> rollout (dare's sampler on the rollout workers: colocated actor or synced copy), its
+       decoding trajectory kept in the batch (`decode_step`, `decode_block`, `decode_confidence`,
+       `decode_num_steps`; `dare.workers.generation`) for objectives that replay it
     -> rewards (built-in verifier or the recipe's reward functions, in parallel, never crashing)
     -> group advantages (verl estimators)
     -> actor.update_actor: mu inner updates, each with one noise plan shared by old/ref/current
@@ -16,16 +18,21 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from verl import DataProto
 
+from dare.algorithms.rollout import RolloutSpec
 from dare.data.formatting import collate_prompts
 from dare.diffusion.rl_losses import compute_advantages
+from dare.diffusion.rl_registry import ADVANTAGES
+from dare.rewards.spec import RewardSpec
 from dare.trainer.evaluate import row_scorer
 from dare.trainer.loop import StageTrainer
 from dare.trainer.metrics import rank_zero_metrics
 from dare.trainer.runtime import dp_call
 from dare.trainer.stage import STAGE_TRAINERS, StageContext
 from dare.trainer.stream import step_generator
+from dare.workers.generation import TRAJECTORY_FILL
 
 
 class TaskVerifierScorer:
@@ -43,7 +50,7 @@ class RewardFunctionScorer:
     """The recipe's reward functions (`dare.rewards`), run in worker processes with a timeout;
     a reward that raises or hangs scores 0 and is counted in `reward/errors` / `reward/timeouts`."""
 
-    def __init__(self, specs: list[dict[str, Any]], num_workers: int, timeout_s: float) -> None:
+    def __init__(self, specs: list[RewardSpec], num_workers: int, timeout_s: float) -> None:
         from dare.rewards.runner import RewardRunner
 
         self.runner = RewardRunner(specs, num_workers=num_workers, timeout_s=timeout_s)
@@ -58,7 +65,7 @@ class RewardFunctionScorer:
         self.runner.close()
 
 
-def build_scorer(args: Any):
+def build_scorer(args: RolloutSpec) -> TaskVerifierScorer | RewardFunctionScorer:
     """The built-in verifier when the recipe names no reward functions."""
     if not args.rewards:
         return TaskVerifierScorer()
@@ -68,8 +75,12 @@ def build_scorer(args: Any):
 class RLTrainer(StageTrainer):
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
-        self.args = ctx.stage.args
-        self.sampling = {**self.args.sampling, "gen_length": ctx.recipe.data.gen_length, "num_generations": 1}
+        if not isinstance(ctx.stage.args, RolloutSpec):
+            raise TypeError(
+                f"{ctx.stage.algorithm}: an rl stage's Args must inherit RolloutSpec (dare.algorithms.rollout)"
+            )
+        self.args: RolloutSpec = ctx.stage.args
+        self.sampling = self.args.rollout_sampling(ctx.recipe.data.gen_length)
         self.scorer = None
 
     def setup(self) -> None:
@@ -100,8 +111,9 @@ class RLTrainer(StageTrainer):
             "input_ids": torch.cat([prompts.batch["input_ids"], responses], 1),  # [N, P+G]
             "attention_mask": torch.cat([prompts.batch["attention_mask"], torch.ones_like(responses)], 1),
             "response_mask": torch.cat([torch.zeros(N, P, dtype=torch.bool), rmask], 1),
-            # the step that unmasked each token, -1 on the prompt (trajectory objectives replay it)
-            "decode_step": torch.cat([torch.full((N, P), -1, dtype=torch.long), out.batch["decode_step"].long()], 1),
+            # the decoding trajectory, aligned with input_ids: [N, G] -> [N, P+G]
+            **{k: F.pad(out.batch[k], (P, 0), value=fill) for k, fill in TRAJECTORY_FILL.items()},
+            "decode_num_steps": out.batch["decode_num_steps"],  # [N]
         }
         texts = [ctx.tokenizer.decode(r[m].tolist(), skip_special_tokens=True) for r, m in zip(responses, rmask)]
         row_of = [rows[i // G] for i in range(N)]
@@ -120,14 +132,19 @@ class RLTrainer(StageTrainer):
         metrics["perf/reward_s"] = time.perf_counter() - t0
         scores_t = torch.tensor(scores, dtype=torch.float32)
         uid = np.array([i // G for i in range(len(scores))], dtype=object)
-        kwargs = {"norm_adv_by_std_in_grpo": self.args.norm_adv_by_std} if self.args.advantage == "grpo" else {}
+        kwargs = ADVANTAGES.get(self.args.advantage).kwargs(self.args)  # the settings the estimator declares
         adv, adv_metrics = compute_advantages(self.args.advantage, scores_t, uid, data.batch["response_mask"], **kwargs)
         data.batch["advantages"] = adv
         g = step_generator(ctx.recipe.seed, ctx.index, step, 3)
         data.batch["noise_seed"] = torch.randint(0, 2**62, (len(scores), self.args.mu), generator=g)
+        if ctx.critic is not None:  # the algorithm declared a critic: its values go with the batch
+            data.batch["scores"] = scores_t
+            data.batch["values"] = ctx.critic.compute_values(data).batch["values"]  # [N, P+G]
         out = ctx.actor.update_actor(data)
         ctx.sync_rollout()
         metrics.update(rank_zero_metrics(out.meta_info["metrics"]))
+        if ctx.critic is not None:
+            metrics.update(rank_zero_metrics(ctx.critic.update_critic(data).meta_info["metrics"]))
         metrics.update(reward_metrics)
         metrics.update(adv_metrics)
         metrics["reward/mean"] = float(scores_t.mean())

@@ -49,6 +49,8 @@ class StageContext:
     rollout: Any = None  # RayWorkerGroup of RolloutWorker (`resources.rollout: separate`), else None
     # push the actor's weights to the rollout workers (after an update, after a resume)
     sync_rollout: Callable[[], None] = _no_rollout_workers
+    # RayWorkerGroup of CriticWorker when the algorithm declares a critic (`critic_spec`), else None
+    critic: Any = None
 
     @property
     def sampler(self) -> Any:

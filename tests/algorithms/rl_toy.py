@@ -18,6 +18,7 @@ from dare.config.schema import build_stage
 from dare.diffusion.rl_losses import compute_advantages
 from dare.models import tiny
 from dare.sampling import SamplingConfig, generate
+from dare.workers.critic import Critic, ValueModel
 
 V = 48
 TARGET = 10
@@ -36,7 +37,7 @@ def algorithm(name: str, spec, **args):
 
 
 def rl_batch(rollout, advantage: str = "grpo_mean", mu: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
-    """The actor's batch of a rollout, with `decode_step` and `confidence` over the full sequence
+    """The actor's batch of a rollout, with the trajectory (`decode_step`, `decode_confidence`) over the full sequence
     (-1 / 0 on the prompt) and group advantages of the toy reward."""
     N, P = rollout.prompt_ids.shape
     rmask = rollout.response_mask
@@ -49,7 +50,8 @@ def rl_batch(rollout, advantage: str = "grpo_mean", mu: int = 1, seed: int = 0) 
         "attention_mask": torch.cat([rollout.prompt_mask, torch.ones_like(rmask)], 1).long(),
         "response_mask": full_mask,
         "decode_step": torch.cat([torch.full((N, P), -1), rollout.decode_step], 1),
-        "confidence": torch.cat([torch.zeros(N, P, dtype=torch.float64), rollout.confidence.nan_to_num(0.0)], 1),
+        "decode_confidence": torch.cat([torch.zeros(N, P, dtype=torch.float64), rollout.confidence.nan_to_num(0.0)], 1),
+        "decode_num_steps": (rollout.decode_step.max(-1).values + 1),
         "advantages": adv,
         "scores": scores,
         "noise_seed": torch.arange(N * mu).view(N, mu) + 1000 * seed,
@@ -67,7 +69,9 @@ def train_toy(
     **args,
 ) -> list[float]:
     """`steps` RL steps of algorithm `name` on the toy reward; the mean reward of each rollout.
-    `extend(model, batch, rollout)` adds an objective's own rollout tensors to the batch."""
+    `extend(model, batch, rollout)` adds an objective's own rollout tensors to the batch. An
+    algorithm that declares a critic gets one as the RL trainer builds it: `values` and `scores`
+    in the batch before the policy update, then one critic update on its `critic_loss`."""
     model = tiny(family, V, seed=0)
     spec = model.diffusion_spec()
     algo = algorithm(name, spec, num_generations=num_generations, **args)
@@ -76,6 +80,8 @@ def train_toy(
         temperature=1.0, num_generations=num_generations,
     )  # fmt: skip
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    critic_spec = type(algo).critic_spec(algo.args)
+    critic = Critic(ValueModel(tiny(family, V, seed=0)), critic_spec) if critic_spec else None
     gen = torch.Generator().manual_seed(0)
     rewards = []
     for step in range(steps):
@@ -86,10 +92,14 @@ def train_toy(
         if extend is not None:
             batch = extend(model, batch, rollout)
         rewards.append(float(batch["scores"].mean()))
+        if critic is not None:
+            batch["values"] = critic.values(batch)
         model.train()
         for update in algo.prepare(model, None, batch):
             opt.zero_grad()
             loss, _ = algo.compute_loss(model, update)
             loss.backward()
             opt.step()
+        if critic is not None:
+            critic.update(batch, algo.critic_loss)
     return rewards

@@ -8,6 +8,7 @@ import torch
 
 from dare.algorithms import ALGORITHMS
 from dare.config.schema import build_stage
+from dare.diffusion.estimators import NoisePlan
 from dare.models import tiny
 
 V = 48
@@ -94,10 +95,10 @@ def test_reward_specs_are_checked_at_recipe_load(tmp_path):
 
     base = {"kind": "rl", "algorithm": "coupled_grpo", "steps": 1}
     stage = build_stage({**base, "rewards": [{"name": "sort", "weight": 1.0}]}, "stages[0]", None)
-    assert stage.args.rewards[0]["name"] == "sort"
-    with pytest.raises(RecipeError, match=r"stages\[0\].rewards: .*sortt"):
+    assert stage.args.rewards[0].name == "sort" and stage.args.rewards[0].weight == 1.0  # a typed RewardSpec
+    with pytest.raises(RecipeError, match=r"stages\[0\].rewards\[0\]: .*sortt"):
         build_stage({**base, "rewards": [{"name": "sortt"}]}, "stages[0]", None)
-    with pytest.raises(RecipeError, match=r"stages\[0\].rewards: .*missing.py"):
+    with pytest.raises(RecipeError, match=r"stages\[0\].rewards\[0\]: .*missing.py"):
         build_stage({**base, "rewards": [{"path": str(tmp_path / "missing.py:fn")}]}, "stages[0]", None)
 
 
@@ -108,3 +109,45 @@ def test_a_batch_without_the_algorithms_tensors_is_refused_by_name():
     del batch["advantages"]
     with pytest.raises(KeyError, match=r"coupled_grpo: the batch lacks \['advantages'\]"):
         algo.check_batch(batch)
+
+
+def test_default_policy_loss_is_ppo_clip_with_the_stage_clip_settings():
+    """`policy_loss` defaults to dare_ppo_clip built from clip_eps / clip_eps_high / clip_ratio_c:
+    the same floats as calling the PPO-clip objective directly."""
+    from dare.algorithms.grpo import PLAN_PREFIX
+    from dare.diffusion.rl_losses import PPOClipConfig, rl_loss
+
+    model = tiny("llada", V).eval()
+    algo = algorithm("d1", model.diffusion_spec(), clip_eps=0.3, clip_eps_high=0.4, clip_ratio_c=3.0)
+    assert algo.args.policy_loss == "dare_ppo_clip"
+    (update,) = algo.prepare(model, None, rl_batch("llada"))
+    update["old_log_prob"] = torch.full(update["response_mask"].shape, -3.5)  # ratios far from 1: clips active
+    loss, metrics = algo.compute_loss(model, update)
+    logp = algo.estimator.logp(model, update, NoisePlan.from_tensors(update, PLAN_PREFIX), algo.spec)
+    clip = PPOClipConfig(clip_eps=0.3, clip_eps_high=0.4, clip_ratio_c=3.0)
+    ref, ref_metrics = rl_loss(update["old_log_prob"], logp, update["advantages"], update["response_mask"], config=clip)
+    assert loss.item() == ref.item() and metrics["actor/pg_clipfrac"] == ref_metrics["actor/pg_clipfrac"] > 0
+
+
+def test_policy_loss_is_chosen_by_name_from_the_registry():
+    from dare.config import RecipeError
+    from dare.diffusion.rl_registry import register_policy_loss
+
+    def scaled_pg(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights):
+        # plain policy gradient scaled by the loss's config (here: clip_eps), token mean
+        mask = response_mask.float()
+        loss = -(config * advantages * log_prob * mask).sum() / mask.sum()
+        return loss, {"actor/pg_loss": loss.item()}
+
+    register_policy_loss("test_scaled_pg", config=lambda args: args.clip_eps)(scaled_pg)
+    model = tiny("llada", V).eval()
+    algo = algorithm("coupled_grpo", model.diffusion_spec(), policy_loss="test_scaled_pg", clip_eps=0.25)
+    (update,) = algo.prepare(model, None, rl_batch("llada"))
+    loss, metrics = algo.compute_loss(model, update)
+    logp = algo.estimator.logp(model, update, NoisePlan.from_tensors(update, "plan."), algo.spec)
+    mask = update["response_mask"].float()
+    expected = -(0.25 * update["advantages"] * logp * mask).sum() / mask.sum()
+    torch.testing.assert_close(loss, expected)
+    assert metrics["actor/loss"] == pytest.approx(expected.item()) and "actor/pg_clipfrac" not in metrics
+    with pytest.raises(RecipeError, match=r"stages\[0\].policy_loss: unknown policy loss 'ppo_clip'.*dare_ppo_clip"):
+        build_stage({"kind": "rl", "algorithm": "d1", "steps": 1, "policy_loss": "ppo_clip"}, "stages[0]", None)

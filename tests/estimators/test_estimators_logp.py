@@ -127,3 +127,50 @@ def test_entropy_is_that_of_the_view_distributions():
     resp = batch["response_mask"]
     torch.testing.assert_close(ent[resp].double(), direct[resp], atol=1e-4, rtol=1e-4)
     assert bool((ent[~resp] == 0).all()) and bool((ent[resp] > 0).all())
+
+
+class _TwoViewBounds(CoupledEstimator):
+    """A two-estimate estimator as SPG-style objectives write one: the per-token max and min over
+    the coupled views of log p(o_i | view), each view that scores the token (`estimates` + `logp_named`)."""
+
+    name = "test_two_view_bounds"
+    estimates = ("upper", "lower")
+
+    def logp_named(self, model, batch, plan, spec=None):
+        from dare.diffusion.estimators import view_logp
+
+        per_view = view_logp(model, batch, plan, spec)  # [B, K, L]
+        used = plan.weights != 0
+        upper = torch.where(used, per_view, -torch.inf).amax(1)  # [B, L]
+        lower = torch.where(used, per_view, torch.inf).amin(1)
+        resp = batch["response_mask"]
+        return {"upper": torch.where(resp, upper, 0.0), "lower": torch.where(resp, lower, 0.0)}
+
+
+@pytest.mark.parametrize("name", ["d1", "coupled"])
+def test_named_estimates_default_to_logp_with_the_same_numbers(name):
+    model = tiny("llada", V).eval()
+    batch = make_rl_batch()
+    est = build_estimator(name, **ESTIMATOR_ARGS[name])
+    plan = est.sample(batch, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        named = est.logp_named(model, batch, plan)
+        assert list(named) == list(est.estimates) == ["logp"]
+        assert torch.equal(named["logp"], est.logp(model, batch, plan))
+    est.require_estimates(["logp"])
+    with pytest.raises(ValueError, match=rf"estimator '{est.name}' computes \['logp'\], not \['upper'\]"):
+        est.require_estimates(["upper"])
+
+
+def test_an_estimator_may_return_several_named_estimates():
+    model = tiny("llada", V).eval()
+    batch = make_rl_batch()
+    est = _TwoViewBounds()
+    est.require_estimates(["upper", "lower"])
+    plan = est.sample(batch, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        named = est.logp_named(model, batch, plan)
+    resp = batch["response_mask"]
+    assert set(named) == {"upper", "lower"} and bool((named["upper"][resp] >= named["lower"][resp]).all())
+    # the partial view that masks a token scores it with more context than the full-mask view: they differ
+    assert bool((named["upper"][resp] > named["lower"][resp]).any())
