@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from dare.diffusion.estimators import VIEW_FORWARDS
 from dare.models.spec import DiffusionSpec, aligned_logits
 
 
@@ -41,6 +42,41 @@ def trajectory_states(response: torch.Tensor, step_of: torch.Tensor, num_steps: 
     return torch.where(step_of[None] >= j, mask_id, response[None])
 
 
+def trajectory_token_logp(
+    model: torch.nn.Module,
+    spec: DiffusionSpec,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response: torch.Tensor,
+    step_of: torch.Tensor,
+    num_steps: int,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """log p(token i | state step_of[i]) per response token, with gradients: `[N, L]`, 0 where
+    `step_of` is outside [0, num_steps) (never drawn, e.g. after the first end id).
+
+    The trajectory replay of CJ-GRPO and TraceRL: token i is scored in the state the sampler saw
+    when it committed i (every position with `step_of >= step_of[i]` masked). One batched forward
+    over the S states of every row (`[S*N, P+L]`).
+    """
+    N, P = input_ids.shape
+    L = response.shape[1]
+    states = trajectory_states(response, step_of, num_steps, spec.mask_token_id)  # [S, N, L]
+    x = torch.cat([input_ids.expand(num_steps, N, P), states], -1).reshape(num_steps * N, P + L)
+    valid = torch.cat([attention_mask.bool(), torch.ones(N, L, dtype=torch.bool, device=x.device)], 1)
+    # the attention kind's forward (block models: the state as the noisy half of [x_t ; x_0], the
+    # clean sequence as context, so a token sees its own block's state and the clean blocks before)
+    context = torch.cat([input_ids, response], -1).repeat(num_steps, 1)  # [S*N, P+L]
+    prompt_len = attention_mask.long().sum(-1).repeat(num_steps)  # [S*N]
+    forward = VIEW_FORWARDS.get(spec.attention)
+    logits = forward(model, x, context, valid.repeat(num_steps, 1), prompt_len, spec)[:, P:]  # [S*N, L, V]
+    lp = tempered_log_probs(logits, spec, temperature)  # [S*N, L, V]
+    tok = response.repeat(num_steps, 1)  # [S*N, L]
+    lp = lp.gather(-1, tok[..., None])[..., 0].view(num_steps, N, L)
+    drawn = step_of[None] == torch.arange(num_steps, device=x.device)[:, None, None]  # [S, N, L]
+    return torch.where(drawn, lp, 0.0).sum(0)  # [N, L]: each token is drawn at one step at most
+
+
 def trajectory_logp(
     model: torch.nn.Module,
     spec: DiffusionSpec,
@@ -51,21 +87,10 @@ def trajectory_logp(
     num_steps: int,
     temperature: float = 1.0,
 ) -> torch.Tensor:
-    """log p(tokens drawn at step j | state j) summed per step, with gradients: `[N, S]`.
-
-    One batched forward over the S states of every row (`[S*N, P+L]`).
-    """
-    N, P = input_ids.shape
-    L = response.shape[1]
-    states = trajectory_states(response, step_of, num_steps, spec.mask_token_id)  # [S, N, L]
-    x = torch.cat([input_ids.expand(num_steps, N, P), states], -1).reshape(num_steps * N, P + L)
-    valid = torch.cat([attention_mask.bool(), torch.ones(N, L, dtype=torch.bool, device=x.device)], 1)
-    logits = response_logits(model, spec, x, valid.repeat(num_steps, 1), P)  # [S*N, L, V]
-    lp = tempered_log_probs(logits, spec, temperature)  # [S*N, L, V]
-    tok = response.repeat(num_steps, 1)  # [S*N, L]
-    lp = lp.gather(-1, tok[..., None])[..., 0].view(num_steps, N, L)
-    drawn = step_of[None] == torch.arange(num_steps, device=x.device)[:, None, None]  # [S, N, L]
-    return torch.where(drawn, lp, 0.0).sum(-1).transpose(0, 1)  # [N, S]
+    """log p(tokens drawn at step j | state j) summed per step, with gradients: `[N, S]`."""
+    lp = trajectory_token_logp(model, spec, input_ids, attention_mask, response, step_of, num_steps, temperature)
+    drawn = step_of[:, None] == torch.arange(num_steps, device=lp.device)[None, :, None]  # [N, S, L]
+    return torch.where(drawn, lp[:, None], 0.0).sum(-1)  # [N, S]
 
 
-__all__ = ["response_logits", "tempered_log_probs", "trajectory_logp", "trajectory_states"]
+__all__ = ["response_logits", "tempered_log_probs", "trajectory_logp", "trajectory_states", "trajectory_token_logp"]

@@ -1,0 +1,162 @@
+"""MDPO: Masked Diffusion Policy Optimization, every denoising step an action with its own reward.
+
+Paper: "MDPO: Overcoming the Training-Inference Divide of Masked Diffusion Language Models"
+(He et al.), arXiv 2508.13148; official code autonomousvision/mdpo @e6ae439
+(`src/open_r1/mdpo/mdpo_trainer.py`: `_generate_and_score_completions`, `split_into_micro_batches`,
+`compute_loss`; `recipes/LLaDA-Instruct/mdpo/config_demo.yaml`). Equation numbers of the paper are
+unverified here (its text was not available); the math below is the official code's, also read
+in the third-party yjyddq/DARE `verl/trainer/ppo/mdpo_algos.py`.
+
+**Per-step rewards.** The rollout keeps, at each denoising step t, the state x_t (response with
+masks) and the model's full prediction x0_t of every masked token (with its confidence c_t);
+the reward r_t scores the text of x0_t. The step advantage (`mdpo_step_advantages`) is the
+reward change plus one plus the mean future reward, z-scored per step over the prompt's group:
+
+    a_t = (r_t - r_{t-1}) + 1 + mean_{s > t} r_s        (r_{-1} = 0; the last step's mean is r_T)
+    A_t = (a_t - mean_g a_t) / (std_g a_t + 1e-4)        (unbiased std over the G generations)
+
+so a step is credited for what it changed: A_t depends only on r_{t-1} and the rewards after it.
+Training uses the `sample_train_steps` steps with the largest sum over the batch of |A_t|
+(`select_train_steps`; 16 of 128 in the official recipe).
+
+**Loss** of one step t (`mdpo_step_loss`), over the tokens masked in x_t, with the log-prob of
+the step's own prediction x0_t under logits / temperature and lambda_t = L / #masked(x_t):
+
+    l_i = -min(r_i A_t, clip(r_i, 1 - eps, 1 + eps) A_t) lambda_t + beta (ref_i - logp_i)^2 / 2
+    L_t = sum_i l_i c_{t,i} 1[i masked] / (sum_i 1[i masked] + 1e-4)
+
+(the confidence c_{t,i} of the prediction weights its token; eps 0.2, beta 0, temperature 0.1,
+lr 1e-5, 4 generations: config_demo.yaml). Dream's one-position loss shift in the official code is
+the logits alignment dare's `aligned_logits` already applies.
+
+Wiring (left): MDPO needs a rollout that records every step's states, x0 predictions and
+confidences (dare's samplers keep only the committed tokens' step and confidence) and the RL
+trainer to score every step's text; neither exists yet, so no `mdpo` algorithm is registered.
+These functions are the tested math; tests/algorithms/test_mdpo.py trains a tiny model with
+them on a hand-rolled step-recording rollout.
+
+Shapes: B rows, S recorded steps, L response length, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from dare.diffusion.rl_losses import masked_mean
+from dare.diffusion.trajectory import response_logits, tempered_log_probs
+from dare.models.spec import DiffusionSpec
+
+
+def raw_step_advantages(step_rewards: torch.Tensor) -> torch.Tensor:
+    """a_t = (r_t - r_{t-1}) + 1 + mean_{s > t} r_s (r_{-1} = 0; the last step adds r_T itself).
+    `[B, S]` -> `[B, S]`."""
+    r = step_rewards.float()
+    B, S = r.shape
+    diff = torch.cat([r[:, :1], r[:, 1:] - r[:, :-1]], -1) + 1.0  # [B, S]
+    count = torch.arange(S - 1, 0, -1, device=r.device, dtype=r.dtype)  # future steps after t < S-1
+    future = r[:, 1:].flip(-1).cumsum(-1).flip(-1) / count  # [B, S-1] mean of r_{t+1..}
+    return diff + torch.cat([future, r[:, -1:]], -1)
+
+
+def mdpo_step_advantages(
+    step_rewards: torch.Tensor, uid: Sequence[Any] | np.ndarray | torch.Tensor, eps: float = 1e-4
+) -> torch.Tensor:
+    """MDPO's step advantages: `raw_step_advantages` z-scored per step over each prompt group
+    (unbiased std + eps, as the official trainer; a group of one gets 0). `[B, S]` -> `[B, S]`.
+
+    Args:
+        step_rewards: `[B, S]` reward of each row's step-t prediction.
+        uid: `[B]` group ids (rows answering the same prompt).
+    """
+    a = raw_step_advantages(step_rewards)  # [B, S]
+    ids = uid.tolist() if isinstance(uid, torch.Tensor) else list(uid)
+    _, inverse = np.unique(np.asarray(ids, dtype=str), return_inverse=True)
+    g = torch.as_tensor(inverse.reshape(-1), device=a.device)  # [B]
+    n = int(g.max()) + 1
+    count = torch.zeros(n, device=a.device).index_add(0, g, torch.ones_like(a[:, 0]))[:, None]  # [G, 1]
+    mean = torch.zeros(n, a.shape[1], device=a.device).index_add(0, g, a) / count  # [G, S]
+    var = torch.zeros_like(mean).index_add(0, g, (a - mean[g]) ** 2) / (count - 1).clamp(min=1)
+    adv = (a - mean[g]) / (var.sqrt()[g] + eps)
+    return torch.where(count[g] > 1, adv, 0.0)
+
+
+def select_train_steps(advantages: torch.Tensor, k: int) -> torch.Tensor:
+    """The k steps with the largest sum over the batch of |A_t| (all when k >= S), largest
+    first as the official trainer iterates them. `[B, S]` -> `[k]` long."""
+    importance = advantages.abs().sum(0)  # [S]
+    return importance.topk(min(k, importance.numel())).indices
+
+
+def mdpo_step_log_prob(
+    model: torch.nn.Module,
+    spec: DiffusionSpec,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    state: torch.Tensor,
+    prediction: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """log p_theta(x0_t | x_t) per response token at logits / temperature: prompt `[B, P]`,
+    state and prediction `[B, L]` -> `[B, L]` (the official trainer scores every position; the
+    loss keeps the masked ones)."""
+    x = torch.cat([prompt_ids, state], 1)  # [B, P+L]
+    valid = torch.cat([prompt_mask.bool(), torch.ones_like(state, dtype=torch.bool)], 1)
+    logits = response_logits(model, spec, x, valid, prompt_ids.shape[1])  # [B, L, V]
+    lp = tempered_log_probs(logits, spec, temperature)  # [B, L, V]
+    return lp.gather(-1, prediction[..., None])[..., 0]
+
+
+def mdpo_step_loss(
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    masked: torch.Tensor,
+    confidence: torch.Tensor,
+    gen_length: int,
+    clip_eps: float = 0.2,
+    beta: float = 0.0,
+    ref_log_prob: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one denoising step (module docstring).
+
+    Args:
+        old_log_prob, log_prob: `[B, L]` log-probs of the step's predictions (old / current).
+        advantages: `[B]` or `[B, 1]` the step's advantage A_t per row.
+        masked: `[B, L]` bool, the positions masked in the step's state x_t.
+        confidence: `[B, L]` the recorded confidence of each prediction.
+        gen_length: L, the completion length of lambda_t = L / #masked.
+        beta, ref_log_prob: weight of the squared log-ratio to the reference (official k2).
+
+    Returns:
+        (scalar loss, metrics `actor/pg_loss`, `actor/pg_clipfrac`, `actor/lambda_t_mean`).
+    """
+    if beta > 0 and ref_log_prob is None:
+        raise ValueError(f"beta={beta} > 0 needs ref_log_prob")
+    m = masked.to(log_prob.dtype)
+    adv = advantages.reshape(-1, 1).to(log_prob.dtype)  # [B, 1]
+    lam = gen_length / (m.sum(-1, keepdim=True) + 1e-4)  # [B, 1]
+    ratio = torch.exp(log_prob - old_log_prob)  # [B, L]
+    clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps)
+    per_token = -torch.minimum(ratio * adv, clipped * adv) * lam  # [B, L]
+    if beta > 0:
+        per_token = per_token + beta * (ref_log_prob - log_prob) ** 2 / 2
+    loss = (per_token * m * confidence.to(log_prob.dtype)).sum() / (m.sum() + 1e-4)
+    metrics = {
+        "actor/pg_loss": loss.detach().item(),
+        "actor/pg_clipfrac": masked_mean((clipped * adv < ratio * adv).float(), masked).item(),
+        "actor/lambda_t_mean": float(lam.mean()),
+    }
+    return loss, metrics
+
+
+__all__ = [
+    "mdpo_step_advantages",
+    "mdpo_step_log_prob",
+    "mdpo_step_loss",
+    "raw_step_advantages",
+    "select_train_steps",
+]

@@ -1,0 +1,105 @@
+"""In-process RL on a toy reward for the trajectory objectives' learning tests: dare's sampler
+rolls out, the algorithm's own `prepare` / `compute_loss` update a tiny model, no Ray.
+
+The toy reward is the fraction of response tokens equal to `TARGET`: an untrained tiny model
+draws it with probability ~1/V, and a policy-gradient objective that works raises it within a
+few dozen steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from dare.algorithms import ALGORITHMS
+from dare.config.schema import build_stage
+from dare.diffusion.rl_losses import compute_advantages
+from dare.models import tiny
+from dare.sampling import SamplingConfig, generate
+from dare.workers.critic import Critic, ValueModel
+
+V = 48
+TARGET = 10
+PROMPTS = [[5, 6, 7], [8, 9], [11, 12, 13, 14]]
+
+
+def target_fraction(response: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Reward `[N]`: the fraction of response tokens equal to TARGET."""
+    hit = (response == TARGET) & response_mask
+    return hit.sum(-1).float() / response_mask.sum(-1).clamp(min=1)
+
+
+def algorithm(name: str, spec, **args):
+    stage = build_stage({"kind": "rl", "algorithm": name, "steps": 1, **args}, "stages[0]", None)
+    return ALGORITHMS.get(name)(stage.args, spec)
+
+
+def rl_batch(rollout, advantage: str = "grpo_mean", mu: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The actor's batch of a rollout, with the trajectory (`decode_step`, `decode_confidence`) over the full sequence
+    (-1 / 0 on the prompt) and group advantages of the toy reward."""
+    N, P = rollout.prompt_ids.shape
+    rmask = rollout.response_mask
+    scores = target_fraction(rollout.response_ids, rmask)
+    full_mask = torch.cat([torch.zeros(N, P, dtype=torch.bool), rmask], 1)
+    uid = np.array(rollout.prompt_index.tolist(), dtype=object)
+    adv, _ = compute_advantages(advantage, scores, uid, full_mask)
+    return {
+        "input_ids": rollout.sequences,
+        "attention_mask": torch.cat([rollout.prompt_mask, torch.ones_like(rmask)], 1).long(),
+        "response_mask": full_mask,
+        "decode_step": torch.cat([torch.full((N, P), -1), rollout.decode_step], 1),
+        "decode_confidence": torch.cat([torch.zeros(N, P, dtype=torch.float64), rollout.confidence.nan_to_num(0.0)], 1),
+        "decode_num_steps": (rollout.decode_step.max(-1).values + 1),
+        "advantages": adv,
+        "scores": scores,
+        "noise_seed": torch.arange(N * mu).view(N, mu) + 1000 * seed,
+    }
+
+
+def train_toy(
+    name: str,
+    family: str = "llada",
+    steps: int = 30,
+    lr: float = 3e-3,
+    gen_length: int = 4,
+    num_generations: int = 6,
+    extend: Callable[[torch.nn.Module, dict, object], dict] | None = None,
+    **args,
+) -> list[float]:
+    """`steps` RL steps of algorithm `name` on the toy reward; the mean reward of each rollout.
+    `extend(model, batch, rollout)` adds an objective's own rollout tensors to the batch. An
+    algorithm that declares a critic gets one as the RL trainer builds it: `values` and `scores`
+    in the batch before the policy update, then one critic update on its `critic_loss`."""
+    model = tiny(family, V, seed=0)
+    spec = model.diffusion_spec()
+    algo = algorithm(name, spec, num_generations=num_generations, **args)
+    cfg = SamplingConfig(
+        algorithm=family, gen_length=gen_length, steps=gen_length, block_length=gen_length,
+        temperature=1.0, num_generations=num_generations,
+    )  # fmt: skip
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    critic_spec = type(algo).critic_spec(algo.args)
+    critic = Critic(ValueModel(tiny(family, V, seed=0)), critic_spec) if critic_spec else None
+    gen = torch.Generator().manual_seed(0)
+    rewards = []
+    for step in range(steps):
+        model.eval()
+        with torch.no_grad():
+            rollout = generate(model, PROMPTS, cfg, generator=gen)
+        batch = rl_batch(rollout, algo.args.advantage, algo.updates_per_step, step)
+        if extend is not None:
+            batch = extend(model, batch, rollout)
+        rewards.append(float(batch["scores"].mean()))
+        if critic is not None:
+            batch["values"] = critic.values(batch)
+        model.train()
+        for update in algo.prepare(model, None, batch):
+            opt.zero_grad()
+            loss, _ = algo.compute_loss(model, update)
+            loss.backward()
+            opt.step()
+        if critic is not None:
+            critic.update(batch, algo.critic_loss)
+    return rewards
