@@ -1,4 +1,4 @@
-"""BGPO: Boundary-Guided Policy Optimization (Lin et al., arXiv 2510.11683; official code
+"""BGPO: Boundary-Guided Policy Optimization (arXiv 2510.11683; official code
 THU-KEG/BGPO, not read; the details below follow the third-party yjyddq/DARE
 `verl/trainer/ppo/dllm_core_algos.py::compute_policy_loss_bgpo` and
 `verl/workers/actor/llada_dp_actor_bgpo.py`, unverified against the official code; the paper's
