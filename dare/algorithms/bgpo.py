@@ -1,7 +1,8 @@
-"""BGPO: Boundary-Guided Policy Optimization (Lin et al., arXiv 2510.11683; official code
+"""BGPO: Boundary-Guided Policy Optimization (arXiv 2510.11683; official code
 THU-KEG/BGPO, not read; the details below follow the third-party yjyddq/DARE
 `verl/trainer/ppo/dllm_core_algos.py::compute_policy_loss_bgpo` and
-`verl/workers/actor/llada_dp_actor_bgpo.py`, unverified against the official code).
+`verl/workers/actor/llada_dp_actor_bgpo.py`, unverified against the official code; the paper's
+equation numbers are unverified too: its text was not available here).
 
 The ELBO-ratio objective of a diffusion LM, A * exp(ELBO_theta - ELBO_old) per sequence, needs
 all n_mc Monte-Carlo ELBO samples in one graph (the exp does not split over samples), so its

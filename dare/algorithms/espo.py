@@ -2,7 +2,8 @@
 read; details from the third-party yjyddq/DARE `verl/trainer/ppo/dllm_core_algos.py`
 (`compute_policy_loss_espo`, `compute_espo_kl`, `compute_espo_sequence_elbo`,
 `_forward_process_espo`) and `recipe/llada/run_espo_llada_8b_instruct.sh`, unverified against
-the paper's own code).
+the paper's own code; the paper's equation numbers are unverified too: its text was not
+available here).
 
 A diffusion LM has no per-token likelihood to form token ratios from, so ESPO treats the whole
 sequence as one action and uses its ELBO as the sequence log-likelihood:

@@ -6,7 +6,10 @@ The policy-gradient objective sum_i A_i log pi(y_i) needs log pi, which a masked
 cannot compute. SPG replaces it by a bound chosen by the advantage's sign, so the surrogate is a
 lower bound of the true objective ("sandwiched"):
 
-    J = sum_i A_i * ( ELBO(y_i)  if A_i > 0  else  EUBO(y_i) )           (paper §3, Eq. 6-7)
+    J = sum_i A_i * ( ELBO(y_i)  if A_i > 0  else  EUBO(y_i) )
+
+(unverified: the paper's equation numbers; its text past the abstract was not available here, the
+formulas follow algorithms.md §7 and the DARE port)
 
 Both bounds are written per token (divided by the response length n, as SPG's code does) from
 the same K masked views z_k of the response, each view masking a set M_k (|M_k| = l_k), with
@@ -205,8 +208,8 @@ class SPGBoundsEstimator(ElboEstimator):
 class SPGBlockEstimator(SPGBoundsEstimator):
     """SPG's block-random views (`_forward_process_spg` of the DARE port; algorithms.md §7): per
     view, a block k of the completion (blocks of `block_length` from its first token) is drawn
-    uniformly; earlier blocks stay clean, later blocks are fully masked, and block k gets m of its
-    n_k tokens masked, m ~ U{max(1, floor(min_t n_k)) .. max(that, floor(max_t n_k))}. Prompt
+    uniformly among those holding response tokens; earlier blocks stay clean, later blocks and the
+    EOS tail after the response are masked, and block k gets m of its n_k response tokens masked, m ~ U{max(1, floor(min_t n_k)) .. max(that, floor(max_t n_k))}. Prompt
     tokens are masked with probability `p_mask_prompt`. The bounds are `SPGBoundsEstimator`'s
     (t_k = the view's masked fraction of the response).
 
@@ -242,17 +245,19 @@ class SPGBlockEstimator(SPGBoundsEstimator):
         device = m.valid.device
         # block of every completion position, counted from the row's first completion token
         block = torch.where(m.completion, (m.completion.cumsum(-1) - 1) // a.block_length, -1)  # [B, L]
-        num_blocks = block.max(-1).values + 1  # [B]
+        # blocks holding response tokens; the EOS tail after the response is always masked (SPG)
+        num_blocks = torch.where(m.response, block, -1).max(-1).values + 1  # [B]
+        tail = m.completion & ~m.response  # [B, L]
         views = torch.zeros(B, a.num_samples, L, dtype=torch.bool, device=device)
         for k in range(a.num_samples):
             u = uniform01((B,), generator, device).double()
             kb = (u * num_blocks.double()).floor().long().clamp(min=0)  # [B], uniform block index
-            in_kb = block == kb[:, None]  # [B, L]
+            in_kb = (block == kb[:, None]) & m.response  # [B, L]
             n_k = in_kb.sum(-1).double()  # [B]
             lo = (n_k * a.min_t).floor().clamp(min=1)
             hi = torch.maximum((n_k * a.max_t).floor(), lo)
             count = lo + (uniform01((B,), generator, device).double() * (hi - lo + 1)).floor()  # [B], U{lo..hi}
-            views[:, k] = (block > kb[:, None]) | mask_exact_count(in_kb, count.long(), generator)
+            views[:, k] = (block > kb[:, None]) | tail | mask_exact_count(in_kb, count.long(), generator)
         p = torch.full((B,), a.p_mask_prompt, device=device)
         resp = m.response[:, None]  # [B, 1, L]
         return NoisePlan(

@@ -172,6 +172,8 @@ def test_block_random_views():
             s, e = blocks[kb]
             assert (e - s) * 0.5 <= int(v[s:e].sum()) <= e - s  # m in [max(1, floor(min_t n_k)), n_k]
             seen.add(kb)
+            if b == 1:  # its response ends at completion position 7: the tail is always masked
+                assert bool(v[7:].all()) and kb in (0, 1)
     assert seen == {0, 1, 2}
     rate = plan.prompt_mask[:, :6].float().mean()
     assert 0.0 < float(rate) < 0.5  # p_mask_prompt 0.15 over 24 prompt tokens
