@@ -45,10 +45,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from dare.algorithms.base import Algorithm, register_algorithm
-from dare.algorithms.checks import check_args
 from dare.algorithms.didi_discriminator import DiffusionDiscriminator, log_ratio, smoothed_targets
 from dare.diffusion.trajectory import trajectory_logp, trajectory_states
-from dare.errors import RecipeError
+from dare.errors import RecipeError, check_fields
 from dare.sampling.few_step import sample_trajectory
 from dare.sampling.ops import topk_transfer, uniform
 
@@ -165,7 +164,7 @@ class DiDiInstruct(Algorithm):
                 "intermediate_weight": (self.intermediate_weight >= 0, ">= 0"),
                 "noise_max": (0 <= self.noise_max <= 1, "in [0, 1]"),
             }
-            check_args(self, checks, key, file)
+            check_fields(self, checks, key, file)
             from dare.sampling import SamplingConfig
 
             try:
