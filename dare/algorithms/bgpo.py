@@ -39,11 +39,11 @@ from typing import Any
 import torch
 
 from dare.algorithms.base import register_algorithm, row_generators
-from dare.algorithms.grpo import GRPO, PLAN_PREFIX, GRPOArgs
+from dare.algorithms.grpo import GRPO, PLAN_PREFIX, ElboGRPOArgs
 from dare.diffusion.elbo import elbo_samples
 from dare.diffusion.estimators import NoisePlan
 from dare.diffusion.rl_losses import PPOClipConfig, ppo_clip_loss
-from dare.diffusion.rl_registry import POLICY_LOSSES, register_policy_loss
+from dare.diffusion.rl_registry import POLICY_LOSSES, PolicyLossInputs, register_policy_loss, verl_policy_loss
 from dare.errors import check_fields
 
 BGPO = "bgpo"
@@ -67,27 +67,19 @@ def bgpo_log_ratio(elbo: torch.Tensor, old_elbo: torch.Tensor, advantages: torch
 
 
 @register_policy_loss(BGPO, config=PPOClipConfig.from_args)
-def bgpo_loss(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config: PPOClipConfig | Any | None = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+@verl_policy_loss
+def bgpo_loss(x: PolicyLossInputs, config: PPOClipConfig | Any | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """BGPO's loss for one ELBO sample: PPO clip (+ dual clip) of `bgpo_ratio`.
 
-    Args:
+    Args (fields of `x`, then `config`):
         old_log_prob, log_prob: `[B, L]`, the sample's per-token-normalised ELBO (rollout /
             current policy) on every response token.
         advantages: `[B, L]`; response_mask `[B, L]`; loss_agg_mode, config, rollout_is_weights:
             as `ppo_clip_loss` (DARE: verl's clip 0.2, dual clip c = 3, token-mean).
     """
-    log_ratio = bgpo_log_ratio(log_prob, old_log_prob, advantages)  # [B, L]
-    return ppo_clip_loss(
-        torch.zeros_like(log_ratio), log_ratio, advantages, response_mask, loss_agg_mode, config, rollout_is_weights
-    )
+    log_ratio = bgpo_log_ratio(x.log_prob, x.old_log_prob, x.advantages)  # [B, L]
+    # PPO's ratio exp(log_prob - old_log_prob) is then exactly the BGPO ratio
+    return x.apply(ppo_clip_loss, config, old_log_prob=torch.zeros_like(log_ratio), log_prob=log_ratio)
 
 
 @register_algorithm
@@ -98,30 +90,21 @@ class BGPOAlgorithm(GRPO):
     estimator_name = "elbo"
 
     @dataclass
-    class Args(GRPOArgs):
+    class Args(ElboGRPOArgs):
         # DARE recipe/llada/run_bgpo_llada_8b_instruct.sh: verl's grpo advantage, clip 0.2, dual
-        # clip 3.0, mc_num 16, no KL (docs/algorithms/bgpo.md)
+        # clip 3.0, mc_num 16 (stratified mask counts), no KL (docs/algorithms/bgpo.md)
         advantage: str = "grpo"
         policy_loss: str = BGPO
-        clip_eps: float = 0.2
         clip_ratio_c: float | None = 3.0
-        # Monte-Carlo ELBO samples per sequence (stratified mask counts)
         mc_num: int = 16
-        # the ELBO plan never masks the prompt
-        p_mask_prompt: float = 0.0
 
         def validate(self, key: str, file: Any) -> None:
             super().validate(key, file)
-            checks = {
-                "mc_num": (self.mc_num >= 1, ">= 1"),
-                "beta": (self.beta == 0, "0: bgpo has no KL term (DARE's recipe runs without one)"),
-                "p_mask_prompt": (self.p_mask_prompt == 0, "0: bgpo's ELBO samples never mask the prompt"),
-            }
+            checks = {"beta": (self.beta == 0, "0: bgpo has no KL term (DARE's recipe runs without one)")}
             check_fields(self, checks, key, file)
 
     def estimator_args(self) -> dict[str, Any]:
-        block = self.spec.block_size if self.spec.attention == "block" else None
-        return {"num_samples": self.args.mc_num, "block_size": block}
+        return {"num_samples": self.args.mc_num, "block_size": self.block_size}
 
     def _samples(self, model, batch) -> torch.Tensor:
         """Per-token-normalised ELBO samples `[B, J]` under the batch's plan."""

@@ -53,7 +53,7 @@ from dare.algorithms.base import register_algorithm
 from dare.algorithms.grpo import GRPO, PLAN_PREFIX, GRPOArgs
 from dare.diffusion.estimators import LogpEstimator, NoisePlan, register_estimator, rl_batch_masks
 from dare.diffusion.rl_losses import PPOClipConfig, masked_mean
-from dare.diffusion.rl_registry import POLICY_LOSSES, register_policy_loss
+from dare.diffusion.rl_registry import POLICY_LOSSES, PolicyLossInputs, register_policy_loss, verl_policy_loss
 from dare.errors import RecipeError
 
 EBPO_LOSS = "ebpo_sequence_clip"
@@ -198,29 +198,22 @@ def ebpo_sequence_clip(
 
 
 @register_policy_loss(EBPO_LOSS, config=PPOClipConfig.from_args)
-def ebpo_policy_loss(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config: PPOClipConfig | None = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+@verl_policy_loss
+def ebpo_policy_loss(x: PolicyLossInputs, config: PPOClipConfig | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """EBPO's loss in verl's `PolicyLossFn` form: the per-token estimates `[B, L]` (the `ebpo`
     estimator's, whose sum over a row is the composite ELBO) are summed per sequence, the `[B, L]`
     outcome advantages averaged over the response, and `ebpo_sequence_clip` applied to the rows
     that have a response. `loss_agg_mode` is unused (one term per sequence, mean over sequences);
     importance weights are refused."""
-    if rollout_is_weights is not None:
+    if x.rollout_is_weights is not None:
         raise ValueError(f"{EBPO_LOSS}: rollout importance weights are not supported")
     if config is not None and not isinstance(config, PPOClipConfig):
         raise TypeError(f"{EBPO_LOSS}: config must be a PPOClipConfig (from the algorithm's Args), got {type(config)}")
-    mask = response_mask.bool()
+    mask = x.response_mask.bool()
     keep = mask.any(-1)  # [B], rows with a response (an empty one has no ELBO)
-    elbo = (log_prob * mask).sum(-1)  # [B, L] -> [B]
-    old = (old_log_prob * mask).sum(-1)  # [B]
-    adv = sequence_advantages(advantages.expand_as(log_prob).float(), mask)  # [B]
+    elbo = (x.log_prob * mask).sum(-1)  # [B, L] -> [B]
+    old = (x.old_log_prob * mask).sum(-1)  # [B]
+    adv = sequence_advantages(x.advantages.expand_as(x.log_prob).float(), mask)  # [B]
     return ebpo_sequence_clip(old[keep], elbo[keep], adv[keep], config or PPOClipConfig())
 
 
@@ -263,8 +256,7 @@ class EBPO(GRPO):
                 raise RecipeError(file, f"{key}.p_mask_prompt", "EBPO never masks the prompt; set 0")
 
     def estimator_args(self) -> dict[str, Any]:
-        block = self.spec.block_size if self.spec.attention == "block" else None
-        return {"num_timesteps": self.args.num_timesteps, "block_size": block}
+        return {"num_timesteps": self.args.num_timesteps, "block_size": self.block_size}
 
     def compute_loss(self, model, batch):
         plan = NoisePlan.from_tensors(batch, PLAN_PREFIX)

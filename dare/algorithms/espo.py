@@ -42,12 +42,12 @@ from typing import Any
 import torch
 
 from dare.algorithms.base import register_algorithm
-from dare.algorithms.grpo import GRPO, PLAN_PREFIX, GRPOArgs
+from dare.algorithms.grpo import GRPO, PLAN_PREFIX, ElboGRPOArgs
 from dare.diffusion.elbo import elbo_groups
 from dare.diffusion.estimators import LogpEstimator, NoisePlan, register_estimator
 from dare.diffusion.noise import mask_exact_count, uniform01
 from dare.diffusion.rl_losses import PPOClipConfig, ppo_clip_loss
-from dare.diffusion.rl_registry import POLICY_LOSSES, register_policy_loss
+from dare.diffusion.rl_registry import POLICY_LOSSES, PolicyLossInputs, register_policy_loss, verl_policy_loss
 from dare.errors import check_fields
 
 ESPO = "espo"
@@ -117,34 +117,34 @@ class EspoEstimator(LogpEstimator):
 
 
 @register_policy_loss(ESPO, config=PPOClipConfig.from_args)
+@verl_policy_loss
 def espo_policy_loss(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config: PPOClipConfig | Any | None = None,
-    rollout_is_weights: torch.Tensor | None = None,
+    x: PolicyLossInputs, config: PPOClipConfig | Any | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """ESPO's sequence-level clipped objective, the mean over sequences.
 
     rho_i = exp((sum_l log_prob_il - sum_l old_log_prob_il) / n_i), clipped as PPO's ratio with
     the sequence advantage A_i (the response's mean of `advantages`).
 
-    Args:
+    Args (fields of `x`, then `config`):
         old_log_prob, log_prob: `[B, L]` per-token ELBO terms (row sums = sequence ELBOs) of the
             rollout / current policy under one plan.
         advantages, response_mask: `[B, L]`.
         loss_agg_mode: unused (one term per sequence, averaged, as DARE's port).
         config: `PPOClipConfig` (clip range; a dual clip is refused by the algorithm's Args).
     """
-    mask = response_mask.to(log_prob.dtype)
+    mask = x.response_mask.to(x.log_prob.dtype)
     n = mask.sum(-1, keepdim=True).clamp(min=1)  # [B, 1]
-    seq, old = (log_prob * mask).sum(-1, keepdim=True) / n, (old_log_prob * mask).sum(-1, keepdim=True) / n
-    adv = (advantages.to(log_prob.dtype) * mask).sum(-1, keepdim=True) / n  # [B, 1]
-    w = None if rollout_is_weights is None else (rollout_is_weights * mask).sum(-1, keepdim=True) / n
+
+    def seq_mean(v: torch.Tensor) -> torch.Tensor:  # [B, L] -> [B, 1], the mean over the response
+        return (v.to(mask.dtype) * mask).sum(-1, keepdim=True) / n
+
+    w = None if x.rollout_is_weights is None else seq_mean(x.rollout_is_weights)
+    adv = seq_mean(x.advantages)  # [B, 1]
     # one "token" per sequence: token-mean over [B, 1] is the mean over sequences
-    return ppo_clip_loss(old, seq, adv, torch.ones_like(adv, dtype=torch.bool), "token-mean", config, w)
+    return PolicyLossInputs(
+        seq_mean(x.old_log_prob), seq_mean(x.log_prob), adv, torch.ones_like(adv, dtype=torch.bool), "token-mean", w
+    ).apply(ppo_clip_loss, config)
 
 
 def espo_kl(elbo: torch.Tensor, ref_elbo: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -160,31 +160,20 @@ class ESPOAlgorithm(GRPO):
     estimator_name = "espo"
 
     @dataclass
-    class Args(GRPOArgs):
+    class Args(ElboGRPOArgs):
         # DARE recipe/llada/run_espo_llada_8b_instruct.sh: rloo advantage, clip 0.2, mc_num 2,
         # num_iterations 8 (mu), k2 KL to the reference with beta 0.001 (math)
         advantage: str = "rloo"
         policy_loss: str = ESPO
-        clip_eps: float = 0.2
-        # Monte-Carlo ELBO draws per sequence and inner update
-        mc_num: int = 2
         # average each draw with its complementary view (ESPO's reduce_var)
         reduce_var: bool = True
-        # the plan never masks the prompt
-        p_mask_prompt: float = 0.0
 
         def validate(self, key: str, file: Any) -> None:
             super().validate(key, file)
-            checks = {
-                "mc_num": (self.mc_num >= 1, ">= 1"),
-                "clip_ratio_c": (self.clip_ratio_c is None, "null: espo has no dual clip"),
-                "p_mask_prompt": (self.p_mask_prompt == 0, "0: espo's ELBO views never mask the prompt"),
-            }
-            check_fields(self, checks, key, file)
+            check_fields(self, {"clip_ratio_c": (self.clip_ratio_c is None, "null: espo has no dual clip")}, key, file)
 
     def estimator_args(self) -> dict[str, Any]:
-        block = self.spec.block_size if self.spec.attention == "block" else None
-        return {"num_samples": self.args.mc_num, "reduce_var": self.args.reduce_var, "block_size": block}
+        return {"num_samples": self.args.mc_num, "reduce_var": self.args.reduce_var, "block_size": self.block_size}
 
     def compute_loss(self, model, batch):
         plan = NoisePlan.from_tensors(batch, PLAN_PREFIX)

@@ -91,6 +91,26 @@ class GRPOArgs(RolloutSpec):
             )
 
 
+@dataclass
+class ElboGRPOArgs(GRPOArgs):
+    """GRPOArgs of the variants on Monte-Carlo ELBO samples of the response (bgpo, espo): DARE's
+    clip range 0.2, `mc_num` samples, a plan that never masks the prompt."""
+
+    clip_eps: float = 0.2
+    # Monte-Carlo ELBO samples per sequence and inner update
+    mc_num: int = 2
+    # the ELBO plan never masks the prompt
+    p_mask_prompt: float = 0.0
+
+    def validate(self, key: str, file: Any) -> None:
+        super().validate(key, file)
+        checks = {
+            "mc_num": (self.mc_num >= 1, ">= 1"),
+            "p_mask_prompt": (self.p_mask_prompt == 0, "0: the ELBO plan never masks the prompt"),
+        }
+        check_fields(self, checks, key, file)
+
+
 class GRPO(Algorithm):
     """Shared implementation; subclasses fix the estimator and the defaults."""
 
@@ -109,6 +129,11 @@ class GRPO(Algorithm):
     @property
     def updates_per_step(self) -> int:
         return self.args.mu
+
+    @property
+    def block_size(self) -> int | None:
+        """The model's block size under block attention (ELBO plans draw per block), else None."""
+        return self.spec.block_size if self.spec.attention == "block" else None
 
     @property
     def needs_reference(self) -> bool:
@@ -194,4 +219,4 @@ class CoupledGRPO(GRPO):
         return {"p_mask_prompt": self.args.p_mask_prompt, "t_min": self.args.t_min, "t_max": self.args.t_max}
 
 
-__all__ = ["D1", "GRPO", "CoupledGRPO", "GRPOArgs"]
+__all__ = ["D1", "GRPO", "CoupledGRPO", "ElboGRPOArgs", "GRPOArgs"]

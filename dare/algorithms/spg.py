@@ -68,7 +68,7 @@ from dare.diffusion.estimators import (
     view_logp,
 )
 from dare.diffusion.noise import bernoulli_mask, mask_exact_count, uniform01
-from dare.diffusion.rl_registry import POLICY_LOSSES, register_policy_loss
+from dare.diffusion.rl_registry import POLICY_LOSSES, PolicyLossInputs, register_policy_loss, verl_policy_loss
 from dare.errors import RecipeError, check_fields
 from dare.models.spec import DiffusionSpec
 
@@ -136,28 +136,22 @@ def spg_sandwich(lower: torch.Tensor, upper: torch.Tensor, advantages: torch.Ten
 
 
 @register_policy_loss(SPG_LOSS)
-def spg_loss(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config: Any = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+@verl_policy_loss
+def spg_loss(x: PolicyLossInputs, config: Any = None) -> tuple[torch.Tensor, dict[str, float]]:
     """SPG's loss, agg(-A * s) over response tokens: with the sequence surrogate s_i on every
     token of response i, "token-mean" is -sum_i n_i A_i s_i / sum_i n_i (SPG's length weighting).
     No ratio: `old_log_prob` and `config` are unused (verl's policy-loss signature).
 
-    Args:
+    Args (fields of `x`):
         log_prob: `[B, L]` surrogates (`spg_sandwich` of the bounds), differentiable.
         advantages, response_mask: `[B, L]`.
     """
+    advantages, log_prob = x.advantages, x.log_prob
     per_token = -advantages.to(log_prob.dtype) * log_prob  # [B, L]
-    if rollout_is_weights is not None:
-        per_token = per_token * rollout_is_weights
-    mask = response_mask.to(log_prob.dtype)
-    loss = agg_loss(per_token, mask, loss_agg_mode)
+    if x.rollout_is_weights is not None:
+        per_token = per_token * x.rollout_is_weights
+    mask = x.response_mask.to(log_prob.dtype)
+    loss = agg_loss(per_token, mask, x.loss_agg_mode)
     with torch.no_grad():
         n = mask.sum().clamp(min=1)
         metrics = {
@@ -188,11 +182,7 @@ class SPGBoundsEstimator(ElboEstimator):
                 raise ValueError(f"eubo_beta must be > 0, got {self.eubo_beta}")
 
     def logp_named(
-        self,
-        model: nn.Module,
-        batch: Mapping[str, torch.Tensor],
-        plan: NoisePlan,
-        spec: DiffusionSpec | None = None,
+        self, model: nn.Module, batch: Mapping[str, torch.Tensor], plan: NoisePlan, spec: DiffusionSpec | None = None
     ) -> dict[str, torch.Tensor]:
         resp = batch["response_mask"].bool()
         logp = view_logp(model, batch, plan, spec)  # [B, K, L], one forward for both bounds
@@ -343,7 +333,7 @@ class SPG(GRPO):
         return {**out, "block_size": block_size} if "block_size" in names else out
 
     def estimator_args(self) -> dict[str, Any]:
-        return self.views_args(self.args, self.spec.block_size if self.spec.attention == "block" else None)
+        return self.views_args(self.args, self.block_size)
 
     def prepare(self, model, reference, batch):
         """One batch per inner update, each with fresh views (from the rows' seeds); nothing is

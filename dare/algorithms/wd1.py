@@ -30,7 +30,7 @@ import torch
 from dare.algorithms.base import Algorithm, register_algorithm, row_generators
 from dare.algorithms.rollout import RolloutSpec
 from dare.diffusion.estimators import NoisePlan, build_estimator
-from dare.diffusion.rl_registry import POLICY_LOSSES, register_policy_loss
+from dare.diffusion.rl_registry import POLICY_LOSSES, PolicyLossInputs, register_policy_loss, verl_policy_loss
 from dare.errors import RecipeError
 from dare.models.spec import ReferenceFn
 
@@ -38,21 +38,14 @@ PLAN_PREFIX = "plan."
 
 
 @register_policy_loss("wd1")
-def wd1_loss(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config: Any = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+@verl_policy_loss
+def wd1_loss(x: PolicyLossInputs, config: Any = None) -> tuple[torch.Tensor, dict[str, float]]:
     """wd1's loss of ONE group: -sum_i softmax(A)_i S_i + sum_i softmax(-A)_i S_i.
 
     verl's `PolicyLossFn` signature; `old_log_prob`, `loss_agg_mode`, `config` and
     `rollout_is_weights` are unused (no ratio; sequence sums as the official code).
 
-    Args:
+    Args (fields of `x`):
         log_prob: `[B, L]` per-token estimates of the current policy (zero outside the response).
         advantages: `[B, L]` (or `[B, 1]`): each row's advantage on its response tokens.
         response_mask: `[B, L]`.
@@ -60,9 +53,9 @@ def wd1_loss(
     Returns:
         (scalar loss, `actor/pg_loss`, `actor/wd1_seq_logp_mean`, `actor/wd1_pos_weight_max`).
     """
-    mask = response_mask.to(log_prob.dtype)
-    seq_logp = (log_prob * mask).sum(-1)  # [B, L] -> [B], S_i
-    adv = (advantages.expand_as(log_prob) * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # [B], the row's A_i
+    mask = x.response_mask.to(x.log_prob.dtype)
+    seq_logp = (x.log_prob * mask).sum(-1)  # [B, L] -> [B], S_i
+    adv = (x.advantages.expand_as(x.log_prob) * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # [B], the row's A_i
     w_pos, w_neg = torch.softmax(adv, 0), torch.softmax(-adv, 0)  # [B] each, over the group
     loss = -(w_pos * seq_logp).sum() + (w_neg * seq_logp).sum()
     return loss, {

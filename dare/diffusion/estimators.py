@@ -295,11 +295,7 @@ class LogpEstimator:
         return NoisePlan.cat([self.sample({k: batch[k][b : b + 1] for k in keys}, g) for b, g in enumerate(generators)])
 
     def logp(
-        self,
-        model: nn.Module,
-        batch: Mapping[str, torch.Tensor],
-        plan: NoisePlan,
-        spec: DiffusionSpec | None = None,
+        self, model: nn.Module, batch: Mapping[str, torch.Tensor], plan: NoisePlan, spec: DiffusionSpec | None = None
     ) -> torch.Tensor:
         """Per-token estimates `[B, L]` float32, zero outside `response_mask`.
 
@@ -310,11 +306,7 @@ class LogpEstimator:
         return (plan.weights * per_view).sum(1)  # [B, K, L] -> [B, L]
 
     def logp_named(
-        self,
-        model: nn.Module,
-        batch: Mapping[str, torch.Tensor],
-        plan: NoisePlan,
-        spec: DiffusionSpec | None = None,
+        self, model: nn.Module, batch: Mapping[str, torch.Tensor], plan: NoisePlan, spec: DiffusionSpec | None = None
     ) -> dict[str, torch.Tensor]:
         """Every estimate of `estimates`, by name, `[B, L]` each (zero outside `response_mask`).
         Default: `{"logp": self.logp(...)}`, the same numbers."""
@@ -328,11 +320,7 @@ class LogpEstimator:
             raise ValueError(f"estimator {cls.name!r} computes {list(cls.estimates)}, not {missing}")
 
     def logp_and_entropy(
-        self,
-        model: nn.Module,
-        batch: Mapping[str, torch.Tensor],
-        plan: NoisePlan,
-        spec: DiffusionSpec | None = None,
+        self, model: nn.Module, batch: Mapping[str, torch.Tensor], plan: NoisePlan, spec: DiffusionSpec | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`logp` plus the policy's predictive entropy per token `[B, L]` (detached): the mean over
         the views that score the token of H(p_theta(. | view)). A falling entropy is the usual

@@ -34,7 +34,15 @@ import numpy as np
 import torch
 from verl.trainer.ppo.core_algos import agg_loss, get_adv_estimator_fn
 
-from dare.diffusion.rl_registry import ADVANTAGES, POLICY_LOSSES, Advantage, register_advantage, register_policy_loss
+from dare.diffusion.rl_registry import (
+    ADVANTAGES,
+    POLICY_LOSSES,
+    Advantage,
+    PolicyLossInputs,
+    register_advantage,
+    register_policy_loss,
+    verl_policy_loss,
+)
 
 DARE_PPO_CLIP = "dare_ppo_clip"
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean")
@@ -116,14 +124,9 @@ def _check_agg_mode(loss_agg_mode: str) -> None:
 
 
 @register_policy_loss(DARE_PPO_CLIP, config=PPOClipConfig.from_args)
+@verl_policy_loss
 def ppo_clip_loss(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config: PPOClipConfig | Any | None = None,
-    rollout_is_weights: torch.Tensor | None = None,
+    x: PolicyLossInputs, config: PPOClipConfig | Any | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-token PPO clip (+ optional dual clip) loss, aggregated over response tokens.
 
@@ -131,9 +134,10 @@ def ppo_clip_loss(
         l = max(-r A, -clip(r, 1 - eps_low, 1 + eps_high) A)
         l = min(l, -c A) where A < 0        (dual clip, `clip_ratio_c` = c)
 
-    verl's `PolicyLossFn` signature, registered as "dare_ppo_clip" (`get_policy_loss_fn`).
+    verl's `PolicyLossFn` signature (`verl_policy_loss`), registered as "dare_ppo_clip"
+    (`get_policy_loss_fn`).
 
-    Args:
+    Args (fields of `x`, then `config`):
         old_log_prob: `[B, L]` estimates under the policy that generated the rollout (same plan).
         log_prob: `[B, L]` estimates under the current policy (requires grad).
         advantages: `[B, L]` (or `[B, 1]`, broadcast).
@@ -146,11 +150,11 @@ def ppo_clip_loss(
         (scalar loss, metrics `actor/pg_loss`, `actor/pg_clipfrac`, `actor/pg_clipfrac_lower`,
         `actor/ppo_kl`, `actor/ppo_ratio_mean`, `actor/ppo_ratio_min`, `actor/ppo_ratio_max`).
     """
-    _check_agg_mode(loss_agg_mode)
+    _check_agg_mode(x.loss_agg_mode)
     cfg = _clip_config(config)
-    mask = response_mask.bool()
-    advantages = advantages.expand_as(log_prob)
-    log_ratio = (log_prob - old_log_prob).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)  # [B, L]
+    mask = x.response_mask.bool()
+    advantages = x.advantages.expand_as(x.log_prob)
+    log_ratio = (x.log_prob - x.old_log_prob).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)  # [B, L]
     ratio = torch.exp(log_ratio)  # [B, L]
     loss_unclipped = -advantages * ratio
     loss_clipped = -advantages * ratio.clamp(1.0 - cfg.low, 1.0 + cfg.high)
@@ -161,9 +165,9 @@ def ppo_clip_loss(
         loss_dual = -advantages * cfg.clip_ratio_c
         clipped_lower = (advantages < 0) & (pg_losses > loss_dual)
         pg_losses = torch.where(advantages < 0, torch.minimum(pg_losses, loss_dual), pg_losses)
-    if rollout_is_weights is not None:
-        pg_losses = pg_losses * rollout_is_weights
-    pg_loss = agg_loss(pg_losses, mask.to(pg_losses.dtype), loss_agg_mode, **dict(cfg.global_batch_info))
+    if x.rollout_is_weights is not None:
+        pg_losses = pg_losses * x.rollout_is_weights
+    pg_loss = agg_loss(pg_losses, mask.to(pg_losses.dtype), x.loss_agg_mode, **dict(cfg.global_batch_info))
     with torch.no_grad():
         r = ratio.detach()
         big = torch.finfo(r.dtype).max

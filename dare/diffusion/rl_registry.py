@@ -11,6 +11,9 @@ A registry entry carries what a caller needs to use it without knowing its name:
   (grpo: `norm_adv_by_std` -> `norm_adv_by_std_in_grpo`), so the RL trainer passes them without
   branching on the estimator's name.
 
+A loss is written once as `fn(inputs: PolicyLossInputs, config)` and `verl_policy_loss` gives it
+verl's signature, so the seven-argument parameter list stands in one place.
+
 `register_policy_loss` / `register_advantage` write dare's table and verl's under the same name
 (verl's actor and `compute_advantage` can then select them too); there is no second table to keep
 in sync. A name bound to a different function, in either table, raises.
@@ -19,7 +22,7 @@ in sync. A name bound to a different function, in either table, raises.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -29,6 +32,56 @@ from dare.registry import Registry
 
 PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 AdvantageFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class PolicyLossInputs:
+    """verl's policy-loss arguments but `config`, as one value.
+
+    Attributes:
+        old_log_prob, log_prob: `[B, L]` estimates under the rollout / current policy (same plan).
+        advantages: `[B, L]` (or `[B, 1]`, broadcast).
+        response_mask: `[B, L]` tokens in the loss.
+        loss_agg_mode: verl's aggregation ("token-mean", "seq-mean-token-mean").
+        rollout_is_weights: optional `[B, L]` importance weights of the per-token loss.
+    """
+
+    old_log_prob: torch.Tensor
+    log_prob: torch.Tensor
+    advantages: torch.Tensor
+    response_mask: torch.Tensor
+    loss_agg_mode: str = "token-mean"
+    rollout_is_weights: torch.Tensor | None = None
+
+    def apply(self, fn: PolicyLossFn, config: Any = None, **changes: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """`fn` (verl's signature) on these inputs, with `changes` (field values) replaced."""
+        x = replace(self, **changes) if changes else self
+        return fn(
+            x.old_log_prob, x.log_prob, x.advantages, x.response_mask, x.loss_agg_mode, config, x.rollout_is_weights
+        )
+
+
+def verl_policy_loss(
+    fn: Callable[[PolicyLossInputs, Any], tuple[torch.Tensor, dict[str, float]]],
+) -> PolicyLossFn:
+    """Decorator: `fn(inputs, config)` as a function of verl's `PolicyLossFn` signature (the one
+    `register_policy_loss` expects and verl's actor calls, by keyword), with `fn`'s name and docstring."""
+
+    def loss(
+        old_log_prob: torch.Tensor,
+        log_prob: torch.Tensor,
+        advantages: torch.Tensor,
+        response_mask: torch.Tensor,
+        loss_agg_mode: str = "token-mean",
+        config: Any = None,
+        rollout_is_weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs = PolicyLossInputs(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, rollout_is_weights)
+        return fn(inputs, config)
+
+    for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+        setattr(loss, attr, getattr(fn, attr))
+    return loss
 
 
 def _no_config(args: Any) -> None:
@@ -108,6 +161,8 @@ __all__ = [
     "AdvantageFn",
     "PolicyLoss",
     "PolicyLossFn",
+    "PolicyLossInputs",
     "register_advantage",
     "register_policy_loss",
+    "verl_policy_loss",
 ]
