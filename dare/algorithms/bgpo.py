@@ -38,8 +38,8 @@ from typing import Any
 
 import torch
 
-from dare.algorithms.base import register_algorithm, row_generators
-from dare.algorithms.grpo import GRPO, PLAN_PREFIX, ElboGRPOArgs
+from dare.algorithms.base import register_algorithm
+from dare.algorithms.grpo import GRPO, PLAN_PREFIX, ElboGRPOArgs, plan_batches
 from dare.diffusion.elbo import elbo_samples
 from dare.diffusion.estimators import NoisePlan
 from dare.diffusion.rl_losses import PPOClipConfig, ppo_clip_loss
@@ -115,14 +115,11 @@ class BGPOAlgorithm(GRPO):
     def prepare(self, model, reference, batch):
         """One batch per inner update with its ELBO plan and, when mu > 1, the rollout policy's
         samples under that plan (`old_elbo_samples` `[B, J]`)."""
-        out = []
-        for k in range(self.args.mu):
-            plan = self.estimator.sample_rows(batch, row_generators(batch["noise_seed"][:, k]))
-            it = {**batch, **plan.to(batch["input_ids"].device).as_tensors(PLAN_PREFIX)}
-            if self.args.mu > 1:
-                with torch.no_grad():
+        out = plan_batches(self.estimator, batch, self.args.mu)
+        if self.args.mu > 1:
+            with torch.no_grad():
+                for it in out:
                     it["old_elbo_samples"] = self._samples(model, it)
-            out.append(it)
         return out
 
     def compute_loss(self, model, batch):

@@ -54,7 +54,7 @@ from dare.algorithms.grpo import GRPO, PLAN_PREFIX, GRPOArgs
 from dare.diffusion.estimators import LogpEstimator, NoisePlan, register_estimator, rl_batch_masks
 from dare.diffusion.rl_losses import PPOClipConfig, masked_mean
 from dare.diffusion.rl_registry import POLICY_LOSSES, PolicyLossInputs, register_policy_loss, verl_policy_loss
-from dare.errors import RecipeError
+from dare.errors import check_fields
 
 EBPO_LOSS = "ebpo_sequence_clip"
 
@@ -248,12 +248,12 @@ class EBPO(GRPO):
 
         def validate(self, key: str, file: Any) -> None:
             super().validate(key, file)
-            if self.num_timesteps < 1:
-                raise RecipeError(file, f"{key}.num_timesteps", f"must be >= 1, got {self.num_timesteps}")
-            if self.clip_ratio_c is not None:
-                raise RecipeError(file, f"{key}.clip_ratio_c", "EBPO has no dual clip; set null")
-            if self.p_mask_prompt != 0:
-                raise RecipeError(file, f"{key}.p_mask_prompt", "EBPO never masks the prompt; set 0")
+            checks = {
+                "num_timesteps": (self.num_timesteps >= 1, ">= 1"),
+                "clip_ratio_c": (self.clip_ratio_c is None, "null: EBPO has no dual clip"),
+                "p_mask_prompt": (self.p_mask_prompt == 0, "0: EBPO never masks the prompt"),
+            }
+            check_fields(self, checks, key, file)
 
     def estimator_args(self) -> dict[str, Any]:
         return {"num_timesteps": self.args.num_timesteps, "block_size": self.block_size}

@@ -36,13 +36,24 @@ import torch
 
 from dare.algorithms.base import Algorithm, register_algorithm, row_generators
 from dare.algorithms.rollout import RolloutSpec
-from dare.diffusion.estimators import NoisePlan, build_estimator
+from dare.diffusion.estimators import LogpEstimator, NoisePlan, build_estimator
 from dare.diffusion.rl_losses import DARE_PPO_CLIP, rl_loss
 from dare.diffusion.rl_registry import POLICY_LOSSES
 from dare.errors import RecipeError, check_fields
 from dare.models.spec import ReferenceFn
 
 PLAN_PREFIX = "plan."
+
+
+def plan_batches(estimator: LogpEstimator, batch: dict[str, torch.Tensor], mu: int) -> list[dict[str, torch.Tensor]]:
+    """One copy of `batch` per inner update k < mu, holding (under `PLAN_PREFIX`) the estimator's
+    noise plan drawn from the rows' k-th seeds `noise_seed[:, k]`: a row's plan does not depend on
+    how the batch is split, and each inner update sees fresh noise."""
+    out = []
+    for k in range(mu):
+        plan = estimator.sample_rows(batch, row_generators(batch["noise_seed"][:, k]))
+        out.append({**batch, **plan.to(batch["input_ids"].device).as_tensors(PLAN_PREFIX)})
+    return out
 
 
 @dataclass
@@ -159,18 +170,15 @@ class GRPO(Algorithm):
     ) -> list[dict[str, torch.Tensor]]:
         """One batch per inner iteration: its noise plan (from the rows' seeds) and, under that
         plan, the old-policy (before any update, when mu > 1) and reference log-probs."""
-        out = []
-        for k in range(self.args.mu):
-            plan = self.estimator.sample_rows(batch, row_generators(batch["noise_seed"][:, k]))
-            plan = plan.to(batch["input_ids"].device)
-            it = {**batch, **plan.as_tensors(PLAN_PREFIX)}
+        out = plan_batches(self.estimator, batch, self.args.mu)
+        for it in out:
+            plan = NoisePlan.from_tensors(it, PLAN_PREFIX)
             with torch.no_grad():
                 if self.args.mu > 1:
                     it["old_log_prob"] = self.estimator.logp(model, batch, plan, self.spec)
                 if self.needs_reference:
                     with reference() as ref:
                         it["ref_log_prob"] = self.estimator.logp(ref, batch, plan, self.spec)
-            out.append(it)
         return out
 
     def compute_loss(self, model, batch):
@@ -219,4 +227,4 @@ class CoupledGRPO(GRPO):
         return {"p_mask_prompt": self.args.p_mask_prompt, "t_min": self.args.t_min, "t_max": self.args.t_max}
 
 
-__all__ = ["D1", "GRPO", "CoupledGRPO", "ElboGRPOArgs", "GRPOArgs"]
+__all__ = ["D1", "GRPO", "CoupledGRPO", "ElboGRPOArgs", "GRPOArgs", "PLAN_PREFIX", "plan_batches"]

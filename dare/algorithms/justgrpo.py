@@ -46,7 +46,7 @@ from torch import nn
 from dare.algorithms.base import register_algorithm
 from dare.algorithms.grpo import GRPO, GRPOArgs
 from dare.diffusion.estimators import LogpEstimator, NoisePlan, register_estimator, rl_batch_masks, view_logp
-from dare.errors import RecipeError
+from dare.errors import RecipeError, check_fields
 from dare.models.spec import DiffusionSpec, model_spec
 
 
@@ -167,10 +167,11 @@ class JustGRPO(GRPO):
 
         def validate(self, key: str, file: Any) -> None:
             super().validate(key, file)
-            if self.position_chunk < 1:
-                raise RecipeError(file, f"{key}.position_chunk", f"must be >= 1, got {self.position_chunk}")
-            if self.p_mask_prompt != 0:
-                raise RecipeError(file, f"{key}.p_mask_prompt", "JustGRPO never masks the prompt; set 0")
+            checks = {
+                "position_chunk": (self.position_chunk >= 1, ">= 1"),
+                "p_mask_prompt": (self.p_mask_prompt == 0, "0: JustGRPO never masks the prompt"),
+            }
+            check_fields(self, checks, key, file)
             if float(self.sampling.get("temperature", 0.0)) <= 0:
                 raise RecipeError(
                     file, f"{key}.sampling.temperature", "must be > 0: the AR policy is softmax(logits / T)"

@@ -56,8 +56,8 @@ import torch
 from torch import nn
 from verl.trainer.ppo.core_algos import agg_loss
 
-from dare.algorithms.base import register_algorithm, row_generators
-from dare.algorithms.grpo import GRPO, PLAN_PREFIX, GRPOArgs
+from dare.algorithms.base import register_algorithm
+from dare.algorithms.grpo import GRPO, PLAN_PREFIX, GRPOArgs, plan_batches
 from dare.diffusion.elbo import ElboEstimator
 from dare.diffusion.estimators import (
     ESTIMATORS,
@@ -338,11 +338,7 @@ class SPG(GRPO):
     def prepare(self, model, reference, batch):
         """One batch per inner update, each with fresh views (from the rows' seeds); nothing is
         evaluated before the updates (no ratio, no reference)."""
-        out = []
-        for k in range(self.args.mu):
-            plan = self.estimator.sample_rows(batch, row_generators(batch["noise_seed"][:, k]))
-            out.append({**batch, **plan.to(batch["input_ids"].device).as_tensors(PLAN_PREFIX)})
-        return out
+        return plan_batches(self.estimator, batch, self.args.mu)
 
     def compute_loss(self, model, batch):
         plan = NoisePlan.from_tensors(batch, PLAN_PREFIX)

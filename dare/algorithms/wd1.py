@@ -27,14 +27,13 @@ from typing import Any
 
 import torch
 
-from dare.algorithms.base import Algorithm, register_algorithm, row_generators
+from dare.algorithms.base import Algorithm, register_algorithm
+from dare.algorithms.grpo import PLAN_PREFIX, plan_batches
 from dare.algorithms.rollout import RolloutSpec
 from dare.diffusion.estimators import NoisePlan, build_estimator
 from dare.diffusion.rl_registry import POLICY_LOSSES, PolicyLossInputs, register_policy_loss, verl_policy_loss
 from dare.errors import RecipeError
 from dare.models.spec import ReferenceFn
-
-PLAN_PREFIX = "plan."
 
 
 @register_policy_loss("wd1")
@@ -113,11 +112,7 @@ class WD1(Algorithm):
         self, model: torch.nn.Module, reference: ReferenceFn | None, batch: dict[str, torch.Tensor]
     ) -> list[dict[str, torch.Tensor]]:
         """One batch per inner update, each with its own d1 mask (from the rows' seeds)."""
-        out = []
-        for k in range(self.args.mu):
-            plan = self.estimator.sample_rows(batch, row_generators(batch["noise_seed"][:, k]))
-            out.append({**batch, **plan.to(batch["input_ids"].device).as_tensors(PLAN_PREFIX)})
-        return out
+        return plan_batches(self.estimator, batch, self.args.mu)
 
     def compute_loss(self, model, batch):
         plan = NoisePlan.from_tensors(batch, PLAN_PREFIX)
