@@ -47,8 +47,6 @@ PLAN_PREFIX = "plan."
 
 @dataclass
 class GRPOArgs(RolloutSpec):
-    # inner policy updates per rollout batch (one fresh noise plan each)
-    mu: int = 1
     # KL coefficient to the reference policy (0 = no reference forward)
     beta: float = 0.0
     clip_eps: float = 0.5
@@ -70,7 +68,6 @@ class GRPOArgs(RolloutSpec):
     def validate(self, key: str, file: Any) -> None:
         super().validate(key, file)
         checks = {
-            "mu": (self.mu >= 1, ">= 1"),
             "beta": (self.beta >= 0, ">= 0"),
             "clip_eps": (0 < self.clip_eps < 1, "in (0, 1)"),
             "clip_eps_high": (self.clip_eps_high is None or self.clip_eps_high > 0, "> 0 or null"),

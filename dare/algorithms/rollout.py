@@ -29,6 +29,8 @@ from dare.rewards.spec import RewardSpec
 class RolloutSpec:
     # completions sampled per prompt (a group); stage.batch_size counts prompts
     num_generations: int = 8
+    # inner policy updates per rollout batch (the trainer draws one noise seed per row and update)
+    mu: int = 1
     # rollout SamplingConfig fields (gen_length comes from data.gen_length)
     sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 1.0})
     # reward functions [{name: countdown, weight: 1.0}, {path: my.py:fn, weight: 0.5, args: {...}}];
@@ -47,6 +49,7 @@ class RolloutSpec:
         in `dare.config.schema`, which knows it.)"""
         checks = {
             "num_generations": (self.num_generations >= 2, ">= 2 (a group)"),
+            "mu": (self.mu >= 1, ">= 1"),
             "reward_timeout_s": (self.reward_timeout_s > 0, "> 0"),
             "reward_workers": (self.reward_workers >= 1, ">= 1"),
         }

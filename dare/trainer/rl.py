@@ -135,6 +135,7 @@ class RLTrainer(StageTrainer):
         kwargs = ADVANTAGES.get(self.args.advantage).kwargs(self.args)  # the settings the estimator declares
         adv, adv_metrics = compute_advantages(self.args.advantage, scores_t, uid, data.batch["response_mask"], **kwargs)
         data.batch["advantages"] = adv
+        data.batch["group_index"] = torch.arange(len(scores)) // G  # [N], the prompt each row answers
         g = step_generator(ctx.recipe.seed, ctx.index, step, 3)
         data.batch["noise_seed"] = torch.randint(0, 2**62, (len(scores), self.args.mu), generator=g)
         if ctx.critic is not None:  # the algorithm declared a critic: its values go with the batch

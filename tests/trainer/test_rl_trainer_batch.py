@@ -76,6 +76,18 @@ def _model(tokenizer):
     return build_policy(RECIPE_OBJ.to_dict()["model"], tokenizer, seed=0).eval()
 
 
+def one_rl_step(tmp_path, workers: StandInWorkers, critic=None) -> dict[str, float]:
+    """The RL trainer's first step on 3 sort prompts x 2 completions, with stand-in worker groups."""
+    rows = load_dataset_spec("builtin:sort", split="train", n=6, seed=0, kind="rl")
+    ctx = StageContext(RECIPE_OBJ, 0, STAGE, tmp_path, workers, builtin_tokenizer(), rows, None, 0, critic=critic)
+    trainer = RLTrainer(ctx)
+    trainer.setup()
+    try:
+        return trainer.step(0)
+    finally:
+        trainer.close()
+
+
 def test_decode_steps_are_the_states_the_sampler_decoded_from():
     """Every response token has a step in [0, steps); at the sampler's forward pass j, a response
     token is still masked exactly when its decode step is >= j (unmasked at s: masked before s)."""
@@ -108,16 +120,8 @@ def test_decode_steps_are_the_states_the_sampler_decoded_from():
 
 
 def test_the_trajectory_is_carried_unchanged_from_the_rollout_to_update_actor(tmp_path):
-    tokenizer = builtin_tokenizer()
-    workers = StandInWorkers(_model(tokenizer))
-    rows = load_dataset_spec("builtin:sort", split="train", n=6, seed=0, kind="rl")
-    ctx = StageContext(RECIPE_OBJ, 0, STAGE, tmp_path, workers, tokenizer, rows, None, 0)
-    trainer = RLTrainer(ctx)
-    trainer.setup()
-    try:
-        metrics = trainer.step(0)
-    finally:
-        trainer.close()
+    workers = StandInWorkers(_model(builtin_tokenizer()))
+    metrics = one_rl_step(tmp_path, workers)
     gen, batch = workers.generated.batch, workers.updated.batch
     N, P = len(gen["responses"]), batch["input_ids"].shape[1] - GEN
     assert N == 3 * 2 and "actor/pg_loss" in metrics
@@ -126,6 +130,7 @@ def test_the_trajectory_is_carried_unchanged_from_the_rollout_to_update_actor(tm
         assert torch.equal(batch[key][:, P:], gen[key]) and bool((batch[key][:, :P] == fill).all())
     assert torch.equal(batch["decode_num_steps"], gen["decode_num_steps"])
     assert torch.equal(batch["response_mask"][:, P:].long(), gen["response_mask"])
+    assert torch.equal(batch["group_index"], torch.tensor([0, 0, 1, 1, 2, 2]))  # prompt-major groups
 
 
 @dataclass
@@ -160,18 +165,10 @@ class ValueFittingD1(D1):
 
 
 def test_a_declared_critic_gets_the_batch_and_its_values_reach_update_actor(tmp_path):
-    tokenizer = builtin_tokenizer()
-    workers = StandInWorkers(_model(tokenizer))
-    critic = StandInCritic(Critic(ValueModel(_model(tokenizer)), ValueFittingD1.critic_spec(STAGE.args)))
+    workers = StandInWorkers(_model(builtin_tokenizer()))
+    critic = StandInCritic(Critic(ValueModel(_model(builtin_tokenizer())), ValueFittingD1.critic_spec(STAGE.args)))
     critic.critic.model.value_head.bias.data.fill_(0.25)  # a visible value
-    rows = load_dataset_spec("builtin:sort", split="train", n=6, seed=0, kind="rl")
-    ctx = StageContext(RECIPE_OBJ, 0, STAGE, tmp_path, workers, tokenizer, rows, None, 0, critic=critic)
-    trainer = RLTrainer(ctx)
-    trainer.setup()
-    try:
-        metrics = trainer.step(0)
-    finally:
-        trainer.close()
+    metrics = one_rl_step(tmp_path, workers, critic)
     batch = workers.updated.batch
     assert batch["values"].shape == batch["input_ids"].shape and bool((batch["values"] != 0).all())
     assert batch["scores"].shape == (6,) and critic.updated is workers.updated  # the same batch
