@@ -265,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate with any sampler from a checkpoint or a tiny random model")
     p.add_argument(
-        "--model", required=True, help="checkpoint folder or Hub id ORG/NAME[@REV], or tiny:llada|dream|sdar"
+        "--model",
+        required=True,
+        help="checkpoint folder or Hub id ORG/NAME[@REV], or tiny:<family> (any registered family)",
     )
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder or Hub id (default: --model's)")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class RecipeError(ValueError):
@@ -15,4 +16,12 @@ class RecipeError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
-__all__ = ["RecipeError"]
+def check_fields(obj: Any, checks: dict[str, tuple[bool, str]], key: str, file: str | Path | None) -> None:
+    """Raise `RecipeError` at `key.NAME` ("must be RULE, got VALUE") for the first field of
+    `checks` (`{NAME: (ok, RULE)}`) that is not ok; an Args dataclass's range checks in one call."""
+    for name, (ok, rule) in checks.items():
+        if not ok:
+            raise RecipeError(file, f"{key}.{name}", f"must be {rule}, got {getattr(obj, name)!r}")
+
+
+__all__ = ["RecipeError", "check_fields"]

@@ -18,19 +18,25 @@ math-verify), `gsm8k` (final number, numeric comparison), `multiple_choice` (opt
 `exact_match`, `format` (tag structure), d1's GSM8K format rewards `xml_count`, `soft_format`,
 `strict_format`, `int_answer`, `code` (tests run in a sandbox), `judge` (an OpenAI-compatible LLM
 endpoint, e.g. a vLLM server). The same verifiers score the after-stage check: `scorers.py`.
+These are `text` rewards; the `differentiable` ones a DRAKES stage backpropagates through
+(`task_match`, `linear`, `reward_model`: `differentiable/`) share the one registry `REWARDS`, each
+entry carrying its kind (`register_reward(name, kind=...)`, `builtin_reward(name, kind)`).
 
     from dare.rewards import RewardRunner
     with RewardRunner(specs, num_workers=2, timeout_s=30) as runner:
         scores, metrics, components = runner.score(prompts, responses, ground_truths, extras)
 """
 
-from dare.rewards import answers, code_exec, d1_format, judge, math_answer, tag_format, tasks  # noqa: F401  (register built-ins)
+# register the built-ins of both kinds (text; differentiable), so a lookup knows every name's kind
+from dare.rewards import answers, code_exec, d1_format, differentiable, judge, math_answer, tag_format, tasks  # noqa: F401
 from dare.rewards.base import (
+    REWARD_KINDS,
     REWARDS,
     RewardFn,
     RewardLoadError,
     RewardValue,
     batched,
+    builtin_reward,
     is_batched,
     load_plugin,
     normalize_output,
@@ -50,6 +56,7 @@ def get_reward(name: str) -> RewardFn:
 
 __all__ = [
     "REWARDS",
+    "REWARD_KINDS",
     "CombinedReward",
     "RewardFn",
     "RewardLoadError",
@@ -61,6 +68,7 @@ __all__ = [
     "as_spec",
     "as_specs",
     "batched",
+    "builtin_reward",
     "row_fields",
     "get_reward",
     "is_batched",

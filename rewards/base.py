@@ -23,10 +23,18 @@ A recipe names a reward by its registry name (`countdown`, `math`, `code`, ...) 
 plug-in, by `path/to/file.py:function` (a path relative to the working directory). Plug-ins are
 loaded and their signature is checked against the recipe's `args` when the recipe loads, and
 every error names the file.
+
+One registry, `REWARDS`, holds the built-ins of both kinds of reward (`REWARD_KINDS`): `text`
+rewards (above: an RL stage's `rewards`) and `differentiable` ones (a factory `factory(**args)`
+returning `fn(token_probs [B, L, V]) -> [B]`: a DRAKES stage's `reward`,
+`dare.rewards.differentiable`). Each entry carries its kind (`register_reward(name, kind=...)`);
+`builtin_reward(name, kind)` looks one up and names the reward and both kinds when a recipe gives
+a reward of the other kind.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import inspect
@@ -46,7 +54,15 @@ from dare.registry import Registry
 RewardValue = float | dict[str, Any]
 RewardFn = Callable[..., Any]
 
+# every built-in reward, of either kind (its `reward_kind` attribute, set by `register_reward`)
 REWARDS: Registry[RewardFn] = Registry("reward")
+# kind -> what a reward of that kind is and where a recipe uses it (for error messages)
+REWARD_KINDS: dict[str, str] = {
+    "text": "fn(prompt, response, ground_truth=None, **args) -> score, an RL stage's `rewards`",
+    "differentiable": "factory(**args) -> fn(token_probs [B, L, V]) -> [B], a DRAKES stage's `reward`",
+}
+# how an unknown name of each kind is reported ("unknown reward 'x'; known: ...")
+_KIND_LABELS = {"text": "reward", "differentiable": "differentiable reward"}
 
 # the arguments every reward is called with (the third by keyword); extra fields with these names
 # are never passed on
@@ -84,11 +100,23 @@ def row_fields(*names: str) -> Callable[[RewardFn], RewardFn]:
     return _mark
 
 
-def register_reward(name: str, *, batched: bool = False, reads: tuple[str, ...] = ()) -> Callable[[RewardFn], RewardFn]:
-    """Decorator: register `fn` as the built-in reward `name` (a duplicate name raises). `reads`
-    names the data-row fields it takes (see `row_fields`); a built-in gets no other row field."""
+def register_reward(
+    name: str, *, kind: str = "text", batched: bool = False, reads: tuple[str, ...] = ()
+) -> Callable[[RewardFn], RewardFn]:
+    """Decorator: register `fn` as the built-in reward `name` of `kind` (`REWARD_KINDS`; a
+    duplicate name raises, whatever its kind). `reads` names the data-row fields a text reward
+    takes (see `row_fields`); a built-in gets no other row field (a differentiable one none).
+
+    Raises:
+        ValueError: an unknown kind, or `batched` / `reads` on a differentiable reward.
+    """
+    if kind not in REWARD_KINDS:
+        raise ValueError(f"reward {name!r}: kind must be one of {sorted(REWARD_KINDS)}, got {kind!r}")
+    if kind != "text" and (batched or reads):
+        raise ValueError(f"reward {name!r}: batched and reads are settings of text rewards, not {kind} ones")
 
     def _add(fn: RewardFn) -> RewardFn:
+        fn.reward_kind = kind  # type: ignore[attr-defined]
         if batched:
             fn.batched = True  # type: ignore[attr-defined]
         row_fields(*reads)(fn)
@@ -96,6 +124,39 @@ def register_reward(name: str, *, batched: bool = False, reads: tuple[str, ...] 
         return fn
 
     return _add
+
+
+def reward_kind(fn: RewardFn) -> str:
+    """The kind `fn` was registered with (`register_reward`)."""
+    return getattr(fn, "reward_kind", "text")
+
+
+def reward_names(kind: str) -> list[str]:
+    """The built-in rewards of `kind`, sorted."""
+    return [name for name, fn in REWARDS.items() if reward_kind(fn) == kind]
+
+
+def builtin_reward(name: str, kind: str = "text") -> RewardFn:
+    """The built-in reward `name`, which must be of `kind`.
+
+    Raises:
+        RewardLoadError: an unknown name (lists the rewards of `kind`, suggests the closest) or a
+            reward of the other kind (names it, its kind and the kind expected here).
+    """
+    if kind not in REWARD_KINDS:
+        raise ValueError(f"kind must be one of {sorted(REWARD_KINDS)}, got {kind!r}")
+    if name not in REWARDS:
+        known = reward_names(kind)
+        msg = f"unknown {_KIND_LABELS[kind]} {name!r}; known: {', '.join(known) or '(none)'}"
+        close = difflib.get_close_matches(name, known, n=1)
+        raise RewardLoadError(msg + (f" (did you mean {close[0]!r}?)" if close else ""))
+    fn = REWARDS.get(name)
+    if reward_kind(fn) != kind:
+        raise RewardLoadError(
+            f"reward {name!r} is a {reward_kind(fn)} reward ({REWARD_KINDS[reward_kind(fn)]}); a {kind} reward "
+            f"({REWARD_KINDS[kind]}) is expected here: {', '.join(reward_names(kind))}"
+        )
+    return fn
 
 
 def is_plugin_ref(ref: str) -> bool:
@@ -211,18 +272,17 @@ def load_plugin(ref: str) -> RewardFn:
 
 
 def resolve_reward(ref: str) -> RewardFn:
-    """A built-in reward by name, or a plug-in by `path/to/file.py:function`.
+    """A built-in text reward by name, or a plug-in by `path/to/file.py:function`.
 
     Raises:
-        RewardLoadError: unknown name (lists the known ones) or a bad plug-in reference.
+        RewardLoadError: unknown name (lists the known ones), a differentiable reward's name, or a
+            bad plug-in reference.
     """
     if is_plugin_ref(ref):
         return load_plugin(ref)
     if ref.endswith(".py") or "/" in ref:
         raise RewardLoadError(f"{ref!r}: a reward plug-in must look like path/to/file.py:function")
-    if ref not in REWARDS:
-        raise RewardLoadError(REWARDS.unknown_message(ref))
-    return REWARDS.get(ref)
+    return builtin_reward(ref, "text")
 
 
 def check_signature(fn: RewardFn, args: Mapping[str, Any], where: str) -> None:
@@ -336,11 +396,13 @@ __all__ = [
     "BATCH_CALL_ARGS",
     "CALL_ARGS",
     "REWARDS",
+    "REWARD_KINDS",
     "RewardFn",
     "RewardLoadError",
     "RewardValue",
     "accepted_extra",
     "batched",
+    "builtin_reward",
     "call_batched_reward",
     "call_reward",
     "check_signature",
@@ -350,5 +412,7 @@ __all__ = [
     "normalize_output",
     "register_reward",
     "resolve_reward",
+    "reward_kind",
+    "reward_names",
     "row_fields",
 ]

@@ -19,21 +19,16 @@ import threading
 from typing import Any
 
 from dare.rewards.base import register_reward
+from dare.rewards.tag_format import last_tag
 
 _BOXED = ("\\boxed", "\\fbox")
-_ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
 
 
 def answer_tag(text: str) -> str | None:
-    """The stripped content of the last closed `<answer>...</answer>` in `text`; None if there
-    is none (an unclosed tag, e.g. a truncated response, does not count)."""
-    end = text.rfind(_ANSWER_CLOSE)
-    if end < 0:
-        return None
-    start = text.rfind(_ANSWER_OPEN, 0, end)
-    if start < 0:
-        return None
-    return text[start + len(_ANSWER_OPEN) : end].strip()
+    """The stripped content of the last closed `<answer>...</answer>` in `text` (`last_tag`);
+    None if there is none (an unclosed tag, e.g. a truncated response, does not count)."""
+    content = last_tag(text, "answer")
+    return None if content is None else content.strip()
 
 
 def last_boxed(text: str) -> str | None:

@@ -44,6 +44,7 @@ from dare.rewards.answers import is_worked_solution, reference_letter
 from dare.rewards.code_exec import parse_tests
 from dare.rewards.math_answer import last_boxed, reference_answer
 from dare.rewards.spec import LoadedReward, RewardSpec, as_specs
+from dare.rewards.tasks import TASK_REWARDS
 
 logger = logging.getLogger("dare.rewards")
 
@@ -217,7 +218,7 @@ _register("code", "code", {"all_or_nothing": True})
 _register("multiple_choice", "multiple_choice")
 _register("task", "task")
 SCORERS.register("auto", lambda args=None, reward_name=None, source="": AutoScorer())
-VERIFIER_REWARDS.update(dict.fromkeys(("countdown", "sudoku", "addition", "sort"), "task"))
+VERIFIER_REWARDS.update(dict.fromkeys(TASK_REWARDS, "task"))
 
 
 def declared_scorer(value: Any) -> str | None:

@@ -1,4 +1,5 @@
-"""The `format` reward: does the response follow a tag structure such as
+"""Tags in responses: `last_tag` (the one extraction of a tag's content) and the `format` reward:
+does the response follow a tag structure such as
 
     <think>...</think><answer>...</answer>
 
@@ -21,6 +22,21 @@ from functools import cache
 from typing import Any
 
 from dare.rewards.base import register_reward
+
+
+def last_tag(text: str, tag: str) -> str | None:
+    """The content of the last closed `<tag>...</tag>` in `text` (as written, not stripped): the
+    text between the last `</tag>` and the last `<tag>` before it; None if there is none (an
+    unclosed tag, e.g. a truncated response, does not count). The one tag extraction of the
+    rewards: the task rewards' `answer_tag` and math's `<answer>` read it."""
+    open_, close = f"<{tag}>", f"</{tag}>"
+    end = text.rfind(close)
+    if end < 0:
+        return None
+    start = text.rfind(open_, 0, end)
+    if start < 0:
+        return None
+    return text[start + len(open_) : end]
 
 
 @cache
@@ -67,4 +83,4 @@ def format_reward(
     return found / len(tags) if partial else 1.0
 
 
-__all__ = ["format_reward"]
+__all__ = ["format_reward", "last_tag"]

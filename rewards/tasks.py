@@ -1,9 +1,9 @@
 """Rewards of the built-in tasks: `countdown`, `sudoku`, `addition`, `sort`, and `task` (whichever
 built-in task the row names in its `task` field: mixed tasks, `mirror`).
 
-Each wraps the task's own verifier (`dare.data.tasks.<Task>.score`) through `score_task`, which
-also scores the after-stage check (`dare.rewards.scorers`), so training rewards and built-in
-evaluation agree by construction. `ground_truth` is what the task's rows carry:
+Each is the task's own verifier (`dare.data.tasks.<Task>.score`) called through `score_task`
+(`task_reward(name)` builds the per-task ones), which also scores the after-stage check
+(`dare.rewards.scorers`), so training rewards and built-in evaluation agree by construction. `ground_truth` is what the task's rows carry:
 
     countdown  {"numbers": [3, 8, 1], "target": 24}
     sudoku     {"puzzle": "1.3..4.2.1..3..1", "solution": "1234341221434321"}
@@ -15,23 +15,20 @@ for sort), which reach the reward as an extra field, so the scorer is the row's 
 
 The task scorers are strict: the (stripped) response must be exactly an answer. With
 `answer_tag: answer` the answer is taken from the last `<answer>...</answer>` of the response
-instead (no tag: score 0), for prompts that ask for tagged output (pair it with the `format`
-reward).
+(`dare.rewards.tag_format.last_tag`) instead (no tag: score 0), for prompts that ask for tagged
+output (pair it with the `format` reward).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from dare.data.tasks import row_task
-from dare.rewards.base import register_reward
+from dare.data.tasks import TASKS, row_task
+from dare.rewards.base import RewardFn, register_reward
+from dare.rewards.tag_format import last_tag
 
-
-def tagged(text: str, tag: str) -> str | None:
-    """The content of the last `<tag>...</tag>` in `text` (None if there is none)."""
-    matches = re.findall(rf"<{re.escape(tag)}>(.*?)</{re.escape(tag)}>", text, flags=re.DOTALL)
-    return matches[-1] if matches else None
+# the built-in tasks with a reward of their own name (the others, e.g. mirror: the `task` reward)
+TASK_REWARDS = ("countdown", "sudoku", "addition", "sort")
 
 
 def score_task(
@@ -47,7 +44,7 @@ def score_task(
     if not isinstance(response, str) or ground_truth is None:
         return 0.0
     if answer_tag is not None:
-        answer = tagged(response, answer_tag)
+        answer = last_tag(response, answer_tag)
         if answer is None:
             return 0.0
         response = answer
@@ -59,36 +56,27 @@ def score_task(
         return 0.0  # a malformed ground truth (wrong shape for this task) scores 0, it is no crash
 
 
-@register_reward("countdown", reads=("task_args",))
-def countdown(
-    prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None, task_args: dict | None = None
-) -> float:
-    """1.0 if `response` is an expression using every given number once that equals the target."""
-    return score_task("countdown", response, ground_truth, answer_tag, task_args)
+def task_reward(task: str) -> RewardFn:
+    """The reward of the built-in `task`: `score_task` with the task fixed (its knobs from the
+    row's `task_args`, its answer from `answer_tag` when set)."""
+
+    def reward(
+        prompt: str,
+        response: str,
+        ground_truth: Any = None,
+        answer_tag: str | None = None,
+        task_args: dict | None = None,
+    ) -> float:
+        return score_task(task, response, ground_truth, answer_tag, task_args)
+
+    summary = (TASKS.get(task).__doc__ or "").strip().splitlines()[0]
+    reward.__name__ = task
+    reward.__doc__ = f"1.0 if `response` is a correct answer of the built-in task {task!r} ({summary})."
+    return reward
 
 
-@register_reward("sudoku", reads=("task_args",))
-def sudoku(
-    prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None, task_args: dict | None = None
-) -> float:
-    """1.0 if `response` is a valid 4x4 grid consistent with the puzzle's givens."""
-    return score_task("sudoku", response, ground_truth, answer_tag, task_args)
-
-
-@register_reward("addition", reads=("task_args",))
-def addition(
-    prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None, task_args: dict | None = None
-) -> float:
-    """1.0 if `response` is exactly the sum."""
-    return score_task("addition", response, ground_truth, answer_tag, task_args)
-
-
-@register_reward("sort", reads=("task_args",))
-def sort(
-    prompt: str, response: str, ground_truth: Any = None, answer_tag: str | None = None, task_args: dict | None = None
-) -> float:
-    """1.0 if `response` is exactly the sorted digits (or, with `direction: either`, reversed)."""
-    return score_task("sort", response, ground_truth, answer_tag, task_args)
+for _name in TASK_REWARDS:
+    register_reward(_name, reads=("task_args",))(task_reward(_name))
 
 
 @register_reward("task", reads=("task", "task_args"))
@@ -111,4 +99,4 @@ def row_task_reward(
     return score_task(task, response, ground_truth, answer_tag, task_args)
 
 
-__all__ = ["addition", "countdown", "row_task_reward", "score_task", "sort", "sudoku", "tagged"]
+__all__ = ["TASK_REWARDS", "row_task_reward", "score_task", "task_reward"]

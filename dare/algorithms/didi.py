@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from dare.algorithms.base import Algorithm, register_algorithm
 from dare.algorithms.didi_discriminator import DiffusionDiscriminator, log_ratio, smoothed_targets
 from dare.diffusion.trajectory import trajectory_logp, trajectory_states
-from dare.errors import RecipeError
+from dare.errors import RecipeError, check_fields
 from dare.sampling.few_step import sample_trajectory
 from dare.sampling.ops import topk_transfer, uniform
 
@@ -152,21 +152,19 @@ class DiDiInstruct(Algorithm):
 
         def validate(self, key: str, file: Any) -> None:
             checks = {
-                "num_generations": self.num_generations >= 2,
-                "student_steps": self.student_steps >= 1,
-                "temperature": self.temperature > 0,
-                "disc_lr": self.disc_lr > 0,
-                "disc_unfrozen_blocks": self.disc_unfrozen_blocks >= 1,
-                "disc_views": self.disc_views >= 1,
-                "label_smoothing": 0 <= self.label_smoothing < 1,
-                "disc_updates": self.disc_updates >= 1,
-                "disc_warmup_steps": self.disc_warmup_steps >= 0,
-                "intermediate_weight": self.intermediate_weight >= 0,
-                "noise_max": 0 <= self.noise_max <= 1,
+                "num_generations": (self.num_generations >= 2, ">= 2 (a group)"),
+                "student_steps": (self.student_steps >= 1, ">= 1"),
+                "temperature": (self.temperature > 0, "> 0 (the score-function gradient needs a density)"),
+                "disc_lr": (self.disc_lr > 0, "> 0"),
+                "disc_unfrozen_blocks": (self.disc_unfrozen_blocks >= 1, ">= 1"),
+                "disc_views": (self.disc_views >= 1, ">= 1"),
+                "label_smoothing": (0 <= self.label_smoothing < 1, "in [0, 1)"),
+                "disc_updates": (self.disc_updates >= 1, ">= 1"),
+                "disc_warmup_steps": (self.disc_warmup_steps >= 0, ">= 0"),
+                "intermediate_weight": (self.intermediate_weight >= 0, ">= 0"),
+                "noise_max": (0 <= self.noise_max <= 1, "in [0, 1]"),
             }
-            for name, ok in checks.items():
-                if not ok:
-                    raise RecipeError(file, f"{key}.{name}", f"invalid value {getattr(self, name)!r}")
+            check_fields(self, checks, key, file)
             from dare.sampling import SamplingConfig
 
             try:

@@ -39,7 +39,7 @@ from dare.algorithms.rollout import RolloutSpec
 from dare.diffusion.estimators import NoisePlan, build_estimator
 from dare.diffusion.rl_losses import DARE_PPO_CLIP, rl_loss
 from dare.diffusion.rl_registry import POLICY_LOSSES
-from dare.errors import RecipeError
+from dare.errors import RecipeError, check_fields
 from dare.models.spec import ReferenceFn
 
 PLAN_PREFIX = "plan."
@@ -76,9 +76,7 @@ class GRPOArgs(RolloutSpec):
             "ref_sync_every": (self.ref_sync_every >= 0, ">= 0"),
             "ref_sync_alpha": (0 < self.ref_sync_alpha <= 1, "in (0, 1]"),
         }
-        for name, (ok, rule) in checks.items():
-            if not ok:
-                raise RecipeError(file, f"{key}.{name}", f"must be {rule}, got {getattr(self, name)!r}")
+        check_fields(self, checks, key, file)
         if self.policy_loss not in POLICY_LOSSES:
             raise RecipeError(file, f"{key}.policy_loss", POLICY_LOSSES.unknown_message(self.policy_loss))
         try:

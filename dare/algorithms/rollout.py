@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dare.diffusion.rl_losses import ADVANTAGES
-from dare.errors import RecipeError
+from dare.errors import RecipeError, check_fields
 from dare.rewards.spec import RewardSpec
 
 
@@ -53,9 +53,7 @@ class RolloutSpec:
             "reward_timeout_s": (self.reward_timeout_s > 0, "> 0"),
             "reward_workers": (self.reward_workers >= 1, ">= 1"),
         }
-        for name, (ok, rule) in checks.items():
-            if not ok:
-                raise RecipeError(file, f"{key}.{name}", f"must be {rule}, got {getattr(self, name)!r}")
+        check_fields(self, checks, key, file)
         if self.advantage not in ADVANTAGES:
             raise RecipeError(file, f"{key}.advantage", ADVANTAGES.unknown_message(self.advantage))
         seen: dict[str, int] = {}

@@ -6,9 +6,10 @@
 - Block diffusion (SDAR; block attention): the `[x_t ; x_0]` layout with the three-part block
   mask and one noise level per block (BD3-LM, arXiv 2503.09573; SDAR).
 
-`sft` picks the objective from the model's `DiffusionSpec.attention`; `masked_sft` and
-`block_sft` name one explicitly (and are refused at recipe load for the other attention kind).
-LoRA is a model setting (recipe `model.lora`), not a different algorithm.
+The objective is `dare.diffusion.sft.SFT_OBJECTIVES[spec.attention]`; this file adds only the
+per-row noise seeds. `sft` picks the objective from the model's `DiffusionSpec.attention`;
+`masked_sft` and `block_sft` name one explicitly (and are refused at recipe load for the other
+attention kind). LoRA is a model setting (recipe `model.lora`), not a different algorithm.
 """
 
 from __future__ import annotations
@@ -19,33 +20,21 @@ from dataclasses import dataclass
 import torch
 
 from dare.algorithms.base import Algorithm, register_algorithm, row_generators
-from dare.diffusion.noise import DEFAULT_EPS, MaskedNoise, block_forward_noise, forward_noise
-from dare.diffusion.sft import block_diffusion_nll, block_position_ids, masked_diffusion_nll
+from dare.diffusion.noise import DEFAULT_EPS, MaskedNoise
+from dare.diffusion.sft import SFT_OBJECTIVES, SftBatch, batch_nll
 from dare.errors import RecipeError
-from dare.registry import Registry
+from dare.models.spec import DiffusionSpec
 
 
-def _full_noise(input_ids, answer, valid, spec, generator, eps) -> MaskedNoise:
-    return forward_noise(input_ids, answer, spec.mask_token_id, generator, eps=eps)
-
-
-def _block_noise(input_ids, answer, valid, spec, generator, eps) -> MaskedNoise:
-    pos = block_position_ids(valid, answer, spec.block_size)
-    return block_forward_noise(input_ids, answer, pos, spec.block_size, spec.mask_token_id, generator, eps=eps)
-
-
-# attention kind -> (noise draw for one row, loss for a given noise)
-SFT_OBJECTIVES: Registry[tuple[Callable, Callable]] = Registry("sft objective")
-SFT_OBJECTIVES.register("full", (_full_noise, masked_diffusion_nll))
-SFT_OBJECTIVES.register("block", (_block_noise, block_diffusion_nll))
-
-
-def per_row_noise(draw: Callable, input_ids, answer, valid, spec, seeds: torch.Tensor, eps: float) -> MaskedNoise:
-    """Draw each row's noise from its own seed and stack them `[B, L]`."""
-    parts = [
-        draw(input_ids[b : b + 1], answer[b : b + 1], valid[b : b + 1], spec, g, eps)
-        for b, g in enumerate(row_generators(seeds))
-    ]
+def per_row_noise(
+    draw: Callable[[SftBatch, DiffusionSpec, torch.Generator, float], MaskedNoise],
+    batch: SftBatch,
+    spec: DiffusionSpec,
+    seeds: torch.Tensor,
+    eps: float,
+) -> MaskedNoise:
+    """Draw each row's noise from its own seed `[B]` and stack them `[B, L]`."""
+    parts = [draw(batch.rows(b, b + 1), spec, g, eps) for b, g in enumerate(row_generators(seeds))]
     return MaskedNoise(*(torch.cat([getattr(p, f) for p in parts]) for f in ("noisy_ids", "mask", "p_mask")))
 
 
@@ -67,11 +56,10 @@ class SFT(Algorithm):
                 raise RecipeError(file, f"{key}.eps", f"must be in [0, 1), got {self.eps}")
 
     def compute_loss(self, model, batch):
-        draw, nll = SFT_OBJECTIVES.get(self.spec.attention)
-        input_ids, answer = batch["input_ids"], batch["response_mask"].bool()
-        valid = batch["attention_mask"].bool()
-        noise = per_row_noise(draw, input_ids, answer, valid, self.spec, batch["noise_seed"], self.args.eps)
-        return nll(model, input_ids, noise, answer, batch["attention_mask"], self.spec)
+        sft_batch = SftBatch.check(batch["input_ids"], batch["response_mask"], batch["attention_mask"])
+        draw = SFT_OBJECTIVES.get(self.spec.attention).noise
+        noise = per_row_noise(draw, sft_batch, self.spec, batch["noise_seed"], self.args.eps)
+        return batch_nll(model, sft_batch, noise, self.spec)
 
 
 @register_algorithm
@@ -86,4 +74,4 @@ class BlockSFT(SFT):
     attention = ("block",)
 
 
-__all__ = ["SFT", "SFT_OBJECTIVES", "BlockSFT", "MaskedSFT", "per_row_noise"]
+__all__ = ["SFT", "BlockSFT", "MaskedSFT", "per_row_noise"]

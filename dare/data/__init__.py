@@ -1,49 +1,12 @@
 """Data: built-in synthetic tasks (`dare.data.tasks`), dataset loading (`loading`), chat
-formatting and masked-diffusion collators (`formatting`)."""
+formatting and masked-diffusion collators (`formatting`).
 
-from dare.data.formatting import (
-    IGNORE_INDEX,
-    SFTCollator,
-    collate_preference,
-    collate_prompts,
-    collate_sft,
-    encode_prompt,
-    encode_response,
-    encode_sft_row,
-    limit_prompts,
-    prompt_messages,
-)
-from dare.data.loading import BUILTIN_PREFIX, KINDS, RowError, load_dataset_spec, load_rows, normalize_row
-from dare.data.tasks import (
-    BUILTIN_SYMBOLS,
-    TASKS,
-    Task,
-    builtin_tokenizer,
-    extract_answer,
-    get_task,
-)
+The package exports each module's public names (its `__all__`), so a name is listed once, where
+it is defined."""
 
-__all__ = [
-    "BUILTIN_PREFIX",
-    "BUILTIN_SYMBOLS",
-    "IGNORE_INDEX",
-    "KINDS",
-    "TASKS",
-    "RowError",
-    "SFTCollator",
-    "Task",
-    "builtin_tokenizer",
-    "collate_preference",
-    "collate_prompts",
-    "collate_sft",
-    "encode_prompt",
-    "encode_response",
-    "encode_sft_row",
-    "limit_prompts",
-    "extract_answer",
-    "get_task",
-    "load_dataset_spec",
-    "load_rows",
-    "normalize_row",
-    "prompt_messages",
-]
+from dare.data import formatting, loading, tasks
+from dare.data.formatting import *  # noqa: F403
+from dare.data.loading import *  # noqa: F403
+from dare.data.tasks import *  # noqa: F403
+
+__all__ = [*formatting.__all__, *loading.__all__, *tasks.__all__]

@@ -52,12 +52,20 @@ def prompt_messages(prompt: Prompt) -> list[dict[str, str]]:
     """
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
-    messages = []
-    for i, m in enumerate(prompt):
-        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise ValueError(f"prompt message {i} must be a dict with string 'role' and 'content', got {m!r}")
-        messages.append({"role": m["role"], "content": m["content"]})
-    return messages
+    return [chat_message(m, f"prompt message {i}") for i, m in enumerate(prompt)]
+
+
+def chat_message(message: Any, where: str, shown: str | None = None) -> dict[str, str]:
+    """A copy of one chat message, `{"role", "content"}` (other keys dropped).
+
+    Raises:
+        ValueError: `message` is not a dict with string `role` and `content`; names `where` and
+            shows `shown` (default: its repr).
+    """
+    m = message
+    if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+        raise ValueError(f"{where} must be a dict with string 'role' and 'content', got {shown or repr(m)}")
+    return {"role": m["role"], "content": m["content"]}
 
 
 def with_system_prompt(prompt: Prompt, system_prompt: str | None, placement: str = "system") -> Prompt:
@@ -392,6 +400,7 @@ __all__ = [
     "PromptReport",
     "SFTCollator",
     "apply_system_prompt",
+    "chat_message",
     "collate_preference",
     "collate_prompts",
     "collate_sft",

@@ -36,6 +36,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from dare.data.formatting import chat_message
 from dare.data.tasks import get_task
 
 logger = logging.getLogger("dare.data")
@@ -86,12 +87,10 @@ def _field(raw: Mapping[str, Any], name: str, columns: Mapping[str, str], used: 
 def _messages(value: Any, what: str) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
         raise RowError(f"{what} must be a non-empty list of {{'role', 'content'}} messages, got {_short(value)}")
-    out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise RowError(f"{what}[{i}] must be a dict with string 'role' and 'content', got {_short(m)}")
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
+    try:
+        return [chat_message(m, f"{what}[{i}]", _short(m)) for i, m in enumerate(value)]
+    except ValueError as e:
+        raise RowError(str(e)) from None
 
 
 def _prompt(value: Any, what: str = "prompt") -> str | list[dict[str, str]]:

@@ -37,7 +37,7 @@ from dare.diffusion.noise import mask_exact_count, response_aligned_positions, s
 from dare.models.spec import DiffusionSpec, model_spec
 
 
-def _groups(batch: Mapping[str, torch.Tensor], block_size: int | None) -> torch.Tensor:
+def elbo_groups(batch: Mapping[str, torch.Tensor], block_size: int | None) -> torch.Tensor:
     """`[B, L]` long: the ELBO group of each response token (its block, or 0), -1 elsewhere."""
     m = rl_batch_masks(batch)
     if block_size is None:
@@ -77,7 +77,7 @@ class ElboEstimator(LogpEstimator):
         ids = batch["input_ids"]
         B, L = ids.shape
         K = self.args.num_samples
-        groups = _groups(batch, self.args.block_size)  # [B, L]
+        groups = elbo_groups(batch, self.args.block_size)  # [B, L]
         masks = torch.zeros(B, K, L, dtype=torch.bool, device=ids.device)
         weights = torch.zeros(B, K, L, dtype=torch.float32, device=ids.device)
         ratio = torch.zeros(B, K, dtype=torch.float32, device=ids.device)
@@ -135,4 +135,4 @@ def sequence_elbo(
     return est.logp(model, batch, plan, spec).sum(-1)
 
 
-__all__ = ["ElboEstimator", "elbo_samples", "sequence_elbo"]
+__all__ = ["ElboEstimator", "elbo_groups", "elbo_samples", "sequence_elbo"]

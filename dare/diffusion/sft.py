@@ -1,9 +1,11 @@
 """Supervised fine-tuning losses of masked diffusion LMs: the negative ELBO on the response.
 
-Two losses, chosen by `DiffusionSpec.attention` (never by family name):
+One loss (`sft_loss`, or `sft_nll` for a given noise draw) with two objectives, registered in
+`SFT_OBJECTIVES` by `DiffusionSpec.attention` (never by family name); an objective is its noise
+draw and the logits the loss reads:
 
-- `masked_diffusion_sft_loss` ("full": LLaDA, Dream): LLaDA's SFT objective (Nie et al. 2025,
-  arXiv 2502.09992; ML-GSAI/LLaDA `GUIDELINES.md`)
+- "full" (LLaDA, Dream; `masked_diffusion_noise`, `masked_diffusion_logits`): LLaDA's SFT
+  objective (Nie et al. 2025, arXiv 2502.09992; ML-GSAI/LLaDA `GUIDELINES.md`)
 
       L = 1/B sum_b 1/|y_b| sum_{i in y_b, masked} CE(logits_{b,i}, y_{b,i}) / p_mask_b,
 
@@ -11,10 +13,10 @@ Two losses, chosen by `DiffusionSpec.attention` (never by family name):
   the response part of the answer y_b (trained on: it is how the model learns to stop). Dream's
   logits are re-aligned first (`aligned_logits`: position i-1 predicts token i).
 
-- `block_diffusion_sft_loss` ("block": SDAR): block diffusion (BD3-LM, Arriola et al. 2025,
-  arXiv 2503.09573; SDAR, Cheng et al. 2025, arXiv 2510.06303). One forward over
-  `[x_t ; x_0]` (length 2L) under the three-part mask of `block_diffusion_attention_mask`, one
-  noise level per block, and the same answer-length-normalised CE/p_mask on the noisy half.
+- "block" (SDAR; `block_diffusion_noise`, `block_diffusion_logits`): block diffusion (BD3-LM,
+  Arriola et al. 2025, arXiv 2503.09573; SDAR, Cheng et al. 2025, arXiv 2510.06303). One forward
+  over `[x_t ; x_0]` (length 2L) under the three-part mask of `block_diffusion_attention_mask`,
+  one noise level per block, and the same answer-length-normalised CE/p_mask on the noisy half.
 
 The batch (see `dare.data`): `input_ids [B, L]` = left-padded prompt, response, EOS padding;
 `loss_mask [B, L]` bool, True on the answer (response + EOS padding); `attention_mask [B, L]`,
@@ -27,6 +29,7 @@ Every loss returns `(loss, metrics)`; metric keys are namespaced `actor/`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -43,35 +46,46 @@ from dare.diffusion.noise import (
 from dare.models.spec import DiffusionSpec, aligned_logits
 from dare.registry import Registry
 
-SftLossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
-"""(model, input_ids, loss_mask, attention_mask, spec, generator, eps) -> (loss, metrics)."""
-
-
 # ---------------------------------------------------------------------------------------------
 # Shared pieces
 # ---------------------------------------------------------------------------------------------
 
 
-def _valid_and_answer(
-    input_ids: torch.Tensor, loss_mask: torch.Tensor, attention_mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bool `[B, L]` key validity and answer mask, with the shape checks the batch must pass."""
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
-    if loss_mask.shape != input_ids.shape:
-        raise ValueError(f"loss_mask shape {tuple(loss_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
-    if attention_mask is None:
-        valid = torch.ones_like(input_ids, dtype=torch.bool)
-    else:
-        if attention_mask.shape != input_ids.shape:
+@dataclass(frozen=True)
+class SftBatch:
+    """A checked SFT batch, every field `[B, L]` (build it with `SftBatch.check`)."""
+
+    input_ids: torch.Tensor  # long, clean ids x_0 (the targets)
+    answer: torch.Tensor  # bool, response + EOS padding: the only positions ever noised
+    valid: torch.Tensor  # bool key validity, False on left padding
+    attention_mask: torch.Tensor | None  # as the caller gave it; what the full-attention model sees
+
+    @classmethod
+    def check(cls, input_ids: torch.Tensor, loss_mask: torch.Tensor, attention_mask: torch.Tensor | None) -> SftBatch:
+        """The batch with the shape checks it must pass (ValueError naming the field)."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
+        if loss_mask.shape != input_ids.shape:
+            raise ValueError(f"loss_mask shape {tuple(loss_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        if attention_mask is None:
+            valid = torch.ones_like(input_ids, dtype=torch.bool)
+        else:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(
+                    f"attention_mask must be the 2-D padding mask {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}"
+                )
+            valid = attention_mask.bool()
+        answer = loss_mask.bool()
+        if bool((answer & ~valid).any()):  # a CPU-GPU sync point, once per step
             raise ValueError(
-                f"attention_mask must be the 2-D padding mask {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}"
+                "loss_mask marks positions that attention_mask hides (padding); the answer must be visible"
             )
-        valid = attention_mask.bool()
-    answer = loss_mask.bool()
-    if bool((answer & ~valid).any()):  # a CPU-GPU sync point, once per step
-        raise ValueError("loss_mask marks positions that attention_mask hides (padding); the answer must be visible")
-    return valid, answer
+        return cls(input_ids, answer, valid, attention_mask)
+
+    def rows(self, start: int, end: int) -> SftBatch:
+        """Rows [start, end) (a per-row noise draw sees only its own row)."""
+        mask = None if self.attention_mask is None else self.attention_mask[start:end]
+        return SftBatch(self.input_ids[start:end], self.answer[start:end], self.valid[start:end], mask)
 
 
 def padding_position_ids(valid: torch.Tensor) -> torch.Tensor:
@@ -134,85 +148,40 @@ def _metrics(loss: torch.Tensor, noise: MaskedNoise, answer: torch.Tensor) -> di
 # ---------------------------------------------------------------------------------------------
 
 
-def masked_diffusion_nll(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    noise: MaskedNoise,
-    loss_mask: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    spec: DiffusionSpec,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The masked-diffusion SFT loss for a given noise draw (the deterministic half of
-    `masked_diffusion_sft_loss`; reuse it to evaluate with fixed masks).
+def masked_diffusion_noise(batch: SftBatch, spec: DiffusionSpec, generator: torch.Generator, eps: float) -> MaskedNoise:
+    """LLaDA's forward noise (ML-GSAI/LLaDA `GUIDELINES.md`, arXiv 2502.09992 §2.3): t_b ~ U(0, 1),
+    p_b = (1 - eps) t_b + eps; every answer token of row b becomes [MASK] with probability p_b
+    (the prompt and left padding never do)."""
+    return forward_noise(batch.input_ids, batch.answer, spec.mask_token_id, generator, eps=eps)
 
-        L = 1/B' sum_b 1/|y_b| sum_{i: noise.mask} CE(aligned_logits_{b,i}, x0_{b,i}) / p_mask_{b,i}
 
-    The model sees `noise.noisy_ids`; targets are `input_ids`. Only `noise.mask` positions enter
-    the loss, so `noise.mask` must lie inside `loss_mask`.
-
-    Args:
-        model: any dare family; called as `model(ids, attention_mask=...)`.
-        input_ids: `[B, L]` clean ids (the targets).
-        noise: the draw from `forward_noise` (noisy ids, mask, p_mask, each `[B, L]`).
-        loss_mask: `[B, L]` bool answer positions (normalisation length |y_b|).
-        attention_mask: `[B, L]` padding mask (0 on left padding) or None.
-        spec: the model's `DiffusionSpec` (mask id, logit shift).
-    """
-    valid, answer = _valid_and_answer(input_ids, loss_mask, attention_mask)
-    if bool((noise.mask & ~answer).any()):
-        raise ValueError("noise.mask marks positions outside loss_mask; only answer tokens may be noised")
+def masked_diffusion_logits(model: nn.Module, batch: SftBatch, noise: MaskedNoise, spec: DiffusionSpec) -> torch.Tensor:
+    """`[B, L, V]` logits of the noisy sequence, aligned so `[:, i]` predicts token i (Dream,
+    `spec.shift_logits`, reads the prediction of token i at position i-1)."""
     if spec.shift_logits:
         # position i is predicted from the hidden state at i-1, which must be a real token
-        has_prev = torch.zeros_like(valid)
-        has_prev[:, 1:] = valid[:, :-1]
-        if bool((answer & ~has_prev).any()):
+        has_prev = torch.zeros_like(batch.valid)
+        has_prev[:, 1:] = batch.valid[:, :-1]
+        if bool((batch.answer & ~has_prev).any()):
             raise ValueError(
                 "with shift_logits (Dream) every answer token needs a real token before it: "
                 "start each sequence with at least one prompt token (e.g. BOS)"
             )
-    logits = model(noise.noisy_ids, attention_mask=attention_mask).logits  # [B, L, V]
-    logits = aligned_logits(logits, spec)  # logits[:, i] predicts token i
-    loss = answer_normalised_mean(masked_ce_sum(logits, input_ids, noise.mask, noise.p_mask), answer)
-    return loss, _metrics(loss, noise, answer)
-
-
-def masked_diffusion_sft_loss(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    loss_mask: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    spec: DiffusionSpec,
-    generator: torch.Generator,
-    eps: float = DEFAULT_EPS,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """LLaDA masked-diffusion SFT loss (ML-GSAI/LLaDA `GUIDELINES.md`, arXiv 2502.09992 §2.3).
-
-    t_b ~ U(0, 1), p_b = (1 - eps) t_b + eps; every answer token of row b is replaced by [MASK]
-    with probability p_b (the prompt and left padding never are), then
-
-        L = 1/B sum_b 1/|y_b| sum_{i masked} -log p_theta(x0_{b,i} | x_t)_{b,i} / p_b.
-
-    Dream (`spec.shift_logits`) reads the prediction of token i at position i-1.
-
-    Args:
-        input_ids: `[B, L]` left-padded prompt + response + EOS padding.
-        loss_mask: `[B, L]` bool, True on the answer (response and EOS padding).
-        attention_mask: `[B, L]`, 0 on left padding (None: no padding).
-        spec: the model's `DiffusionSpec`.
-        generator: the only source of randomness.
-        eps: lower bound of p_mask.
-
-    Returns:
-        (scalar loss, metrics `actor/sft_loss`, `actor/mask_ratio`, `actor/answer_tokens`, `actor/mean_p_mask`).
-    """
-    answer = loss_mask.bool()
-    noise = forward_noise(input_ids, answer, spec.mask_token_id, generator, eps=eps)
-    return masked_diffusion_nll(model, input_ids, noise, answer, attention_mask, spec)
+    logits = model(noise.noisy_ids, attention_mask=batch.attention_mask).logits  # [B, L, V]
+    return aligned_logits(logits, spec)  # logits[:, i] predicts token i
 
 
 # ---------------------------------------------------------------------------------------------
 # Block attention: SDAR
 # ---------------------------------------------------------------------------------------------
+
+
+def _block_size(spec: DiffusionSpec) -> int:
+    if spec.block_size is None:
+        raise ValueError(f"block diffusion needs spec.block_size; got spec {spec}")
+    if spec.shift_logits:
+        raise ValueError("block diffusion SFT with shift_logits=True is not supported (no family needs it)")
+    return spec.block_size
 
 
 def block_diffusion_attention_mask(position_ids: torch.Tensor, valid: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -250,7 +219,71 @@ def block_diffusion_attention_mask(position_ids: torch.Tensor, valid: torch.Tens
     return visible[:, None]  # [B, 1, 2L, 2L]
 
 
-def block_diffusion_nll(
+def block_diffusion_noise(batch: SftBatch, spec: DiffusionSpec, generator: torch.Generator, eps: float) -> MaskedNoise:
+    """BD3-LM's forward noise (arXiv 2503.09573): blocks are `position // spec.block_size` with
+    left-padding-aware, response-aligned positions (the model's own rule, so training and decoding
+    agree); each block k of row b draws p_{b,k} = (1 - eps) t_{b,k} + eps, t_{b,k} ~ U(0, 1), and
+    its answer tokens become [MASK] with probability p_{b,k}.
+
+    (SDAR's own recipe draws one t per sequence and divides by the batch's answer tokens; per-block
+    t is BD3-LM's, and the per-answer-length normalisation matches the full-attention loss.)
+    """
+    block_size = _block_size(spec)
+    position_ids = block_position_ids(batch.valid, batch.answer, block_size)  # [B, L]
+    return block_forward_noise(
+        batch.input_ids, batch.answer, position_ids, block_size, spec.mask_token_id, generator, eps=eps
+    )
+
+
+def block_diffusion_logits(model: nn.Module, batch: SftBatch, noise: MaskedNoise, spec: DiffusionSpec) -> torch.Tensor:
+    """`[B, L, V]` logits of the noisy half of one forward over `[x_t ; x_0]` `[B, 2L]` (positions
+    repeated for both halves, the mask of `block_diffusion_attention_mask`): token i of a noisy
+    block is predicted from that block of x_t and the earlier blocks of x_0 (SDAR, arXiv 2510.06303)."""
+    block_size = _block_size(spec)
+    L = batch.input_ids.shape[1]
+    position_ids = block_position_ids(batch.valid, batch.answer, block_size)  # [B, L]
+    both = torch.cat([noise.noisy_ids, batch.input_ids], dim=1)  # [B, 2L] = [x_t ; x_0]
+    both_pos = torch.cat([position_ids, position_ids], dim=1)  # [B, 2L]
+    mask4d = block_diffusion_attention_mask(position_ids, batch.valid, block_size)  # [B, 1, 2L, 2L]
+    return model(both, attention_mask=mask4d, position_ids=both_pos).logits[:, :L]  # [B, 2L, V] -> [B, L, V]
+
+
+# ---------------------------------------------------------------------------------------------
+# The objective of an attention kind, and the loss
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SftObjective:
+    """What differs between attention kinds: how the answer is noised, and the logits the loss reads."""
+
+    noise: Callable[[SftBatch, DiffusionSpec, torch.Generator, float], MaskedNoise]
+    logits: Callable[[nn.Module, SftBatch, MaskedNoise, DiffusionSpec], torch.Tensor]
+
+
+# keyed by `DiffusionSpec.attention`: trainers and tests select by it, never by family name
+SFT_OBJECTIVES: Registry[SftObjective] = Registry("sft objective")
+SFT_OBJECTIVES.register("full", SftObjective(masked_diffusion_noise, masked_diffusion_logits))
+SFT_OBJECTIVES.register("block", SftObjective(block_diffusion_noise, block_diffusion_logits))
+
+
+def batch_nll(
+    model: nn.Module, batch: SftBatch, noise: MaskedNoise, spec: DiffusionSpec
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The SFT loss of a checked batch for a given noise draw:
+
+        L = 1/B' sum_b 1/|y_b| sum_{i: noise.mask} CE(logits_{b,i}, x0_{b,i}) / p_mask_{b,i},
+
+    the logits from `SFT_OBJECTIVES[spec.attention]`, B' the rows with an answer. Only
+    `noise.mask` positions enter the loss, so `noise.mask` must lie inside the answer."""
+    if bool((noise.mask & ~batch.answer).any()):
+        raise ValueError("noise.mask marks positions outside loss_mask; only answer tokens may be noised")
+    logits = SFT_OBJECTIVES.get(spec.attention).logits(model, batch, noise, spec)  # [B, L, V]
+    loss = answer_normalised_mean(masked_ce_sum(logits, batch.input_ids, noise.mask, noise.p_mask), batch.answer)
+    return loss, _metrics(loss, noise, batch.answer)
+
+
+def sft_nll(
     model: nn.Module,
     input_ids: torch.Tensor,
     noise: MaskedNoise,
@@ -258,32 +291,21 @@ def block_diffusion_nll(
     attention_mask: torch.Tensor | None,
     spec: DiffusionSpec,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The block-diffusion SFT loss for a given noise draw (deterministic half of
-    `block_diffusion_sft_loss`).
+    """The SFT loss for a given noise draw (the deterministic half of `sft_loss`; reuse it to
+    evaluate with fixed masks). See `batch_nll`.
 
-    One forward over `[x_t ; x_0]` `[B, 2L]` with positions repeated for both halves and the mask
-    of `block_diffusion_attention_mask`; the loss reads the noisy half's logits:
-
-        L = 1/B' sum_b 1/|y_b| sum_{i: noise.mask} CE(logits_{b,i}, x0_{b,i}) / p_mask_{b,i}.
+    Args:
+        model: any dare family; full attention is called as `model(ids, attention_mask=...)`.
+        input_ids: `[B, L]` clean ids (the targets).
+        noise: a forward-noise draw (noisy ids, mask, p_mask, each `[B, L]`).
+        loss_mask: `[B, L]` bool answer positions (normalisation length |y_b|).
+        attention_mask: `[B, L]` padding mask (0 on left padding) or None.
+        spec: the model's `DiffusionSpec` (attention kind, mask id, logit shift, block size).
     """
-    if spec.block_size is None:
-        raise ValueError(f"block diffusion needs spec.block_size; got spec {spec}")
-    if spec.shift_logits:
-        raise ValueError("block diffusion SFT with shift_logits=True is not supported (no family needs it)")
-    valid, answer = _valid_and_answer(input_ids, loss_mask, attention_mask)
-    if bool((noise.mask & ~answer).any()):
-        raise ValueError("noise.mask marks positions outside loss_mask; only answer tokens may be noised")
-    L = input_ids.shape[1]
-    position_ids = block_position_ids(valid, answer, spec.block_size)  # [B, L]
-    both = torch.cat([noise.noisy_ids, input_ids], dim=1)  # [B, 2L] = [x_t ; x_0]
-    both_pos = torch.cat([position_ids, position_ids], dim=1)  # [B, 2L]
-    mask4d = block_diffusion_attention_mask(position_ids, valid, spec.block_size)  # [B, 1, 2L, 2L]
-    logits = model(both, attention_mask=mask4d, position_ids=both_pos).logits[:, :L]  # [B, 2L, V] -> [B, L, V]
-    loss = answer_normalised_mean(masked_ce_sum(logits, input_ids, noise.mask, noise.p_mask), answer)
-    return loss, _metrics(loss, noise, answer)
+    return batch_nll(model, SftBatch.check(input_ids, loss_mask, attention_mask), noise, spec)
 
 
-def block_diffusion_sft_loss(
+def sft_loss(
     model: nn.Module,
     input_ids: torch.Tensor,
     loss_mask: torch.Tensor,
@@ -292,56 +314,39 @@ def block_diffusion_sft_loss(
     generator: torch.Generator,
     eps: float = DEFAULT_EPS,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Block-diffusion SFT loss (BD3-LM arXiv 2503.09573; SDAR arXiv 2510.06303, JetAstra/SDAR).
+    """The SFT loss of the model's attention kind (module docstring): a noise draw from
+    `generator` (`SftObjective.noise`), then `batch_nll`.
 
-    Blocks are `position // spec.block_size` with left-padding-aware positions (the model's own
-    rule, so training and decoding agree). Each block k of row b draws
-    p_{b,k} = (1 - eps) t_{b,k} + eps, t_{b,k} ~ U(0, 1); its answer tokens are masked with
-    probability p_{b,k}. Then, with one forward over `[x_t ; x_0]`,
+    Args:
+        input_ids: `[B, L]` left-padded prompt + response + EOS padding.
+        loss_mask: `[B, L]` bool, True on the answer (response and EOS padding).
+        attention_mask: `[B, L]`, 0 on left padding (None: no padding).
+        spec: the model's `DiffusionSpec`; `spec.attention` selects the objective.
+        generator: the only source of randomness.
+        eps: lower bound of p_mask.
 
-        L = 1/B sum_b 1/|y_b| sum_{i masked} -log p_theta(x0_{b,i} | x_t block, x_0 earlier blocks) / p_{b,k(i)}.
-
-    (SDAR's own recipe draws one t per sequence and divides by the batch's answer tokens; per-block
-    t is BD3-LM's, and the per-answer-length normalisation matches `masked_diffusion_sft_loss`.)
-
-    Args and returns as `masked_diffusion_sft_loss`.
+    Returns:
+        (scalar loss, metrics `actor/sft_loss`, `actor/mask_ratio`, `actor/answer_tokens`, `actor/mean_p_mask`).
     """
-    if spec.block_size is None:
-        raise ValueError(f"block diffusion needs spec.block_size; got spec {spec}")
-    valid, answer = _valid_and_answer(input_ids, loss_mask, attention_mask)
-    position_ids = block_position_ids(valid, answer, spec.block_size)  # [B, L]
-    noise = block_forward_noise(
-        input_ids, answer, position_ids, spec.block_size, spec.mask_token_id, generator, eps=eps
-    )
-    return block_diffusion_nll(model, input_ids, noise, answer, attention_mask, spec)
-
-
-# ---------------------------------------------------------------------------------------------
-# Selection by spec
-# ---------------------------------------------------------------------------------------------
-
-SFT_LOSSES: Registry[SftLossFn] = Registry("sft loss")
-SFT_LOSSES.register("full", masked_diffusion_sft_loss)
-SFT_LOSSES.register("block", block_diffusion_sft_loss)
-
-
-def sft_loss_for(spec: DiffusionSpec) -> SftLossFn:
-    """The SFT loss of a model's attention kind (`spec.attention`): "full" -> masked diffusion,
-    "block" -> block diffusion. Trainers call this instead of branching on the family."""
-    return SFT_LOSSES.get(spec.attention)
+    batch = SftBatch.check(input_ids, loss_mask, attention_mask)
+    noise = SFT_OBJECTIVES.get(spec.attention).noise(batch, spec, generator, eps)
+    return batch_nll(model, batch, noise, spec)
 
 
 __all__ = [
-    "SFT_LOSSES",
-    "SftLossFn",
+    "SFT_OBJECTIVES",
+    "SftBatch",
+    "SftObjective",
     "answer_normalised_mean",
+    "batch_nll",
     "block_diffusion_attention_mask",
-    "block_diffusion_nll",
-    "block_diffusion_sft_loss",
-    "masked_ce_sum",
-    "masked_diffusion_nll",
-    "masked_diffusion_sft_loss",
+    "block_diffusion_logits",
+    "block_diffusion_noise",
     "block_position_ids",
+    "masked_ce_sum",
+    "masked_diffusion_logits",
+    "masked_diffusion_noise",
     "padding_position_ids",
-    "sft_loss_for",
+    "sft_loss",
+    "sft_nll",
 ]

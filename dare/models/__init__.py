@@ -1,8 +1,13 @@
 """Model families (LLaDA, Dream, SDAR) as transformers models, their `DiffusionSpec`s, tiny presets
-and tokenizers for the built-in tasks."""
+and tokenizers for the built-in tasks.
 
-from dare.models.auto import FAMILIES, ModelFamily, family_of, from_pretrained, load_config, tiny
+Each family file registers itself on import (`register_family` at its end); the imports of the
+family files below are the registrations (docs/models.md: adding a family).
+"""
+
+from dare.models.auto import from_pretrained, load_config, tiny
 from dare.models.dream import DreamConfig, DreamModel
+from dare.models.family import FAMILIES, ModelFamily, family_of
 from dare.models.layers import DiffusionCache
 from dare.models.llada import LLaDAConfig, LLaDAModelLM
 from dare.models.sdar import SDARConfig, SDARForCausalLM

@@ -1,86 +1,22 @@
-"""Model-family registry, transformers Auto* registration and checkpoint loading.
+"""Building and loading models of any registered family: `tiny` presets, `load_config` and
+`from_pretrained` for a local folder or a Hub id.
 
-`import dare` registers the three families with `AutoConfig` / `AutoModel` (and the masked-LM /
-causal-LM auto classes their checkpoints' `auto_map` name), so a local folder of a released
-checkpoint loads with plain transformers and **no** `trust_remote_code`.
+The families register themselves (`dare.models.family.register_family`, at the end of each family
+file), with transformers' Auto classes too, so after `import dare` a local folder of a released
+checkpoint also loads with plain transformers and **no** `trust_remote_code`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    PreTrainedConfig,
-    PreTrainedModel,
-)
+from transformers import PreTrainedConfig, PreTrainedModel
 
-from dare.models.dream import DreamConfig, DreamModel, dream_tiny
 from dare.models.dtypes import resolve_dtype
+from dare.models.family import FAMILIES, family_for_model_type, family_of, known_model_types
 from dare.models.hub import CONFIG_FILES, resolve_checkpoint
-from dare.models.llada import LLaDAConfig, LLaDAModelLM, llada_tiny
-from dare.models.sdar import SDARConfig, SDARForCausalLM, SDARModel, sdar_tiny
-from dare.registry import Registry
-
-
-@dataclass(frozen=True)
-class ModelFamily:
-    """One diffusion-LM family: its config, its top-level (logits) class and its tiny preset."""
-
-    name: str
-    config_cls: type[PreTrainedConfig]
-    lm_cls: type[PreTrainedModel]
-    tiny_config: object  # (vocab_size, **overrides) -> config
-
-    @property
-    def model_type(self) -> str:
-        return self.config_cls.model_type
-
-
-FAMILIES: Registry[ModelFamily] = Registry("model family")
-FAMILIES.register("llada", ModelFamily("llada", LLaDAConfig, LLaDAModelLM, llada_tiny))
-FAMILIES.register("dream", ModelFamily("dream", DreamConfig, DreamModel, dream_tiny))
-FAMILIES.register("sdar", ModelFamily("sdar", SDARConfig, SDARForCausalLM, sdar_tiny))
-
-_BY_MODEL_TYPE = {fam.model_type: fam for _, fam in FAMILIES.items()}
-
-
-def _register_auto_classes() -> None:
-    # LLaDA's auto_map names AutoModel and AutoModelForCausalLM -> LLaDAModelLM.
-    # Dream's names only AutoModel -> DreamModel (masked LM registered too, for convenience).
-    # SDAR's names AutoModel -> SDARModel and AutoModelForCausalLM -> SDARForCausalLM.
-    pairs = [
-        (AutoModel, LLaDAConfig, LLaDAModelLM),
-        (AutoModelForCausalLM, LLaDAConfig, LLaDAModelLM),
-        (AutoModelForMaskedLM, LLaDAConfig, LLaDAModelLM),
-        (AutoModel, DreamConfig, DreamModel),
-        (AutoModelForMaskedLM, DreamConfig, DreamModel),
-        (AutoModel, SDARConfig, SDARModel),
-        (AutoModelForCausalLM, SDARConfig, SDARForCausalLM),
-    ]
-    for cfg in (LLaDAConfig, DreamConfig, SDARConfig):
-        AutoConfig.register(cfg.model_type, cfg, exist_ok=True)
-    for auto, cfg, model in pairs:
-        auto.register(cfg, model, exist_ok=True)
-
-
-_register_auto_classes()
-
-
-def family_of(model_or_config: PreTrainedModel | PreTrainedConfig) -> ModelFamily:
-    config = getattr(model_or_config, "config", model_or_config)
-    try:
-        return _BY_MODEL_TYPE[config.model_type]
-    except KeyError:
-        raise ValueError(
-            f"model_type {config.model_type!r} is not a dare family; known: {sorted(_BY_MODEL_TYPE)}"
-        ) from None
 
 
 def tiny(family: str, vocab_size: int = 64, *, seed: int = 0, **overrides) -> PreTrainedModel:
@@ -110,9 +46,9 @@ def load_config(path: str | Path) -> PreTrainedConfig:
     except json.JSONDecodeError as e:
         raise ValueError(f"{cfg_file}: not valid JSON ({e})") from None
     model_type = raw.get("model_type")
-    if model_type not in _BY_MODEL_TYPE:
-        raise ValueError(f"{cfg_file}: unknown model_type {model_type!r}; dare supports {sorted(_BY_MODEL_TYPE)}")
-    fam = _BY_MODEL_TYPE[model_type]
+    fam = family_for_model_type(model_type)
+    if fam is None:
+        raise ValueError(f"{cfg_file}: unknown model_type {model_type!r}; dare supports {known_model_types()}")
     raw = {k: v for k, v in raw.items() if k not in ("model_type", "auto_map", "transformers_version")}
     try:
         config = fam.config_cls(**raw)
@@ -121,7 +57,7 @@ def load_config(path: str | Path) -> PreTrainedConfig:
     if getattr(config, "mask_token_id", None) is None:
         raise ValueError(
             f"{cfg_file}: mask_token_id is missing; dare needs the id of the [MASK] token the checkpoint "
-            "was trained with (LLaDA 126336, Dream 151666, SDAR 151669)"
+            f"was trained with (the released {fam.name} checkpoints use {fam.config_cls().mask_token_id})"
         )
     config.diffusion_spec()  # validates ids (mask != eos/pad, ...)
     return config
@@ -206,4 +142,4 @@ def from_pretrained(
     return model.eval()
 
 
-__all__ = ["FAMILIES", "ModelFamily", "family_of", "from_pretrained", "load_config", "tiny"]
+__all__ = ["from_pretrained", "load_config", "tiny"]

@@ -1,9 +1,9 @@
 """Building blocks shared by the model families: RMSNorm, rotary embeddings, the diffusion KV
 cache, attention-mask construction and the SDPA attention kernel.
 
-Every family file (llada.py, dream.py, sdar.py) keeps its own module names (they must match the
-released state dicts) and calls into these functions for the math, so the attention rules are
-written once:
+Part of the shared model kernel (docs/models.md): every family file (llada.py, dream.py, sdar.py)
+keeps its own module names (they must match the released state dicts) and calls into these
+functions for the math, so the attention rules are written once:
 
 - a key is visible to a query if the key is a real token (2-D padding mask) and, for block
   attention (SDAR), the key's block is not later than the query's block (block = position // size);
@@ -168,11 +168,11 @@ def build_attention_context(
     head_dim: int,
     rope_theta: float,
     block_size: int | None,
-    attention_mask: torch.Tensor | None,
-    position_ids: torch.Tensor | None,
-    past_key_values: DiffusionCache | None,
-    use_cache: bool,
-    replace_position: int | None,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    past_key_values: DiffusionCache | None = None,
+    use_cache: bool = False,
+    replace_position: int | None = None,
 ) -> AttentionContext:
     """Resolve positions, key validity and the attention mask for a forward call.
 

@@ -14,18 +14,12 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from dare.models.layers import (
-    AttentionContext,
-    DiffusionCache,
-    RMSNorm,
-    attend,
-    build_attention_context,
-    run_decoder,
-)
+from dare.models.family import ModelFamily, register_family
+from dare.models.layers import AttentionContext, RMSNorm, attend
+from dare.models.modeling import DiffusionBackbone, DiffusionLM
 from dare.models.spec import DiffusionSpec, spec_from_config
 
 
@@ -35,6 +29,13 @@ class LLaDAConfig(PreTrainedConfig):
 
     model_type = "llada"
     keys_to_ignore_at_inference = ["past_key_values"]
+    # transformers-standard names used by generic code (peft, accelerate, verl) -> OLMo's names
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_attention_heads": "n_heads",
+        "num_hidden_layers": "n_layers",
+        "num_key_value_heads": "n_kv_heads",
+    }
 
     d_model: int = 4096
     n_heads: int = 32
@@ -106,23 +107,6 @@ class LLaDAConfig(PreTrainedConfig):
         if self.embedding_size < self.vocab_size:
             raise ValueError(f"LLaDAConfig: embedding_size={self.embedding_size} < vocab_size={self.vocab_size}")
 
-    # transformers-standard aliases used by generic code (peft, accelerate, verl)
-    @property
-    def hidden_size(self) -> int:
-        return self.d_model
-
-    @property
-    def num_attention_heads(self) -> int:
-        return self.n_heads
-
-    @property
-    def num_hidden_layers(self) -> int:
-        return self.n_layers
-
-    @property
-    def num_key_value_heads(self) -> int:
-        return self.n_kv_heads
-
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
@@ -143,13 +127,12 @@ def llada_8b() -> LLaDAConfig:
 def llada_tiny(vocab_size: int = 64, **overrides) -> LLaDAConfig:
     """A ~0.35M-parameter LLaDA for CPU tests and the quickstart (ids at the end of the vocab:
     pad/eos/mask are set by the tokenizer; overrides win)."""
-    fields = dict(
+    defaults = dict(
         d_model=128, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=256, max_sequence_length=512,
         vocab_size=vocab_size, embedding_size=vocab_size, rope_theta=10000.0,
         mask_token_id=vocab_size - 1, eos_token_id=vocab_size - 2, pad_token_id=vocab_size - 2,
     )  # fmt: skip
-    fields.update(overrides)
-    return LLaDAConfig(**fields)
+    return LLaDAConfig(**(defaults | overrides))
 
 
 class LLaDALlamaBlock(GradientCheckpointingLayer):
@@ -181,22 +164,13 @@ class LLaDALlamaBlock(GradientCheckpointingLayer):
         return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
 
 
-class LLaDAPreTrainedModel(PreTrainedModel):
+class LLaDAModel(DiffusionBackbone):
+    """The OLMo-style backbone (`transformer.*`); it owns the LM head weight (`transformer.ff_out`,
+    or `wte` with `weight_tying`), as upstream, which `LLaDAModelLM` applies."""
+
     config_class = LLaDAConfig
-    config: LLaDAConfig
-    base_model_prefix = "model"
-    supports_gradient_checkpointing = True
-    _no_split_modules = ["LLaDALlamaBlock"]
-    _supports_sdpa = True
-
-    def diffusion_spec(self) -> DiffusionSpec:
-        return self.config.diffusion_spec()
-
-
-class LLaDAModel(LLaDAPreTrainedModel):
-    """The OLMo-style backbone; it owns the LM head (`transformer.ff_out`), as upstream."""
-
     base_model_prefix = "transformer"
+    _no_split_modules = ["LLaDALlamaBlock"]
 
     def __init__(self, config: LLaDAConfig) -> None:
         super().__init__(config)
@@ -217,83 +191,41 @@ class LLaDAModel(LLaDAPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.transformer.wte = value
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: DiffusionCache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        use_cache: bool = False,
-        replace_position: int | None = None,
-        output_hidden_states: bool = False,
-    ) -> CausalLMOutputWithPast:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        x = self.transformer.wte(input_ids) if inputs_embeds is None else inputs_embeds  # [B, Q, d]
-        ctx = build_attention_context(
-            batch_size=x.shape[0], query_len=x.shape[1], device=x.device,
-            head_dim=self.config.head_dim, rope_theta=self.config.rope_theta, block_size=None,
-            attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
-            use_cache=use_cache, replace_position=replace_position,
-        )  # fmt: skip
-        x, hidden = run_decoder(self.transformer.blocks, self.transformer.ln_f, x, ctx)
-        head = self.transformer.wte.weight if self.config.weight_tying else self.transformer.ff_out.weight
-        logits = F.linear(x, head)  # [B, Q, V]
-        return CausalLMOutputWithPast(
-            logits=logits,
-            past_key_values=ctx.cache,
-            hidden_states=tuple(hidden) if output_hidden_states else None,
-        )
+    def decoder(self) -> tuple[nn.ModuleList, nn.Module]:
+        return self.transformer.blocks, self.transformer.ln_f
+
+    def head_weight(self) -> torch.Tensor:
+        """The output projection `[V, d]`: `ff_out`, or the input embedding when tied."""
+        return self.transformer.wte.weight if self.config.weight_tying else self.transformer.ff_out.weight
 
 
-class LLaDAModelLM(LLaDAPreTrainedModel):
+class LLaDAModelLM(DiffusionLM):
     """The released top-level class (`architectures: ["LLaDAModelLM"]`): `.model` is `LLaDAModel`."""
+
+    config_class = LLaDAConfig
+    _no_split_modules = ["LLaDALlamaBlock"]
 
     def __init__(self, config: LLaDAConfig) -> None:
         super().__init__(config)
         self.model = LLaDAModel(config)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.transformer.wte
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.transformer.wte = value
-
     def get_output_embeddings(self) -> nn.Module | None:
         return None if self.config.weight_tying else self.model.transformer.ff_out
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: DiffusionCache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        use_cache: bool = False,
-        replace_position: int | None = None,
-        output_hidden_states: bool = False,
-        **kwargs,
-    ) -> CausalLMOutputWithPast:
-        return self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            replace_position=replace_position,
-            output_hidden_states=output_hidden_states,
-        )
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.model.head_weight())  # [B, Q, d] -> [B, Q, V]
 
+
+# LLaDA's auto_map names AutoModel and AutoModelForCausalLM; the masked-LM class is registered too
+_AUTO_CLASSES = {AutoModel: LLaDAModelLM, AutoModelForCausalLM: LLaDAModelLM, AutoModelForMaskedLM: LLaDAModelLM}
+register_family(ModelFamily("llada", LLaDAModelLM, llada_tiny, _AUTO_CLASSES))
 
 __all__ = [
     "LLaDAConfig",
     "LLaDALlamaBlock",
     "LLaDAModel",
     "LLaDAModelLM",
-    "LLaDAPreTrainedModel",
     "llada_8b",
     "llada_tiny",
 ]

@@ -4,7 +4,9 @@
 - `Sampler`: declares what it supports — attention kind, remasking strategies, caches, which
   `SamplingConfig` fields it reads — so the config is validated from data, never by branching on
   algorithm names (`SamplingConfig` reads these declarations through `SamplerDeclaration`, so
-  the config does not depend on this module); `run` decodes a prompt batch.
+  the config does not depend on this module); `run` decodes a prompt batch into a `DecodeState`
+  through `decode`, which by default is the block engine (`decode_blocks`) driving the
+  algorithm's `Policy` on the algorithm's runner. A sampler with its own loop overrides `decode`.
 - `Policy` (`dare.sampling.policy`, per decoding step): `plan`, `propose`, `select`.
 """
 
@@ -15,15 +17,16 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from dare.sampling.config import COMMON_FIELDS, SAMPLERS, SamplingConfig
+from dare.sampling.engine import DecodeResult, DecodeState, FullAttentionRunner, PromptBatch, Runner, decode_blocks
 from dare.sampling.policy import Policy
 
 if TYPE_CHECKING:
     from dare.models.spec import DiffusionSpec
-    from dare.sampling.engine import DecodeResult, PromptBatch
 
 
 class Sampler:
-    """One generation algorithm. Subclasses set the class attributes and implement `run`.
+    """One generation algorithm. Subclasses set the class attributes and either implement `policy`
+    (decoded by the block engine; `runner` picks the logits) or override `decode` (their own loop).
 
     Attributes:
         name: registry name (`SamplingConfig.algorithm`).
@@ -48,6 +51,31 @@ class Sampler:
         """`block_length` when the config leaves it None: the whole response (pure diffusion)."""
         return config.gen_length
 
+    def policy(self, config: SamplingConfig, generator: torch.Generator | None) -> Policy:
+        """The per-step decisions of an engine-decoded algorithm (used by the default `decode`)."""
+        raise NotImplementedError
+
+    def runner(self, model: torch.nn.Module, state: DecodeState, config: SamplingConfig) -> Runner:
+        """How the default `decode` computes block logits: full attention with the config's cache
+        and classifier-free guidance."""
+        return FullAttentionRunner(model, state.spec, state, config.cache, config.cfg_scale)
+
+    def decode(
+        self, model: torch.nn.Module, state: DecodeState, config: SamplingConfig, generator: torch.Generator | None
+    ) -> tuple[int, dict[str, torch.Tensor]]:
+        """Decode `state`'s response in place; returns (forward passes, extras for the `Rollout`).
+
+        The default is the block engine: semi-autoregressive blocks, each decoded by `self.policy`
+        on `self.runner`'s logits, with guidance, `logits_eos_inf`, `confidence_eos_eot_inf` and
+        per-row EOS stopping."""
+        runner = self.runner(model, state, config)
+        decode_blocks(
+            state, runner, self.policy(config, generator), block_length=config.block_length, steps=config.steps,
+            cfg_scale=config.cfg_scale, suppress_ids=config.suppress_ids(state.spec),
+            confidence_end_inf=config.confidence_eos_eot_inf,
+        )  # fmt: skip
+        return runner.nfe, {}
+
     def run(
         self,
         model: torch.nn.Module,
@@ -56,7 +84,27 @@ class Sampler:
         config: SamplingConfig,
         generator: torch.Generator | None,
     ) -> DecodeResult:
-        raise NotImplementedError
+        """Decode `config.gen_length` tokens after each left-padded prompt of `batch`."""
+        state = DecodeState(batch, config.gen_length, spec, config.end_token_ids(spec))
+        nfe, extras = self.decode(model, state, config, generator)
+        return state.result(nfe, extras)
 
 
-__all__ = ["COMMON_FIELDS", "SAMPLERS", "Policy", "Sampler"]
+class WholeResponseSampler(Sampler):
+    """A sampler that decodes the whole response as one block, one or more tokens per step, with
+    its own loop (`decode`): few_step, rgas."""
+
+    @classmethod
+    def check_config(cls, config: SamplingConfig) -> None:
+        if config.block_length is not None and config.block_length != config.gen_length:
+            raise ValueError(
+                f"block_length={config.block_length}: {config.algorithm} decodes the whole response as one block "
+                f"(leave it unset or set it to gen_length={config.gen_length})"
+            )
+        if config.steps > config.gen_length:
+            raise ValueError(
+                f"steps={config.steps}: {config.algorithm} takes at most gen_length={config.gen_length} steps"
+            )
+
+
+__all__ = ["COMMON_FIELDS", "SAMPLERS", "Policy", "Sampler", "WholeResponseSampler"]

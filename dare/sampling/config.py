@@ -229,5 +229,9 @@ class SamplingConfig:
         """Ids that end a response: the model's eos_token_ids plus `extra_eos_token_ids`."""
         return tuple(dict.fromkeys(spec.eos_token_ids + self.extra_eos_token_ids))
 
+    def suppress_ids(self, spec: DiffusionSpec) -> tuple[int, ...]:
+        """Ids whose logits are set to -inf before sampling: the end ids under `logits_eos_inf`."""
+        return self.end_token_ids(spec) if self.logits_eos_inf else ()
+
 
 __all__ = ["COMMON_FIELDS", "SAMPLERS", "SamplerDeclaration", "SamplingConfig"]

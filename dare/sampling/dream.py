@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import torch
 
-from dare.sampling.base import SAMPLERS, Policy
+from dare.sampling.base import SAMPLERS, Policy, Sampler
 from dare.sampling.config import SamplingConfig
-from dare.sampling.llada import MaskedDiffusionSampler, parallel_transfer
 from dare.sampling.ops import (
     dream_step_count,
     dream_timesteps,
+    parallel_transfer,
     sample_positions,
     sample_tokens,
     topk_transfer,
@@ -31,17 +31,14 @@ from dare.sampling.ops import (
 
 
 class DreamPolicy(Policy):
-    def __init__(self, config: SamplingConfig) -> None:
-        self.config = config
-
     def plan(self, remaining: torch.Tensor, step: int, num_steps: int) -> torch.Tensor | None:
         if self.config.parallel or self.config.remasking == "origin":
             return None
         return dream_step_count(remaining, step, num_steps, self.config.eps)
 
-    def propose(self, logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def propose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
-        x0, probs = sample_tokens(logits, c.temperature, c.top_k, c.top_p, generator)  # [N, L], [N, L, V]
+        x0, probs = sample_tokens(logits, c.temperature, c.top_k, c.top_p, self.generator)  # [N, L], [N, L, V]
         if c.remasking == "maskgit_plus":
             conf = probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
         elif c.remasking == "topk_margin":
@@ -54,30 +51,24 @@ class DreamPolicy(Policy):
         return x0, conf
 
     def select(
-        self,
-        conf: torch.Tensor,
-        eligible: torch.Tensor,
-        k: torch.Tensor | None,
-        step: int,
-        num_steps: int,
-        generator: torch.Generator | None,
+        self, conf: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor | None, step: int, num_steps: int
     ) -> torch.Tensor:
         c = self.config
         if c.parallel:
-            return parallel_transfer(conf, eligible, c)
+            return parallel_transfer(conf, eligible, c.threshold, c.factor)
         if c.remasking == "origin":
             if step >= num_steps - 1:
                 return eligible
             ts = dream_timesteps(num_steps, c.eps)
             p_reveal = 1.0 - ts[step + 1] / ts[step]
-            return eligible & (uniform(tuple(eligible.shape), generator, eligible.device) < p_reveal)
+            return eligible & (uniform(tuple(eligible.shape), self.generator, eligible.device) < p_reveal)
         if c.alg_temp > 0:
-            return sample_positions(conf, eligible, k, c.alg_temp, generator)
+            return sample_positions(conf, eligible, k, c.alg_temp, self.generator)
         return topk_transfer(conf, eligible, k)
 
 
 @SAMPLERS.register("dream")
-class DreamSampler(MaskedDiffusionSampler):
+class DreamSampler(Sampler):
     name = "dream"
     attention = "full"
     remasking_choices = ("entropy", "maskgit_plus", "topk_margin", "origin")
@@ -106,8 +97,8 @@ class DreamSampler(MaskedDiffusionSampler):
                 "confidence_eos_eot_inf: remasking='origin' reveals positions at random, without confidences"
             )
 
-    def policy(self, config: SamplingConfig) -> Policy:
-        return DreamPolicy(config)
+    def policy(self, config: SamplingConfig, generator: torch.Generator | None) -> Policy:
+        return DreamPolicy(config, generator)
 
 
 __all__ = ["DreamPolicy", "DreamSampler"]

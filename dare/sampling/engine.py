@@ -92,6 +92,7 @@ class DecodeState:
         N, P = batch.input_ids.shape
         device = batch.input_ids.device
         self.P, self.L = P, gen_length
+        self.spec = spec
         self.mask_id = spec.mask_token_id
         self.eos_fill = spec.eos_token_id
         self.end_ids = torch.tensor(end_ids, dtype=torch.long, device=device)
@@ -279,6 +280,9 @@ class BlockCausalRunner:
             self._forward(x[:, start:end], start, end, use_cache=True)
 
 
+Runner = FullAttentionRunner | BlockCausalRunner
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
@@ -305,16 +309,14 @@ def process_logits(
 
 def decode_blocks(
     state: DecodeState,
-    runner: FullAttentionRunner | BlockCausalRunner,
+    runner: Runner,
     policy: Policy,
     *,
-    spec: DiffusionSpec,
     block_length: int,
     steps: int,
     cfg_scale: float,
     suppress_ids: tuple[int, ...],
     confidence_end_inf: bool,
-    generator: torch.Generator | None,
 ) -> None:
     """Decode the response block by block (semi-autoregressive). Within a block, repeat
     plan -> forward -> propose -> select -> commit until the block has no mask left."""
@@ -346,15 +348,15 @@ def decode_blocks(
                     continue
             cond, uncond = runner.block_logits(state.x, start, end, refresh=not refreshed)
             refreshed = True
-            logits = process_logits(cond, uncond, cfg_scale, spec, suppress_ids)  # [N, L, V] float64
-            tokens, conf = policy.propose(logits, generator)
+            logits = process_logits(cond, uncond, cfg_scale, state.spec, suppress_ids)  # [N, L, V] float64
+            tokens, conf = policy.propose(logits)
             if force:
                 transfer = torch.zeros_like(eligible)
                 transfer[:, 0] = eligible[:, 0]
             else:
                 if confidence_end_inf:
                     conf = conf.masked_fill(torch.isin(tokens, state.end_ids), -math.inf)
-                transfer = policy.select(conf, eligible, k, step, num_steps, generator) & eligible
+                transfer = policy.select(conf, eligible, k, step, num_steps) & eligible
             prob = torch.full_like(conf, math.nan)
             prob[transfer] = token_probability(logits[transfer], tokens[transfer])
             state.commit(start, tokens, transfer, prob, active)
@@ -370,6 +372,7 @@ __all__ = [
     "DecodeState",
     "FullAttentionRunner",
     "PromptBatch",
+    "Runner",
     "decode_blocks",
     "prepare_prompts",
     "process_logits",

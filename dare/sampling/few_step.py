@@ -26,9 +26,9 @@ import torch
 
 from dare.diffusion.trajectory import response_logits, tempered_log_probs
 from dare.models.spec import DiffusionSpec
-from dare.sampling.base import SAMPLERS, Sampler
+from dare.sampling.base import SAMPLERS, WholeResponseSampler
 from dare.sampling.config import SamplingConfig
-from dare.sampling.engine import DecodeResult, PromptBatch, process_logits
+from dare.sampling.engine import DecodeState, process_logits
 from dare.sampling.ops import gumbel_argmax, split_evenly, token_probability, topk_transfer, uniform
 
 REMASKING = ("low_confidence", "random")
@@ -90,7 +90,7 @@ def sample_trajectory(
 
 
 @SAMPLERS.register("few_step")
-class FewStepSampler(Sampler):
+class FewStepSampler(WholeResponseSampler):
     """Decodes the whole response in `steps` steps with an exact trajectory (module docstring)."""
 
     name = "few_step"
@@ -98,30 +98,18 @@ class FewStepSampler(Sampler):
     remasking_choices = REMASKING
     options = frozenset({"remasking"})
 
-    @classmethod
-    def check_config(cls, config: SamplingConfig) -> None:
-        if config.block_length is not None and config.block_length != config.gen_length:
-            raise ValueError(
-                f"block_length={config.block_length}: few_step decodes the whole response as one block "
-                f"(leave it unset or set it to gen_length={config.gen_length})"
-            )
-        if config.steps > config.gen_length:
-            raise ValueError(f"steps={config.steps}: few_step takes at most gen_length={config.gen_length} steps")
-
-    def run(
-        self,
-        model: torch.nn.Module,
-        spec: DiffusionSpec,
-        batch: PromptBatch,
-        config: SamplingConfig,
-        generator: torch.Generator | None,
-    ) -> DecodeResult:
-        suppress = config.end_token_ids(spec) if config.logits_eos_inf else ()
+    def decode(
+        self, model: torch.nn.Module, state: DecodeState, config: SamplingConfig, generator: torch.Generator | None
+    ) -> tuple[int, dict[str, torch.Tensor]]:
+        spec, P = state.spec, state.P
         traj = sample_trajectory(
-            model, spec, batch.input_ids, batch.attention_mask, config.gen_length, config.steps,
-            config.temperature, config.remasking, generator, suppress,
+            model, spec, state.x[:, :P], state.valid[:, :P], config.gen_length, config.steps, config.temperature,
+            config.remasking, generator, config.suppress_ids(spec),
         )  # fmt: skip
-        return DecodeResult(traj.response, traj.step_of, traj.confidence, config.steps, {"logp": traj.logp})
+        state.response.copy_(traj.response)
+        state.decode_step.copy_(traj.step_of)
+        state.confidence.copy_(traj.confidence)
+        return config.steps, {"logp": traj.logp}
 
 
 __all__ = ["REMASKING", "FewStepSampler", "Trajectory", "sample_trajectory"]

@@ -17,10 +17,9 @@ import math
 
 import torch
 
-from dare.models.spec import DiffusionSpec
 from dare.sampling.base import SAMPLERS, Sampler
 from dare.sampling.config import SamplingConfig
-from dare.sampling.engine import DecodeResult, DecodeState, FullAttentionRunner, PromptBatch, process_logits
+from dare.sampling.engine import DecodeState, FullAttentionRunner, process_logits
 from dare.sampling.ops import sample_tokens, token_probability, uniform
 
 
@@ -38,18 +37,12 @@ class FirstHittingSampler(Sampler):
                 f"gen_length={config.gen_length} (leave steps unset)"
             )
 
-    def run(
-        self,
-        model: torch.nn.Module,
-        spec: DiffusionSpec,
-        batch: PromptBatch,
-        config: SamplingConfig,
-        generator: torch.Generator | None,
-    ) -> DecodeResult:
-        end_ids = config.end_token_ids(spec)
-        state = DecodeState(batch, config.gen_length, spec, end_ids)
+    def decode(
+        self, model: torch.nn.Module, state: DecodeState, config: SamplingConfig, generator: torch.Generator | None
+    ) -> tuple[int, dict[str, torch.Tensor]]:
+        spec = state.spec
         runner = FullAttentionRunner(model, spec, state, cache="none", cfg_scale=0.0)
-        suppress = end_ids if config.logits_eos_inf else ()
+        suppress = config.suppress_ids(spec)
         N, Lb = state.x.shape[0], config.block_length
         device = state.x.device
         times = torch.full((N, config.gen_length), math.nan, dtype=torch.float64, device=device)
@@ -81,7 +74,7 @@ class FirstHittingSampler(Sampler):
                 times[:, r0 : r0 + Lb] = torch.where(transfer, clock[:, None], times[:, r0 : r0 + Lb])
                 state.commit(start, tokens, transfer, prob, active)
                 state.update_finished()
-        return state.result(runner.nfe, {"hitting_time": times})
+        return runner.nfe, {"hitting_time": times}
 
 
 __all__ = ["FirstHittingSampler"]

@@ -25,7 +25,6 @@ The discriminator and the guidance settings ride on the model: pass
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -33,9 +32,9 @@ from torch import nn
 
 from dare.diffusion.trajectory import response_logits
 from dare.models.spec import DiffusionSpec
-from dare.sampling.base import SAMPLERS, Sampler
+from dare.sampling.base import SAMPLERS, WholeResponseSampler
 from dare.sampling.config import SamplingConfig
-from dare.sampling.engine import DecodeResult, PromptBatch, process_logits
+from dare.sampling.engine import DecodeState, process_logits
 from dare.sampling.ops import gumbel_argmax, token_probability, uniform
 
 
@@ -91,41 +90,27 @@ def _ancestral_step(x_resp, logp_x0, t, s, temperature, mask_id, generator):
 
 
 @SAMPLERS.register("rgas")
-class RewardGuidedSampler(Sampler):
+class RewardGuidedSampler(WholeResponseSampler):
     name = "rgas"
     attention = "full"
 
-    @classmethod
-    def check_config(cls, config: SamplingConfig) -> None:
-        if config.block_length is not None and config.block_length != config.gen_length:
-            raise ValueError(f"block_length={config.block_length}: rgas decodes the whole response as one block")
-        if config.steps > config.gen_length:
-            raise ValueError(f"steps={config.steps}: rgas takes at most gen_length={config.gen_length} steps")
-
-    def run(
-        self,
-        model: nn.Module,
-        spec: DiffusionSpec,
-        batch: PromptBatch,
-        config: SamplingConfig,
-        generator: torch.Generator | None,
-    ) -> DecodeResult:
+    def decode(
+        self, model: torch.nn.Module, state: DecodeState, config: SamplingConfig, generator: torch.Generator | None
+    ) -> tuple[int, dict[str, torch.Tensor]]:
         if not isinstance(model, GuidedModel):
             raise ValueError(
                 "algorithm='rgas' needs the discriminator: pass GuidedModel(policy, discriminator) as the model"
             )
         g, disc, policy = model.guidance, model.discriminator, model.policy
-        N, P = batch.input_ids.shape
-        L, S, mask_id = config.gen_length, config.steps, spec.mask_token_id
-        device = batch.input_ids.device
-        x = torch.cat([batch.input_ids, torch.full((N, L), mask_id, device=device)], 1)  # [N, P+L]
-        valid = torch.cat([batch.attention_mask.bool(), torch.ones(N, L, dtype=torch.bool, device=device)], 1)
+        spec, P = state.spec, state.P
+        x, valid = state.x, state.valid  # [N, P+L]: left-padded prompt, then L masks
+        N, S, mask_id = x.shape[0], config.steps, spec.mask_token_id
+        device = x.device
         response = torch.zeros_like(valid)
         response[:, P:] = True  # [N, P+L]: the positions the discriminator scores
-        step_of = torch.full((N, L), -1, dtype=torch.long, device=device)
-        conf = torch.full((N, L), math.nan, dtype=torch.float64, device=device)
+        step_of, conf = state.decode_step, state.confidence  # [N, L]: -1 and NaN until decoded
         n_tilt = round(S * (1 - g.rerank_ratio))
-        suppress = config.end_token_ids(spec) if config.logits_eos_inf else ()
+        suppress = config.suppress_ids(spec)
         V = None
         for j in range(S):
             t, s = 1 - j / S, 1 - (j + 1) / S
@@ -166,17 +151,16 @@ class RewardGuidedSampler(Sampler):
                         ],
                         -1,
                     ).double()  # [N, M]  fmt: skip
-                    gumbel = -torch.log(-torch.log(uniform(tuple(scores.shape), generator, device)))
-                    pick = (scores + gumbel).argmax(-1)  # a draw from softmax(scores)
+                    pick = gumbel_argmax(scores, 1.0, generator)  # a draw from softmax(scores)
                 else:
                     pick = torch.zeros(N, dtype=torch.long, device=device)
                 new = torch.stack([c[0] for c in cands], 1)[torch.arange(N), pick]
                 reveal = torch.stack([c[1] for c in cands], 1)[torch.arange(N), pick]
                 tokens = torch.stack([c[2] for c in cands], 1)[torch.arange(N), pick]
-            conf = torch.where(reveal, token_probability(logits, tokens), conf)
-            step_of = torch.where(reveal, j, step_of)
+            conf.copy_(torch.where(reveal, token_probability(logits, tokens), conf))
+            step_of.copy_(torch.where(reveal, j, step_of))
             x[:, P:] = new
-        return DecodeResult(x[:, P:].clone(), step_of, conf, S, {})
+        return S, {}
 
 
 __all__ = ["Guidance", "GuidedModel", "RewardGuidedSampler"]

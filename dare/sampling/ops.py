@@ -123,6 +123,15 @@ def factor_transfer(conf: torch.Tensor, eligible: torch.Tensor, factor: float) -
     return eligible & (rank < n_accept[:, None])
 
 
+def parallel_transfer(
+    conf: torch.Tensor, eligible: torch.Tensor, threshold: float | None, factor: float | None
+) -> torch.Tensor:
+    """Fast-dLLM's parallel decoding: the threshold rule when `threshold` is set, else the factor rule."""
+    if threshold is not None:
+        return threshold_transfer(conf, eligible, threshold)
+    return factor_transfer(conf, eligible, factor)
+
+
 def sample_positions(
     conf: torch.Tensor,
     eligible: torch.Tensor,
@@ -201,6 +210,7 @@ __all__ = [
     "gumbel_argmax",
     "gumbel_argmax_from_uniform",
     "linear_step_count",
+    "parallel_transfer",
     "planned_counts",
     "sample_positions",
     "sample_tokens",

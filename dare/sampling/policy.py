@@ -4,14 +4,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from dare.sampling.config import SamplingConfig
 
 
 class Policy:
-    """Per-step decisions of a masked-diffusion algorithm (see module docstring).
+    """Per-step decisions of a masked-diffusion algorithm (see module docstring), for one decode:
+    `config` holds its settings, `generator` is the source of every random draw.
 
     Shapes: N rows, L positions of the current block, V vocabulary.
     """
+
+    def __init__(self, config: SamplingConfig, generator: torch.Generator | None) -> None:
+        self.config = config
+        self.generator = generator
 
     def plan(self, remaining: torch.Tensor, step: int, num_steps: int) -> torch.Tensor | None:
         """Tokens to unmask per row `[N]` at `step` of a block with `num_steps` steps, given the
@@ -19,19 +29,13 @@ class Policy:
         skips the forward pass of a step that plans zero tokens for every row."""
         return None
 
-    def propose(self, logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def propose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidate tokens `[N, L]` and their confidence `[N, L]` (float64; higher = unmask
         first) from processed float64 logits `[N, L, V]`."""
         raise NotImplementedError
 
     def select(
-        self,
-        conf: torch.Tensor,
-        eligible: torch.Tensor,
-        k: torch.Tensor | None,
-        step: int,
-        num_steps: int,
-        generator: torch.Generator | None,
+        self, conf: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor | None, step: int, num_steps: int
     ) -> torch.Tensor:
         """Positions to commit, bool `[N, L]` (the engine ANDs it with `eligible`). `k` is the
         output of `plan` for this step."""

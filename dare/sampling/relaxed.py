@@ -51,6 +51,7 @@ from torch import nn
 from dare.diffusion.noise import response_aligned_positions
 from dare.models.spec import DiffusionSpec, ReferenceFn, aligned_logits
 from dare.registry import Registry
+from dare.sampling.ops import gumbel_argmax_from_uniform
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
@@ -260,7 +261,7 @@ def relaxed_sample(
                 logits = logits.masked_fill(ctx.mask_col, float("-inf"))
                 log_q = _transition_log_q(logits[:, lo:hi].log_softmax(-1), r, mask_id)  # [B, Lb, V]
                 u = _uniform(tuple(log_q.shape), generators, device)
-                draw = (log_q - torch.log(-torch.log(u))).argmax(-1)  # Gumbel-max: exact categorical
+                draw = gumbel_argmax_from_uniform(log_q, u, 1.0)  # Gumbel-max: exact categorical
                 blk = tokens[:, lo:hi]
                 tokens[:, lo:hi] = torch.where(blk == mask_id, draw, blk)
             if record_states:

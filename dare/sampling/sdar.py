@@ -20,30 +20,21 @@ import torch
 from dare.models.spec import DiffusionSpec
 from dare.sampling.base import SAMPLERS, Policy, Sampler
 from dare.sampling.config import SamplingConfig
-from dare.sampling.engine import BlockCausalRunner, DecodeResult, DecodeState, PromptBatch, decode_blocks
+from dare.sampling.engine import BlockCausalRunner, DecodeState, Runner
 from dare.sampling.ops import linear_step_count, sample_tokens, topk_transfer
 
 
 class SDARPolicy(Policy):
-    def __init__(self, config: SamplingConfig) -> None:
-        self.config = config
-
     def plan(self, remaining: torch.Tensor, step: int, num_steps: int) -> torch.Tensor | None:
         return linear_step_count(remaining, step, num_steps)
 
-    def propose(self, logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def propose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
-        x0, probs = sample_tokens(logits, c.temperature, c.top_k, c.top_p, generator)
+        x0, probs = sample_tokens(logits, c.temperature, c.top_k, c.top_p, self.generator)
         return x0, probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
 
     def select(
-        self,
-        conf: torch.Tensor,
-        eligible: torch.Tensor,
-        k: torch.Tensor | None,
-        step: int,
-        num_steps: int,
-        generator: torch.Generator | None,
+        self, conf: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor | None, step: int, num_steps: int
     ) -> torch.Tensor:
         strategy = self.config.remasking
         if strategy == "sequential":
@@ -80,23 +71,11 @@ class SDARSampler(Sampler):
     def default_block_length(cls, config: SamplingConfig, spec: DiffusionSpec) -> int:
         return spec.block_size
 
-    def run(
-        self,
-        model: torch.nn.Module,
-        spec: DiffusionSpec,
-        batch: PromptBatch,
-        config: SamplingConfig,
-        generator: torch.Generator | None,
-    ) -> DecodeResult:
-        end_ids = config.end_token_ids(spec)
-        state = DecodeState(batch, config.gen_length, spec, end_ids)
-        runner = BlockCausalRunner(model, spec, state, config.cache)
-        decode_blocks(
-            state, runner, SDARPolicy(config), spec=spec, block_length=config.block_length, steps=config.steps,
-            cfg_scale=0.0, suppress_ids=end_ids if config.logits_eos_inf else (),
-            confidence_end_inf=config.confidence_eos_eot_inf, generator=generator,
-        )  # fmt: skip
-        return state.result(runner.nfe)
+    def policy(self, config: SamplingConfig, generator: torch.Generator | None) -> Policy:
+        return SDARPolicy(config, generator)
+
+    def runner(self, model: torch.nn.Module, state: DecodeState, config: SamplingConfig) -> Runner:
+        return BlockCausalRunner(model, state.spec, state, config.cache)
 
 
 __all__ = ["SDARPolicy", "SDARSampler"]

@@ -13,6 +13,7 @@ from verl.protocol import pad_dataproto_to_divisor, unpad_dataproto
 from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
 
 from dare.config import ResourcesSpec
+from dare.workers import platform  # noqa: F401  (verl's CPU platform, registered before verl picks one)
 
 # how long the head node's port may take to accept a TCP connection (ray.init itself retries an
 # unreachable address for minutes)

@@ -18,6 +18,11 @@ correct answer tokens, the target computed from the prompt; `task_match.py`), `l
 soft embeddings `probs @ E`; `dare.rewards.differentiable.reward_model.train_reward_model` trains
 one on a built-in task's labelled samples). Every call is checked: a result that is not a float
 tensor of shape `[B]` with finite values raises `RewardOutputError` naming the reward.
+
+The built-ins live in the one reward registry (`dare.rewards.base.REWARDS`) with kind
+`differentiable`: add one with `@register_reward(name, kind="differentiable")` on its factory. A
+text reward's name here (or a differentiable one's in an RL stage's `rewards`) is refused naming
+the reward and both kinds.
 """
 
 from __future__ import annotations
@@ -29,13 +34,14 @@ from typing import Any
 
 import torch
 
-from dare.registry import Registry
+from dare.rewards.base import builtin_reward, load_plugin, register_reward
 
 DifferentiableRewardFn = Callable[..., torch.Tensor]
 """fn(token_probs [B, L, V], [prompt_ids [B, P], prompt_mask [B, P]]) -> [B]."""
 
-# name -> factory(**args) -> DifferentiableRewardFn
-DIFFERENTIABLE_REWARDS: Registry[Callable[..., DifferentiableRewardFn]] = Registry("differentiable reward")
+# the kind of reward this package holds: its built-ins are factory(**args) -> DifferentiableRewardFn,
+# registered in the one reward registry (`dare.rewards.base.REWARDS`) with this kind
+KIND = "differentiable"
 CONTEXT_KEYS = ("prompt_ids", "prompt_mask")
 
 
@@ -137,10 +143,8 @@ def check_spec(raw: Mapping[str, Any] | str | DifferentiableRewardSpec) -> Diffe
     """Validate a reward spec without building it (names, plug-in file and function, argument names)."""
     spec = DifferentiableRewardSpec.from_dict(raw)
     if spec.name is not None:
-        _check_args(DIFFERENTIABLE_REWARDS.get(spec.name), spec.args, spec.label)
+        _check_args(builtin_reward(spec.name, KIND), spec.args, spec.label)
     else:
-        from dare.rewards.base import load_plugin
-
         _check_args(load_plugin(spec.path), spec.args, spec.label, skip=1)
     return spec
 
@@ -152,7 +156,7 @@ def with_defaults(raw: Mapping[str, Any] | str | DifferentiableRewardSpec, **def
     spec = DifferentiableRewardSpec.from_dict(raw)
     if spec.name is None:
         return spec
-    params = inspect.signature(DIFFERENTIABLE_REWARDS.get(spec.name)).parameters
+    params = inspect.signature(builtin_reward(spec.name, KIND)).parameters
     args = dict(spec.args)
     for key, value in defaults.items():
         if value is not None and key in params and args.get(key) is None:
@@ -167,13 +171,11 @@ def build_differentiable_reward(
     factory that takes it when the spec does not set it."""
     spec = check_spec(raw)
     if spec.name is not None:
-        factory = DIFFERENTIABLE_REWARDS.get(spec.name)
+        factory = builtin_reward(spec.name, KIND)
         args = dict(spec.args)
         if vocab_size is not None and "vocab_size" in inspect.signature(factory).parameters:
             args.setdefault("vocab_size", vocab_size)
         return DifferentiableReward(factory(**args), spec.label)
-    from dare.rewards.base import load_plugin
-
     return DifferentiableReward(load_plugin(spec.path), spec.label, spec.args)
 
 
@@ -207,7 +209,7 @@ class LinearReward:
         return per_pos.sum(-1) if self.reduce == "sum" else per_pos.mean(-1)
 
 
-@DIFFERENTIABLE_REWARDS.register("linear")
+@register_reward("linear", kind=KIND)
 def linear(
     scores: Mapping[int, float] | None = None,
     vocab_size: int | None = None,
@@ -235,7 +237,7 @@ from dare.rewards.differentiable import reward_model, task_match  # noqa: E402,F
 
 __all__ = [
     "CONTEXT_KEYS",
-    "DIFFERENTIABLE_REWARDS",
+    "KIND",
     "DifferentiableReward",
     "DifferentiableRewardFn",
     "DifferentiableRewardSpec",

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dare.rewards.differentiable import DIFFERENTIABLE_REWARDS
+from dare.rewards.base import register_reward
+from dare.rewards.differentiable import KIND
 
 
 class RewardModelReward:
@@ -60,7 +61,7 @@ class RewardModelReward:
         return out.to(token_probs.device)
 
 
-@DIFFERENTIABLE_REWARDS.register("reward_model")
+@register_reward("reward_model", kind=KIND)
 def reward_model(
     path: str, label: int = 0, sigmoid: bool = False, include_prompt: bool = True, device: str | None = None
 ) -> RewardModelReward:

@@ -1,8 +1,8 @@
 """`task_match`: a task-aligned differentiable reward for the built-in tasks.
 
 The target response of each row is computed from its prompt tokens (decoded with the built-in
-tokenizer) by the task's solver in `TASK_ANSWERS` -- sort: the sorted digits; addition: the sum;
-sudoku: the puzzle's solution -- and laid out as the policy's responses are laid out (answer
+tokenizer) by the task's own `Task.answer` (`dare.data.tasks`, the answer its rows' ground truth
+holds) -- sort: the sorted digits; addition: the sum; sudoku: the puzzle's solution -- and laid out as the policy's responses are laid out (answer
 tokens, then EOS, then EOS padding to `gen_length`; see `dare.data.formatting.collate_sft`):
 
     target[b, i]  = token id of the i-th response token (answer + EOS + EOS padding)
@@ -19,61 +19,30 @@ positions instead: on a hard sample the exact-match indicator itself, but its gr
 unless at most one position is wrong (useful only near a solved task).
 
 Countdown has many correct answers (any expression reaching the target), so it has no single
-target and is not supported; register a solver in `TASK_ANSWERS` for a new task whose prompt
-determines its answer. The reward uses the built-in tokenizer (all built-in tasks share it).
+target and defines no `answer`; a new task whose prompt determines its answer defines
+`answer(prompt)` and is supported. The reward uses the built-in tokenizer (all built-in tasks share it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from dare.registry import Registry
-from dare.rewards.differentiable import DIFFERENTIABLE_REWARDS
-
-# task name -> solver(prompt text) -> the answer text
-TASK_ANSWERS: Registry[Callable[[str], str]] = Registry("task_match task")
-
-
-@TASK_ANSWERS.register("sort")
-def _sort_answer(prompt: str) -> str:
-    """ "sort 31979" -> "13799"."""
-    head, _, digits = prompt.strip().rpartition(" ")
-    if head != "sort" or not digits.isdigit():
-        raise ValueError(f"task_match(sort): expected a prompt 'sort <digits>', got {prompt!r}")
-    return "".join(sorted(digits))
-
-
-@TASK_ANSWERS.register("addition")
-def _addition_answer(prompt: str) -> str:
-    """ "123+45" -> "168"."""
-    a, sep, b = prompt.strip().partition("+")
-    if not sep or not a.isdigit() or not b.isdigit():
-        raise ValueError(f"task_match(addition): expected a prompt '<int>+<int>', got {prompt!r}")
-    return str(int(a) + int(b))
-
-
-@TASK_ANSWERS.register("sudoku")
-def _sudoku_answer(prompt: str) -> str:
-    """The puzzle's solution (the first in lexicographic order if it has several; the built-in
-    task generates unique puzzles by default)."""
-    from dare.data.tasks.sudoku import solutions
-
-    found = solutions(prompt.strip())
-    if not found:
-        raise ValueError(f"task_match(sudoku): puzzle {prompt!r} has no solution")
-    return found[0]
+from dare.data.tasks import TASKS, builtin_tokenizer, get_task, has_answer
+from dare.rewards.base import register_reward
+from dare.rewards.differentiable import KIND
 
 
 class TaskMatchReward:
     """r = mean over the scored positions of token_probs[target] (or their product); see the module docstring."""
 
     def __init__(self, task: str, include_padding: bool = False, reduce: str = "mean") -> None:
-        from dare.data.tasks import builtin_tokenizer
-
-        self.solve = TASK_ANSWERS.get(task)
+        solver = get_task(task)
+        if not has_answer(solver):
+            known = ", ".join(name for name, cls in TASKS.items() if has_answer(cls))
+            raise KeyError(f"task_match: task {task!r} has no single answer per prompt; tasks with one: {known}")
+        self.solve = solver.answer
         if reduce not in ("mean", "prod"):
             raise ValueError(f"task_match: reduce must be 'mean' or 'prod', got {reduce!r}")
         self.task, self.include_padding, self.reduce = task, include_padding, reduce
@@ -118,7 +87,7 @@ class TaskMatchReward:
         return (p * scored).sum(-1) / scored.sum(-1)
 
 
-@DIFFERENTIABLE_REWARDS.register("task_match")
+@register_reward("task_match", kind=KIND)
 def task_match(task: str | None = None, include_padding: bool = False, reduce: str = "mean") -> TaskMatchReward:
     """The task-aligned reward of a built-in task (`task`: sort, addition, sudoku; a DRAKES stage
     fills it from the recipe's `data.train: builtin:<task>` when unset)."""
@@ -131,8 +100,8 @@ def task_from_data(train: Any) -> str | None:
     """`sort` from a recipe's `data.train` of `builtin:sort` (a single built-in task), else None."""
     if isinstance(train, str) and train.startswith("builtin:"):
         name = train.removeprefix("builtin:")
-        return name if name in TASK_ANSWERS else None
+        return name if name in TASKS and has_answer(TASKS.get(name)) else None
     return None
 
 
-__all__ = ["TASK_ANSWERS", "TaskMatchReward", "task_from_data", "task_match"]
+__all__ = ["TaskMatchReward", "task_from_data", "task_match"]

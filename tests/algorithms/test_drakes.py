@@ -316,6 +316,7 @@ def drakes_recipe(**stage) -> dict:
     "stage,key,message",
     [
         ({"reward": {"name": "linaer"}}, "stages[0].reward", "did you mean 'linear'?"),
+        ({"reward": "countdown"}, "stages[0].reward", "reward 'countdown' is a text reward"),
         ({"reward": {}}, "stages[0].reward", "is required"),
         ({"reward": {"name": "linear", "args": {"scorez": {}}}}, "stages[0].reward", "bad args"),
         ({"truncate_steps": 20}, "stages[0].truncate_steps", "need 1 <= truncate_steps <= sampling_steps=8"),

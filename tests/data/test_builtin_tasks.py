@@ -244,3 +244,23 @@ def test_rows_carry_their_knobs_so_every_scorer_is_the_rows_task():
     assert sort_reward(row["prompt"], reversed_answer, row["ground_truth"]) == 0.0
     pref = get_task("pref-sort", direction="either").generate("train", 2, seed=0)
     assert all(r["task_args"] == {"direction": "either"} for r in pref)
+
+
+def test_answer_is_the_ground_truth_computed_from_the_prompt():
+    """`Task.answer` (the target of the differentiable `task_match`) is what the rows hold."""
+    from dare.data.tasks import TASKS, has_answer
+
+    for name, truth in (("sort", lambda gt: gt), ("addition", lambda gt: gt), ("sudoku", lambda gt: gt["solution"])):
+        task = get_task(name)
+        assert has_answer(task)
+        for row in task.generate("train", 20, seed=3):
+            assert task.answer(row["prompt"]) == truth(row["ground_truth"]), row
+            assert task.score(task.answer(row["prompt"]), row["ground_truth"]) == 1.0
+    assert get_task("sort", direction="either").answer("sort 31979") == "13799"
+    assert not has_answer(get_task("countdown")) and not has_answer(TASKS.get("mirror"))
+    with pytest.raises(NotImplementedError, match="countdown: a prompt of this task has no single answer"):
+        get_task("countdown").answer("24 from 3,8,1")
+    with pytest.raises(ValueError, match="sort: expected a prompt 'sort <digits>'"):
+        get_task("sort").answer("123+45")
+    with pytest.raises(ValueError, match="addition: expected a prompt '<int>[+]<int>'"):
+        get_task("addition").answer("sort 12")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dare.diffusion import block_diffusion_attention_mask, forward_noise, padding_position_ids, sft_loss_for
+from dare.diffusion import block_diffusion_attention_mask, forward_noise, padding_position_ids, sft_loss
 from dare.models import tiny
 
 pytestmark = [
@@ -40,7 +40,7 @@ def test_cpu_generator_gives_the_same_mask_on_cuda():
 def test_cuda_fp32_loss_matches_cpu(family):
     model = tiny(family, V).eval()
     spec = model.diffusion_spec()
-    fn = sft_loss_for(spec)
+    fn = sft_loss
     with torch.no_grad():
         cpu, _ = fn(model, *_batch("cpu"), spec, torch.Generator().manual_seed(1))
         gpu, _ = fn(model.cuda(), *_batch("cuda"), spec, torch.Generator().manual_seed(1))
@@ -52,7 +52,7 @@ def test_cuda_fp32_loss_matches_cpu(family):
 def test_cuda_bf16_loss_and_grads_finite(family):
     model = tiny(family, V).to("cuda", torch.bfloat16)
     spec = model.diffusion_spec()
-    loss, metrics = sft_loss_for(spec)(model, *_batch("cuda"), spec, torch.Generator().manual_seed(2))
+    loss, metrics = sft_loss(model, *_batch("cuda"), spec, torch.Generator().manual_seed(2))
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())

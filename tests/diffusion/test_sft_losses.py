@@ -7,13 +7,15 @@ import torch
 
 from dare.diffusion.noise import MaskedNoise, apply_mask, block_forward_noise, forward_noise
 from dare.diffusion.sft import (
-    SFT_LOSSES,
-    block_diffusion_nll,
-    block_diffusion_sft_loss,
+    SFT_OBJECTIVES,
+    SftObjective,
+    block_diffusion_logits,
+    block_diffusion_noise,
     block_position_ids,
-    masked_diffusion_nll,
-    masked_diffusion_sft_loss,
-    sft_loss_for,
+    masked_diffusion_logits,
+    masked_diffusion_noise,
+    sft_loss,
+    sft_nll,
 )
 from dare.models import tiny
 
@@ -74,7 +76,7 @@ def test_masked_loss_equals_hand_computation(family):
     spec = model.diffusion_spec()
     ids, loss_mask, attn = make_batch()
     noise = fixed_noise(ids, loss_mask, spec.mask_token_id)
-    loss, metrics = masked_diffusion_nll(model, ids, noise, loss_mask, attn, spec)
+    loss, metrics = sft_nll(model, ids, noise, loss_mask, attn, spec)
     with torch.no_grad():
         expected = hand_loss(
             lambda x: model(x, attention_mask=attn).logits, ids, loss_mask, noise, shift=family == "dream"
@@ -92,7 +94,7 @@ def test_dream_uses_previous_position_not_own():
     ids, loss_mask, attn = make_batch()
     noise = fixed_noise(ids, loss_mask, spec.mask_token_id)
     with torch.no_grad():
-        loss, _ = masked_diffusion_nll(model, ids, noise, loss_mask, attn, spec)
+        loss, _ = sft_nll(model, ids, noise, loss_mask, attn, spec)
         f = lambda x: model(x, attention_mask=attn).logits
         unshifted = hand_loss(f, ids, loss_mask, noise, shift=False)
         shifted = hand_loss(f, ids, loss_mask, noise, shift=True)
@@ -105,7 +107,7 @@ def test_dream_refuses_answer_without_preceding_token():
     spec = model.diffusion_spec()
     ids, loss_mask, attn = make_batch(prompt_lens=(0, 3), resp_lens=(4, 4), P=3, R=5)  # row 0: no prompt
     with pytest.raises(ValueError, match="shift_logits"):
-        masked_diffusion_sft_loss(model, ids, loss_mask, attn, spec, torch.Generator().manual_seed(0))
+        sft_loss(model, ids, loss_mask, attn, spec, torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("family", ["llada", "dream", "sdar"])
@@ -113,19 +115,19 @@ def test_loss_with_generator_equals_loss_with_its_noise(family):
     model = tiny(family, V).eval()
     spec = model.diffusion_spec()
     ids, loss_mask, attn = make_batch()
-    loss_fn = sft_loss_for(spec)
+    loss_fn = sft_loss
     with torch.no_grad():
         a, _ = loss_fn(model, ids, loss_mask, attn, spec, torch.Generator().manual_seed(5))
         b, _ = loss_fn(model, ids, loss_mask, attn, spec, torch.Generator().manual_seed(5))
         c, _ = loss_fn(model, ids, loss_mask, attn, spec, torch.Generator().manual_seed(6))
         if spec.attention == "full":
             noise = forward_noise(ids, loss_mask, spec.mask_token_id, torch.Generator().manual_seed(5))
-            d, _ = masked_diffusion_nll(model, ids, noise, loss_mask, attn, spec)
+            d, _ = sft_nll(model, ids, noise, loss_mask, attn, spec)
         else:
             pos = block_position_ids(attn.bool(), loss_mask.bool(), spec.block_size)
             g = torch.Generator().manual_seed(5)
             noise = block_forward_noise(ids, loss_mask, pos, spec.block_size, spec.mask_token_id, g)
-            d, _ = block_diffusion_nll(model, ids, noise, loss_mask, attn, spec)
+            d, _ = sft_nll(model, ids, noise, loss_mask, attn, spec)
     assert float(a) == float(b) == pytest.approx(float(d), rel=1e-6)
     assert float(a) != float(c)
 
@@ -153,8 +155,8 @@ def test_loss_ignores_targets_outside_the_mask(family):
     changed[outside] = (ids[outside] + 7) % (V - 2)
     assert bool((changed != ids)[~loss_mask & attn.bool()].all())  # every prompt target changed
     with torch.no_grad():
-        a, _ = masked_diffusion_nll(model, ids, noise, loss_mask, attn, spec)
-        b, _ = masked_diffusion_nll(model, changed, noise, loss_mask, attn, spec)
+        a, _ = sft_nll(model, ids, noise, loss_mask, attn, spec)
+        b, _ = sft_nll(model, changed, noise, loss_mask, attn, spec)
     assert a.item() == pytest.approx(b.item(), rel=1e-6)
 
 
@@ -170,7 +172,7 @@ def test_block_loss_equals_hand_computation():
     pos = block_position_ids(attn.bool(), loss_mask.bool(), bs)
     p_mask = 0.2 + 0.15 * (pos // bs).float()
     noise = MaskedNoise(noise.noisy_ids, noise.mask, p_mask)
-    loss, _ = block_diffusion_nll(model, ids, noise, loss_mask, attn, spec)
+    loss, _ = sft_nll(model, ids, noise, loss_mask, attn, spec)
 
     vis = torch.zeros(B, 1, 2 * L, 2 * L, dtype=torch.bool)
     for b in range(B):
@@ -199,7 +201,7 @@ def test_gradients_finite_with_padding_rows(family):
     spec = model.diffusion_spec()
     # row 2 is all padding (no prompt, no answer); row 1 is heavily left padded
     ids, loss_mask, attn = make_batch(prompt_lens=(4, 1, 0), resp_lens=(5, 2, 0))
-    loss, metrics = sft_loss_for(spec)(model, ids, loss_mask, attn, spec, torch.Generator().manual_seed(0))
+    loss, metrics = sft_loss(model, ids, loss_mask, attn, spec, torch.Generator().manual_seed(0))
     assert loss.requires_grad and torch.isfinite(loss)
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
@@ -213,7 +215,7 @@ def test_padding_row_does_not_change_the_loss(family):
     """A row without answer tokens is left out of the batch mean (it adds 0 and is not counted)."""
     model = tiny(family, V).eval()
     spec = model.diffusion_spec()
-    nll = masked_diffusion_nll if spec.attention == "full" else block_diffusion_nll
+    nll = sft_nll
     ids, loss_mask, attn = make_batch(prompt_lens=(4, 6, 0), resp_lens=(5, 8, 0))
     noise = fixed_noise(ids, loss_mask, spec.mask_token_id)
     with torch.no_grad():
@@ -228,20 +230,20 @@ def test_zero_mask_gives_zero_loss_and_bad_inputs_raise():
     spec = model.diffusion_spec()
     ids, loss_mask, attn = make_batch()
     empty = MaskedNoise(ids, torch.zeros_like(loss_mask), torch.ones(ids.shape))
-    loss, _ = masked_diffusion_nll(model, ids, empty, loss_mask, attn, spec)
+    loss, _ = sft_nll(model, ids, empty, loss_mask, attn, spec)
     assert loss.item() == 0.0
     bad = MaskedNoise(ids, ~loss_mask & attn.bool(), torch.ones(ids.shape))  # masks the prompt
     with pytest.raises(ValueError, match="outside loss_mask"):
-        masked_diffusion_nll(model, ids, bad, loss_mask, attn, spec)
+        sft_nll(model, ids, bad, loss_mask, attn, spec)
     hidden = loss_mask | ~attn.bool()  # claims left padding as answer
     with pytest.raises(ValueError, match="attention_mask hides"):
-        masked_diffusion_sft_loss(model, ids, hidden, attn, spec, torch.Generator().manual_seed(0))
+        sft_loss(model, ids, hidden, attn, spec, torch.Generator().manual_seed(0))
 
 
 def test_registry_selects_by_attention_kind():
-    assert SFT_LOSSES.names() == ["block", "full"]
-    assert sft_loss_for(tiny("llada", V).diffusion_spec()) is masked_diffusion_sft_loss
-    assert sft_loss_for(tiny("dream", V).diffusion_spec()) is masked_diffusion_sft_loss
-    assert sft_loss_for(tiny("sdar", V).diffusion_spec()) is block_diffusion_sft_loss
+    assert SFT_OBJECTIVES.names() == ["block", "full"]
+    assert [tiny(f, V).diffusion_spec().attention for f in ("llada", "dream", "sdar")] == ["full", "full", "block"]
+    assert SFT_OBJECTIVES.get("full") == SftObjective(masked_diffusion_noise, masked_diffusion_logits)
+    assert SFT_OBJECTIVES.get("block") == SftObjective(block_diffusion_noise, block_diffusion_logits)
     with pytest.raises(ValueError):
-        SFT_LOSSES.register("full", block_diffusion_sft_loss)
+        SFT_OBJECTIVES.register("full", SFT_OBJECTIVES.get("block"))

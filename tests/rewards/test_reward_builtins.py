@@ -20,6 +20,46 @@ def test_registry_lists_builtins_and_suggests_names():
         REWARDS.register("math", lambda prompt, response, ground_truth=None: 0.0)
 
 
+def test_one_registry_holds_both_kinds_and_lookups_check_the_kind():
+    from dare.rewards import REWARD_KINDS, builtin_reward, register_reward
+    from dare.rewards.base import reward_kind, reward_names
+    from dare.rewards.differentiable import check_spec
+
+    assert {reward_kind(REWARDS.get(n)) for n in ("linear", "reward_model", "task_match")} == {"differentiable"}
+    assert {reward_kind(REWARDS.get(n)) for n in BUILTINS} == {"text"}
+    assert set(reward_names("text")) | set(reward_names("differentiable")) == set(REWARDS.names())
+    assert builtin_reward("linear", "differentiable") is REWARDS.get("linear")
+    # a differentiable reward where a text one is expected, and the other way round: both kinds named
+    with pytest.raises(RewardLoadError, match=r"reward 'task_match' is a differentiable reward .* a text reward"):
+        get_reward("task_match")
+    with pytest.raises(RewardLoadError, match=r"reward 'sort' is a text reward .* a differentiable reward"):
+        check_spec("sort")
+    with pytest.raises(RewardLoadError, match=r"unknown differentiable reward 'linaer'.*did you mean 'linear'") as e:
+        check_spec("linaer")
+    assert "countdown" not in str(e.value)  # lists the rewards of the kind asked for
+    with pytest.raises(ValueError, match="already registered"):  # one name space for both kinds
+        register_reward("sort", kind="differentiable")(lambda: None)
+    with pytest.raises(ValueError, match=r"kind must be one of \['differentiable', 'text'\]"):
+        register_reward("new_one", kind="image")
+    with pytest.raises(ValueError, match="settings of text rewards"):
+        register_reward("new_one", kind="differentiable", batched=True)
+    assert set(REWARD_KINDS) == {"text", "differentiable"}
+
+
+def test_last_tag_is_the_last_closed_tag():
+    from dare.rewards.math_answer import answer_tag
+    from dare.rewards.tag_format import last_tag
+
+    assert last_tag("<a>1</a> x <a> 2 </a>", "a") == " 2 "  # as written
+    assert answer_tag("<answer>1</answer> x <answer> 2 </answer>") == "2"  # math's: stripped
+    assert last_tag("<a>1</a><a>2", "a") == "1"  # an unclosed last tag does not count
+    assert last_tag("<a>x<a>y</a>", "a") == "y"
+    assert last_tag("</a>", "a") is None and last_tag("no tags", "a") is None
+    fn = get_reward("sort")
+    assert fn("sort 21", "<answer>21</answer><answer>12</answer>", "12", answer_tag="answer") == 1.0
+    assert fn("sort 21", "<answer>12</answer><answer>21", "12", answer_tag="answer") == 1.0
+
+
 # -- built-in tasks --------------------------------------------------------------------------
 
 

@@ -89,6 +89,7 @@ def test_spec_validation_through_the_recipe_loader(tmp_path):
     assert [s.key for s in specs] == ["countdown", "f"]
     cases = [
         ({"name": "countdwn"}, "stages[1].rewards[0]: unknown reward 'countdwn'"),
+        ({"name": "task_match"}, "stages[1].rewards[0]: reward 'task_match' is a differentiable reward"),
         ({"path": f"{plug}:g"}, f"stages[1].rewards[0]: {plug}: has no function 'g'"),
         ({"name": "format", "args": {"tagz": ["a"]}}, "unexpected keyword argument 'tagz'"),
         ({"name": "math", "path": f"{plug}:f"}, "set exactly one of name"),

@@ -21,6 +21,7 @@ from dare.data.tasks.base import (
     builtin_tokenizer,
     extract_answer,
     get_task,
+    has_answer,
     row_task,
     split_of,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "evaluate_expression",
     "extract_answer",
     "get_task",
+    "has_answer",
     "row_task",
     "split_of",
 ]

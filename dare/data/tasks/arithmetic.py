@@ -47,7 +47,15 @@ class Addition(Task):
     def sample_problem(self, rng: random.Random) -> Problem:
         a, b = self._operand(rng), self._operand(rng)
         lo, hi = sorted((a, b))
-        return Problem(f"{lo}+{hi}", f"{a}+{b}", str(a + b), str(a + b))
+        answer = self.answer(f"{a}+{b}")
+        return Problem(f"{lo}+{hi}", f"{a}+{b}", answer, answer)
+
+    def answer(self, prompt: str) -> str:
+        """ "123+45" -> "168"."""
+        a, sep, b = prompt.strip().partition("+")
+        if not sep or not a.isdigit() or not b.isdigit():
+            raise ValueError(f"addition: expected a prompt '<int>+<int>', got {prompt!r}")
+        return str(int(a) + int(b))
 
     def score(self, response: str, ground_truth: Any) -> float:
         return 1.0 if extract_answer(response) == str(ground_truth) else 0.0
@@ -78,9 +86,16 @@ class Sort(Task):
 
     def sample_problem(self, rng: random.Random) -> Problem:
         digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(self.min_len, self.max_len)))
-        answer = "".join(sorted(digits))
+        answer = self.answer(f"sort {digits}")
         response = answer[::-1] if self.direction == "either" and rng.random() < 0.5 else answer
         return Problem(answer, f"sort {digits}", response, answer)
+
+    def answer(self, prompt: str) -> str:
+        """ "sort 31979" -> "13799" (ascending, what the ground truth holds, whatever `direction`)."""
+        head, _, digits = prompt.strip().rpartition(" ")
+        if head != "sort" or not digits.isdigit():
+            raise ValueError(f"sort: expected a prompt 'sort <digits>', got {prompt!r}")
+        return "".join(sorted(digits))
 
     def score(self, response: str, ground_truth: Any) -> float:
         answer, truth = extract_answer(response), str(ground_truth)

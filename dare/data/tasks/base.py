@@ -106,6 +106,17 @@ class Task:
         malformed response)."""
         raise NotImplementedError
 
+    def answer(self, prompt: str) -> str:
+        """The answer the task's ground truth holds for `prompt`, computed from the prompt alone
+        (the target of the differentiable `task_match` reward). Only tasks whose prompt fixes one
+        answer define it (`has_answer`); countdown (many expressions reach the target) does not.
+
+        Raises:
+            ValueError: a prompt this task does not generate.
+            NotImplementedError: the task defines no single answer.
+        """
+        raise NotImplementedError(f"{self.name}: a prompt of this task has no single answer")
+
     def knobs(self) -> dict[str, Any]:
         """The knobs set to non-default values: what `get_task(name, **knobs)` needs to rebuild
         this task (its scorer included, e.g. sort's `direction`)."""
@@ -172,6 +183,12 @@ def get_task(name: str, **knobs: Any) -> Task:
     return cls(**knobs)
 
 
+def has_answer(task: type[Task] | Task) -> bool:
+    """Whether `task` defines `Task.answer` (its prompt fixes one answer)."""
+    cls = task if isinstance(task, type) else type(task)
+    return cls.answer is not Task.answer
+
+
 def row_task(row: dict[str, Any]) -> Task:
     """The built-in task that generated `row` (its `task` name and `task_args` knobs)."""
     return _cached_task(row["task"], json.dumps(row.get("task_args") or {}, sort_keys=True))
@@ -191,6 +208,7 @@ __all__ = [
     "builtin_tokenizer",
     "extract_answer",
     "get_task",
+    "has_answer",
     "row_task",
     "split_of",
 ]

@@ -109,6 +109,14 @@ class Sudoku(Task):
             if not self.unique or len(solutions(puzzle)) == 1:
                 return Problem(puzzle, puzzle, solution, {"puzzle": puzzle, "solution": solution})
 
+    def answer(self, prompt: str) -> str:
+        """The puzzle's solution (the first in lexicographic order if it has several; puzzles are
+        unique by default)."""
+        found = solutions(prompt.strip())
+        if not found:
+            raise ValueError(f"sudoku: puzzle {prompt!r} has no solution")
+        return found[0]
+
     def score(self, response: str, ground_truth: Any) -> float:
         answer = extract_answer(response)
         if answer is None or not is_valid_grid(answer):

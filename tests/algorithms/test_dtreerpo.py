@@ -1,0 +1,223 @@
+"""d-TreeRPO (arXiv 2512.09675), the math: branch points and the tree, value propagation and
+local advantages on a hand-computed tree, the sibling-centring property, transition log-probs
+that reproduce the sampler's per-token probabilities when a segment is one step, the segment
+loss against DARE's written-out formula, self-distillation on hand-computed cases, and a tiny
+learning run with a test-local tree rollout.
+
+dare has no tree rollout, so there is no registered algorithm yet."""
+
+import math
+
+import pytest
+import torch
+
+from dare.algorithms.dtreerpo import (
+    Tree,
+    branch_points,
+    local_advantages,
+    propagate_values,
+    self_distillation_loss,
+    self_distillation_schedule,
+    transition_mask,
+    transition_plan,
+    tree_segment_loss,
+)
+from dare.diffusion.estimators import view_logp
+from dare.diffusion.trajectory import trajectory_states
+from dare.models import tiny
+from dare.models.spec import aligned_logits
+from dare.sampling.config import SamplingConfig
+from dare.sampling.generate import generate
+
+V = 16
+M, EOS = V - 1, V - 2  # tiny models' mask and eos ids
+
+
+def test_branch_points_and_tree_shape():
+    assert branch_points(128, 2) == [128, 64, 0]  # DARE's LLaDA recipe: T 128, s 2
+    assert branch_points(10, 3) == [10, 7, 4, 0]
+    assert branch_points(2, 4) == [2, 1, 0]  # deduplicated
+    tree = Tree.build(num_tree_samples=2, branch_factor=3, num_levels=2)
+    assert tree.parent.tolist() == [-1, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert tree.level.tolist() == [0, 1, 1, 2, 2, 2, 2, 2, 2]
+    assert tree.leaves.tolist() == [3, 4, 5, 6, 7, 8]
+
+
+def test_values_and_local_advantages_on_a_hand_computed_tree():
+    # root -> 1, 2; 1 -> leaves 3, 4; 2 -> leaves 5, 6; rewards 1, 0, 1, 1
+    tree = Tree.build(2, 2, 2)
+    v = propagate_values(tree, torch.tensor([[1.0, 0.0, 1.0, 1.0]]))
+    assert v[0].tolist() == [0.75, 0.5, 1.0, 1.0, 0.0, 1.0, 1.0]
+    a = local_advantages(tree, v)
+    assert a[0].tolist() == [0.0, -0.5, 0.5, 1.0, -1.0, 0.0, 0.0]
+    # an only child keeps its value (DARE: the sibling mean defaults to 0)
+    only = Tree.build(1, 1, 1)
+    assert local_advantages(only, propagate_values(only, torch.tensor([[0.3]])))[0, 1].item() == pytest.approx(0.3)
+
+
+def test_values_are_subtree_leaf_means_and_sibling_advantages_are_centred():
+    tree = Tree.build(3, 4, 3)  # 3 x 4 x 4 = 48 leaves
+    r = torch.rand(5, tree.leaves.numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    v = propagate_values(tree, r)
+    a = local_advantages(tree, v)
+    torch.testing.assert_close(v[:, 0], r.mean(-1))  # equal branching: the root is the leaf mean
+    torch.testing.assert_close(v[:, 1], r[:, :16].mean(-1))  # the first child's 16 leaves
+    for p in range(tree.parent.shape[0]):
+        kids = tree.parent == p
+        if kids.any():  # sum_i (v_i - mean_{j != i} v_j) = 0 for every sibling group
+            torch.testing.assert_close(a[:, kids].sum(-1), torch.zeros(5, dtype=torch.float64))
+
+
+def test_transition_mask_counts_the_newly_unmasked_tokens_up_to_the_first_eos():
+    completion = torch.tensor([[0, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    parent = torch.tensor([[7, 3, M, M, M, M]])
+    child = torch.tensor([[7, 3, 5, EOS, M, EOS]])  # unmasks 2, 3 (eos) and 5 (after the eos)
+    assert transition_mask(parent, child, completion, M, EOS).int().tolist() == [[0, 0, 1, 1, 0, 0]]
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_one_step_transitions_reproduce_the_samplers_token_probabilities(family):
+    # contraction s = T: every segment is one sampler step, so logp(child | parent) at the tokens
+    # the step unmasked is the log-probability the sampler drew them with (T = 1). EOS is
+    # suppressed (logits_eos_inf) so no response has a tail the Rollout overwrites with EOS, and
+    # every state the sampler saw can be rebuilt from decode_step.
+    model = tiny(family, V).eval()
+    L = 6
+    cfg = SamplingConfig(
+        algorithm=family, gen_length=L, steps=3, temperature=1.0, num_generations=2, logits_eos_inf=True
+    )
+    out = generate(model, [[5, 6, 7], [8, 9, 10]], cfg, torch.Generator().manual_seed(0))
+    assert out.response_mask.all()
+    states = trajectory_states(out.response_ids, out.decode_step, 4, M)  # [4, N, L], state j before step j
+    P, N = out.prompt_ids.shape[1], out.response_ids.shape[0]
+    completion = torch.cat([torch.zeros(N, P, dtype=torch.bool), torch.ones(N, L, dtype=torch.bool)], 1)
+    seen = torch.zeros(N, L, dtype=torch.bool)
+    for j in range(3):
+        parent = torch.cat([out.prompt_ids, states[j]], 1)
+        child = torch.cat([out.prompt_ids, states[j + 1]], 1)
+        batch = {"input_ids": child, "attention_mask": torch.ones_like(child), "response_mask": completion}
+        plan = transition_plan(parent, child, completion, M, EOS)
+        with torch.no_grad():
+            lp = view_logp(model, batch, plan, model.diffusion_spec())[:, 0, P:]  # [N, L]
+        U = plan.weights[:, 0, P:] > 0
+        assert torch.equal(U, (out.decode_step == j) & out.response_mask)
+        # dare's samplers give [MASK] (and here EOS) probability 0; the model's softmax keeps them,
+        # so the model's probability is the sampler's times P(neither)
+        full = torch.cat([out.prompt_ids, states[j]], 1)
+        with torch.no_grad():
+            logits = model(full, attention_mask=torch.ones_like(full)).logits
+            logits = aligned_logits(logits, model.diffusion_spec())[:, P:].double()
+        p_drop = torch.softmax(logits, -1)[..., [M, EOS]].sum(-1)  # [N, L]
+        expected = out.confidence * (1 - p_drop)
+        torch.testing.assert_close(lp.exp().double()[U], expected[U], atol=1e-5, rtol=1e-4)
+        seen |= U
+    assert torch.equal(seen, out.response_mask)
+
+
+def test_segment_loss_matches_the_written_out_formula():
+    g = torch.Generator().manual_seed(0)
+    B, L, eps = 6, 5, 0.4
+    old, new, ref = (torch.randn(B, L, generator=g, dtype=torch.float64) * 0.3 for _ in range(3))
+    adv = torch.randn(B, generator=g, dtype=torch.float64)
+    active = torch.rand(B, L, generator=g) < 0.6
+    active[0] = False  # a segment with no unmasked token contributes 0
+    loss, _ = tree_segment_loss(old, new, adv, active, eps, ref_log_prob=ref, beta=0.01)
+    expected = 0.0
+    for b in range(B):  # DARE llada_dp_actor_dtreerpo.update_policy, row by row
+        r = torch.exp(new[b] - old[b])
+        obj = torch.minimum(r * adv[b], r.clamp(1 - eps, 1 + eps) * adv[b])
+        d = ref[b] - new[b]
+        kl = torch.exp(d) - d - 1
+        n = max(int(active[b].sum()), 1)
+        expected += (-(obj * active[b]).sum() / n + 0.01 * (kl * active[b]).sum() / n) / B
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+def test_self_distillation_on_hand_computed_cases():
+    logp = torch.log_softmax(torch.tensor([[[0.2, -0.1, 0.5]]], dtype=torch.float64), -1)  # [1, 1, 3]
+    # children vote 0, 0, 1 with A = 1, 1, -1: only the two positives, equal weights -> q = onehot(0)
+    kl = self_distillation_loss(logp, torch.tensor([[[0], [0], [1]]]), torch.ones(1, 3, 1, dtype=torch.bool),
+                                torch.tensor([[1.0, 1.0, -1.0]], dtype=torch.float64), tau=0.7)  # fmt: skip
+    assert kl.item() == pytest.approx(-logp[0, 0, 0].item(), rel=1e-6)
+    # tokens 0, 1, 2 with A = 1, 0.5, -1 and tau 0.5: q = (e^2, e^1, 0) / (e^2 + e)
+    kl = self_distillation_loss(logp, torch.tensor([[[0], [1], [2]]]), torch.ones(1, 3, 1, dtype=torch.bool),
+                                torch.tensor([[1.0, 0.5, -1.0]], dtype=torch.float64), tau=0.5)  # fmt: skip
+    q = torch.tensor([math.e**2, math.e, 0.0], dtype=torch.float64) / (math.e**2 + math.e)
+    expected = sum(q[i] * (math.log(q[i]) - logp[0, 0, i]) for i in range(2))
+    assert kl.item() == pytest.approx(expected.item(), rel=1e-6)
+    # no positive child: 0 (with a graph)
+    zero = self_distillation_loss(logp.requires_grad_(), torch.zeros(1, 2, 1, dtype=torch.long),
+                                  torch.ones(1, 2, 1, dtype=torch.bool), -torch.ones(1, 2), tau=1.0)  # fmt: skip
+    assert zero.item() == 0.0 and zero.requires_grad
+
+
+def test_self_distillation_schedule():
+    assert self_distillation_schedule(0, 100, 3e-3, 2.0, 2.0, 0.7) == (0.0, 2.0)
+    lam, tau = self_distillation_schedule(50, 100, 3e-3, 2.0, 2.0, 0.7)
+    assert lam == pytest.approx(3e-3 / (math.e + 1)) and tau == pytest.approx(2.0 * 0.5**0.7)
+    assert self_distillation_schedule(200, 100, 3e-3, 2.0, 2.0, 0.7) == (pytest.approx(3e-3), 1e-6)
+
+
+def denoise(model, x, n_tokens, completion, g):
+    """Test-local sampler: unmask `n_tokens` uniformly chosen masked completion positions, one per
+    model call, each drawn from the model's softmax (mask excluded) in float64."""
+    x = x.clone()
+    for _ in range(n_tokens):
+        with torch.no_grad():
+            probs = torch.softmax(model(x, attention_mask=torch.ones_like(x)).logits.double(), -1)
+        probs[..., M] = 0
+        masked = (x == M) & completion
+        pick = torch.multinomial(masked.double(), 1, generator=g).squeeze(-1)  # [B]
+        rows = torch.arange(x.shape[0])
+        x[rows, pick] = torch.multinomial(probs[rows, pick], 1, generator=g).squeeze(-1)
+    return x
+
+
+def tree_train(steps: int) -> tuple[float, float]:
+    """4 prompts, trees G 4 x branch 2 over T = 4 steps with s = 2 (branch at step 2): 8 leaves and
+    12 segments per prompt; reward = fraction of the 4 response tokens equal to 3. Returns the mean
+    leaf reward of one tree per prompt before and after `steps` updates."""
+    torch.manual_seed(0)
+    model = tiny("llada", V)
+    spec = model.diffusion_spec()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    tree = Tree.build(4, 2, 2)
+    prompts = torch.tensor([[5, 6, 7], [8, 9, 10], [11, 12, 4], [4, 13, 5]])
+    P, L = 3, 4
+    root = torch.cat([prompts, torch.full((4, L), M)], 1)
+    completion = torch.zeros_like(root, dtype=torch.bool)
+    completion[:, P:] = True
+    g = torch.Generator().manual_seed(0)
+
+    def reward(x):
+        return (x[:, P:] == 3).double().mean(-1)
+
+    def grow():
+        nodes = [root]
+        for n in range(1, tree.parent.shape[0]):
+            nodes.append(denoise(model.eval(), nodes[int(tree.parent[n])], 2, completion, g))
+        return torch.stack(nodes, 1)  # [4, N, P+L]
+
+    before = float(torch.stack([reward(grow()[:, leaf]) for leaf in tree.leaves]).mean())
+    for _ in range(steps):
+        nodes = grow()
+        adv = local_advantages(tree, propagate_values(tree, torch.stack([reward(nodes[:, i]) for i in tree.leaves], 1)))
+        segs = torch.arange(1, tree.parent.shape[0])
+        parent = nodes[:, tree.parent[segs]].reshape(-1, P + L)  # [4 * 12, P+L]
+        child = nodes[:, segs].reshape(-1, P + L)
+        comp = completion.repeat_interleave(len(segs), 0)
+        batch = {"input_ids": child, "attention_mask": torch.ones_like(child), "response_mask": comp}
+        plan = transition_plan(parent, child, comp, M, EOS)
+        lp = (view_logp(model.train(), batch, plan, spec) * plan.weights).sum(1)  # [48, P+L]
+        loss, _ = tree_segment_loss(lp.detach(), lp, adv[:, segs].reshape(-1).float(), plan.weights[:, 0] > 0, 0.2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = float(torch.stack([reward(grow()[:, leaf]) for leaf in tree.leaves]).mean())
+    return before, after
+
+
+def test_dtreerpo_learns_a_rewarded_token_with_a_tiny_tree():
+    # measured (seed 0, CPU fp32): see docs/algorithms/dtreerpo.md
+    before, after = tree_train(8)
+    assert before < 0.15 and after > before + 0.3, (before, after)
