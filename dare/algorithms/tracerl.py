@@ -58,7 +58,7 @@ from dare.algorithms.cj_grpo import CJGRPO, replay_log_prob, response_start
 from dare.algorithms.grpo import GRPOArgs
 from dare.diffusion.rl_losses import masked_mean
 from dare.diffusion.rl_registry import register_advantage
-from dare.errors import RecipeError
+from dare.errors import check_fields
 
 _LOG_RATIO_CLAMP = 10.0  # dLLM-RL clamps the log-ratio (and the KL's) to +-10 "for stability"
 
@@ -251,9 +251,7 @@ class TraceRL(CJGRPO):
                 "lam": (0 <= self.lam <= 1, "in [0, 1]"),
                 "value_clip_eps": (self.value_clip_eps > 0, "> 0"),
             }
-            for name, (ok, rule) in checks.items():
-                if not ok:
-                    raise RecipeError(file, f"{key}.{name}", f"must be {rule}, got {getattr(self, name)!r}")
+            check_fields(self, checks, key, file)
 
     @property
     def needs_reference(self) -> bool:

@@ -93,6 +93,7 @@ def test_algorithm_on_a_rollout_batch_ratio_one_then_old_and_reference_match():
         algo.check_batch(batch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llada", "dream", "sdar"])
 def test_cj_grpo_learns_the_toy_reward(family):
     rewards = train_toy("cj_grpo", family, steps=20, beta=0.0)

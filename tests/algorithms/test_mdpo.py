@@ -98,6 +98,7 @@ def step_rollout(model, G: int, L: int, gen: torch.Generator):
     return prompt, torch.stack(states, 1), torch.stack(preds, 1), torch.stack(confs, 1)  # [N, S, L]
 
 
+@pytest.mark.slow
 def test_mdpo_learns_the_toy_reward():
     model = tiny("llada", V, seed=0)
     spec = model.diffusion_spec()

@@ -147,6 +147,7 @@ def test_value_model_role_targets_and_loss():
     assert values.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_tracerl_with_a_value_model_learns_the_toy_reward():
     rewards = train_toy("tracerl", steps=20, shrink=2, use_value_model=True, critic_lr=1e-3)
     # measured (2-core CPU, seed 0): see docs/algorithms/tracerl.md
@@ -161,6 +162,7 @@ def test_shrink_is_validated_at_load():
         build_stage({"kind": "rl", "algorithm": "tracerl", "steps": 1, "shrink": 0}, "stages[0]", None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llada", "dream", "sdar"])
 def test_tracerl_learns_the_toy_reward(family):
     rewards = train_toy("tracerl", family, steps=20, shrink=2)
