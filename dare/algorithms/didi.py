@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from dare.algorithms.base import Algorithm, register_algorithm
 from dare.algorithms.didi_discriminator import DiffusionDiscriminator, log_ratio, smoothed_targets
-from dare.diffusion.trajectory import trajectory_logp, trajectory_states
+from dare.diffusion.trajectory import per_step_logp, trajectory_states, trajectory_token_logp
 from dare.errors import RecipeError, check_fields
 from dare.sampling.few_step import sample_trajectory
 from dare.sampling.ops import topk_transfer, uniform
@@ -305,7 +305,7 @@ class DiDiInstruct(Algorithm):
 
     def compute_loss(self, model, batch):
         a = self.args
-        lp = trajectory_logp(
+        token_lp = trajectory_token_logp(
             model,
             self.spec,
             batch["input_ids"],
@@ -314,7 +314,8 @@ class DiDiInstruct(Algorithm):
             batch["step_of"],
             a.student_steps,
             a.temperature,
-        )  # [N, S]  fmt: skip
+        )  # [N, L]  fmt: skip
+        lp = per_step_logp(token_lp, batch["step_of"], a.student_steps)  # [N, S]
         L = batch["response"].shape[1]
         loss = -(batch["advantages"] * lp).sum(-1).mean() / L
         return loss, {

@@ -158,37 +158,40 @@ class NoisePlan:
 # Forward of the views, per attention kind
 # ---------------------------------------------------------------------------------------------
 
-ViewForward = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, DiffusionSpec], torch.Tensor]
-"""(model, view_ids [N, L], context_ids [N, L], valid [N, L], prompt_len [N], spec) -> logits [N, L, V],
-aligned so `logits[:, i]` predicts token i."""
+
+@dataclass(frozen=True)
+class ViewInputs:
+    """What a view forward reads, `N` views of length `L`.
+
+    Attributes:
+        view_ids: `[N, L]` the noisy input (masked positions hold the mask id).
+        context_ids: `[N, L]` the clean sequence (block attention's context half).
+        valid: `[N, L]` bool, False on left padding.
+        prompt_len: `[N]` prompt tokens of each row.
+    """
+
+    view_ids: torch.Tensor
+    context_ids: torch.Tensor
+    valid: torch.Tensor
+    prompt_len: torch.Tensor
+
+
+ViewForward = Callable[[nn.Module, ViewInputs, DiffusionSpec], torch.Tensor]
+"""(model, views, spec) -> logits [N, L, V], aligned so `logits[:, i]` predicts token i."""
 
 VIEW_FORWARDS: Registry[ViewForward] = Registry("estimator view forward")
 
 
 @VIEW_FORWARDS.register("full")
-def full_attention_view_logits(
-    model: nn.Module,
-    view_ids: torch.Tensor,
-    context_ids: torch.Tensor,
-    valid: torch.Tensor,
-    prompt_len: torch.Tensor,
-    spec: DiffusionSpec,
-) -> torch.Tensor:
+def full_attention_view_logits(model: nn.Module, v: ViewInputs, spec: DiffusionSpec) -> torch.Tensor:
     """Bidirectional models (LLaDA, Dream): the view is the whole input; `context_ids` and
     `prompt_len` are unused (the view already carries the masked prompt)."""
-    logits = model(view_ids, attention_mask=valid).logits  # [N, L, V]
+    logits = model(v.view_ids, attention_mask=v.valid).logits  # [N, L, V]
     return aligned_logits(logits, spec)  # Dream: logits[:, i-1] -> logits[:, i]
 
 
 @VIEW_FORWARDS.register("block")
-def block_attention_view_logits(
-    model: nn.Module,
-    view_ids: torch.Tensor,
-    context_ids: torch.Tensor,
-    valid: torch.Tensor,
-    prompt_len: torch.Tensor,
-    spec: DiffusionSpec,
-) -> torch.Tensor:
+def block_attention_view_logits(model: nn.Module, v: ViewInputs, spec: DiffusionSpec) -> torch.Tensor:
     """Block-causal models (SDAR): one forward over `[view ; context]` `[N, 2L]` under the
     block-diffusion mask; logits of the noisy (view) half.
 
@@ -200,11 +203,11 @@ def block_attention_view_logits(
         raise ValueError(f"block attention needs spec.block_size; got spec {spec}")
     if spec.shift_logits:
         raise ValueError("block-attention estimators with shift_logits=True are not supported (no family needs it)")
-    L = view_ids.shape[1]
-    pos = response_aligned_positions(valid, prompt_len, spec.block_size)  # [N, L]
-    both = torch.cat([view_ids, context_ids], dim=1)  # [N, 2L] = [x_t ; x_0]
+    L = v.view_ids.shape[1]
+    pos = response_aligned_positions(v.valid, v.prompt_len, spec.block_size)  # [N, L]
+    both = torch.cat([v.view_ids, v.context_ids], dim=1)  # [N, 2L] = [x_t ; x_0]
     both_pos = torch.cat([pos, pos], dim=1)  # [N, 2L]
-    mask4d = block_diffusion_attention_mask(pos, valid, spec.block_size)  # [N, 1, 2L, 2L]
+    mask4d = block_diffusion_attention_mask(pos, v.valid, spec.block_size)  # [N, 1, 2L, 2L]
     return model(both, attention_mask=mask4d, position_ids=both_pos).logits[:, :L]  # [N, 2L, V] -> [N, L, V]
 
 
@@ -238,9 +241,8 @@ def view_logp(
     def rep(x: torch.Tensor) -> torch.Tensor:  # [B, ...] -> [B*K, ...]
         return x.repeat_interleave(K, dim=0)
 
-    logits = VIEW_FORWARDS.get(spec.attention)(
-        model, views.reshape(B * K, L), rep(context), rep(m.valid), rep(prompt_len), spec
-    )  # [B*K, L, V]
+    flat = ViewInputs(views.reshape(B * K, L), rep(context), rep(m.valid), rep(prompt_len))
+    logits = VIEW_FORWARDS.get(spec.attention)(model, flat, spec)  # [B*K, L, V]
     need = (plan.weights != 0).reshape(B * K, L)  # [B*K, L]
     rows, cols = need.nonzero(as_tuple=True)  # M needed (row, position) pairs
     lp = F.log_softmax(logits[rows, cols].float(), dim=-1)  # [M, V], fp32 on the needed rows only
@@ -439,6 +441,7 @@ class CoupledEstimator(LogpEstimator):
 __all__ = [
     "ESTIMATORS",
     "VIEW_FORWARDS",
+    "ViewInputs",
     "CoupledEstimator",
     "D1Estimator",
     "LogpEstimator",

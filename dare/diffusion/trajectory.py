@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from dare.diffusion.estimators import VIEW_FORWARDS
+from dare.diffusion.estimators import VIEW_FORWARDS, ViewInputs
 from dare.models.spec import DiffusionSpec, aligned_logits
 
 
@@ -68,8 +68,8 @@ def trajectory_token_logp(
     # clean sequence as context, so a token sees its own block's state and the clean blocks before)
     context = torch.cat([input_ids, response], -1).repeat(num_steps, 1)  # [S*N, P+L]
     prompt_len = attention_mask.long().sum(-1).repeat(num_steps)  # [S*N]
-    forward = VIEW_FORWARDS.get(spec.attention)
-    logits = forward(model, x, context, valid.repeat(num_steps, 1), prompt_len, spec)[:, P:]  # [S*N, L, V]
+    views = ViewInputs(x, context, valid.repeat(num_steps, 1), prompt_len)
+    logits = VIEW_FORWARDS.get(spec.attention)(model, views, spec)[:, P:]  # [S*N, L, V]
     lp = tempered_log_probs(logits, spec, temperature)  # [S*N, L, V]
     tok = response.repeat(num_steps, 1)  # [S*N, L]
     lp = lp.gather(-1, tok[..., None])[..., 0].view(num_steps, N, L)
@@ -77,20 +77,11 @@ def trajectory_token_logp(
     return torch.where(drawn, lp, 0.0).sum(0)  # [N, L]: each token is drawn at one step at most
 
 
-def trajectory_logp(
-    model: torch.nn.Module,
-    spec: DiffusionSpec,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    response: torch.Tensor,
-    step_of: torch.Tensor,
-    num_steps: int,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """log p(tokens drawn at step j | state j) summed per step, with gradients: `[N, S]`."""
-    lp = trajectory_token_logp(model, spec, input_ids, attention_mask, response, step_of, num_steps, temperature)
-    drawn = step_of[:, None] == torch.arange(num_steps, device=lp.device)[None, :, None]  # [N, S, L]
-    return torch.where(drawn, lp[:, None], 0.0).sum(-1)  # [N, S]
+def per_step_logp(token_logp: torch.Tensor, step_of: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """Token log-probs `[N, L]` (`trajectory_token_logp`) summed per decoding step: log p(tokens
+    drawn at step j | state j), `[N, S]`."""
+    drawn = step_of[:, None] == torch.arange(num_steps, device=token_logp.device)[None, :, None]  # [N, S, L]
+    return torch.where(drawn, token_logp[:, None], 0.0).sum(-1)  # [N, S]
 
 
-__all__ = ["response_logits", "tempered_log_probs", "trajectory_logp", "trajectory_states", "trajectory_token_logp"]
+__all__ = ["response_logits", "tempered_log_probs", "per_step_logp", "trajectory_states", "trajectory_token_logp"]

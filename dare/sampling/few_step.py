@@ -9,7 +9,7 @@ ancestral sampler of a masked diffusion model, DiDi-Instruct's student sampler) 
 Unlike the engine's samplers, no row stops early at EOS: every position is decoded by the model,
 so the trajectory is exact — `Trajectory.step_of[i] = j` means token i was drawn at step j from
 the state where every position with `step_of >= j` was masked, and `Trajectory.logp` is its
-log-probability under the distribution it was drawn from. `dare.diffusion.trajectory.trajectory_logp` recomputes those
+log-probability under the distribution it was drawn from. `dare.diffusion.trajectory.trajectory_token_logp` recomputes those
 log-probabilities with gradients (the student's log p_nu(x) = sum over steps of the per-step
 transition log-probs, as in DiDi-Instruct, Zheng et al., arXiv 2509.25035).
 

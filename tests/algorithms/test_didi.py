@@ -13,7 +13,7 @@ from dare.algorithms.didi import group_normalise, noise_pair, states_after_steps
 from dare.algorithms.didi_discriminator import DiffusionDiscriminator, log_ratio
 from dare.config import RecipeError, load_recipe
 from dare.data.tasks import builtin_tokenizer
-from dare.diffusion.trajectory import trajectory_logp
+from dare.diffusion.trajectory import per_step_logp, trajectory_token_logp
 from dare.models import tiny
 from dare.models.spec import aligned_logits
 from dare.models.tokenizer import model_token_ids
@@ -42,7 +42,9 @@ def test_few_step_trajectory_logp_is_exact_and_differentiable():
     traj = sample_trajectory(model, spec, ids, mask, 6, 3, 1.0, "random", torch.Generator().manual_seed(0))
     assert (traj.response != spec.mask_token_id).all()
     assert sorted(traj.step_of[0].tolist()) == [0, 0, 1, 1, 2, 2]  # split_evenly(6, 3)
-    lp = trajectory_logp(model, spec, ids, mask, traj.response, traj.step_of, 3, 1.0)  # [N, S]
+    lp = per_step_logp(
+        trajectory_token_logp(model, spec, ids, mask, traj.response, traj.step_of, 3, 1.0), traj.step_of, 3
+    )
     expected = torch.stack([torch.where(traj.step_of == j, traj.logp, 0.0).sum(-1) for j in range(3)], -1)
     torch.testing.assert_close(lp.double(), expected, atol=1e-5, rtol=1e-5)
     lp.sum().backward()
