@@ -58,6 +58,16 @@ def rl_batch(rollout, advantage: str = "grpo_mean", mu: int = 1, seed: int = 0) 
     }
 
 
+def policy_update(algo, model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict) -> None:
+    """One RL step's updates, as the actor takes them: one optimizer step per `prepare` batch."""
+    model.train()
+    for update in algo.prepare(model, None, batch):
+        opt.zero_grad()
+        loss, _ = algo.compute_loss(model, update)
+        loss.backward()
+        opt.step()
+
+
 def train_toy(
     name: str,
     family: str = "llada",
@@ -94,12 +104,7 @@ def train_toy(
         rewards.append(float(batch["scores"].mean()))
         if critic is not None:
             batch["values"] = critic.values(batch)
-        model.train()
-        for update in algo.prepare(model, None, batch):
-            opt.zero_grad()
-            loss, _ = algo.compute_loss(model, update)
-            loss.backward()
-            opt.step()
+        policy_update(algo, model, opt, batch)
         if critic is not None:
             critic.update(batch, algo.critic_loss)
     return rewards

@@ -10,6 +10,7 @@ objective moved the policy toward the rewarded token.
 from __future__ import annotations
 
 import torch
+from rl_toy import policy_update
 
 from dare.algorithms import ALGORITHMS
 from dare.config.schema import build_stage
@@ -69,10 +70,5 @@ def train(
             stage.args.advantage, scores, out.prompt_index, batch["response_mask"]
         )
         batch["noise_seed"] = torch.randint(0, 2**62, (len(scores), stage.args.mu), generator=g)
-        model.train()
-        for update in algo.prepare(model, None, batch):
-            opt.zero_grad()
-            loss, _ = algo.compute_loss(model, update)
-            loss.backward()
-            opt.step()
+        policy_update(algo, model, opt, batch)
     return before, evaluate()
