@@ -15,7 +15,7 @@ Shapes: B batch, Q query length, K key length (cache + new), H heads, Hkv key/va
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -58,8 +58,13 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate `[B, H, Q, D]` in fp32 (LLaDA's rope_full_precision) and cast back."""
+    """Rotate `[B, H, Q, D]` in fp32 (LLaDA's rope_full_precision) and cast back. Tables narrower
+    than D (partial rotary, LLaDA2: `[..., R]` with R < D) rotate the first R dims; the rest pass."""
+    rot = cos.shape[-1]
     xf = x.float()
+    if rot < x.shape[-1]:
+        xr, xp = xf[..., :rot], xf[..., rot:]
+        return torch.cat([xr * cos + _rotate_half(xr) * sin, xp], dim=-1).to(x.dtype)
     return (xf * cos + _rotate_half(xf) * sin).to(x.dtype)
 
 
@@ -147,6 +152,8 @@ class AttentionContext:
     cache: DiffusionCache | None
     store: bool
     replace_position: int | None
+    # what MoE blocks of this call report (one `dare.models.moe.Routing` per MoE layer, in order)
+    routing: list = field(default_factory=list)
 
 
 def _default_positions(valid: torch.Tensor, offset: torch.Tensor | int = 0) -> torch.Tensor:

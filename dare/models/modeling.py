@@ -21,6 +21,7 @@ Shapes: B batch, Q query length, d hidden size, V vocab.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,6 +31,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from dare.models.layers import DiffusionCache, build_attention_context, run_decoder
 from dare.models.spec import DiffusionSpec
+
+
+@dataclass
+class DiffusionModelOutput(BaseModelOutputWithPast):
+    """A backbone's output; `routing`: what its MoE layers report (None without MoE layers)."""
+
+    routing: tuple | None = None
 
 
 class DiffusionPreTrainedModel(PreTrainedModel):
@@ -55,6 +63,10 @@ class DiffusionBackbone(DiffusionPreTrainedModel):
         """Block length of block-causal attention; None = bidirectional (the default)."""
         return None
 
+    def rotary_dim(self) -> int:
+        """Head dims that RoPE rotates (all of them unless the family rotates part: LLaDA2)."""
+        return self.config.head_dim
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -62,7 +74,7 @@ class DiffusionBackbone(DiffusionPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         **attention: Any,
-    ) -> BaseModelOutputWithPast:
+    ) -> DiffusionModelOutput:
         """Hidden states `[B, Q, d]` of `input_ids` `[B, Q]` (or of `inputs_embeds` `[B, Q, d]`).
 
         `attention` takes `attention_mask`, `position_ids`, `past_key_values`, `use_cache` and
@@ -72,14 +84,15 @@ class DiffusionBackbone(DiffusionPreTrainedModel):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         x = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds  # [B, Q, d]
         ctx = build_attention_context(
-            batch_size=x.shape[0], query_len=x.shape[1], device=x.device, head_dim=self.config.head_dim,
+            batch_size=x.shape[0], query_len=x.shape[1], device=x.device, head_dim=self.rotary_dim(),
             rope_theta=self.config.rope_theta, block_size=self.attention_block_size(), **attention,
         )  # fmt: skip
         x, hidden = run_decoder(*self.decoder(), x, ctx)
-        return BaseModelOutputWithPast(
+        return DiffusionModelOutput(
             last_hidden_state=x,
             past_key_values=ctx.cache,
             hidden_states=tuple(hidden) if output_hidden_states else None,
+            routing=tuple(ctx.routing) or None,
         )
 
 
@@ -122,11 +135,13 @@ class DiffusionLM(DiffusionPreTrainedModel):
             attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
             use_cache=use_cache, replace_position=replace_position,
         )  # fmt: skip
+        return self.lm_output(out, self.lm_logits(out.last_hidden_state))  # logits [B, Q, V]
+
+    def lm_output(self, out: DiffusionModelOutput, logits: torch.Tensor) -> CausalLMOutputWithPast:
+        """The forward's output from the backbone's and the logits (MoE families add routing)."""
         return CausalLMOutputWithPast(
-            logits=self.lm_logits(out.last_hidden_state),  # [B, Q, V]
-            past_key_values=out.past_key_values,
-            hidden_states=out.hidden_states,
+            logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
         )
 
 
-__all__ = ["DiffusionBackbone", "DiffusionLM", "DiffusionPreTrainedModel"]
+__all__ = ["DiffusionBackbone", "DiffusionLM", "DiffusionModelOutput", "DiffusionPreTrainedModel"]

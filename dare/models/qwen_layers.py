@@ -132,7 +132,11 @@ class QwenDecoderLayer(GradientCheckpointingLayer):
             eps=config.rms_norm_eps,
         )
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = QwenMLP(config.hidden_size, config.intermediate_size)
+        self.mlp = self.build_mlp(config, layer_idx)
+
+    def build_mlp(self, config, layer_idx: int) -> nn.Module:
+        """The feed-forward of layer `layer_idx` (an MoE layout returns its expert block)."""
+        return QwenMLP(config.hidden_size, config.intermediate_size)
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), ctx)
@@ -145,6 +149,7 @@ class QwenBackbone(DiffusionBackbone):
 
     qkv_bias: bool
     qk_norm: bool
+    layer_class: type[QwenDecoderLayer] = QwenDecoderLayer
     _no_split_modules = ["QwenDecoderLayer"]
 
     def __init__(self, config: QwenDiffusionConfig) -> None:
@@ -152,7 +157,7 @@ class QwenBackbone(DiffusionBackbone):
         config.validate_architecture()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
-            QwenDecoderLayer(config, i, qkv_bias=self.qkv_bias, qk_norm=self.qk_norm)
+            self.layer_class(config, i, qkv_bias=self.qkv_bias, qk_norm=self.qk_norm)
             for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)

@@ -1,0 +1,264 @@
+"""Mixture-of-experts pieces the MoE families (`llada2_moe`, `sdar_moe`) share, written once.
+
+- **Routers** (`ROUTERS`, by name): a router is the released `mlp.gate` (`weight` `[E, d]`, an
+  `nn.Linear` without bias) that scores N tokens over E experts and picks k per token:
+  `softmax_topk` (Qwen3-MoE / SDAR-MoE: softmax over all experts, top-k, optionally renormalised)
+  and `sigmoid_group_topk` (Bailing / LLaDA2: sigmoid scores, a persistent `expert_bias` buffer
+  added for selection only, group-limited top-k, weights = the unbiased scores renormalised and
+  scaled by `routed_scaling_factor`).
+- **Experts** (`SwiGLUExperts`): `experts.{e}.{gate,up,down}_proj`, as both releases name them,
+  and a deterministic dispatch: token-slots are grouped by expert with a stable sort, experts run
+  in index order, and their weighted outputs are summed in fp32. Top-k ties go to the lower expert
+  index (`stable_topk`), so routing is a function of the input alone.
+- **The block** (`SparseMoeBlock`): gate -> experts (+ `shared_experts`, unweighted, where the
+  family has them). It returns its `Routing`; the decoder layer hands it to the forward call's
+  `AttentionContext.routing` (`feed_forward`), and the LM turns the records of all layers into
+  `output.aux_loss` (load balancing), `output.z_loss` and `output.router_stats` (`MoEOutputs`):
+  one channel every objective can read.
+
+Shapes: N tokens (batch x query flattened), d hidden size, E experts, k experts per token, L MoE layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from dare.models.layers import AttentionContext
+from dare.models.modeling import DiffusionModelOutput
+from dare.models.qwen_layers import QwenMLP
+from dare.registry import Registry
+
+
+@dataclass
+class Routing:
+    """One MoE layer's routing of N tokens."""
+
+    logits: torch.Tensor  # [N, E] router logits
+    probs: torch.Tensor  # [N, E] router probabilities (rows sum to 1), what the aux loss reads
+    topk_idx: torch.Tensor  # [N, k] chosen experts
+    topk_weight: torch.Tensor  # [N, k] fp32 combine weights
+
+
+def stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k along the last dim with ties broken towards the lower index (torch.topk leaves tie
+    order to the kernel). Returns values and indices, best first."""
+    values, idx = torch.sort(scores, dim=-1, descending=True, stable=True)
+    return values[..., :k], idx[..., :k]
+
+
+class Router(nn.Linear):
+    """Base router: `weight` `[E, d]` is the released `mlp.gate.weight`. Subclasses implement
+    `forward(x [N, d]) -> Routing`. `fp32`: logits in fp32 whatever the model dtype (LLaDA2's
+    `router_dtype`); otherwise in the input dtype (Qwen3-MoE's gate Linear)."""
+
+    def __init__(self, hidden_size: int, num_experts: int, top_k: int, *, fp32: bool) -> None:
+        super().__init__(hidden_size, num_experts, bias=False)
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"router: num_experts_per_tok={top_k} must be in [1, num_experts={num_experts}]")
+        self.top_k, self.fp32 = top_k, fp32
+
+    def router_logits(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = torch.float32 if self.fp32 else x.dtype
+        return F.linear(x.to(dtype), self.weight.to(dtype))  # [N, E]
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        raise NotImplementedError
+
+
+ROUTERS: Registry[type[Router]] = Registry("MoE router")
+
+
+@ROUTERS.register("softmax_topk")
+class SoftmaxTopKRouter(Router):
+    """Qwen3-MoE: softmax (fp32) over all experts, top-k, renormalised when `norm_topk_prob`."""
+
+    def __init__(self, hidden_size: int, num_experts: int, top_k: int, *, norm_topk_prob: bool, fp32: bool = False):
+        super().__init__(hidden_size, num_experts, top_k, fp32=fp32)
+        self.norm_topk_prob = norm_topk_prob
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        logits = self.router_logits(x)
+        probs = F.softmax(logits, dim=-1, dtype=torch.float32)
+        weight, idx = stable_topk(probs, self.top_k)
+        if self.norm_topk_prob:
+            weight = weight / weight.sum(-1, keepdim=True)
+        return Routing(logits, probs, idx, weight)
+
+
+@ROUTERS.register("sigmoid_group_topk")
+class GroupLimitedSigmoidRouter(Router):
+    """Bailing / LLaDA2 (DeepSeek-V3 style): s = sigmoid(logits) in fp32; experts are chosen on
+    s + expert_bias within the `topk_group` best of `n_group` groups (group score = sum of its two
+    best biased scores); the weights are the chosen unbiased s, renormalised (k > 1) and scaled by
+    `routed_scaling_factor`. The aux loss reads s normalised over experts."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_experts: int,
+        top_k: int,
+        *,
+        n_group: int,
+        topk_group: int,
+        routed_scaling_factor: float,
+        fp32: bool = True,
+    ) -> None:
+        super().__init__(hidden_size, num_experts, top_k, fp32=fp32)
+        if num_experts % n_group or num_experts // n_group < 2 or not 1 <= topk_group <= n_group:
+            raise ValueError(
+                f"router: num_experts={num_experts} must split into n_group={n_group} groups of >= 2 experts, "
+                f"and topk_group={topk_group} must be in [1, n_group]"
+            )
+        if top_k > topk_group * (num_experts // n_group):
+            raise ValueError(
+                f"router: num_experts_per_tok={top_k} exceeds the experts of topk_group={topk_group} groups"
+            )
+        self.n_group, self.topk_group, self.scale = n_group, topk_group, routed_scaling_factor
+        # load balancing without a loss: a per-expert bias on the selection scores (persistent,
+        # in the released state dict as `gate.expert_bias`)
+        self.register_buffer("expert_bias", torch.zeros(num_experts))
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        logits = self.router_logits(x).float()
+        scores = torch.sigmoid(logits)  # [N, E]
+        select = scores + self.expert_bias
+        n = select.shape[0]
+        group_scores = select.view(n, self.n_group, -1).topk(2, dim=-1).values.sum(-1)  # [N, G]
+        _, groups = stable_topk(group_scores, self.topk_group)
+        keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, groups, True)
+        keep = keep.repeat_interleave(select.shape[1] // self.n_group, dim=1)  # [N, E]
+        _, idx = stable_topk(select.masked_fill(~keep, float("-inf")), self.top_k)
+        weight = scores.gather(1, idx)
+        if self.top_k > 1:
+            weight = weight / (weight.sum(-1, keepdim=True) + 1e-20)
+        probs = scores / scores.sum(-1, keepdim=True)
+        return Routing(logits, probs, idx, weight * self.scale)
+
+
+class SwiGLUExperts(nn.ModuleList):
+    """E SwiGLU experts (`{e}.gate_proj` / `up_proj` / `down_proj`) and the dispatch."""
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__(QwenMLP(hidden_size, intermediate_size) for _ in range(num_experts))
+
+    def forward(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """`x` `[N, d]` -> `sum_j w[n, j] * expert_{idx[n, j]}(x[n])` `[N, d]` in fp32."""
+        n, k = routing.topk_idx.shape
+        flat = routing.topk_idx.reshape(-1)  # [N*k]
+        order = torch.argsort(flat, stable=True)  # token-slots grouped by expert, tokens ascending
+        counts = torch.bincount(flat, minlength=len(self)).tolist()  # one host sync per layer
+        tokens, weights = order // k, routing.topk_weight.reshape(-1)[order].float()
+        out = torch.zeros(n, x.shape[-1], dtype=torch.float32, device=x.device)
+        start = 0
+        for e, count in enumerate(counts):
+            if count == 0:
+                continue
+            rows = tokens[start : start + count]
+            # each token appears once per expert, so index_add_ adds one value per row (deterministic)
+            out.index_add_(0, rows, self[e](x[rows]).float() * weights[start : start + count, None])
+            start += count
+        return out
+
+
+class SparseMoeBlock(nn.Module):
+    """`gate` (a `Router`) -> `experts` (+ `shared_experts`, a SwiGLU added unweighted)."""
+
+    def __init__(self, router: Router, experts: SwiGLUExperts, shared_experts: nn.Module | None = None) -> None:
+        super().__init__()
+        self.gate = router
+        self.experts = experts
+        if shared_experts is not None:
+            self.shared_experts = shared_experts
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
+        """`[B, Q, d]` -> (`[B, Q, d]`, the layer's `Routing` of its B*Q tokens)."""
+        flat = x.reshape(-1, x.shape[-1])
+        routing = self.gate(flat)
+        y = self.experts(flat, routing).to(x.dtype).view_as(x)
+        if hasattr(self, "shared_experts"):
+            y = y + self.shared_experts(x)
+        return y, routing
+
+
+def feed_forward(mlp: nn.Module, h: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+    """A decoder layer's feed-forward: an MoE block reports its routing to the forward call."""
+    if isinstance(mlp, SparseMoeBlock):
+        y, routing = mlp(h)
+        ctx.routing.append(routing)
+        return y
+    return mlp(h)
+
+
+def load_balancing_loss(routings: tuple[Routing, ...] | list[Routing]) -> torch.Tensor:
+    """Switch-Transformer load-balancing loss over all MoE layers' tokens (as Qwen3-MoE's
+    `load_balancing_loss_func`: the layers' tokens concatenated): `E * sum_e f_e * P_e`, with
+    `f_e` the fraction of tokens that chose expert e (summed over the k slots) and `P_e` the mean
+    router probability of e. A uniform router gives k (k experts per token)."""
+    probs = torch.cat([r.probs for r in routings])  # [L*N, E]
+    chosen = torch.cat([r.topk_idx for r in routings])  # [L*N, k]
+    num_experts = probs.shape[-1]
+    f = F.one_hot(chosen, num_experts).float().sum(1).mean(0)  # [E]
+    return num_experts * (f * probs.float().mean(0)).sum()
+
+
+def router_z_loss(routings: tuple[Routing, ...] | list[Routing]) -> torch.Tensor:
+    """ST-MoE router z-loss: mean over all layers' tokens of logsumexp(logits)^2. Neither released
+    MoE family trains with it; it is reported so a recipe can weight it."""
+    logits = torch.cat([r.logits.float() for r in routings])
+    return torch.logsumexp(logits, dim=-1).pow(2).mean()
+
+
+def router_stats(routings: tuple[Routing, ...] | list[Routing]) -> dict[str, torch.Tensor]:
+    """Detached statistics: `expert_load` `[L, E]` (each layer's share of token-slots per expert,
+    rows sum to 1) and `max_load` `[L]` (the busiest expert's share times E: 1 = balanced).
+    No capacity limit, so no token is ever dropped."""
+    load = torch.stack([torch.bincount(r.topk_idx.reshape(-1), minlength=r.probs.shape[-1]).float() for r in routings])
+    load = load / load.sum(-1, keepdim=True)
+    return {"expert_load": load, "max_load": load.amax(-1) * load.shape[-1]}
+
+
+@dataclass
+class MoELMOutput(CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` plus what the MoE layers report (None without MoE layers):
+    `aux_loss` (load balancing, unweighted), `z_loss`, `router_stats` (see `router_stats`)."""
+
+    aux_loss: torch.Tensor | None = None
+    z_loss: torch.Tensor | None = None
+    router_stats: dict | None = None
+
+
+class MoEOutputs:
+    """Mixin for an MoE family's LM (before `DiffusionLM` in the bases): its forward returns
+    `MoELMOutput` with the routing of this call turned into losses and statistics."""
+
+    def lm_output(self, out: DiffusionModelOutput, logits: torch.Tensor) -> MoELMOutput:
+        routing = out.routing or ()
+        return MoELMOutput(
+            logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states,
+            aux_loss=load_balancing_loss(routing) if routing else None,
+            z_loss=router_z_loss(routing) if routing else None,
+            router_stats=router_stats(routing) if routing else None,
+        )  # fmt: skip
+
+
+__all__ = [
+    "ROUTERS",
+    "GroupLimitedSigmoidRouter",
+    "MoELMOutput",
+    "MoEOutputs",
+    "Router",
+    "Routing",
+    "SoftmaxTopKRouter",
+    "SparseMoeBlock",
+    "SwiGLUExperts",
+    "feed_forward",
+    "load_balancing_loss",
+    "router_stats",
+    "router_z_loss",
+    "stable_topk",
+]

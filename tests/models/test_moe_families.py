@@ -1,0 +1,343 @@
+"""The MoE families (`llada2_moe`: LLaDA2.0/2.1-mini; `sdar_moe`: SDAR-30B-A3B-Chat) against
+their releases, and the routing they share (dare/models/moe.py).
+
+The released files (config.json, model.safetensors.index.json, configuration/modeling code) are
+read from a folder named by DARE_RELEASED_MODELS (`<release>/<file>`) or from the read-only mirror
+of yjyddq/DARE (`models/<release>/<file>`); a test that needs them skips, saying so, where neither
+is present. Nothing released is committed: files go to a temporary folder for the test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
+from torch import nn
+
+from dare.models import load_config, tiny
+from dare.models.llada2_moe import LLaDA2MoeConfig, LLaDA2MoeModelLM, llada2_mini, llada2_tiny
+from dare.models.moe import GroupLimitedSigmoidRouter, SoftmaxTopKRouter, load_balancing_loss, stable_topk
+from dare.models.sdar_moe import SDARMoeForCausalLM, sdar_30b_a3b
+from dare.sampling import SamplingConfig, generate
+
+MIRROR = Path("/work/.mirror/yjyddq+DARE/repo")
+LLADA2 = ("LLaDA2.0-mini", "LLaDA2.1-mini")
+SDAR_MOE = "SDAR-30B-A3B-Chat"
+
+
+def released_text(release: str, name: str) -> str | None:
+    """A released file's text, or None where no copy is reachable."""
+    folder = os.environ.get("DARE_RELEASED_MODELS")
+    if folder and (Path(folder) / release / name).is_file():
+        return (Path(folder) / release / name).read_text()
+    if MIRROR.is_dir():
+        out = subprocess.run(
+            ["git", "-C", str(MIRROR), "show", f"HEAD:models/{release}/{name}"], capture_output=True, text=True
+        )
+        if out.returncode == 0:
+            return out.stdout
+    return None
+
+
+def need(release: str, name: str) -> str:
+    text = released_text(release, name)
+    if text is None:
+        pytest.skip(f"released {release}/{name} not available (set DARE_RELEASED_MODELS or provide the DARE mirror)")
+    return text
+
+
+def meta_state(lm_cls, config) -> dict[str, torch.Tensor]:
+    """The state dict of a release-size model on the meta device (Linear's own random init is
+    skipped: ~15k expert projections make it the slow part)."""
+    reset = nn.Linear.reset_parameters
+    nn.Linear.reset_parameters = lambda self: None
+    try:
+        with torch.device("meta"):
+            return lm_cls(config).state_dict()
+    finally:
+        nn.Linear.reset_parameters = reset
+
+
+# --------------------------------------------------------------------- (a) keys and shapes
+
+
+@pytest.mark.parametrize(
+    "lm_cls, preset, releases",
+    [(LLaDA2MoeModelLM, llada2_mini, LLADA2), (SDARMoeForCausalLM, sdar_30b_a3b, (SDAR_MOE,))],
+    ids=["llada2", "sdar_moe"],
+)
+def test_release_size_keys_and_bytes_equal_the_released_index(lm_cls, preset, releases):
+    """Every key of the release-size model is in the released index and vice versa, and the
+    parameter bytes at bf16 equal the index's total_size (so every shape is right in sum);
+    LLaDA2.1 stores its expert_bias in fp32 (2 more bytes per entry) where 2.0 stores bf16."""
+    indexes = {r: json.loads(need(r, "model.safetensors.index.json")) for r in releases}
+    state = meta_state(lm_cls, preset())
+    for release, index in indexes.items():
+        keys = set(index["weight_map"])
+        assert set(state) == keys, (release, sorted(set(state) ^ keys)[:10])
+        extra = 2 * sum(t.numel() for k, t in state.items() if k.endswith("expert_bias")) if release == LLADA2[1] else 0
+        assert 2 * sum(t.numel() for t in state.values()) + extra == index["metadata"]["total_size"], release
+    if lm_cls is LLaDA2MoeModelLM:  # the fused projection and the per-layer MoE parts
+        assert state["model.layers.1.attention.query_key_value.weight"].shape == (3072, 2048)
+        assert state["model.layers.0.mlp.gate_proj.weight"].shape == (5120, 2048)
+        assert state["model.layers.1.mlp.gate.weight"].shape == (256, 2048)
+        assert state["model.layers.1.mlp.experts.255.down_proj.weight"].shape == (2048, 512)
+        assert state["model.layers.1.mlp.shared_experts.up_proj.weight"].shape == (512, 2048)
+    else:
+        assert state["model.layers.47.mlp.gate.weight"].shape == (128, 2048)
+        assert state["model.layers.0.self_attn.q_proj.weight"].shape == (4096, 2048)
+
+
+# --------------------------------------------------------------------- (b) configs
+
+
+@pytest.mark.parametrize("release", [*LLADA2, SDAR_MOE])
+def test_released_config_parses_with_its_spec(tmp_path, release):
+    raw = need(release, "config.json")
+    (tmp_path / "config.json").write_text(raw)
+    config = load_config(tmp_path)
+    released = json.loads(raw)
+    for key in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "num_hidden_layers", "head_dim"):
+        assert getattr(config, key) == released[key], key
+    spec = config.diffusion_spec()
+    assert spec.attention == "block" and not spec.shift_logits
+    if release == SDAR_MOE:
+        assert config.model_type == "sdar_moe" and config.norm_topk_prob is True
+        assert (spec.mask_token_id, spec.block_size, spec.eos_token_ids, spec.pad_token_id) == (
+            151669,
+            4,
+            (151643,),
+            151643,
+        )
+    else:
+        assert config.model_type == "llada2_moe" and config.rope_dims == 64 and config.first_k_dense_replace == 1
+        assert (config.n_group, config.topk_group, config.routed_scaling_factor) == (8, 4, 2.5)
+        assert (spec.mask_token_id, spec.block_size, spec.eos_token_ids, spec.pad_token_id) == (
+            156895,
+            32,
+            (156892,),
+            156892,
+        )
+
+
+def test_a_config_the_released_forward_would_not_compute_is_refused():
+    """Checked when the config is built (huggingface_hub strict validators wrap the ValueError)."""
+    with pytest.raises(StrictDataclassClassValidationError, match="score_function"):
+        LLaDA2MoeConfig(**{**_tiny_llada2_fields(), "score_function": "softmax"})
+    with pytest.raises(StrictDataclassClassValidationError, match="rotary_dim=6 disagrees"):
+        LLaDA2MoeConfig(**{**_tiny_llada2_fields(), "rotary_dim": 6})
+    with pytest.raises(ValueError, match="n_group=3"):
+        tiny("llada2_moe", n_group=3)
+
+
+def _tiny_llada2_fields() -> dict:
+    return {k: v for k, v in llada2_tiny().to_dict().items() if k not in ("model_type", "transformers_version")}
+
+
+# --------------------------------------------------------------------- (c) released code
+
+
+def _default_rope(config, device=None, seq_len=None):
+    """transformers 4.x's "default" RoPE init (dropped from ROPE_INIT_FUNCTIONS in 5.x), which the
+    released files look up: inv_freq over head_dim * partial_rotary_factor dims, no scaling."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    dim = int(head_dim * getattr(config, "partial_rotary_factor", 1.0))
+    return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2).float() / dim)), 1.0
+
+
+def _torch_rms_norm(x, weight, bias=None, eps=1e-6):
+    """Stands in for flash_attn's triton rms_norm_fn (the SDAR-MoE file imports it unconditionally)."""
+    h = x.float()
+    return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def released_modules(tmp_path: Path, release: str, monkeypatch) -> tuple[types.ModuleType, types.ModuleType]:
+    """Import a release's configuration and modeling files from a temporary package, shimmed just
+    enough for this transformers: no flash_attn import, the 4.x default RoPE init."""
+    stem = "llada2_moe" if release in LLADA2 else "sdar_moe"
+    pkg = "released_" + release.replace(".", "_").replace("-", "_")
+    folder = tmp_path / pkg
+    folder.mkdir()
+    flash = "from flash_attn.ops.triton.layer_norm import rms_norm_fn as flash_rms_norm"
+    for name in (f"configuration_{stem}.py", f"modeling_{stem}.py"):
+        (folder / name).write_text(need(release, name).replace(flash, "flash_rms_norm = None"))
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    if "default" not in ROPE_INIT_FUNCTIONS:
+        monkeypatch.setitem(ROPE_INIT_FUNCTIONS, "default", _default_rope)
+    package = types.ModuleType(pkg)
+    package.__path__ = [str(folder)]
+    monkeypatch.setitem(sys.modules, pkg, package)
+    modules = []
+    for name in (f"configuration_{stem}", f"modeling_{stem}"):
+        spec = importlib.util.spec_from_file_location(f"{pkg}.{name}", folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, f"{pkg}.{name}", module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # noqa: BLE001 - any import failure of third-party code is a skip
+            pytest.skip(f"released {release}/{name}.py does not import on this transformers: {e!r}")
+        modules.append(module)
+    if hasattr(modules[1], "flash_rms_norm"):
+        modules[1].flash_rms_norm = _torch_rms_norm
+    return modules[0], modules[1]
+
+
+def _released_twin(config_module, modeling_module, ours, lm_name: str):
+    """The released model on `ours`'s config, with random weights (std 0.3: routing spreads),
+    random expert biases, and `ours` loaded with its state dict (strict: every key)."""
+    fields = {k: v for k, v in ours.config.to_dict().items() if k not in ("model_type", "transformers_version")}
+    config = getattr(config_module, next(n for n in dir(config_module) if n.endswith("MoeConfig")))(**fields)
+    config._attn_implementation = "sdpa"
+    released = getattr(modeling_module, lm_name)(config)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, p in released.named_parameters():
+            p.copy_(
+                torch.randn(p.shape, generator=g) * 0.3 if p.dim() > 1 else 1 + 0.2 * torch.randn(p.shape, generator=g)
+            )
+        for name, b in released.named_buffers():
+            if name.endswith("expert_bias"):
+                b.copy_(0.05 * torch.randn(b.shape, generator=g))
+    ours.load_state_dict(released.state_dict(), strict=True)
+    return released
+
+
+def _block_mask(L: int, block: int, batch: int) -> torch.Tensor:
+    blocks = torch.arange(L) // block
+    return (blocks[None, :] <= blocks[:, None])[None, None].expand(batch, 1, L, L)
+
+
+@pytest.mark.parametrize("release", LLADA2)
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_llada2_logits_equal_the_released_code(tmp_path, monkeypatch, release, training):
+    """Same tiny weights, same block-causal mask (additive 0/-inf, as the released 2.0 generate
+    builds it): dare's logits equal the released model's (its eval `moe_infer` path and its
+    training path)."""
+    cfg_mod, mod = released_modules(tmp_path, release, monkeypatch)
+    ours = tiny("llada2_moe")
+    released = _released_twin(cfg_mod, mod, ours, "LLaDA2MoeModelLM")
+    ours.train(training), released.train(training)
+    ids = torch.randint(0, 62, (2, 12), generator=torch.Generator().manual_seed(1))
+    additive = torch.zeros(2, 1, 12, 12).masked_fill(~_block_mask(12, 4, 2), float("-inf"))
+    with torch.no_grad():
+        want = released(ids, attention_mask=additive, position_ids=torch.arange(12).expand(2, 12)).logits
+        got = ours(ids)
+    torch.testing.assert_close(got.logits, want, rtol=1e-5, atol=1e-5)
+    assert got.router_stats["expert_load"].shape == (1, 8)  # layer 0 is dense
+
+
+def test_sdar_moe_logits_and_aux_loss_equal_the_released_code(tmp_path, monkeypatch):
+    """Same tiny weights and bool block mask: dare's logits equal the released SDAR-MoE's, and
+    dare's aux loss equals the released `load_balancing_loss_func` on its router logits."""
+    cfg_mod, mod = released_modules(tmp_path, SDAR_MOE, monkeypatch)
+    ours = tiny("sdar_moe").eval()
+    released = _released_twin(cfg_mod, mod, ours, "SDARMoeForCausalLM").eval()
+    ids = torch.randint(0, 62, (2, 12), generator=torch.Generator().manual_seed(1))
+    mask = _block_mask(12, 4, 2)
+    with torch.no_grad():
+        want = released(ids, attention_mask=mask, position_ids=torch.arange(12).expand(2, 12)).logits
+        router_logits = released.model(ids, attention_mask=mask, output_router_logits=True).router_logits
+        got = ours(ids)
+    torch.testing.assert_close(got.logits, want, rtol=1e-5, atol=1e-5)
+    want_aux = mod.load_balancing_loss_func(router_logits, 4, 2)
+    torch.testing.assert_close(got.aux_loss, want_aux, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------- (d) routing
+
+
+def test_softmax_router_breaks_ties_towards_the_lower_expert_and_its_aux_loss_is_the_switch_loss():
+    """Experts 1 and 2 tie for the second slot of token a (logits [2, 1, 1, 0]); token b ties
+    everywhere (logits 0). Lower indices win, whatever the batch order. Aux loss by hand: both
+    tokens pick {0, 1}, so f = (1, 1, 0, 0); P_0 + P_1 = (e/(e+1) + 1/2) / 2 (token a's softmax
+    gives experts 0 and 1 e^2/(e+1)^2 + e/(e+1)^2, token b's 1/4 each); E * sum_e f_e P_e =
+    2e/(e+1) + 1."""
+    router = SoftmaxTopKRouter(2, 4, 2, norm_topk_prob=True)
+    with torch.no_grad():
+        router.weight.copy_(torch.tensor([[2.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]))
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    for rows in ([0, 1], [1, 0]):
+        routing = router(x[rows])
+        assert routing.topk_idx[rows.index(0)].tolist() == [0, 1]
+        assert routing.topk_idx[rows.index(1)].tolist() == [0, 1]
+    routing = router(x)
+    e = math.e
+    torch.testing.assert_close(routing.topk_weight[0], torch.tensor([e / (e + 1), 1 / (e + 1)]))
+    torch.testing.assert_close(load_balancing_loss([routing]), torch.tensor(2 * e / (e + 1) + 1))
+    values, idx = stable_topk(torch.tensor([[0.5, 0.75, 0.75, 0.75]]), 2)
+    assert idx.tolist() == [[1, 2]] and values.tolist() == [[0.75, 0.75]]
+
+
+def test_sigmoid_group_router_selects_by_biased_group_and_weights_by_unbiased_scores():
+    """Logits [0, 0, 1, -1]: both groups score 1.0 (sum of their two sigmoid scores), the tie
+    goes to group 0, whose experts weigh 0.5 / 1.0 * 2.5 each. A bias of 0.1 on expert 2 moves the
+    choice to group 1, weighted by the unbiased scores sigmoid(1), sigmoid(-1) (summing to 1)."""
+    router = GroupLimitedSigmoidRouter(1, 4, 2, n_group=2, topk_group=1, routed_scaling_factor=2.5)
+    with torch.no_grad():
+        router.weight.copy_(torch.tensor([[0.0], [0.0], [1.0], [-1.0]]))
+    x = torch.ones(1, 1)
+    routing = router(x)
+    assert routing.topk_idx.tolist() == [[0, 1]]
+    torch.testing.assert_close(routing.topk_weight, torch.tensor([[1.25, 1.25]]))
+    router.expert_bias[2] = 0.1
+    routing = router(x)
+    assert routing.topk_idx.tolist() == [[2, 3]]
+    s = torch.sigmoid(torch.tensor([1.0, -1.0]))
+    torch.testing.assert_close(routing.topk_weight, (2.5 * s / s.sum())[None])
+
+
+@pytest.mark.parametrize("family", ["llada2_moe", "sdar_moe"])
+def test_moe_forward_is_deterministic_and_the_aux_loss_trains_the_router(family):
+    model = tiny(family).train()
+    ids = torch.randint(0, 62, (3, 8), generator=torch.Generator().manual_seed(2))
+    first, second = model(ids), model(ids)
+    assert torch.equal(first.logits, second.logits)
+    assert torch.equal(first.router_stats["expert_load"], second.router_stats["expert_load"])
+    load = first.router_stats["expert_load"]
+    torch.testing.assert_close(load.sum(-1), torch.ones(load.shape[0]))
+    (first.aux_loss + first.z_loss).backward()
+    gate = next(m for m in model.modules() if hasattr(m, "top_k")).weight
+    assert gate.grad is not None and gate.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------- (e) block attention
+
+
+@pytest.mark.parametrize("family", ["llada2_moe", "sdar_moe"])
+def test_a_later_block_never_changes_an_earlier_blocks_logits(family):
+    model = tiny(family).eval()
+    block = model.diffusion_spec().block_size
+    ids = torch.randint(0, 62, (2, 3 * block), generator=torch.Generator().manual_seed(3))
+    changed = ids.clone()
+    changed[:, 2 * block :] = torch.randint(0, 62, (2, block), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        a, b = model(ids).logits, model(changed).logits
+    torch.testing.assert_close(a[:, : 2 * block], b[:, : 2 * block], rtol=0, atol=1e-6)
+    assert not torch.allclose(a[:, 2 * block :], b[:, 2 * block :])
+
+
+# --------------------------------------------------------------------- (f) samplers
+
+
+@pytest.mark.parametrize("family", ["llada2_moe", "sdar_moe"])
+def test_sdar_block_sampler_with_the_kv_cache_equals_recompute_on_moe(family):
+    model = tiny(family, seed=1).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(20.0)  # spread confidences, as the sampling tests do
+    prompts = [[5, 9, 11], [7, 3, 21, 40, 8, 2, 33], [17]]
+    kw = dict(algorithm="sdar", gen_length=8, steps=4, block_length=4, temperature=0.0)
+    cached = generate(model, prompts, SamplingConfig(**kw), torch.Generator().manual_seed(3))
+    plain = generate(model, prompts, SamplingConfig(cache="none", **kw), torch.Generator().manual_seed(3))
+    assert cached.config.cache == "block"
+    assert torch.equal(cached.response_ids, plain.response_ids)
+    assert (cached.response_ids != model.diffusion_spec().mask_token_id).all()
