@@ -23,8 +23,10 @@ import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from torch import nn
 
+from dare.diffusion import sft_loss
 from dare.models import load_config, tiny
 from dare.models.llada2_moe import LLaDA2MoeConfig, LLaDA2MoeModelLM, llada2_mini, llada2_tiny
+from dare.models.lora import apply_lora, linear_module_names
 from dare.models.moe import GroupLimitedSigmoidRouter, SoftmaxTopKRouter, load_balancing_loss, stable_topk
 from dare.models.sdar_moe import SDARMoeForCausalLM, sdar_30b_a3b
 from dare.sampling import SamplingConfig, generate
@@ -341,3 +343,41 @@ def test_sdar_block_sampler_with_the_kv_cache_equals_recompute_on_moe(family):
     assert cached.config.cache == "block"
     assert torch.equal(cached.response_ids, plain.response_ids)
     assert (cached.response_ids != model.diffusion_spec().mask_token_id).all()
+
+
+# --------------------------------------------------------------------- training pieces
+
+
+@pytest.mark.parametrize("family", ["llada2_moe", "sdar_moe"])
+def test_sft_loss_trains_experts_router_and_shared_experts(family):
+    """The SFT objective runs on an MoE model with no family branch (its `[x_t ; x_0]` block mask
+    path); the loss reaches the routed experts through the combine weights and the router."""
+    model = tiny(family, seed=0).train()
+    ids = torch.randint(0, 60, (2, 16), generator=torch.Generator().manual_seed(5))
+    loss_mask = torch.zeros(2, 16, dtype=torch.bool)
+    loss_mask[:, 6:] = True
+    loss, _ = sft_loss(model, ids, loss_mask, torch.ones(2, 16, dtype=torch.long), model.diffusion_spec(),
+                       torch.Generator().manual_seed(0))  # fmt: skip
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert grads["model.layers.1.mlp.gate.weight"].abs().sum() > 0
+    assert sum(float(g.abs().sum()) for n, g in grads.items() if ".experts." in n and g is not None) > 0
+
+
+@pytest.mark.parametrize("family", ["llada2_moe", "sdar_moe"])
+def test_lora_defaults_to_attention_and_shared_experts_routed_experts_opt_in(family):
+    model = tiny(family)
+    default = linear_module_names(model)
+    assert default and not any(".experts." in n or n.endswith("mlp.gate") for n in default)
+    assert any("attention" in n or "self_attn" in n for n in default)
+    if family == "llada2_moe":
+        assert "model.layers.1.mlp.shared_experts.up_proj" in default
+    routed = linear_module_names(model, routed_experts=True)
+    assert {n for n in routed if ".experts." in n} == {
+        f"model.layers.{i}.mlp.experts.{e}.{p}_proj"
+        for i in range(model.config.num_hidden_layers) if model.config.is_moe_layer(i)
+        for e in range(model.config.num_experts) for p in ("gate", "up", "down")
+    }  # fmt: skip
+    wrapped = apply_lora(model, r=2, alpha=4)
+    assert not any("lora_A" in n and ".experts." in n for n, _ in wrapped.named_parameters())
