@@ -37,6 +37,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from dare.models import FAMILIES
 from dare.models.dream import dream_7b
 from dare.models.llada import llada_8b
+from dare.models.llada2_moe import llada2_mini
 from dare.models.sdar import sdar_1_7b, sdar_4b, sdar_8b
 
 # ------------------------------------------------------------------------------- tokenizers
@@ -244,7 +245,7 @@ def sdar_tokenizer_files(with_auto_map: bool = True) -> TokenizerFiles:
 
 def llada2_tokenizer_files() -> TokenizerFiles:
     """LLaDA2.0/2.1-mini: tokenizer.json only (no added_tokens_decoder), a mask token named in
-    tokenizer_config.json, role-tag chat template. Tokenizer only: llada2_moe is not a dare family."""
+    tokenizer_config.json, role-tag chat template."""
     vocab, merges = byte_level_vocab()
     added = [(t, True) for t in ("<|startoftext|>", "<|endoftext|>", "[CLS]", "[gMASK]", "<|mask|>", "<role>",
                                  "</role>", "<|role_end|>")]  # fmt: skip
@@ -317,6 +318,13 @@ _LLADA_AUTO = {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "mo
                "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM"}  # fmt: skip
 _SDAR_AUTO = {"AutoConfig": "configuration_sdar.SDARConfig", "AutoModel": "modeling_sdar.SDARModel",
               "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM"}  # fmt: skip
+_LLADA2_AUTO = {"AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
+                "AutoModel": "modeling_llada2_moe.LLaDA2MoeModel",
+                "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM"}  # fmt: skip
+# layer 0 dense, layer 1 MoE: 8 experts in 4 groups (2 kept), top-2, one shared expert
+_LLADA2_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, rotary_dim=8, num_experts=8, num_experts_per_tok=2,
+                    moe_intermediate_size=32, n_group=4, topk_group=2)  # fmt: skip
 _QWEN_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2)  # fmt: skip
 
@@ -352,6 +360,16 @@ RELEASES: dict[str, Release] = {
         auto_map={"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
         tiny_dims=_QWEN_TINY,
     ),
+    # LLaDA2.0-mini and LLaDA2.1-mini ship the same config.json, key set and 7 shards (2.1 stores
+    # expert_bias in fp32; a replica stores every tensor in its one dtype)
+    **{
+        f"llada{v}-mini": Release(
+            name=f"LLaDA{v}-mini", repo_id=f"inclusionAI/LLaDA{v}-mini", family="llada2_moe",
+            full_config=llada2_mini, n_shards=7, tokenizer=llada2_tokenizer_files,
+            architectures=["LLaDA2MoeModelLM"], auto_map=_LLADA2_AUTO, tiny_dims=_LLADA2_TINY,
+        )
+        for v in ("2.0", "2.1")
+    },
     "sdar-1.7b": _sdar("1.7B", sdar_1_7b, 1),
     "sdar-4b": _sdar("4B", sdar_4b, 2),
     "sdar-8b": _sdar("8B", sdar_8b, 4),
@@ -440,7 +458,7 @@ def make_replica(
     """Write a replica of a release into `root/<release name>` and return that folder.
 
     Args:
-        family: "llada" | "dream" | "sdar" (or a `RELEASES` key such as "sdar-4b").
+        family: "llada" | "dream" | "sdar" (or a `RELEASES` key such as "sdar-4b", "llada2.0-mini").
         size: SDAR's size, "1.7b" (default) | "4b" | "8b".
         dims: config fields replacing the release's sizes (default: the layout's tiny dims).
         n_shards: safetensors files (default: as many as the release has).

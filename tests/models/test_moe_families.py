@@ -21,10 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
+from replicas import llada2_tokenizer_files, make_replica
 from torch import nn
+from transformers import AutoModelForCausalLM
 
 from dare.diffusion import sft_loss
-from dare.models import load_config, tiny
+from dare.models import from_pretrained, load_config, tiny
 from dare.models.llada2_moe import LLaDA2MoeConfig, LLaDA2MoeModelLM, llada2_mini, llada2_tiny
 from dare.models.lora import apply_lora, linear_module_names
 from dare.models.moe import GroupLimitedSigmoidRouter, SoftmaxTopKRouter, load_balancing_loss, stable_topk
@@ -381,3 +383,22 @@ def test_lora_defaults_to_attention_and_shared_experts_routed_experts_opt_in(fam
     }  # fmt: skip
     wrapped = apply_lora(model, r=2, alpha=4)
     assert not any("lora_A" in n and ".experts." in n for n, _ in wrapped.named_parameters())
+
+
+@pytest.mark.parametrize("release", ["llada2.0-mini", "llada2.1-mini"])
+def test_a_replica_in_the_released_layout_loads_every_key_with_dare_and_transformers(tmp_path, release):
+    """A tiny checkpoint in the LLaDA2 layout (7 shards + index, config.json with the released
+    auto_map, the Ling tokenizer files) loads in dare (every key matched, or it raises) and with
+    `AutoModelForCausalLM` without remote code; the spec takes the tokenizer's ids."""
+    folder = make_replica(release, tmp_path)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert len({f for f in index["weight_map"].values()}) == 7
+    model = from_pretrained(folder)
+    spec = model.diffusion_spec()
+    ids = llada2_tokenizer_files().ids
+    assert (spec.mask_token_id, spec.eos_token_id, spec.block_size) == (ids["mask_token_id"], ids["eos_token_id"], 32)
+    auto = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    assert type(auto) is LLaDA2MoeModelLM
+    x = torch.randint(0, 60, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(auto(x).logits.float(), model(x).logits.float())
