@@ -402,3 +402,62 @@ def test_a_replica_in_the_released_layout_loads_every_key_with_dare_and_transfor
     x = torch.randint(0, 60, (1, 8))
     with torch.no_grad():
         torch.testing.assert_close(auto(x).logits.float(), model(x).logits.float())
+
+
+# --------------------------------------------------------------------- LLaDA2 decoding
+
+
+class _DareAsReleased:
+    """What the released `generate` reads from `self`, backed by a dare model: `forward` (the
+    release's additive 4-D block mask turned into dare's bool mask: 2.0 builds 0 / -inf, the
+    mirror's 2.1 0 / 1, which dllm's port reads as visible / hidden) and an argmax draw at T = 0
+    (2.1's; 2.0's code draws from softmax(logits) even at T = 0) with the mask token excluded, as
+    dare's samplers do."""
+
+    def __init__(self, model, visible, released_cls):
+        self.model, self.visible, self.device, self.released_cls = model, visible, torch.device("cpu"), released_cls
+
+    def __getattr__(self, name):  # the release's static helpers (`_get_num_transfer_tokens`)
+        return getattr(self.released_cls, name)
+
+    def forward(self, x, attention_mask=None, position_ids=None, **_):
+        return self.model(x, attention_mask=self.visible(attention_mask).expand(x.shape[0], -1, -1, -1),
+                          position_ids=position_ids)  # fmt: skip
+
+    def _sample_with_temperature_topk_topp(self, logits, temperature=0.0, **_):
+        logits = logits.double()
+        logits[..., self.model.diffusion_spec().mask_token_id] = float("-inf")
+        probs = torch.softmax(logits, -1)
+        token = probs.argmax(-1)
+        return token, probs.gather(-1, token[..., None])[..., 0]
+
+
+@pytest.mark.parametrize("release", LLADA2)
+def test_llada2_sampler_reproduces_the_released_generate(tmp_path, monkeypatch, release):
+    """Threshold block decoding with the release's schedule and EOS handling: the "llada2" sampler
+    (batched, block KV cache) gives the tokens of the released `generate` run prompt by prompt on
+    the same network (2.1 with editing off: editing_threshold 1, max_post_steps 0)."""
+    _, mod = released_modules(tmp_path, release, monkeypatch)
+    model = tiny("llada2_moe", seed=1).eval()
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight
+        head.mul_(20.0)  # spread confidences over (0, 1)
+        spec = model.diffusion_spec()
+        head[spec.eos_token_id] = 1.01 * head[9]  # EOS wins where token 9 would: responses end early
+    visible = (lambda m: m == 0) if release == LLADA2[0] else (lambda m: m > 0.5)
+    harness = _DareAsReleased(model, visible, mod.LLaDA2MoeModelLM)
+    g = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(0, 60, (n,), generator=g).tolist() for n in (4, 8, 4)]
+    kw = dict(block_length=4, gen_length=16, threshold=0.6, eos_id=spec.eos_token_id, mask_id=spec.mask_token_id)
+    if release == LLADA2[1]:
+        kw |= dict(editing_threshold=1.0, max_post_steps=0, num_to_transfer=1)
+    else:
+        kw |= dict(steps=4)  # per block: one token per step at least, as steps=gen_length below
+    want = [harness.released_cls.generate(harness, torch.tensor([p]), **kw)[0].tolist() for p in prompts]
+    rollout = generate(model, prompts, SamplingConfig(algorithm="llada2", gen_length=16, threshold=0.6))
+    assert rollout.config.block_length == 4 and rollout.config.cache == "block"
+    got = [row[mask].tolist() for row, mask in zip(rollout.response_ids, rollout.response_mask)]
+    assert got == want
+    assert sum(spec.eos_token_id in w for w in want) >= 2 and min(len(w) for w in want) < 8  # EOS cuts
+    parallel = (rollout.decode_step[rollout.decode_step >= 0].bincount() > 1).any()
+    assert parallel  # the threshold committed several tokens in one step somewhere

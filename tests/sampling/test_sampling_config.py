@@ -12,7 +12,7 @@ from dare.sampling.base import Sampler
 BAD = [
     (dict(gen_length=16, block_length=5), "block_length=5"),
     (dict(gen_length=16, block_length=4, steps=3), "steps=3"),
-    (dict(algorithm="beam_search"), "known: dream, few_step, first_hitting, llada, rgas, sdar"),
+    (dict(algorithm="beam_search"), "known: dream, few_step, first_hitting, llada, llada2, rgas, sdar"),
     (dict(algorithm="lada"), "did you mean 'llada'"),
     (dict(threshold=0.0), "threshold=0.0"),
     (dict(threshold=1.5), "threshold=1.5"),
