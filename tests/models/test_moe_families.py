@@ -312,6 +312,14 @@ def test_moe_forward_is_deterministic_and_the_aux_loss_trains_the_router(family)
     (first.aux_loss + first.z_loss).backward()
     gate = next(m for m in model.modules() if hasattr(m, "top_k")).weight
     assert gate.grad is not None and gate.grad.abs().sum() > 0
+    # with activation checkpointing (transformers' default, non-reentrant) the aux loss still
+    # reaches the router through the routing records
+    gate.grad = None
+    model.gradient_checkpointing_enable()
+    checkpointed = model(ids)
+    torch.testing.assert_close(checkpointed.aux_loss, first.aux_loss)
+    checkpointed.aux_loss.backward()
+    assert gate.grad is not None and gate.grad.abs().sum() > 0
 
 
 # --------------------------------------------------------------------- (e) block attention
