@@ -469,3 +469,17 @@ def test_llada2_sampler_reproduces_the_released_generate(tmp_path, monkeypatch, 
     assert sum(spec.eos_token_id in w for w in want) >= 2 and min(len(w) for w in want) < 8  # EOS cuts
     parallel = (rollout.decode_step[rollout.decode_step >= 0].bincount() > 1).any()
     assert parallel  # the threshold committed several tokens in one step somewhere
+
+
+@pytest.mark.parametrize("family", ["llada2_moe", "sdar_moe"])
+def test_fsdp_units_are_whole_decoder_layers_with_their_experts(family):
+    """FSDP2 shards each `_no_split_modules` block as one unit: every layer, and with it its router,
+    routed and shared experts (never an expert on its own)."""
+    from dare.workers.sharding import decoder_blocks
+
+    model = tiny(family)
+    blocks = decoder_blocks(model)
+    assert blocks == list(model.model.layers)
+    moe_params = {id(p) for n, p in model.named_parameters() if ".mlp." in n}
+    in_blocks = {id(p) for b in blocks for p in b.parameters()}
+    assert moe_params <= in_blocks
