@@ -39,6 +39,7 @@ from dare.models.dream import dream_7b
 from dare.models.llada import llada_8b
 from dare.models.llada2_moe import llada2_mini
 from dare.models.sdar import sdar_1_7b, sdar_4b, sdar_8b
+from dare.models.sdar_moe import sdar_30b_a3b
 
 # ------------------------------------------------------------------------------- tokenizers
 
@@ -312,6 +313,9 @@ class Release:
     auto_map: dict[str, str]
     tiny_dims: dict = field(default_factory=dict)  # the shrunk dims replicas use by default
     extra_config: dict = field(default_factory=dict)  # released config fields dare does not model
+    # the shard file of each key where the release names shards by content (SDAR-30B-A3B: one
+    # file per layer); None = `model-0000K-of-0000N` filled in key order (n_shards files)
+    shard_of: Callable[[str], str] | None = None
 
 
 _LLADA_AUTO = {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM",
@@ -327,6 +331,13 @@ _LLADA2_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, 
                     moe_intermediate_size=32, n_group=4, topk_group=2)  # fmt: skip
 _QWEN_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2)  # fmt: skip
+
+
+def _sdar_moe_shard(key: str) -> str:
+    """SDAR-30B-A3B-Chat's shards: `layer-{i}-ep-0-of-1.safetensors` per decoder layer (expert
+    parallel degree 1), everything else in `others.safetensors`."""
+    parts = key.split(".")
+    return f"layer-{parts[2]}-ep-0-of-1.safetensors" if parts[:2] == ["model", "layers"] else "others.safetensors"
 
 
 def _sdar(name: str, size_config: Callable, n_shards: int) -> Release:
@@ -370,6 +381,15 @@ RELEASES: dict[str, Release] = {
         )
         for v in ("2.0", "2.1")
     },
+    "sdar-30b-a3b": Release(
+        name="SDAR-30B-A3B-Chat", repo_id="JetLM/SDAR-30B-A3B-Chat", family="sdar_moe", full_config=sdar_30b_a3b,
+        n_shards=49, tokenizer=lambda: sdar_tokenizer_files(with_auto_map=False), architectures=["SDARMoeForCausalLM"],
+        auto_map={"AutoConfig": "configuration_sdar_moe.SDARMoeConfig", "AutoModel": "modeling_sdar_moe.SDARMoeModel",
+                  "AutoModelForCausalLM": "modeling_sdar_moe.SDARMoeForCausalLM"},
+        tiny_dims={**_QWEN_TINY, "head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2,
+                   "moe_intermediate_size": 32},
+        shard_of=_sdar_moe_shard,
+    ),
     "sdar-1.7b": _sdar("1.7B", sdar_1_7b, 1),
     "sdar-4b": _sdar("4B", sdar_4b, 2),
     "sdar-8b": _sdar("8B", sdar_8b, 4),
@@ -443,6 +463,21 @@ def _save_shards(config, family: str, folder: Path, n_shards: int, dtype: torch.
     return total
 
 
+def _save_named_shards(config, family: str, folder: Path, shard_of: Callable[[str], str], dtype, seed: int) -> int:
+    """Save each tensor into the shard file `shard_of(key)` names, plus the index."""
+    shards: dict[str, dict[str, torch.Tensor]] = {}
+    for name, value in _random_state(config, family, dtype, seed):
+        shards.setdefault(shard_of(name), {})[name] = value
+    for file, tensors in shards.items():
+        save_file(tensors, str(folder / file), metadata={"format": "pt"})
+    total = sum(t.numel() * t.element_size() for tensors in shards.values() for t in tensors.values())
+    weight_map = {k: file for file, tensors in shards.items() for k in tensors}
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
+    return total
+
+
 def make_replica(
     family: str,
     root: str | Path,
@@ -471,7 +506,10 @@ def make_replica(
     config = replica_config(rel, tok, dims)
     folder = Path(root) / rel.name
     folder.mkdir(parents=True, exist_ok=True)
-    _save_shards(config, rel.family, folder, n_shards or rel.n_shards, dtype, seed)
+    if rel.shard_of is not None and n_shards is None:
+        _save_named_shards(config, rel.family, folder, rel.shard_of, dtype, seed)
+    else:
+        _save_shards(config, rel.family, folder, n_shards or rel.n_shards, dtype, seed)
     saved = {k: v for k, v in config.to_dict().items() if k not in ("transformers_version", "dtype")}
     saved.update(architectures=rel.architectures, auto_map=rel.auto_map, torch_dtype=str(dtype).split(".")[-1],
                  **rel.extra_config, **(config_edits or {}))  # fmt: skip

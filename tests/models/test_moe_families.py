@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
-from replicas import llada2_tokenizer_files, make_replica
+from replicas import llada2_tokenizer_files, make_replica, sdar_tokenizer_files
 from torch import nn
 from transformers import AutoModelForCausalLM
 
@@ -393,20 +393,30 @@ def test_lora_defaults_to_attention_and_shared_experts_routed_experts_opt_in(fam
     assert not any("lora_A" in n and ".experts." in n for n, _ in wrapped.named_parameters())
 
 
-@pytest.mark.parametrize("release", ["llada2.0-mini", "llada2.1-mini"])
+@pytest.mark.parametrize("release", ["llada2.0-mini", "llada2.1-mini", "sdar-30b-a3b"])
 def test_a_replica_in_the_released_layout_loads_every_key_with_dare_and_transformers(tmp_path, release):
-    """A tiny checkpoint in the LLaDA2 layout (7 shards + index, config.json with the released
-    auto_map, the Ling tokenizer files) loads in dare (every key matched, or it raises) and with
-    `AutoModelForCausalLM` without remote code; the spec takes the tokenizer's ids."""
+    """A tiny checkpoint in the released layout (LLaDA2: 7 shards; SDAR-30B-A3B: one shard per
+    layer plus `others`; index, config.json with the released auto_map, the tokenizer files) loads
+    in dare (every key matched, or it raises) and with `AutoModelForCausalLM` without remote code;
+    the spec takes the tokenizer's ids."""
     folder = make_replica(release, tmp_path)
     index = json.loads((folder / "model.safetensors.index.json").read_text())
-    assert len({f for f in index["weight_map"].values()}) == 7
+    files = {f for f in index["weight_map"].values()}
+    if release == "sdar-30b-a3b":
+        assert files == {"layer-0-ep-0-of-1.safetensors", "layer-1-ep-0-of-1.safetensors", "others.safetensors"}
+        ids, block, lm_cls = sdar_tokenizer_files(with_auto_map=False).ids, 4, SDARMoeForCausalLM
+    else:
+        assert len(files) == 7
+        ids, block, lm_cls = llada2_tokenizer_files().ids, 32, LLaDA2MoeModelLM
     model = from_pretrained(folder)
     spec = model.diffusion_spec()
-    ids = llada2_tokenizer_files().ids
-    assert (spec.mask_token_id, spec.eos_token_id, spec.block_size) == (ids["mask_token_id"], ids["eos_token_id"], 32)
+    assert (spec.mask_token_id, spec.eos_token_id, spec.block_size) == (
+        ids["mask_token_id"],
+        ids["eos_token_id"],
+        block,
+    )
     auto = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    assert type(auto) is LLaDA2MoeModelLM
+    assert type(auto) is lm_cls
     x = torch.randint(0, 60, (1, 8))
     with torch.no_grad():
         torch.testing.assert_close(auto(x).logits.float(), model(x).logits.float())
