@@ -102,6 +102,12 @@ class SamplingConfig:
     # LLaDA `confidence_eos_eot_inf`: end ids get confidence -inf, so they are unmasked last
     # (the intended effect; upstream's chained assignment only does it for one id at T > 0).
     confidence_eos_eot_inf: bool = False
+    # LLaDA2.1 token editing (llada2): a decoded, non-prompt token of the current block is replaced
+    # by a differing prediction whose probability exceeds this; None = off (LLaDA2.0 decoding).
+    # LLaDA2.1's generate uses 0.9. In (0, 1].
+    editing_threshold: float | None = None
+    # LLaDA2.1 (llada2 with editing): editing passes allowed after the block has no mask left.
+    max_post_steps: int = 16
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # frozen dataclass

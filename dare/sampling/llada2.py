@@ -21,17 +21,25 @@ Differences from the released `generate`, by design:
   the first response tokens. They coincide when the prompt length is a multiple of block_length;
 - `steps` counts all blocks (steps_per_block = steps / num_blocks; the release's `steps` is per
   block), and is at most gen_length (no zero-token steps);
-- LLaDA2.1's editing (rewriting decoded tokens above `editing_threshold`) and `max_post_steps`
-  are not implemented.
+
+LLaDA2.1's token editing (`editing_threshold`, off by default; 2.1 uses 0.9): every iteration
+also rewrites the block's already decoded tokens whose new prediction differs with probability
+above `editing_threshold`; a block ends when it has no mask and an iteration edits nothing, or
+after `max_post_steps` iterations without a mask. A rewritten token's decode step and confidence
+are those of its last write. Rows stop at an EOS only at block ends (an edit may still move it
+within the block). 2.1's `num_to_transfer` (1) is the schedule's k at steps = gen_length.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from dare.sampling.base import SAMPLERS, Policy
 from dare.sampling.config import SamplingConfig
-from dare.sampling.ops import split_evenly
+from dare.sampling.engine import DecodeState, Runner, process_logits
+from dare.sampling.ops import split_evenly, token_probability
 from dare.sampling.sdar import SDARPolicy, SDARSampler
 
 RELEASED_THRESHOLD = 0.95  # `generate(threshold=0.95)` of both LLaDA2 releases
@@ -50,7 +58,10 @@ class LLaDA2Policy(SDARPolicy):
 class LLaDA2Sampler(SDARSampler):
     name = "llada2"
     remasking_choices = ("low_confidence_dynamic",)
-    options = frozenset({"top_p", "top_k", "cache", "threshold", "confidence_eos_eot_inf", "remasking"})
+    options = frozenset(
+        {"top_p", "top_k", "cache", "threshold", "confidence_eos_eot_inf", "remasking", "editing_threshold",
+         "max_post_steps"}
+    )  # fmt: skip
 
     @classmethod
     def check_config(cls, config: SamplingConfig) -> None:
@@ -61,9 +72,65 @@ class LLaDA2Sampler(SDARSampler):
                 f"steps={config.steps}: llada2 takes at most gen_length={config.gen_length} steps "
                 "(at most one step per token)"
             )
+        if config.editing_threshold is not None and not 0 < config.editing_threshold <= 1:
+            raise ValueError(f"editing_threshold={config.editing_threshold!r}: must be in (0, 1] or None (off)")
+        if not isinstance(config.max_post_steps, int) or config.max_post_steps < 0:
+            raise ValueError(f"max_post_steps={config.max_post_steps!r}: must be an integer >= 0")
 
     def policy(self, config: SamplingConfig, generator: torch.Generator | None) -> Policy:
         return LLaDA2Policy(config, generator)
+
+    def decode(
+        self, model: torch.nn.Module, state: DecodeState, config: SamplingConfig, generator: torch.Generator | None
+    ) -> tuple[int, dict[str, torch.Tensor]]:
+        if config.editing_threshold is None:
+            return super().decode(model, state, config, generator)
+        runner = self.runner(model, state, config)
+        policy = self.policy(config, generator)
+        runner.start(state.x)
+        steps_per_block = split_evenly(config.steps, config.num_blocks)
+        for b, num_steps in enumerate(steps_per_block):
+            if bool(state.finished.all()):
+                break
+            start = state.P + b * config.block_length
+            self._edit_block(state, runner, policy, config, start, num_steps)
+            state.update_finished()
+            if b + 1 < config.num_blocks and not bool(state.finished.all()):
+                runner.end_block(state.x, start, start + config.block_length)
+        return runner.nfe, {}
+
+    @staticmethod
+    def _edit_block(
+        state: DecodeState, runner: Runner, policy: LLaDA2Policy, config: SamplingConfig, start: int, num_steps: int
+    ) -> None:
+        """LLaDA2.1's loop over one block: unmask (threshold or top-k) and edit, row by row until a
+        row has no mask and edits nothing, or has spent its post steps."""
+        end = start + config.block_length
+        rows = ~state.finished  # [N] rows still iterating on this block
+        post = torch.zeros_like(state.row_steps)
+        suppress = config.suppress_ids(state.spec)
+        for step in range(config.block_length + config.max_post_steps + 1):  # each step unmasks or is a post step
+            old = state.x[:, start:end].clone()
+            masked = (old == state.mask_id) & rows[:, None]  # [N, L]
+            no_mask = ~masked.any(-1)
+            post += (no_mask & rows).long()
+            rows = rows & (post <= config.max_post_steps)
+            if not bool(rows.any()):
+                return
+            cond, _ = runner.block_logits(state.x, start, end, refresh=step == 0)
+            logits = process_logits(cond, None, 0.0, state.spec, suppress)  # [N, L, V] float64
+            tokens, conf = policy.propose(logits)
+            k = torch.minimum(policy.plan(masked.sum(-1), step, num_steps), masked.sum(-1))
+            if config.confidence_eos_eot_inf:
+                conf = conf.masked_fill(torch.isin(tokens, state.end_ids), -math.inf)
+            unmask = policy.select(conf, masked, k, step, num_steps) & masked
+            edit = rows[:, None] & ~masked & (conf > config.editing_threshold) & (tokens != old)
+            transfer = unmask | edit
+            prob = torch.full_like(conf, math.nan)
+            prob[transfer] = token_probability(logits[transfer], tokens[transfer])
+            state.commit(start, tokens, transfer, prob, rows)
+            rows = rows & ~(no_mask & ~edit.any(-1))
+        raise RuntimeError(f"llada2: block at column {start} did not settle")  # unreachable: bounded above
 
 
 __all__ = ["RELEASED_THRESHOLD", "LLaDA2Policy", "LLaDA2Sampler"]

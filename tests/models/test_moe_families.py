@@ -493,3 +493,29 @@ def test_fsdp_units_are_whole_decoder_layers_with_their_experts(family):
     moe_params = {id(p) for n, p in model.named_parameters() if ".mlp." in n}
     in_blocks = {id(p) for b in blocks for p in b.parameters()}
     assert moe_params <= in_blocks
+
+
+def test_llada2_sampler_with_editing_reproduces_the_released_2_1_generate(tmp_path, monkeypatch):
+    """LLaDA2.1's token editing and post steps: the "llada2" sampler with editing_threshold /
+    max_post_steps gives the tokens of the released 2.1 `generate`, and the edits change them."""
+    _, mod = released_modules(tmp_path, LLADA2[1], monkeypatch)
+    model = tiny("llada2_moe", seed=1).eval()
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight
+        head.mul_(20.0)
+        spec = model.diffusion_spec()
+        head[spec.eos_token_id] = 1.01 * head[9]
+    harness = _DareAsReleased(model, lambda m: m > 0.5, mod.LLaDA2MoeModelLM)
+    g = torch.Generator().manual_seed(11)
+    prompts = [torch.randint(0, 60, (n,), generator=g).tolist() for n in (4, 8, 4, 8)]
+    kw = dict(block_length=4, gen_length=16, threshold=0.6, eos_id=spec.eos_token_id, mask_id=spec.mask_token_id,
+              editing_threshold=0.5, max_post_steps=2, num_to_transfer=1)  # fmt: skip
+    want = [harness.released_cls.generate(harness, torch.tensor([p]), **kw)[0].tolist() for p in prompts]
+    cfg = dict(algorithm="llada2", gen_length=16, threshold=0.6)
+    edited = generate(model, prompts, SamplingConfig(editing_threshold=0.5, max_post_steps=2, **cfg))
+    plain = generate(model, prompts, SamplingConfig(**cfg))
+    got = [row[mask].tolist() for row, mask in zip(edited.response_ids, edited.response_mask)]
+    assert got == want
+    assert not torch.equal(edited.response_ids, plain.response_ids)  # the edits did something
+    with pytest.raises(ValueError, match="editing_threshold"):
+        SamplingConfig(algorithm="sdar", editing_threshold=0.5)
