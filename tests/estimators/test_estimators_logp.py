@@ -1,4 +1,4 @@
-"""Estimator log-probs against a direct computation with loops, for every family.
+"""Estimator log-probs against a direct computation with loops, for every family (MoE included).
 
 The direct computation builds each view by hand and runs the model on it alone; for block
 attention (SDAR) it runs the model's own block-causal rule on [context blocks < k, view of
@@ -12,7 +12,7 @@ from rl_est_helpers import V, hand_positions, make_rl_batch
 from dare.diffusion.estimators import ESTIMATORS, CoupledEstimator, D1Estimator, build_estimator
 from dare.models import tiny
 
-FAMILIES = ("llada", "dream", "sdar")
+FAMILIES = ("llada", "dream", "sdar", "llada2_moe", "sdar_moe")
 ESTIMATOR_ARGS = {"d1": {"p_mask_prompt": 0.3}, "coupled": {"p_mask_prompt": 0.2}}
 
 
