@@ -1,5 +1,5 @@
-"""LLaDA2's block decoding (`LLaDA2MoeModelLM.generate` of inclusionAI/LLaDA2.0-mini; also 2.1-mini
-with its token editing off) for block-causal models.
+"""LLaDA2's block decoding (`LLaDA2MoeModelLM.generate` of inclusionAI/LLaDA2.0-mini and, with
+`editing_threshold`, of LLaDA2.1-mini) for block-causal models.
 
 Per block (block length: the model's `block_size`, 32 for LLaDA2), up to steps_per_block
 iterations over the block: every masked position gets its argmax (T = 0) or a
@@ -20,7 +20,7 @@ Differences from the released `generate`, by design:
   aligns blocks to absolute positions and decodes the prompt's last partial block together with
   the first response tokens. They coincide when the prompt length is a multiple of block_length;
 - `steps` counts all blocks (steps_per_block = steps / num_blocks; the release's `steps` is per
-  block), and is at most gen_length (no zero-token steps);
+  block), and is at most gen_length (no zero-token steps).
 
 LLaDA2.1's token editing (`editing_threshold`, off by default; 2.1 uses 0.9): every iteration
 also rewrites the block's already decoded tokens whose new prediction differs with probability
