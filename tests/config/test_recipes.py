@@ -59,7 +59,11 @@ def test_stage_kind_follows_from_the_algorithm(tmp_path):
         (edit(stages__0__eps=2.0), "stages[0].eps", "must be in [0, 1)"),
         (edit(stages__0__algorithm="sftt"), "stages[0].algorithm", "did you mean 'sft'?"),
         (edit(stages__0__kind="rl"), "stages[0].kind", "is a 'sft' algorithm, not 'rl'"),
-        (edit(model__family="gpt"), "model.family", "unknown model family 'gpt'; known: dream, llada, sdar"),
+        (
+            edit(model__family="gpt"),
+            "model.family",
+            "unknown model family 'gpt'; known: dream, llada, llada2_moe, sdar, sdar_moe",
+        ),
         (edit(stages__0__lr_schedule="cosin"), "stages[0].lr_schedule", "did you mean 'cosine'?"),
         (edit(stages__0__grad_accum=3), "stages[0].grad_accum", "must divide batch_size=8"),
         (edit(data__on_error="ignore"), "data.on_error", "must be one of ['skip', 'fail']"),
