@@ -3,7 +3,8 @@
 Algorithms are registered by name in `SAMPLERS` (one file each): "llada" (low-confidence
 remasking, semi-AR blocks, CFG), "dream" (origin / maskgit_plus / topk_margin / entropy), both
 with Fast-dLLM's prefix / dual caches and threshold / factor parallel decoding; "sdar"
-(block-causal decoding with a block KV cache); "llada2" (LLaDA2's threshold block decoding); "first_hitting" (exact one-token-per-event).
+(block-causal decoding with a block KV cache); "llada2" (LLaDA2's threshold block decoding, with
+LLaDA2.1's token editing); "first_hitting" (exact one-token-per-event).
 Samplers read only the model's `DiffusionSpec` and aligned logits, never its family name, and
 draw every random number in float64 from the caller's `torch.Generator`.
 """
