@@ -202,6 +202,9 @@ class ResourcesSpec:
     # gradients all-reduced), "fsdp2" (torch fully_shard: parameters, gradients and optimizer
     # state sharded across ranks), "auto" (fsdp2 with several CUDA workers, else replicate)
     strategy: Literal["auto", "replicate", "fsdp2"] = "auto"
+    # the frozen reference policy (and models built from it): inside the actor (colocated) or its
+    # own worker group, one rank per actor rank (separate; dare.workers.reference)
+    reference: Literal["colocated", "separate"] = "colocated"
 
     def resolved_strategy(self) -> str:
         if self.strategy != "auto":
@@ -499,6 +502,13 @@ def _check_combinations(recipe: Recipe, file: Any) -> None:
             )
         if stage.sft_control and not recipe.eval.enabled:
             raise RecipeError(file, f"stages[{i}].sft_control", "needs eval.enabled (the control is only evaluated)")
+        if recipe.resources.reference == "separate" and not algo.separate_reference:
+            raise RecipeError(
+                file,
+                "resources.reference",
+                f"stages[{i}] ({stage.algorithm!r}) builds modules from its reference (teacher), which must stay "
+                "with the actor; use reference: colocated",
+            )
         if sharded and not algo.supports_sharding:
             raise RecipeError(
                 file,

@@ -52,6 +52,7 @@ from dare.trainer.stage import (
 from dare.workers.actor import ActorWorker, check_training_state
 from dare.workers.builder import load_tokenizer
 from dare.workers.critic import CriticWorker
+from dare.workers.reference import ReferenceWorker, placement
 from dare.workers.rollout import RolloutWorker
 
 # the row format each stage kind reads from a data file (dare.data.loading kinds)
@@ -68,6 +69,7 @@ class Pipeline:
         self.scorer = None  # the built-in check's (eval.scorer), resolved with the eval rows
         self.overwrite = overwrite  # delete an existing run in run_dir first
         self.rollout = None
+        self.reference = None  # the separate reference workers (resources.reference: separate)
 
     @classmethod
     def resume(cls, run_dir: str | Path) -> Pipeline:
@@ -113,12 +115,13 @@ class Pipeline:
             tmp.rename(tok_dir)  # a killed save never leaves a half tokenizer that a rerun would trust
 
         start_ray(r.resources)
-        actor = self.rollout = None
+        actor = self.rollout = self.reference = None
         try:
             actor = worker_group(ActorWorker, r.resources, name="actor", strategy=r.resources.resolved_strategy())
             self._run_stages(actor, tokenizer, tok_dir, state, trained)
         finally:  # no workers outlive the run (an in-process caller can run again)
             release(self.rollout)
+            release(self.reference)
             release(actor)
         state["total_seconds"] = state.get("total_seconds", 0.0) + time.perf_counter() - t_start
         self._save_run_state(state)
@@ -133,6 +136,10 @@ class Pipeline:
         if r.resources.rollout == "separate":
             self.rollout = worker_group(RolloutWorker, r.resources, name="rollout")
             self.rollout.init_model(_model_dict(r), str(tok_dir), r.seed, init_from)
+        if placement(r.resources) == "separate":
+            self.reference = worker_group(ReferenceWorker, r.resources, name="reference")
+            self.reference.init_model(_model_dict(r), str(tok_dir), r.seed, init_from)
+            actor.attach_reference(self.reference.workers)
         print(
             f"dare: run {self.run_dir} | {r.model.family or r.model.path} | trainable params {n_params:,}", flush=True
         )

@@ -73,7 +73,8 @@ def start_ray(resources: ResourcesSpec) -> None:
         ctx = ray.init(address=resources.ray_address, runtime_env={"env_vars": env}, logging_level="ERROR")
         print(f"dare: connected to the Ray cluster at {ctx.address_info.get('gcs_address')}", flush=True)
         return
-    groups = 2 if resources.rollout == "separate" else 1  # the rollout workers get their own bundles
+    # separate rollout / reference workers get their own bundles
+    groups = 1 + (resources.rollout == "separate") + (getattr(resources, "reference", "colocated") == "separate")
     cpus = max(resources.num_workers * groups, os.cpu_count() or 1)
     # address="local": always a new instance of our own, never a cluster that happens to run on
     # this machine (`ray.init()` would join one started by `ray start` and then refuse num_cpus)
