@@ -205,6 +205,9 @@ class ResourcesSpec:
     # the frozen reference policy (and models built from it): inside the actor (colocated) or its
     # own worker group, one rank per actor rank (separate; dare.workers.reference)
     reference: Literal["colocated", "separate"] = "colocated"
+    # nodes of the Ray cluster (ray_address) the workers spread over, num_workers / nodes on each
+    # (one per GPU on CUDA): ranks node by node, wired over gloo / NCCL from rank 0's node address
+    nodes: int = 1
 
     def resolved_strategy(self) -> str:
         if self.strategy != "auto":
@@ -214,6 +217,11 @@ class ResourcesSpec:
     def validate(self, key: str, file: Any) -> None:
         require(self.num_workers >= 1, ">= 1", self, "num_workers", key, file)
         require(self.num_threads is None or self.num_threads >= 1, ">= 1 or null", self, "num_threads", key, file)
+        require(self.nodes >= 1, ">= 1", self, "nodes", key, file)
+        require(self.num_workers % self.nodes == 0, "a divisor of num_workers (workers per node = num_workers / nodes)",
+                self, "nodes", key, file)  # fmt: skip
+        require(self.nodes == 1 or self.ray_address is not None, "1 unless ray_address names a cluster (a local Ray "
+                "is one node)", self, "nodes", key, file)  # fmt: skip
 
 
 @dataclass

@@ -202,7 +202,7 @@ class Pipeline:
         if ALGORITHMS.get(stage.algorithm).critic_spec(stage.args) is None:
             return None
         r = self.recipe
-        critic = worker_group(CriticWorker, dataclasses.replace(r.resources, num_workers=1), name="critic")
+        critic = worker_group(CriticWorker, dataclasses.replace(r.resources, num_workers=1, nodes=1), name="critic")
         start = self.checkpoint_of(index - 1) if index > 0 else None
         critic.init_stage(_model_dict(r), str(self.run_dir / "tokenizer"), r.seed, start, stage.algorithm, stage.args)
         return critic
