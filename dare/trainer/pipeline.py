@@ -123,6 +123,7 @@ class Pipeline:
             release(self.rollout)
             release(self.reference)
             release(actor)
+        self._run_benchmarks(state)  # on the devices the workers held, now free
         state["total_seconds"] = state.get("total_seconds", 0.0) + time.perf_counter() - t_start
         self._save_run_state(state)
         self._write_results(state)
@@ -155,22 +156,36 @@ class Pipeline:
                 self._maybe_control(state, actor, tokenizer, eval_rows, index, base_dir)  # a run killed in it
                 continue
             name = stage_dir_name(index, stage)
-            ckpt = self.run_dir / name / "checkpoint"
             if index in trained:  # killed after training, before its evaluation was saved
                 print(f"dare: {name} is trained; evaluating it", flush=True)
             else:
                 self._train_stage(actor, tokenizer, index, stage, base_dir, state, trained)
-            if r.eval.enabled:
+            if r.eval.enabled:  # the built-in check, data-parallel on the actor's workers
                 state["eval"][str(index + 1)] = self.evaluate(actor, tokenizer, eval_rows, name)
-                if r.eval.benchmarks:  # OpenCompass on the stage's checkpoint
-                    state["eval"][str(index + 1)]["benchmarks"] = evaluate_benchmarks(
-                        r, ckpt, self.run_dir / "eval" / "opencompass" / name, name
-                    )
                 self._save_run_state(state)
                 self._write_results(state)  # the stage's results and report rows, before it counts as done
             completed.append(index)
             self._save_run_state(state)
             self._maybe_control(state, actor, tokenizer, eval_rows, index, base_dir)
+
+    def _run_benchmarks(self, state: dict[str, Any]) -> None:
+        """OpenCompass on every evaluated stage's checkpoint that has no benchmark results yet,
+        after the training workers are released: in the recipe's dtype, data-parallel over
+        `resources.num_workers` tasks (one device each on CUDA). A resumed run fills in what a
+        stopped one left out."""
+        r = self.recipe
+        if not (r.eval.enabled and r.eval.benchmarks):
+            return
+        for index in sorted(state["completed"]):
+            res = state["eval"].get(str(index + 1))
+            if res is None or "benchmarks" in res:
+                continue
+            name = stage_dir_name(index, r.stages[index])
+            res["benchmarks"] = evaluate_benchmarks(
+                r, self.checkpoint_of(index), self.run_dir / "eval" / "opencompass" / name, name
+            )
+            self._save_run_state(state)
+            self._write_results(state)
 
     def _train_stage(self, actor, tokenizer, index: int, stage: StageSpec, base_dir: str | None,
                      state: dict[str, Any], trained: list[int]) -> None:  # fmt: skip

@@ -383,7 +383,10 @@ class ActorWorker(Worker):
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def generate(self, data: DataProto) -> DataProto:
         """Sample responses for left-padded prompts with the actor's own (unsharded) weights."""
-        return generate_batch(self.plain_model(), data, self.device, self.rank)
+        model = self.plain_model()
+        out = generate_batch(model, data, self.device, self.rank)
+        out.meta_info["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")  # the eval reports it
+        return out
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def get_weights(self) -> dict[str, torch.Tensor] | None:
