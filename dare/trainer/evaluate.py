@@ -1,10 +1,12 @@
 """The evaluation run after every stage:
 
 - the built-in check: accuracy of sampled answers on the eval split, through the actor's (or
-  rollout workers') own sampler (`evaluate_accuracy`), scored by the run's `eval.scorer`
-  (`dare.rewards.scorers`: the reward verifiers; `eval_scorer`);
+  rollout workers') own sampler (`evaluate_accuracy`), data-parallel over those workers in the
+  recipe's dtype, scored by the run's `eval.scorer` (`dare.rewards.scorers`: the reward
+  verifiers; `eval_scorer`);
 - the recipe's `eval.benchmarks`: OpenCompass on the stage's checkpoint (`evaluate_benchmarks`,
-  `dare.evals`), with the same decoding settings and seed.
+  `dare.evals`), with the same decoding settings and seed, in the recipe's dtype and split over
+  `resources.num_workers` tasks; the pipeline runs it once the training workers are released.
 """
 
 from __future__ import annotations

@@ -101,7 +101,8 @@ class Pipeline:
         self._prepare_run_dir()
         state = self._run_state()
         completed: list[int] = state["completed"]
-        # stages whose checkpoint is written; a stage is `completed` once its evaluation is saved too
+        # stages whose checkpoint is written; a stage is `completed` once its built-in check is saved
+        # too (its OpenCompass benchmarks run after the workers are released: `_run_benchmarks`)
         trained: list[int] = state.setdefault("trained", list(completed))
         self._check_resume_state(trained)  # a damaged / planted state file fails before Ray starts
         t_start = time.perf_counter()
