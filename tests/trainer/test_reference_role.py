@@ -107,13 +107,26 @@ def test_separate_reference_gives_the_colocated_vrpo_step(setup):
     assert any(abs(v) > 0 for k, v in colocated[1].items() if "loss" in k)  # a non-trivial step
 
 
-def test_didi_teacher_refused_in_separate_workers():
+@pytest.mark.parametrize(
+    "stage",
+    [
+        {"kind": "distill", "algorithm": "didi_instruct", "steps": 2, "batch_size": 4},  # builds from the teacher
+        {
+            "kind": "rl",
+            "algorithm": "drakes",
+            "steps": 2,
+            "batch_size": 4,
+            "reward": "task_match",
+        },  # backpropagates through it
+    ],
+)
+def test_references_that_are_more_than_a_forward_are_refused_in_separate_workers(stage):
     recipe = {
         "model": {"family": "llada", "preset": "tiny", "tokenizer": "builtin"},
         "resources": {"reference": "separate"},
-        "stages": [{"kind": "distill", "algorithm": "didi_instruct", "steps": 2, "batch_size": 4}],
+        "stages": [stage],
     }
-    with pytest.raises(RecipeError, match=r"resources\.reference.*didi_instruct.*colocated"):
+    with pytest.raises(RecipeError, match=rf"resources\.reference.*{stage['algorithm']}.*colocated"):
         build_recipe(recipe)
     recipe["resources"]["reference"] = "elsewhere"
     with pytest.raises(RecipeError, match=r"resources\.reference.*colocated"):
