@@ -245,14 +245,25 @@ def collect_results(output: str | Path, benchmarks: list[str]) -> dict[str, dict
         metrics = {k: v for k, v in res.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         if metric not in metrics:
             raise RuntimeError(f"{path}: no {metric!r} in OpenCompass's result (keys: {sorted(res)})")
-        preds = Path(output) / "predictions" / MODEL_ABBR / f"{name}.json"
         out[name] = {
             "score": float(metrics[metric]),
             "metric": metric,
             "metrics": metrics,
-            "num_examples": len(json.loads(preds.read_text())) if preds.is_file() else None,
+            "num_examples": _num_predictions(Path(output) / "predictions" / MODEL_ABBR, name),
         }
     return out
+
+
+def _num_predictions(folder: Path, name: str) -> int | None:
+    """Rows OpenCompass predicted for a benchmark: its one file, or the parts `NAME_0.json`,
+    `NAME_1.json`, ... of a run split over several workers (`EvalRequest.num_workers`)."""
+    whole = folder / f"{name}.json"
+    if whole.is_file():
+        return len(json.loads(whole.read_text()))
+    n, i = 0, 0
+    while (part := folder / f"{name}_{i}.json").is_file():
+        n, i = n + len(json.loads(part.read_text())), i + 1
+    return n if i else None
 
 
 def failure_logs(work_dir: str | Path, log: Path, lines: int = 8) -> str:

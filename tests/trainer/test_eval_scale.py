@@ -3,6 +3,8 @@
 run carries the recipe's dtype and splits inference over resources.num_workers tasks (one GPU each
 on CUDA); the pipeline runs the benchmarks of the stages that lack them, after its workers are gone."""
 
+import json
+
 import ray
 
 from dare.config import ResourcesSpec, build_recipe
@@ -83,3 +85,13 @@ def test_benchmarks_run_for_the_stages_that_lack_them(tmp_path, monkeypatch):
     assert calls == ["stage-1-sft"] and state["eval"]["1"]["benchmarks"] == {"sort": {}}
     p._run_benchmarks(state)  # nothing left to do (a resumed run does not repeat them)
     assert calls == ["stage-1-sft"]
+
+
+def test_a_split_benchmark_counts_the_rows_of_every_part(tmp_path):
+    from dare.evals.runner import _num_predictions
+
+    for i, n in enumerate((3, 2)):  # what NumWorkerPartitioner's tasks write: NAME_0.json, NAME_1.json
+        (tmp_path / f"sort_{i}.json").write_text(json.dumps({str(k): {"prediction": ""} for k in range(n)}))
+    (tmp_path / "gsm8k.json").write_text(json.dumps({"0": {}}))
+    assert _num_predictions(tmp_path, "sort") == 5
+    assert _num_predictions(tmp_path, "gsm8k") == 1 and _num_predictions(tmp_path, "mbpp") is None
