@@ -55,6 +55,10 @@ class EvalRequest:
         timeout: seconds before the OpenCompass run is stopped.
         check_weights: load the weights once before OpenCompass starts (False: config and
             tokenizer only, for a checkpoint just written).
+        dtype: the model's dtype in OpenCompass's task processes (a run's: its recipe's model.dtype).
+        num_workers: data-parallel inference tasks, each on its own share of every benchmark's
+            rows (`NumWorkerPartitioner`), run side by side (on CUDA one device each).
+        device: "cuda" gives each task one GPU (OpenCompass sets CUDA_VISIBLE_DEVICES); "cpu" none.
     """
 
     model: str
@@ -73,6 +77,9 @@ class EvalRequest:
     debug: bool = False
     timeout: float | None = None
     check_weights: bool = True
+    dtype: str = "float32"
+    num_workers: int = 1
+    device: str = "cpu"
 
 
 def opencompass_installed() -> bool:
@@ -176,16 +183,24 @@ def opencompass_config(req: EvalRequest) -> dict[str, Any]:
         "num_threads": req.num_threads,
         "batch_size": req.batch_size,
         "max_out_len": max(BENCHMARKS.get(n).max_out_len for n in req.benchmarks),
-        "run_cfg": {"num_gpus": 0},
+        "dtype": req.dtype,
+        "device": req.device,
+        "run_cfg": {"num_gpus": 1 if req.device == "cuda" else 0},
     }
     n = len(datasets)
-    stage = lambda task: {
-        "partitioner": {"type": "opencompass.partitioners.NaivePartitioner", "n": n},
-        "runner": {"type": "opencompass.runners.LocalRunner", "max_num_workers": 1,
+    stage = lambda task, partitioner, workers: {
+        "partitioner": partitioner,
+        "runner": {"type": "opencompass.runners.LocalRunner", "max_num_workers": workers,
                    "task": {"type": f"opencompass.tasks.{task}"}},
     }  # fmt: skip
-    return {"models": [model], "datasets": datasets, "infer": stage("OpenICLInferTask"),
-            "eval": stage("OpenICLEvalTask"), "work_dir": str(Path(req.work_dir).resolve())}  # fmt: skip
+    naive = {"type": "opencompass.partitioners.NaivePartitioner", "n": n}
+    infer = naive
+    if req.num_workers > 1:  # every benchmark's rows split over the workers; the eval task reads the parts
+        infer = {"type": "opencompass.partitioners.NumWorkerPartitioner", "num_worker": req.num_workers,
+                 "min_task_size": 1, "strategy": "split", "force_rebuild": True,
+                 "dataset_size_path": str(Path(req.work_dir).resolve() / "dataset_size.json")}  # fmt: skip
+    return {"models": [model], "datasets": datasets, "work_dir": str(Path(req.work_dir).resolve()),
+            "infer": stage("OpenICLInferTask", infer, req.num_workers), "eval": stage("OpenICLEvalTask", naive, 1)}  # fmt: skip
 
 
 def write_config(req: EvalRequest) -> Path:
@@ -230,14 +245,25 @@ def collect_results(output: str | Path, benchmarks: list[str]) -> dict[str, dict
         metrics = {k: v for k, v in res.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         if metric not in metrics:
             raise RuntimeError(f"{path}: no {metric!r} in OpenCompass's result (keys: {sorted(res)})")
-        preds = Path(output) / "predictions" / MODEL_ABBR / f"{name}.json"
         out[name] = {
             "score": float(metrics[metric]),
             "metric": metric,
             "metrics": metrics,
-            "num_examples": len(json.loads(preds.read_text())) if preds.is_file() else None,
+            "num_examples": _num_predictions(Path(output) / "predictions" / MODEL_ABBR, name),
         }
     return out
+
+
+def _num_predictions(folder: Path, name: str) -> int | None:
+    """Rows OpenCompass predicted for a benchmark: its one file, or the parts `NAME_0.json`,
+    `NAME_1.json`, ... of a run split over several workers (`EvalRequest.num_workers`)."""
+    whole = folder / f"{name}.json"
+    if whole.is_file():
+        return len(json.loads(whole.read_text()))
+    n, i = 0, 0
+    while (part := folder / f"{name}_{i}.json").is_file():
+        n, i = n + len(json.loads(part.read_text())), i + 1
+    return n if i else None
 
 
 def failure_logs(work_dir: str | Path, log: Path, lines: int = 8) -> str:

@@ -106,6 +106,9 @@ class DiDiInstruct(Algorithm):
 
     name = "didi_instruct"
     supports_sharding = False  # the discriminator is built from the unsharded teacher
+    # the teacher is the reference and the discriminator copies its blocks: both stay with the
+    # actor (dare.workers.reference.placement's rule; a separate teacher is not implemented)
+    separate_reference = False
     kind = "distill"
     attention = ("full",)
     required_batch_keys = ("input_ids", "attention_mask", "teacher_response", "noise_seed", "step")

@@ -50,6 +50,8 @@ def relaxed_config(args: Any, gen_length: int) -> RelaxedConfig:
 class DRAKES(Algorithm):
     name = "drakes"
     supports_sharding = False  # the relaxed sampler reads the embedding matrix outside forward
+    # ... of the reference too, and backpropagates through its forward: it stays with the actor
+    separate_reference = False
     kind = "rl"
     trainer = "drakes"
     attention = ("full", "block")

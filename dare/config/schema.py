@@ -202,6 +202,12 @@ class ResourcesSpec:
     # gradients all-reduced), "fsdp2" (torch fully_shard: parameters, gradients and optimizer
     # state sharded across ranks), "auto" (fsdp2 with several CUDA workers, else replicate)
     strategy: Literal["auto", "replicate", "fsdp2"] = "auto"
+    # the frozen reference policy (and models built from it): inside the actor (colocated) or its
+    # own worker group, one rank per actor rank (separate; dare.workers.reference)
+    reference: Literal["colocated", "separate"] = "colocated"
+    # nodes of the Ray cluster (ray_address) the workers spread over, num_workers / nodes on each
+    # (one per GPU on CUDA): ranks node by node, wired over gloo / NCCL from rank 0's node address
+    nodes: int = 1
 
     def resolved_strategy(self) -> str:
         if self.strategy != "auto":
@@ -211,6 +217,11 @@ class ResourcesSpec:
     def validate(self, key: str, file: Any) -> None:
         require(self.num_workers >= 1, ">= 1", self, "num_workers", key, file)
         require(self.num_threads is None or self.num_threads >= 1, ">= 1 or null", self, "num_threads", key, file)
+        require(self.nodes >= 1, ">= 1", self, "nodes", key, file)
+        require(self.num_workers % self.nodes == 0, "a divisor of num_workers (workers per node = num_workers / nodes)",
+                self, "nodes", key, file)  # fmt: skip
+        require(self.nodes == 1 or self.ray_address is not None, "1 unless ray_address names a cluster (a local Ray "
+                "is one node)", self, "nodes", key, file)  # fmt: skip
 
 
 @dataclass
@@ -499,6 +510,13 @@ def _check_combinations(recipe: Recipe, file: Any) -> None:
             )
         if stage.sft_control and not recipe.eval.enabled:
             raise RecipeError(file, f"stages[{i}].sft_control", "needs eval.enabled (the control is only evaluated)")
+        if recipe.resources.reference == "separate" and not algo.separate_reference:
+            raise RecipeError(
+                file,
+                "resources.reference",
+                f"stages[{i}] ({stage.algorithm!r}) uses its reference (teacher) beyond a forward pass (builds "
+                "modules from it or backpropagates through it), so it must stay with the actor; use reference: colocated",
+            )
         if sharded and not algo.supports_sharding:
             raise RecipeError(
                 file,

@@ -1,10 +1,12 @@
 """The evaluation run after every stage:
 
 - the built-in check: accuracy of sampled answers on the eval split, through the actor's (or
-  rollout workers') own sampler (`evaluate_accuracy`), scored by the run's `eval.scorer`
-  (`dare.rewards.scorers`: the reward verifiers; `eval_scorer`);
+  rollout workers') own sampler (`evaluate_accuracy`), data-parallel over those workers in the
+  recipe's dtype, scored by the run's `eval.scorer` (`dare.rewards.scorers`: the reward
+  verifiers; `eval_scorer`);
 - the recipe's `eval.benchmarks`: OpenCompass on the stage's checkpoint (`evaluate_benchmarks`,
-  `dare.evals`), with the same decoding settings and seed.
+  `dare.evals`), with the same decoding settings and seed, in the recipe's dtype and split over
+  `resources.num_workers` tasks; the pipeline runs it once the training workers are released.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def evaluate_accuracy(
     `scorer_errors`: rows whose verifier raised, scored 0)."""
     scorer = scorer or _AUTO
     t0 = time.perf_counter()
-    scores, examples, nfe, errors = [], [], 0, 0
+    scores, examples, nfe, errors, dtype = [], [], 0, 0, None
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         prompts = collate_prompts(chunk, tokenizer)
@@ -74,6 +76,7 @@ def evaluate_accuracy(
         out = dp_call(generate_fn, data, world_size)
         responses = out.batch["responses"]
         nfe += int(out.batch["nfe"].max())  # the slowest rank's forward passes
+        dtype = out.meta_info.get("dtype", dtype)
         texts = [
             tokenizer.decode(ids[mask.bool()].tolist(), skip_special_tokens=True)
             for ids, mask in zip(responses, out.batch["response_mask"])
@@ -97,6 +100,8 @@ def evaluate_accuracy(
         "scorer": "+".join(sorted({scorer.pick(row).name for row in rows})) or scorer.name,
         "scorer_from": scorer.source,
         "scorer_errors": errors,
+        "workers": world_size,
+        "dtype": dtype,  # the sampling model's (the recipe's model.dtype), when the sampler reports it
     }
 
 
@@ -119,6 +124,9 @@ def benchmark_request(recipe: Any, checkpoint: str | Path, work_dir: str | Path)
         sampling={"gen_length": data.gen_length, **ev.sampling}, elbo_samples=ev.elbo_samples, seed=recipe.seed,
         batch_size=ev.batch_size, tokenizer=str(checkpoint), task_args=task_args,
         num_threads=recipe.resources.num_threads or 1, timeout=ev.benchmark_timeout, check_weights=False,
+        # the recipe's dtype, data-parallel over the devices the training workers held (run once
+        # they are released: dare.trainer.pipeline)
+        dtype=recipe.model.dtype, num_workers=recipe.resources.num_workers, device=recipe.resources.device,
     )  # fmt: skip
 
 

@@ -52,6 +52,7 @@ from dare.trainer.stage import (
 from dare.workers.actor import ActorWorker, check_training_state
 from dare.workers.builder import load_tokenizer
 from dare.workers.critic import CriticWorker
+from dare.workers.reference import ReferenceWorker, placement
 from dare.workers.rollout import RolloutWorker
 
 # the row format each stage kind reads from a data file (dare.data.loading kinds)
@@ -68,6 +69,7 @@ class Pipeline:
         self.scorer = None  # the built-in check's (eval.scorer), resolved with the eval rows
         self.overwrite = overwrite  # delete an existing run in run_dir first
         self.rollout = None
+        self.reference = None  # the separate reference workers (resources.reference: separate)
 
     @classmethod
     def resume(cls, run_dir: str | Path) -> Pipeline:
@@ -99,7 +101,8 @@ class Pipeline:
         self._prepare_run_dir()
         state = self._run_state()
         completed: list[int] = state["completed"]
-        # stages whose checkpoint is written; a stage is `completed` once its evaluation is saved too
+        # stages whose checkpoint is written; a stage is `completed` once its built-in check is saved
+        # too (its OpenCompass benchmarks run after the workers are released: `_run_benchmarks`)
         trained: list[int] = state.setdefault("trained", list(completed))
         self._check_resume_state(trained)  # a damaged / planted state file fails before Ray starts
         t_start = time.perf_counter()
@@ -113,13 +116,15 @@ class Pipeline:
             tmp.rename(tok_dir)  # a killed save never leaves a half tokenizer that a rerun would trust
 
         start_ray(r.resources)
-        actor = self.rollout = None
+        actor = self.rollout = self.reference = None
         try:
             actor = worker_group(ActorWorker, r.resources, name="actor", strategy=r.resources.resolved_strategy())
             self._run_stages(actor, tokenizer, tok_dir, state, trained)
         finally:  # no workers outlive the run (an in-process caller can run again)
             release(self.rollout)
+            release(self.reference)
             release(actor)
+        self._run_benchmarks(state)  # on the devices the workers held, now free
         state["total_seconds"] = state.get("total_seconds", 0.0) + time.perf_counter() - t_start
         self._save_run_state(state)
         self._write_results(state)
@@ -133,6 +138,10 @@ class Pipeline:
         if r.resources.rollout == "separate":
             self.rollout = worker_group(RolloutWorker, r.resources, name="rollout")
             self.rollout.init_model(_model_dict(r), str(tok_dir), r.seed, init_from)
+        if placement(r.resources) == "separate":
+            self.reference = worker_group(ReferenceWorker, r.resources, name="reference")
+            self.reference.init_model(_model_dict(r), str(tok_dir), r.seed, init_from)
+            actor.attach_reference(self.reference.workers)
         print(
             f"dare: run {self.run_dir} | {r.model.family or r.model.path} | trainable params {n_params:,}", flush=True
         )
@@ -148,22 +157,36 @@ class Pipeline:
                 self._maybe_control(state, actor, tokenizer, eval_rows, index, base_dir)  # a run killed in it
                 continue
             name = stage_dir_name(index, stage)
-            ckpt = self.run_dir / name / "checkpoint"
             if index in trained:  # killed after training, before its evaluation was saved
                 print(f"dare: {name} is trained; evaluating it", flush=True)
             else:
                 self._train_stage(actor, tokenizer, index, stage, base_dir, state, trained)
-            if r.eval.enabled:
+            if r.eval.enabled:  # the built-in check, data-parallel on the actor's workers
                 state["eval"][str(index + 1)] = self.evaluate(actor, tokenizer, eval_rows, name)
-                if r.eval.benchmarks:  # OpenCompass on the stage's checkpoint
-                    state["eval"][str(index + 1)]["benchmarks"] = evaluate_benchmarks(
-                        r, ckpt, self.run_dir / "eval" / "opencompass" / name, name
-                    )
                 self._save_run_state(state)
                 self._write_results(state)  # the stage's results and report rows, before it counts as done
             completed.append(index)
             self._save_run_state(state)
             self._maybe_control(state, actor, tokenizer, eval_rows, index, base_dir)
+
+    def _run_benchmarks(self, state: dict[str, Any]) -> None:
+        """OpenCompass on every evaluated stage's checkpoint that has no benchmark results yet,
+        after the training workers are released: in the recipe's dtype, data-parallel over
+        `resources.num_workers` tasks (one device each on CUDA). A resumed run fills in what a
+        stopped one left out."""
+        r = self.recipe
+        if not (r.eval.enabled and r.eval.benchmarks):
+            return
+        for index in sorted(state["completed"]):
+            res = state["eval"].get(str(index + 1))
+            if res is None or "benchmarks" in res:
+                continue
+            name = stage_dir_name(index, r.stages[index])
+            res["benchmarks"] = evaluate_benchmarks(
+                r, self.checkpoint_of(index), self.run_dir / "eval" / "opencompass" / name, name
+            )
+            self._save_run_state(state)
+            self._write_results(state)
 
     def _train_stage(self, actor, tokenizer, index: int, stage: StageSpec, base_dir: str | None,
                      state: dict[str, Any], trained: list[int]) -> None:  # fmt: skip
@@ -195,7 +218,7 @@ class Pipeline:
         if ALGORITHMS.get(stage.algorithm).critic_spec(stage.args) is None:
             return None
         r = self.recipe
-        critic = worker_group(CriticWorker, dataclasses.replace(r.resources, num_workers=1), name="critic")
+        critic = worker_group(CriticWorker, dataclasses.replace(r.resources, num_workers=1, nodes=1), name="critic")
         start = self.checkpoint_of(index - 1) if index > 0 else None
         critic.init_stage(_model_dict(r), str(self.run_dir / "tokenizer"), r.seed, start, stage.algorithm, stage.args)
         return critic

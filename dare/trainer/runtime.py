@@ -8,6 +8,7 @@ import threading
 import time
 
 import ray
+from ray.util.placement_group import NODE_ID_LABEL_KEY, placement_group, placement_group_table, remove_placement_group
 from verl import DataProto
 from verl.protocol import pad_dataproto_to_divisor, unpad_dataproto
 from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
@@ -73,7 +74,8 @@ def start_ray(resources: ResourcesSpec) -> None:
         ctx = ray.init(address=resources.ray_address, runtime_env={"env_vars": env}, logging_level="ERROR")
         print(f"dare: connected to the Ray cluster at {ctx.address_info.get('gcs_address')}", flush=True)
         return
-    groups = 2 if resources.rollout == "separate" else 1  # the rollout workers get their own bundles
+    # separate rollout / reference workers get their own bundles
+    groups = 1 + (resources.rollout == "separate") + (getattr(resources, "reference", "colocated") == "separate")
     cpus = max(resources.num_workers * groups, os.cpu_count() or 1)
     # address="local": always a new instance of our own, never a cluster that happens to run on
     # this machine (`ray.init()` would join one started by `ray start` and then refuse num_cpus)
@@ -82,19 +84,74 @@ def start_ray(resources: ResourcesSpec) -> None:
     )
 
 
+class NodeSpreadPool(RayResourcePool):
+    """verl's resource pool over `nodes` distinct nodes: one STRICT_PACK placement group of
+    `per_node` worker bundles on each. verl's own pool makes one group per entry of
+    `process_on_nodes` but lets Ray put two of them on one node; here a STRICT_SPREAD reservation
+    of one node-sized bundle per node first picks distinct nodes (or fails, naming what is
+    missing), then each node's group is pinned to its node (Ray's node-id label) and checked to be there."""
+
+    def __init__(self, nodes: int, per_node: int, use_gpu: bool, name_prefix: str, timeout_s: float) -> None:
+        super().__init__(process_on_nodes=[per_node] * nodes, use_gpu=use_gpu, max_colocate_count=1,
+                         name_prefix=name_prefix)  # fmt: skip
+        self.nodes, self.per_node, self.timeout_s = nodes, per_node, timeout_s
+
+    def get_placement_groups(self, strategy: str = "STRICT_PACK", name: str | None = None, device_name: str = "cuda"):
+        if self.pgs is not None:
+            return self.pgs
+        bundle = {"CPU": 1, **({"GPU": 1} if self.use_gpu else {})}
+        node_bundle = {k: v * self.per_node for k, v in bundle.items()}
+        probe = placement_group([node_bundle] * self.nodes, strategy="STRICT_SPREAD", name=f"{self.name_prefix}nodes")
+        if not probe.wait(self.timeout_s):
+            remove_placement_group(probe)
+            alive = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+            raise RuntimeError(
+                f"resources.nodes: {self.nodes} nodes with {node_bundle} free each are not in the Ray cluster "
+                f"(alive nodes' resources: {alive})"
+            )
+        node_ids = list(placement_group_table(probe)["bundles_to_node_id"].values())
+        remove_placement_group(probe)
+        pgs = [
+            placement_group(
+                [dict(bundle)] * self.per_node,
+                strategy="STRICT_PACK",
+                name=f"{self.name_prefix}node{i}",
+                bundle_label_selector=[{NODE_ID_LABEL_KEY: node_id}] * self.per_node,
+            )  # fmt: skip
+            for i, node_id in enumerate(node_ids)
+        ]
+        ray.get([pg.ready() for pg in pgs])
+        landed = [placement_group_table(pg)["bundles_to_node_id"][0] for pg in pgs]
+        if landed != node_ids:  # a node label selector Ray did not honour: never run misplaced
+            for pg in pgs:
+                remove_placement_group(pg)
+            raise RuntimeError(f"resources.nodes: worker groups landed on nodes {landed}, expected {node_ids}")
+        self.pgs = pgs  # node order = rank order: rank 0 (MASTER_ADDR) on the first node
+        return pgs
+
+
 def worker_group(cls, resources: ResourcesSpec, name: str, **init_kwargs) -> RayWorkerGroup:
-    """A group of `resources.num_workers` workers of `cls`, one per bundle.
+    """A group of `resources.num_workers` workers of `cls`, one per bundle, on `resources.nodes`
+    nodes (num_workers / nodes per node; ranks node by node, rank 0's node address is every
+    rank's MASTER_ADDR for gloo / NCCL).
 
     On CPU, verl's pool must be `use_gpu=False, max_colocate_count=1`: the default asks for 10
     CPUs per bundle and never gets placed on a small machine."""
     use_gpu = resources.device == "cuda"
-    pool = RayResourcePool(
-        process_on_nodes=[resources.num_workers],
-        use_gpu=use_gpu,
-        max_colocate_count=1,
-        name_prefix=name,
-    )
-    threads = resources.num_threads or max(1, (os.cpu_count() or 1) // resources.num_workers)
+    nodes = getattr(resources, "nodes", 1)
+    if resources.num_workers % nodes:
+        raise ValueError(f"resources.nodes: {resources.num_workers} workers do not split evenly over {nodes} nodes")
+    per_node = resources.num_workers // nodes
+    if nodes > 1:
+        pool = NodeSpreadPool(nodes, per_node, use_gpu, name, RAY_CONNECT_TIMEOUT_S)
+    else:
+        pool = RayResourcePool(
+            process_on_nodes=[resources.num_workers],
+            use_gpu=use_gpu,
+            max_colocate_count=1,
+            name_prefix=name,
+        )
+    threads = resources.num_threads or max(1, (os.cpu_count() or 1) // per_node)
     group = RayWorkerGroup(
         resource_pool=pool,
         ray_cls_with_init=RayClassWithInitArgs(cls=cls, num_threads=threads, device=resources.device, **init_kwargs),

@@ -38,6 +38,7 @@ from dare.models.checkpoint import load_policy, quiet_progress_bars, save_policy
 from dare.workers import sharding
 from dare.workers.builder import build_policy, wrap_lora
 from dare.workers.generation import generate_batch
+from dare.workers.reference import RemoteReference
 from dare.workers.state_io import StateFileError, check_tree, has_tree, load_tree, refuse_pickles, save_tree
 
 # training-state files (safetensors + JSON, never pickle): optimizer + lr schedule, algorithm extras
@@ -121,6 +122,8 @@ class ActorWorker(Worker):
         self.algorithm = None
         self.optimizer = None
         self.scheduler = None
+        self._ref_handle = None  # this rank's partner ReferenceWorker (resources.reference: separate)
+        self._frozen_reference = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -161,6 +164,19 @@ class ActorWorker(Worker):
         return n_trainable
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def attach_reference(self, handles: list[Any]) -> None:
+        """Use the separate reference workers (one per actor rank): this rank talks to its own."""
+        if len(handles) != self.world_size:
+            raise ValueError(f"{len(handles)} reference workers for {self.world_size} actor ranks; need one per rank")
+        self._ref_handle = handles[self.rank]
+
+    def _full_policy_state(self) -> dict[str, torch.Tensor]:
+        """The policy's full state dict (CPU) on every rank (sharded: a collective)."""
+        if self.sharded:
+            return sharding.full_state_dict(self.model)
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_stage(self, stage: dict[str, Any], args: Any, total_steps: int) -> None:
         """Set the stage's algorithm, a fresh optimizer and the lr schedule."""
         algo_cls = ALGORITHMS.get(stage["algorithm"])
@@ -177,7 +193,11 @@ class ActorWorker(Worker):
         )
         self.reference = None
         self._frozen_reference = None
-        if self.algorithm.needs_reference:
+        if self.algorithm.needs_reference and self._ref_handle is not None:
+            # the stage's starting policy, as the colocated frozen copy takes it
+            ray.get(self._ref_handle.set_weights.remote(self._full_policy_state()))
+            self.reference = self._reference
+        elif self.algorithm.needs_reference:
             if not hasattr(self.model, "disable_adapter"):
                 if self.sharded:  # a sharded frozen copy of the current weights
                     frozen = copy.deepcopy(self.plain_model()).requires_grad_(False)
@@ -306,6 +326,10 @@ class ActorWorker(Worker):
         every, alpha = self.algorithm.reference_sync
         if not every or self.scheduler.last_epoch % every:
             return
+        if self._ref_handle is not None:  # the separate reference: each rank updates its partner
+            ray.get(self._ref_handle.mix.remote(self._full_policy_state(), alpha))
+            self._ref_syncs += 1
+            return
         if self._frozen_reference is None:  # refused at recipe load (LoRA); guard direct callers
             raise ValueError("ref_sync_every needs a frozen-copy reference (no LoRA) and beta > 0")
         if self.sharded:  # a root kept unsharded after its last forward: back to the registered shards
@@ -322,6 +346,8 @@ class ActorWorker(Worker):
 
     def _reference_state(self) -> dict[str, torch.Tensor] | None:
         """The synced reference's full state dict (CPU) on rank 0; None when it never moved."""
+        if self._ref_handle is not None:
+            return ray.get(self._ref_handle.state.remote()) if self._ref_syncs and self.rank == 0 else None
         if self._frozen_reference is None or not self._ref_syncs:
             return None
         if self.sharded:
@@ -331,7 +357,9 @@ class ActorWorker(Worker):
         return sd if self.rank == 0 else None
 
     def _load_reference_state(self, loaded: dict[str, torch.Tensor]) -> None:
-        if self.sharded:
+        if self._ref_handle is not None:
+            ray.get(self._ref_handle.set_weights.remote(loaded))
+        elif self.sharded:
             sharding.load_full_state_dict(self._frozen_reference, loaded)
         else:
             self._frozen_reference.load_state_dict(loaded)
@@ -340,8 +368,11 @@ class ActorWorker(Worker):
     @contextlib.contextmanager
     def _reference(self):
         """The reference policy: the model with its LoRA adapter disabled, or a frozen copy of
-        the policy taken at the start of the stage."""
-        if self._frozen_reference is None:
+        the policy taken at the start of the stage; separate (`resources.reference`), a stand-in
+        whose forward runs on this rank's reference worker."""
+        if self._ref_handle is not None:
+            yield RemoteReference(self._ref_handle, self.device, self.spec)
+        elif self._frozen_reference is None:
             with self.model.disable_adapter():
                 yield self.model
         else:
@@ -352,7 +383,10 @@ class ActorWorker(Worker):
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def generate(self, data: DataProto) -> DataProto:
         """Sample responses for left-padded prompts with the actor's own (unsharded) weights."""
-        return generate_batch(self.plain_model(), data, self.device, self.rank)
+        model = self.plain_model()
+        out = generate_batch(model, data, self.device, self.rank)
+        out.meta_info["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")  # the eval reports it
+        return out
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def get_weights(self) -> dict[str, torch.Tensor] | None:
@@ -431,7 +465,10 @@ class ActorWorker(Worker):
                 self.scheduler.load_state_dict(state["scheduler"])
             except (KeyError, TypeError, ValueError, RuntimeError) as e:
                 raise StateFileError(f"{optim}: does not fit this stage's optimizer ({e})") from None
-        if has_tree(path, REFERENCE_STATE) and getattr(self, "_frozen_reference", None) is not None:
+        has_reference = self._frozen_reference is not None or (
+            self._ref_handle is not None and getattr(self, "reference", None) is not None
+        )
+        if has_tree(path, REFERENCE_STATE) and has_reference:
             self._load_reference_state(load_tree(path, REFERENCE_STATE))
         if has_tree(path, ALGORITHM_STATE) and hasattr(self.algorithm, "load_extra_state"):
             self.algorithm.load_extra_state(load_tree(path, ALGORITHM_STATE))
@@ -444,6 +481,8 @@ class ActorWorker(Worker):
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def reference_checksum(self) -> float:
         """Sum of the frozen reference's parameters (sharded ones gathered)."""
+        if self._ref_handle is not None:
+            return ray.get(self._ref_handle.checksum.remote())
         ref = self._frozen_reference
         return float(sum(sharding.full_tensor(p.detach()).double().sum() for p in ref.parameters()))
 

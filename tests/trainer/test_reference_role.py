@@ -1,0 +1,133 @@
+"""`resources.reference: separate`: the frozen reference in its own worker group gives the colocated
+run's numbers. GRPO (d1, beta > 0, with reference syncs) and VRPO steps on an actor whose reference
+is colocated and on one whose reference lives in a ReferenceWorker: identical metrics (KL, loss,
+reference ELBO terms) and reference weights. Exactly equal, not to a tolerance: the noise plan, the
+views and the log-softmax run in the actor either way; only the forward moves, with the same
+weights, the same inputs and the same CPU kernels (one thread per worker). DiDi's teacher, which its
+discriminator is built from, is refused in a separate group at recipe load."""
+
+import pytest
+import ray
+import torch
+from verl import DataProto
+
+from dare.config import ResourcesSpec, build_recipe
+from dare.config.loader import RecipeError
+from dare.config.schema import build_stage, stage_to_dict
+from dare.data.formatting import collate_preference, collate_sft
+from dare.data.tasks import builtin_tokenizer, get_task
+from dare.trainer.metrics import rank_zero_metrics
+from dare.trainer.runtime import release, worker_group
+from dare.workers.actor import ActorWorker
+from dare.workers.reference import ReferenceWorker, placement
+
+pytestmark = pytest.mark.xdist_group("reference_role")
+
+MODEL = {"family": "llada", "preset": "tiny", "tokenizer": "builtin", "dtype": "float32", "overrides": {}}
+B = 4
+
+
+def _seeds(step: int) -> torch.Tensor:
+    return torch.randint(0, 2**62, (B, 1), generator=torch.Generator().manual_seed(100 + step))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reference_role")
+    tok = builtin_tokenizer()
+    tok.save_pretrained(tmp / "tok")
+    rows = get_task("sort").generate("train", B, seed=0)
+    b = collate_sft(rows, tok, gen_length=10)
+    rl = {k: b[k] for k in ("input_ids", "attention_mask", "response_mask")}
+    rl["advantages"] = (
+        torch.randn(B, generator=torch.Generator().manual_seed(0))[:, None]
+        .expand_as(b["response_mask"])
+        .float()
+        .clone()
+    )
+    pairs = [{"prompt": r["prompt"], "chosen": r["response"], "rejected": r["response"][::-1]} for r in rows]
+    p = collate_preference(pairs, tok, gen_length=10, truncate=True)
+    pref = {f"{s}_{k}": p[f"{s}_{k}"] for s in ("chosen", "rejected") for k in ("input_ids", "attention_mask", "response_mask")}  # fmt: skip
+
+    def batch(kind: str, step: int) -> DataProto:
+        seeds = _seeds(step) if kind == "rl" else _seeds(step)[:, 0]  # preference rows: one seed each, [B]
+        return DataProto.from_dict(tensors={**(rl if kind == "rl" else pref), "noise_seed": seeds})
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR")
+    yield tmp, batch
+    ray.shutdown()
+
+
+def actor(tmp, raw: dict, name: str, separate: bool):
+    stage = build_stage(raw, "s", None)
+    res = ResourcesSpec(num_workers=1, num_threads=1, reference="separate" if separate else "colocated")
+    wg = worker_group(ActorWorker, res, name=name)
+    wg.init_model(MODEL, str(tmp / "tok"), 0, None, None)
+    ref = None
+    if placement(res) == "separate":
+        ref = worker_group(ReferenceWorker, res, name=f"{name}_ref")
+        ref.init_model(MODEL, str(tmp / "tok"), 0, None)
+        wg.attach_reference(ref.workers)
+    wg.init_stage(stage_to_dict(stage), stage.args, raw["steps"])
+    return wg, ref
+
+
+def run(tmp, batch, kind: str, raw: dict, name: str, separate: bool) -> tuple[list[dict], list[float]]:
+    """Per step: the metrics (timings dropped) and the reference's checksum after the step."""
+    wg, ref = actor(tmp, raw, name, separate)
+    try:
+        metrics, refs = [], []
+        for s in range(raw["steps"]):
+            m = rank_zero_metrics(wg.update_actor(batch(kind, s)).meta_info["metrics"])
+            metrics.append({k: v for k, v in m.items() if not k.startswith("perf/")})
+            refs.append(wg.reference_checksum()[0])
+        return metrics, refs
+    finally:
+        release(wg)
+        release(ref)
+
+
+def test_separate_reference_gives_the_colocated_kl_and_syncs(setup):
+    tmp, batch = setup
+    raw = {"kind": "rl", "algorithm": "d1", "steps": 3, "batch_size": B, "lr": 1e-2, "beta": 0.5, "mu": 1,
+           "ref_sync_every": 2}  # fmt: skip
+    colocated, ref_c = run(tmp, batch, "rl", raw, "grpo_c", separate=False)
+    separate, ref_s = run(tmp, batch, "rl", raw, "grpo_s", separate=True)
+    assert colocated[1]["actor/kl"] > 1e-5  # the policy moved away from the reference: a real KL
+    assert separate == colocated  # KL, loss, grad norm, ref syncs: bit for bit
+    assert ref_s == ref_c and ref_s[0] != ref_s[1]  # the 2nd update synced both references alike
+
+
+def test_separate_reference_gives_the_colocated_vrpo_step(setup):
+    tmp, batch = setup
+    raw = {"kind": "preference", "algorithm": "vrpo", "steps": 2, "batch_size": B, "lr": 1e-2, "beta": 0.5}
+    colocated, _ = run(tmp, batch, "preference", raw, "vrpo_c", separate=False)
+    separate, _ = run(tmp, batch, "preference", raw, "vrpo_s", separate=True)
+    assert separate == colocated
+    assert any(abs(v) > 0 for k, v in colocated[1].items() if "loss" in k)  # a non-trivial step
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        {"kind": "distill", "algorithm": "didi_instruct", "steps": 2, "batch_size": 4},  # builds from the teacher
+        {
+            "kind": "rl",
+            "algorithm": "drakes",
+            "steps": 2,
+            "batch_size": 4,
+            "reward": "task_match",
+        },  # backpropagates through it
+    ],
+)
+def test_references_that_are_more_than_a_forward_are_refused_in_separate_workers(stage):
+    recipe = {
+        "model": {"family": "llada", "preset": "tiny", "tokenizer": "builtin"},
+        "resources": {"reference": "separate"},
+        "stages": [stage],
+    }
+    with pytest.raises(RecipeError, match=rf"resources\.reference.*{stage['algorithm']}.*colocated"):
+        build_recipe(recipe)
+    recipe["resources"]["reference"] = "elsewhere"
+    with pytest.raises(RecipeError, match=r"resources\.reference.*colocated"):
+        build_recipe(recipe)
