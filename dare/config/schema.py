@@ -467,10 +467,11 @@ def _check_sampling(sampling: dict[str, Any], spec: Any, key: str, file: Any) ->
 
 def stage_sampling_fields(args: Any) -> list[str]:
     """The algorithm arguments that hold SamplingConfig fields: by convention `sampling` (the
-    RL rollout) and `*_sampling` (e.g. DiDi's `teacher_sampling`)."""
+    RL rollout) and `*_sampling` (e.g. DiDi's `teacher_sampling`) holding a dict."""
     if args is None or not dataclasses.is_dataclass(args):
         return []
-    return [f.name for f in dataclasses.fields(args) if f.name == "sampling" or f.name.endswith("_sampling")]
+    names = [f.name for f in dataclasses.fields(args) if f.name == "sampling" or f.name.endswith("_sampling")]
+    return [n for n in names if isinstance(getattr(args, n), dict)]  # not e.g. `dynamic_sampling` (DAPO's settings)
 
 
 def _check_combinations(recipe: Recipe, file: Any) -> None:

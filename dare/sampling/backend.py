@@ -95,6 +95,10 @@ class RolloutBackend(ABC):
     def update_weights(self, named_tensors: NamedTensors, version: int) -> None:
         """Load new policy weights; later rollouts carry `version`."""
 
+    def sync_from(self, model: torch.nn.Module, version: int) -> None:
+        """Catch up with `model` (the trainer's current policy) at `version`."""
+        self.update_weights(model.state_dict(), version)
+
     def release(self) -> None:
         """Free device memory until `resume` (around a training step)."""
         self.released = True
@@ -182,6 +186,12 @@ class DareSamplerBackend(RolloutBackend):
             for p, s in zip(prompts, seeds)
         ]
         return concat_rollouts(parts, model.diffusion_spec().pad_token_id)
+
+    def sync_from(self, model: torch.nn.Module, version: int) -> None:
+        if not isinstance(self._model, torch.nn.Module):  # borrowed: it already samples with `model`
+            self.policy_version = int(version)
+        else:
+            super().sync_from(model, version)
 
     def update_weights(self, named_tensors: NamedTensors, version: int) -> None:
         state = dict(named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors)
