@@ -74,6 +74,9 @@ class RolloutBackend(ABC):
     """A rollout engine behind the RL trainer (see the module docstring)."""
 
     name: ClassVar[str] = ""
+    # does `generate` report the decoding trajectory (decode_step, confidence)? Objectives that replay
+    # it (TraceRL, CJ-GRPO, MDPO: `decode_*` in their required batch keys) need one that does
+    records_trajectory: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.policy_version = 0
@@ -84,6 +87,18 @@ class RolloutBackend(ABC):
     def from_model(cls, model: ModelSource, device: str, **options: Any) -> RolloutBackend:
         """A backend serving `model` (a module, or a callable returning the current module when the
         weights are borrowed from a trainer that may rebuild it) on `device`."""
+
+    @classmethod
+    def check_stage(cls, sampling: SamplingConfig, required_batch_keys: Sequence[str], model_type: str | None) -> None:
+        """At recipe load: can this backend serve a stage with this (resolved) rollout sampling, an
+        objective reading `required_batch_keys`, and a model of `model_type` (None = unknown yet)?
+        Raise ValueError saying what it cannot honour."""
+        replayed = [k for k in required_batch_keys if k.startswith("decode_")]
+        if replayed and not cls.records_trajectory:
+            raise ValueError(
+                f"does not report the decoding trajectory, which the objective reads ({', '.join(replayed)}); "
+                "use rollout_backend: dare"
+            )
 
     @abstractmethod
     def generate(
