@@ -139,9 +139,11 @@ class RLTrainer(StageTrainer):
         }
         return DataProto.from_dict(tensors=batch), row_of, metrics, texts
 
-    def scored_round(self, rows: list[dict[str, Any]], seeds: torch.Tensor | None = None, step: int = 0) -> Round:
-        """One rollout round (the step's own rows when `seeds` is None) and its rewards."""
-        data, row_of, metrics, texts = self.rollout(step) if seeds is None else self.rollout_rows(rows, seeds)
+    def scored_round(
+        self, step: int, rows: list[dict[str, Any]] | None = None, seeds: torch.Tensor | None = None
+    ) -> Round:
+        """One rollout round and its rewards: the step's own rows, or `rows` with `seeds`."""
+        data, row_of, metrics, texts = self.rollout(step) if rows is None else self.rollout_rows(rows, seeds)
         t0 = time.perf_counter()
         scores, reward_metrics = self.scorer.score(row_of, texts)
         metrics["perf/reward_s"] = time.perf_counter() - t0
@@ -149,7 +151,7 @@ class RLTrainer(StageTrainer):
 
     def step(self, step: int) -> dict[str, float]:
         ctx, G = self.ctx, self.args.num_generations
-        rnd = self.scored_round([], None, step)
+        rnd = self.scored_round(step)
         if self.args.dynamic_sampling.enabled:
             rnd = informative_batch(self, step, rnd)
         data, scores, metrics = rnd.data, rnd.scores, rnd.metrics
@@ -213,7 +215,7 @@ def informative_batch(trainer: RLTrainer, step: int, first: Round) -> Round:
         pool = trainer.stream.rows
         idx = torch.randperm(len(pool), generator=g)[:n].tolist()
         seeds = torch.randint(0, 2**62, (len(idx) * G,), generator=g)
-        rounds.append(trainer.scored_round([pool[i] for i in idx], seeds))
+        rounds.append(trainer.scored_round(step, [pool[i] for i in idx], seeds))
         kept += sum(rounds[-1].informative(G))
     groups = [(r, j, ok) for r, rnd in enumerate(rounds) for j, ok in enumerate(rnd.informative(G))]
     chosen = ([x for x in groups if x[2]] + [x for x in groups if not x[2]])[:B]
