@@ -130,3 +130,15 @@ def test_bad_requests_and_unknown_backends_are_named():
     with pytest.raises(ValueError, match="first dim must be the 2 rows"):
         RowGenerators([1, 2], "cpu").row_uniform((3, 4), torch.device("cpu"))
     assert len({row_seed(0, g) for g in range(100)} | {row_seed(1, g) for g in range(100)}) == 200
+
+
+def test_the_worker_classes_that_wrap_backends_can_be_shipped_to_ray():
+    """Ray exports an actor class by value; an attribute named like a torch submodule
+    (`self.backends`) makes cloudpickle try to pickle `torch.backends` and fail."""
+    from ray import cloudpickle
+
+    from dare.workers.actor import ActorWorker
+    from dare.workers.rollout import RolloutWorker
+
+    for cls in (ActorWorker, RolloutWorker):
+        assert cloudpickle.dumps(cls.__ray_metadata__.modified_class)
