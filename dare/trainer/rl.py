@@ -89,6 +89,9 @@ class RLTrainer(StageTrainer):
 
     def setup(self) -> None:
         self.scorer = build_scorer(self.args)
+        # a separate rollout is otherwise synced only by evaluation and after updates: without
+        # eval, the first step would sample with the weights it was built with, not the policy's
+        self.ctx.sync_rollout()
 
     def close(self) -> None:
         if self.scorer is not None:
