@@ -144,10 +144,12 @@ def _num_prompts(prompts: PromptsLike) -> int:
     return prompts[0].shape[0] if isinstance(prompts, tuple) else len(prompts)
 
 
-# samplers whose every random draw goes through `ops.uniform` (rows first), so per-row generators
-# make them batch-invariant in one batched call; any other algorithm (rgas draws discriminator
-# noise elsewhere) is run one prompt at a time with its own generator, which is exact but slower
-ROW_NOISE_ALGORITHMS = frozenset({"llada", "dream", "sdar", "first_hitting", "few_step"})
+def per_row_noise(config: SamplingConfig) -> bool:
+    """Does the config's sampler draw every random number through `ops.uniform` (rows first), so that
+    per-row generators make one batched call batch-invariant? A sampler that draws elsewhere declares
+    `per_row_noise = False` (rgas: its discriminator) and is run one prompt at a time, each with a
+    generator from its seed: exact, slower."""
+    return bool(getattr(config.sampler_class(), "per_row_noise", True))
 
 
 @ROLLOUT_BACKENDS.register("dare")
@@ -182,7 +184,7 @@ class DareSamplerBackend(RolloutBackend):
         G = config.num_generations
         model = self.model
         model.eval()
-        if config.algorithm in ROW_NOISE_ALGORITHMS:
+        if per_row_noise(config):
             gens = RowGenerators([row_seed(s, g) for s in seeds for g in range(G)], self.device)
             rollout = generate(model, prompts, config, generator=gens)
         else:
@@ -268,12 +270,12 @@ def load_backends() -> None:
 
 __all__ = [
     "ROLLOUT_BACKENDS",
-    "ROW_NOISE_ALGORITHMS",
     "DareSamplerBackend",
     "RolloutBackend",
     "RowGenerators",
     "build_backend",
     "concat_rollouts",
     "load_backends",
+    "per_row_noise",
     "row_seed",
 ]

@@ -15,6 +15,7 @@ from dare.sampling.backend import (
     RowGenerators,
     build_backend,
     load_backends,
+    per_row_noise,
     row_seed,
 )
 from dare.sampling.config import SamplingConfig
@@ -68,6 +69,7 @@ def test_one_prompt_at_a_time_path_is_each_prompt_alone_reassembled():
     with a generator from its seed, the rollouts re-padded into one."""
     model = sharp_tiny("llada")
     config = SamplingConfig(**BASE, algorithm="llada")
+    assert per_row_noise(config) and not per_row_noise(SamplingConfig(algorithm="rgas", gen_length=8, steps=8))
     one = DareSamplerBackend(model)._one_by_one(model, PROMPTS, config, SEEDS)
     parts = [
         generate(model, [p], config, torch.Generator().manual_seed(row_seed(s, 0))) for p, s in zip(PROMPTS, SEEDS)
