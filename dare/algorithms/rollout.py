@@ -11,6 +11,7 @@ Everything is checked when the recipe loads (`dare run --dry-run`), before Ray s
   `stages[i].sampling.temprature: not a sampling setting (did you mean 'temperature'?)`;
 - `rewards`: typed `RewardSpec`s, each loaded with its `args` checked against the function's
   signature: `stages[i].rewards[j].nme: unknown key`, `stages[i].rewards[j]: unknown reward 'x'`;
+- `rollout_backend`: a name of the rollout-backend registry (`dare.sampling.backend`);
 - `advantage`: a name of the advantage registry (`dare.diffusion.rl_losses.ADVANTAGES`); an
   unknown one lists the known names.
 """
@@ -23,6 +24,18 @@ from typing import Any
 from dare.diffusion.rl_losses import ADVANTAGES
 from dare.errors import RecipeError, check_fields
 from dare.rewards.spec import RewardSpec
+from dare.sampling.backend import ROLLOUT_BACKENDS, load_backends
+
+
+@dataclass
+class DynamicSampling:
+    """DAPO's dynamic sampling: a group whose G rewards are all equal has zero advantage and teaches
+    nothing; it is dropped and fresh prompts are rolled out until the batch has `batch_size`
+    informative groups or `max_rounds` rollout rounds were spent (then dropped groups fill the rest)."""
+
+    enabled: bool = False
+    # rollout rounds per step at most, the step's own batch included (bounds the oversampling)
+    max_rounds: int = 4
 
 
 @dataclass
@@ -42,6 +55,11 @@ class RolloutSpec:
     advantage: str = "grpo_mean"
     # grpo only: divide by the group's std (the estimator declares which arguments it reads)
     norm_adv_by_std: bool = True
+    # who samples the rollouts: a registered backend (dare.sampling.backend.ROLLOUT_BACKENDS):
+    # "dare" (dare's exact sampler) or "sglang" (SGLang, block-diffusion families, its own environment)
+    rollout_backend: str = "dare"
+    # replace zero-variance groups by fresh prompts (DAPO): {enabled: true, max_rounds: 4}
+    dynamic_sampling: DynamicSampling = field(default_factory=DynamicSampling)
 
     def validate(self, key: str, file: Any) -> None:
         """Range checks, the advantage name and unique reward labels; raise `RecipeError` naming the key.
@@ -54,6 +72,13 @@ class RolloutSpec:
             "reward_workers": (self.reward_workers >= 1, ">= 1"),
         }
         check_fields(self, checks, key, file)
+        check_fields(
+            self.dynamic_sampling, {"max_rounds": (self.dynamic_sampling.max_rounds >= 1, ">= 1")},
+            f"{key}.dynamic_sampling", file,
+        )  # fmt: skip
+        load_backends()
+        if self.rollout_backend not in ROLLOUT_BACKENDS:
+            raise RecipeError(file, f"{key}.rollout_backend", ROLLOUT_BACKENDS.unknown_message(self.rollout_backend))
         if self.advantage not in ADVANTAGES:
             raise RecipeError(file, f"{key}.advantage", ADVANTAGES.unknown_message(self.advantage))
         seen: dict[str, int] = {}
@@ -72,4 +97,4 @@ class RolloutSpec:
         return {**self.sampling, "gen_length": gen_length, "num_generations": 1}
 
 
-__all__ = ["RolloutSpec"]
+__all__ = ["DynamicSampling", "RolloutSpec"]

@@ -478,10 +478,32 @@ def _check_sampling(sampling: dict[str, Any], spec: Any, key: str, file: Any) ->
 
 def stage_sampling_fields(args: Any) -> list[str]:
     """The algorithm arguments that hold SamplingConfig fields: by convention `sampling` (the
-    RL rollout) and `*_sampling` (e.g. DiDi's `teacher_sampling`)."""
+    RL rollout) and `*_sampling` (e.g. DiDi's `teacher_sampling`) holding a dict."""
     if args is None or not dataclasses.is_dataclass(args):
         return []
-    return [f.name for f in dataclasses.fields(args) if f.name == "sampling" or f.name.endswith("_sampling")]
+    names = [f.name for f in dataclasses.fields(args) if f.name == "sampling" or f.name.endswith("_sampling")]
+    return [n for n in names if isinstance(getattr(args, n), dict)]  # not e.g. `dynamic_sampling` (DAPO's settings)
+
+
+def _check_rollout_backend(recipe: Recipe, stage: Any, spec: Any, key: str, file: Any) -> None:
+    """An RL stage's `rollout_backend` can serve its model, rollout sampling and objective."""
+    name = getattr(stage.args, "rollout_backend", None)
+    if name is None:
+        return
+    from dare.algorithms import ALGORITHMS
+    from dare.models import FAMILIES
+    from dare.sampling.backend import ROLLOUT_BACKENDS
+    from dare.sampling.config import SamplingConfig
+
+    sampling = {**stage.args.sampling, "gen_length": recipe.data.gen_length, "num_generations": 1}
+    family = recipe.model.family
+    model_type = FAMILIES.get(family).model_type if family in FAMILIES else None
+    try:
+        ROLLOUT_BACKENDS.get(name).check_stage(
+            SamplingConfig(**sampling).for_model(spec), ALGORITHMS.get(stage.algorithm).required_batch_keys, model_type
+        )
+    except ValueError as e:
+        raise RecipeError(file, f"{key}.rollout_backend", f"{name}: {e}") from None
 
 
 def _check_combinations(recipe: Recipe, file: Any) -> None:
@@ -538,6 +560,7 @@ def _check_combinations(recipe: Recipe, file: Any) -> None:
             # the trainers set gen_length and num_generations
             sampling = {**getattr(stage.args, name), "gen_length": data.gen_length, "num_generations": 1}
             _check_sampling(sampling, spec, f"stages[{i}].{name}", file)
+        _check_rollout_backend(recipe, stage, spec, f"stages[{i}]", file)
         builtin_train = data.train.startswith(BUILTIN_PREFIX)
         if stage.kind == "preference" and builtin_train and not data.train.startswith(BUILTIN_PREFIX + "pref-"):
             task = data.train[len(BUILTIN_PREFIX) :]

@@ -328,6 +328,8 @@ def decode_blocks(
         end = start + block_length
         if bool(state.finished.all()):
             break
+        if hasattr(policy.generator, "start_block"):  # per-row generators restart per block: a row's
+            policy.generator.start_block(b)  # noise never depends on how long other rows' blocks took
         refreshed = False
         step = 0
         # every step unmasks >= 1 token per active row or follows a schedule of num_steps steps

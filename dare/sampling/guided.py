@@ -93,6 +93,9 @@ def _ancestral_step(x_resp, logp_x0, t, s, temperature, mask_id, generator):
 class RewardGuidedSampler(WholeResponseSampler):
     name = "rgas"
     attention = "full"
+    # the discriminator draws its noise outside `ops.uniform`: per-row generators do not reach it
+    # (`dare.sampling.backend` then samples one prompt at a time)
+    per_row_noise = False
 
     def decode(
         self, model: torch.nn.Module, state: DecodeState, config: SamplingConfig, generator: torch.Generator | None

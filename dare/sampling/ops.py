@@ -22,7 +22,11 @@ _LOWEST_FINITE = -1e300
 
 
 def uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """float64 U[0, 1) noise drawn with `generator` (on the generator's device, then moved)."""
+    """float64 U[0, 1) noise drawn with `generator` (on the generator's device, then moved).
+    Per-row generators (`dare.sampling.backend.RowGenerators`) draw row i's noise from row i's own
+    generator, so a request's noise does not depend on what it is batched with."""
+    if hasattr(generator, "row_uniform"):
+        return generator.row_uniform(shape, device)
     gen_device = generator.device if generator is not None else device
     u = torch.rand(shape, dtype=torch.float64, generator=generator, device=gen_device)
     return u.to(device)

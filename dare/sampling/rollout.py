@@ -37,6 +37,8 @@ class Rollout:
         wall_time: seconds spent in `generate`, the device synchronised.
         config: the resolved `SamplingConfig` that produced the rollout.
         extras: algorithm-specific per-token tensors (first_hitting: "hitting_time" `[N, L]`).
+        policy_version: the version of the weights that sampled it (a `RolloutBackend` sets it;
+            None from a bare `generate` call).
     """
 
     sequences: torch.Tensor
@@ -52,6 +54,7 @@ class Rollout:
     wall_time: float
     config: SamplingConfig
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    policy_version: int | None = None
 
     @property
     def num_tokens(self) -> int:

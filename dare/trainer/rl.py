@@ -2,10 +2,12 @@
 
 Per step:
     prompts (deterministic rows of the step) -> each repeated num_generations times
-    -> rollout (dare's sampler on the rollout workers: colocated actor or synced copy), its
+    -> rollout through the stage's `RolloutBackend` (`rollout_backend`, default dare's sampler) on the
+       rollout workers (colocated actor or synced copy), one seed per completion, its
        decoding trajectory kept in the batch (`decode_step`, `decode_block`, `decode_confidence`,
        `decode_num_steps`; `dare.workers.generation`) for objectives that replay it
     -> rewards (built-in verifier or the recipe's reward functions, in parallel, never crashing)
+    -> with `dynamic_sampling`, zero-variance groups replaced by fresh prompts' groups (DAPO)
     -> group advantages (verl estimators)
     -> actor.update_actor: mu inner updates, each with one noise plan shared by old/ref/current
     -> sync the separate rollout's weights
@@ -13,7 +15,9 @@ Per step:
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -85,6 +89,9 @@ class RLTrainer(StageTrainer):
 
     def setup(self) -> None:
         self.scorer = build_scorer(self.args)
+        # a separate rollout is otherwise synced only by evaluation and after updates: without
+        # eval, the first step would sample with the weights it was built with, not the policy's
+        self.ctx.sync_rollout()
 
     def close(self) -> None:
         if self.scorer is not None:
@@ -95,12 +102,22 @@ class RLTrainer(StageTrainer):
         advantages), the row of each completion, rollout metrics and the decoded completions."""
         ctx, G = self.ctx, self.args.num_generations
         rows = self.stream.rows_at(step)
+        # one seed per completion, a pure function of (seed, stage, step, row): the tokens do not
+        # depend on how many workers share the batch or what a row is batched with
+        g = step_generator(ctx.recipe.seed, ctx.index, step, 2)
+        return self.rollout_rows(rows, torch.randint(0, 2**62, (len(rows) * G,), generator=g))
+
+    def rollout_rows(
+        self, rows: list[dict[str, Any]], seeds: torch.Tensor
+    ) -> tuple[DataProto, list[dict[str, Any]], dict[str, float], list[str]]:
+        """`rollout` of given prompt rows; `seeds` `[len(rows) * G]`, one per completion."""
+        ctx, G = self.ctx, self.args.num_generations
         p = collate_prompts(rows, ctx.tokenizer)
-        seed = int(torch.randint(0, 2**31, (1,), generator=step_generator(ctx.recipe.seed, ctx.index, step, 2)))
         prompts = DataProto.from_dict(
             tensors={"input_ids": p["input_ids"], "attention_mask": p["attention_mask"]},
-            meta_info={"sampling": self.sampling, "seed": seed},
+            meta_info={"sampling": self.sampling, "rollout_backend": self.args.rollout_backend},
         ).repeat(G, interleave=True)  # prompt-major: rows i*G .. i*G+G-1 answer prompt i
+        prompts.batch["rollout_seed"] = seeds
         sampler = ctx.sampler
         t0 = time.perf_counter()
         out = dp_call(sampler.generate, prompts, sampler.world_size)
@@ -121,15 +138,26 @@ class RLTrainer(StageTrainer):
             "perf/rollout_s": rollout_s,
             "perf/rollout_tokens_per_s": float(rmask.sum()) / rollout_s,
             "rollout/response_length": float(rmask.sum(-1).float().mean()),
+            "rollout/policy_version": float(out.batch["policy_version"].min()),
         }
         return DataProto.from_dict(tensors=batch), row_of, metrics, texts
 
-    def step(self, step: int) -> dict[str, float]:
-        ctx, G = self.ctx, self.args.num_generations
-        data, row_of, metrics, texts = self.rollout(step)
+    def scored_round(
+        self, step: int, rows: list[dict[str, Any]] | None = None, seeds: torch.Tensor | None = None
+    ) -> Round:
+        """One rollout round and its rewards: the step's own rows, or `rows` with `seeds`."""
+        data, row_of, metrics, texts = self.rollout(step) if rows is None else self.rollout_rows(rows, seeds)
         t0 = time.perf_counter()
         scores, reward_metrics = self.scorer.score(row_of, texts)
         metrics["perf/reward_s"] = time.perf_counter() - t0
+        return Round(data, row_of, scores, metrics, reward_metrics)
+
+    def step(self, step: int) -> dict[str, float]:
+        ctx, G = self.ctx, self.args.num_generations
+        rnd = self.scored_round(step)
+        if self.args.dynamic_sampling.enabled:
+            rnd = informative_batch(self, step, rnd)
+        data, scores, metrics = rnd.data, rnd.scores, rnd.metrics
         scores_t = torch.tensor(scores, dtype=torch.float32)
         uid = np.array([i // G for i in range(len(scores))], dtype=object)
         kwargs = ADVANTAGES.get(self.args.advantage).kwargs(self.args)  # the settings the estimator declares
@@ -141,18 +169,106 @@ class RLTrainer(StageTrainer):
         if ctx.critic is not None:  # the algorithm declared a critic: its values go with the batch
             data.batch["scores"] = scores_t
             data.batch["values"] = ctx.critic.compute_values(data).batch["values"]  # [N, P+G]
+        if ctx.rollout is not None:  # a separate rollout frees its device memory while the actor trains
+            ctx.rollout.release_rollout()
         out = ctx.actor.update_actor(data)
+        if ctx.rollout is not None:
+            ctx.rollout.resume_rollout()
         ctx.sync_rollout()
         metrics.update(rank_zero_metrics(out.meta_info["metrics"]))
         if ctx.critic is not None:
             metrics.update(rank_zero_metrics(ctx.critic.update_critic(data).meta_info["metrics"]))
-        metrics.update(reward_metrics)
+        metrics.update(rnd.reward_metrics)
         metrics.update(adv_metrics)
         metrics["reward/mean"] = float(scores_t.mean())
         metrics["reward/std"] = float(scores_t.std()) if len(scores) > 1 else 0.0
         return metrics
 
 
+@dataclass
+class Round:
+    """One rollout round of a step: the batch (without advantages), each completion's row, rewards and metrics."""
+
+    data: DataProto
+    row_of: list[dict[str, Any]]
+    scores: list[float]
+    metrics: dict[str, float]
+    reward_metrics: dict[str, float]
+
+    def informative(self, G: int) -> list[bool]:
+        """Per group: do its G rewards differ (zero variance = zero advantage, nothing to learn)?"""
+        s = torch.tensor(self.scores, dtype=torch.float64).view(-1, G)
+        return ((s.amax(1) - s.amin(1)) > 0).tolist()
+
+
+def informative_batch(trainer: RLTrainer, step: int, first: Round) -> Round:
+    """Dynamic sampling (DAPO): keep the step's informative groups and roll out fresh prompts (drawn
+    in a fixed order from the stage's seed and step) until `batch_size` groups are informative or
+    `max_rounds` rounds ran; zero-variance groups fill what is still missing, in draw order.
+    Returns the assembled batch as one `Round` (metrics over all rounds, `dynamic/*` counts added)."""
+    ctx, G = trainer.ctx, trainer.args.num_generations
+    B, max_rounds = ctx.stage.batch_size, trainer.args.dynamic_sampling.max_rounds
+    rounds = [first]
+    g = step_generator(ctx.recipe.seed, ctx.index, step, 5)
+    kept = sum(first.informative(G))
+    while kept < B and len(rounds) < max_rounds:
+        seen = sum(len(r.scores) // G for r in rounds)
+        # draw what the keep rate so far says will fill the batch, at most one batch per round
+        n = B if kept == 0 else min(B, math.ceil((B - kept) * seen / kept))
+        pool = trainer.stream.rows
+        idx = torch.randperm(len(pool), generator=g)[:n].tolist()
+        seeds = torch.randint(0, 2**62, (len(idx) * G,), generator=g)
+        rounds.append(trainer.scored_round(step, [pool[i] for i in idx], seeds))
+        kept += sum(rounds[-1].informative(G))
+    groups = [(r, j, ok) for r, rnd in enumerate(rounds) for j, ok in enumerate(rnd.informative(G))]
+    chosen = ([x for x in groups if x[2]] + [x for x in groups if not x[2]])[:B]
+    chosen.sort(key=lambda x: (x[0], x[1]))  # draw order
+    data = concat_groups([rounds[r].data for r, _, _ in chosen], [j for _, j, _ in chosen], G, ctx.tokenizer)
+    row_of = [rounds[r].row_of[j * G + k] for r, j, _ in chosen for k in range(G)]
+    scores = [rounds[r].scores[j * G + k] for r, j, _ in chosen for k in range(G)]
+    metrics = {k: sum(r.metrics[k] for r in rounds) for k in ("perf/rollout_s", "perf/reward_s")}
+    metrics["perf/rollout_tokens_per_s"] = sum(float(r.data.batch["response_mask"].sum()) for r in rounds) / max(
+        metrics["perf/rollout_s"], 1e-9
+    )
+    for k in ("rollout/response_length", "rollout/policy_version"):
+        metrics[k] = first.metrics[k]
+    informative = sum(ok for _, _, ok in chosen)
+    metrics.update({
+        "dynamic/rounds": float(len(rounds)),
+        "dynamic/groups_sampled": float(len(groups)),
+        "dynamic/groups_kept": float(informative),
+        "dynamic/groups_dropped": float(len(groups) - sum(ok for _, _, ok in groups)),
+        "dynamic/groups_filled": float(len(chosen) - informative),  # zero-variance groups trained on anyway
+        "dynamic/reward_mean_sampled": float(np.mean([s for r in rounds for s in r.scores])),
+    })  # fmt: skip
+    keys = sorted(set().union(*(r.reward_metrics for r in rounds)))
+    reward_metrics = {k: float(np.mean([r.reward_metrics[k] for r in rounds if k in r.reward_metrics])) for k in keys}
+    return Round(data, row_of, scores, metrics, reward_metrics)
+
+
+def concat_groups(parts: list[DataProto], groups: list[int], G: int, tokenizer: Any) -> DataProto:
+    """The rows of group `groups[i]` of `parts[i]`, concatenated; `[N, P+L]` tensors left-padded to the
+    widest prompt (input_ids with the pad id, masks False, the trajectory with its fill)."""
+    fills = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0, "response_mask": False, **TRAJECTORY_FILL}
+    width = max(p.batch["input_ids"].shape[1] for p in parts)
+    out: dict[str, list[torch.Tensor]] = {}
+    for part, j in zip(parts, groups):
+        for k, v in part.batch.items():
+            v = v[j * G : (j + 1) * G]
+            if k in fills and v.shape[1] < width:
+                v = F.pad(v, (width - v.shape[1], 0), value=fills[k])
+            out.setdefault(k, []).append(v)
+    return DataProto.from_dict(tensors={k: torch.cat(v) for k, v in out.items()})
+
+
 STAGE_TRAINERS.register("rl", RLTrainer)
 
-__all__ = ["RLTrainer", "RewardFunctionScorer", "TaskVerifierScorer", "build_scorer"]
+__all__ = [
+    "RLTrainer",
+    "RewardFunctionScorer",
+    "Round",
+    "TaskVerifierScorer",
+    "build_scorer",
+    "concat_groups",
+    "informative_batch",
+]

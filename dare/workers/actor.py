@@ -37,7 +37,7 @@ from dare.algorithms import ALGORITHMS
 from dare.models.checkpoint import load_policy, quiet_progress_bars, save_policy
 from dare.workers import sharding
 from dare.workers.builder import build_policy, wrap_lora
-from dare.workers.generation import generate_batch
+from dare.workers.generation import RolloutBackends, generate_batch
 from dare.workers.reference import RemoteReference
 from dare.workers.state_io import StateFileError, check_tree, has_tree, load_tree, refuse_pickles, save_tree
 
@@ -119,6 +119,7 @@ class ActorWorker(Worker):
         self._plain: torch.nn.Module | None = None  # unsharded copy for sampling/saving (fsdp2)
         self._version = 0  # optimizer steps taken; the plain copy is refreshed when it lags
         self._plain_version = -1
+        self.rollout_backends = RolloutBackends(self.plain_model, device)  # colocated: they borrow the weights
         self.algorithm = None
         self.optimizer = None
         self.scheduler = None
@@ -383,9 +384,10 @@ class ActorWorker(Worker):
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def generate(self, data: DataProto) -> DataProto:
         """Sample responses for left-padded prompts with the actor's own (unsharded) weights."""
-        model = self.plain_model()
-        out = generate_batch(model, data, self.device, self.rank)
-        out.meta_info["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")  # the eval reports it
+        backend = self.rollout_backends.get(data, self._version)
+        out = generate_batch(backend, data, self.rank)
+        dtype = next(self.rollout_backends.current_model().parameters()).dtype
+        out.meta_info["dtype"] = str(dtype).removeprefix("torch.")  # the eval reports it
         return out
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from verl import DataProto
 
+from dare.sampling.backend import ModelSource, RolloutBackend, build_backend
 from dare.sampling.rollout import Rollout
 
 # per-response-token tensors of the decoding trajectory (`[N, L]`, L = gen_length) that
@@ -32,29 +33,75 @@ def trajectory_tensors(rollout: Rollout) -> dict[str, torch.Tensor]:
     }
 
 
-def generate_batch(model: torch.nn.Module, data: DataProto, device: str, rank: int) -> DataProto:
-    """Sample responses for the left-padded prompts in `data` (`input_ids`, `attention_mask`)
-    with `data.meta_info["sampling"]` (SamplingConfig fields) and a generator seeded from
-    `meta_info["seed"]` and the rank."""
-    from dare.sampling import SamplingConfig, generate
+class RolloutBackends:
+    """A worker's rollout backends by name (`meta_info["rollout_backend"]`, default "dare"), each built
+    on first use around the worker's policy `model` (a module, or a callable returning the current one)."""
+
+    def __init__(self, model: ModelSource, device: str) -> None:
+        self.model = model
+        self.device = device
+        self.built: dict[str, RolloutBackend] = {}
+
+    def get(self, data: DataProto, version: int | None = None) -> RolloutBackend:
+        """The backend `data` asks for; with `version`, synced from the worker's model when it lags."""
+        name = data.meta_info.get("rollout_backend", "dare")
+        if name not in self.built:  # built from the current weights
+            self.built[name] = build_backend(name, self.model, self.device)
+            self.built[name].policy_version = self.built[name].policy_version if version is None else version
+        backend = self.built[name]
+        if version is not None and backend.policy_version != version:
+            backend.sync_from(self.current_model(), version)
+        return backend
+
+    def current_model(self) -> torch.nn.Module:
+        return self.model if isinstance(self.model, torch.nn.Module) else self.model()
+
+    def sync(self, version: int) -> None:
+        """Bring every built backend to the worker's current model at `version`."""
+        for backend in self.built.values():
+            backend.sync_from(self.current_model(), version)
+
+    def release(self) -> None:
+        for backend in self.built.values():
+            backend.release()
+
+    def resume(self) -> None:
+        for backend in self.built.values():
+            backend.resume()
+
+
+def row_seeds(data: DataProto, rank: int) -> torch.Tensor:
+    """One seed per prompt row: `batch["rollout_seed"]` `[N]` when the caller sent them (the RL
+    trainer does, so a row's tokens do not depend on how many workers share the batch), else
+    derived from `meta_info["seed"]`, the rank and the row's place in the rank's chunk."""
+    if "rollout_seed" in data.batch.keys():
+        return data.batch["rollout_seed"].long()
+    base = (int(data.meta_info.get("seed", 0)) * 1000 + rank) << 20
+    return base + torch.arange(len(data.batch["input_ids"]))
+
+
+def generate_batch(backend: RolloutBackend, data: DataProto, rank: int) -> DataProto:
+    """Sample responses with `backend` for the left-padded prompts in `data` (`input_ids`,
+    `attention_mask`) with `data.meta_info["sampling"]` (SamplingConfig fields) and the rows' seeds
+    (`row_seeds`)."""
+    from dare.sampling import SamplingConfig
 
     config = SamplingConfig(**data.meta_info.get("sampling", {}))
-    gen = torch.Generator(device).manual_seed(int(data.meta_info.get("seed", 0)) * 1000 + rank)
-    ids = data.batch["input_ids"].to(device)
-    mask = data.batch["attention_mask"].to(device)
-    model.eval()
-    with torch.no_grad():
-        rollout = generate(model, (ids, mask), config, generator=gen)
+    rollout = backend.generate(
+        (data.batch["input_ids"], data.batch["attention_mask"]), config, row_seeds(data, rank).tolist()
+    )
+    n = len(rollout.response_ids)
     out = {
         "responses": rollout.response_ids.cpu(),
         "response_mask": rollout.response_mask.long().cpu(),
         **{k: v.cpu() for k, v in trajectory_tensors(rollout).items()},
         # per row, because ranks differ (early stops) and verl refuses unequal meta_info on concat:
         # the forward passes and seconds of the rank's whole batch
-        "nfe": torch.full((len(rollout.response_ids),), rollout.nfe, dtype=torch.long),
-        "seconds": torch.full((len(rollout.response_ids),), rollout.wall_time, dtype=torch.float64),
+        "nfe": torch.full((n,), rollout.nfe, dtype=torch.long),
+        "seconds": torch.full((n,), rollout.wall_time, dtype=torch.float64),
+        "policy_version": torch.full((n,), -1 if rollout.policy_version is None else rollout.policy_version),
     }
     return DataProto.from_dict(tensors=out)
 
 
-__all__ = ["TRAJECTORY_FILL", "generate_batch", "trajectory_tensors"]
+__all__ = ["TRAJECTORY_FILL", "RolloutBackends", "generate_batch", "row_seeds", "trajectory_tensors"]

@@ -14,7 +14,7 @@ from verl.single_controller.base.decorator import Dispatch, register
 
 from dare.models.checkpoint import load_policy, quiet_progress_bars
 from dare.workers.builder import build_policy, wrap_lora
-from dare.workers.generation import generate_batch
+from dare.workers.generation import RolloutBackends, generate_batch
 
 
 @ray.remote
@@ -25,6 +25,9 @@ class RolloutWorker(Worker):
         quiet_progress_bars()
         self.device = device
         self.model: torch.nn.Module | None = None
+        # (not `self.backends`: cloudpickle would take it for the torch.backends submodule)
+        self.rollout_backends: RolloutBackends | None = None
+        self.version = 0  # weight syncs received
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self, model_spec: dict[str, Any], tokenizer_dir: str, seed: int, init_from: str | None) -> None:
@@ -36,14 +39,27 @@ class RolloutWorker(Worker):
         if model_spec.get("lora") and not hasattr(model, "peft_config"):
             model = wrap_lora(model, model_spec["lora"], seed)
         self.model = model.to(self.device).eval()
+        self.rollout_backends = RolloutBackends(lambda: self.model, self.device)  # they borrow (or copy) this model
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def set_weights(self, state: dict[str, torch.Tensor]) -> None:
+    def set_weights(self, state: dict[str, torch.Tensor], version: int | None = None) -> None:
+        """Load the actor's weights into the worker's copy and every backend built on it."""
+        self.version = self.version + 1 if version is None else int(version)
         self.model.load_state_dict(state)
+        self.rollout_backends.sync(self.version)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def release_rollout(self) -> None:
+        """Free the backends' device memory while the actor trains."""
+        self.rollout_backends.release()
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def resume_rollout(self) -> None:
+        self.rollout_backends.resume()
 
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def generate(self, data: DataProto) -> DataProto:
-        return generate_batch(self.model, data, self.device, self.rank)
+        return generate_batch(self.rollout_backends.get(data, self.version), data, self.rank)
 
 
 __all__ = ["RolloutWorker"]

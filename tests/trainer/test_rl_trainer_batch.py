@@ -19,6 +19,7 @@ from dare.algorithms.grpo import D1
 from dare.config import build_recipe
 from dare.data import load_dataset_spec
 from dare.data.tasks import builtin_tokenizer
+from dare.sampling.backend import DareSamplerBackend
 from dare.trainer.rl import RLTrainer
 from dare.trainer.stage import StageContext
 from dare.workers.builder import build_policy
@@ -54,7 +55,7 @@ class StandInWorkers:
     updated: DataProto | None = None
 
     def generate(self, data: DataProto) -> DataProto:
-        self.generated = generate_batch(self.model, data, "cpu", 0)
+        self.generated = generate_batch(DareSamplerBackend(self.model), data, 0)
         return self.generated
 
     def update_actor(self, data: DataProto) -> DataProto:
@@ -102,7 +103,7 @@ def test_decode_steps_are_the_states_the_sampler_decoded_from():
         tensors={"input_ids": prompts, "attention_mask": (prompts != 0).long()},
         meta_info={"sampling": {**SAMPLING, "gen_length": GEN}, "seed": 3},
     )
-    out = generate_batch(model, data, "cpu", 0)
+    out = generate_batch(DareSamplerBackend(model), data, 0)
     hook.remove()
     step, resp = out.batch["decode_step"], out.batch["response_mask"].bool()  # [N, GEN]
     assert len(seen) == STEPS and resp.any()

@@ -1,0 +1,101 @@
+"""Dynamic sampling (DAPO) vs the plain quickstart RL stage at equal wall time, over several seeds.
+
+For each seed:
+  1. `base`: `recipes/quickstart.yaml` as is (SFT, then coupled-GRPO for its steps); its RL stage
+     takes T_base seconds.
+  2. `dyn`: the same recipe with `stages.1.dynamic_sampling: {enabled: true, max_rounds: R}` and the
+     same number of RL steps (accuracy at equal steps; a step rolls out more prompts, so it is slower:
+     T_dyn seconds).
+  3. `dyn_wall`: the dynamic run again with the RL steps cut to steps * T_base / T_dyn, so its RL stage
+     takes about T_base (accuracy at equal wall time). Skipped when the dynamic run was not slower.
+The SFT stage is identical in every run of a seed (same seed, same recipe up to the RL stage).
+Prints one table (accuracy on the eval prompts, greedy, RL-stage seconds) and the mean / spread.
+
+    .venv/bin/python benchmarks/dynamic_sampling.py --seeds 0 1 2 --out runs/dynamic_sampling
+    # a smoke run of the wiring (minutes on a laptop):
+    .venv/bin/python benchmarks/dynamic_sampling.py --seeds 0 --out /tmp/ds \\
+        --set stages.0.steps=20 stages.1.steps=2 data.num_eval=50 eval.num_prompts=50 eval.benchmarks=[]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes/quickstart.yaml"
+
+
+def dare(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "dare.cli", *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def run(out: Path, seed: int, overrides: list[str]) -> dict[str, float]:
+    """One quickstart run (a finished one is not repeated): RL-stage accuracy, seconds and steps."""
+    dare("run", str(RECIPE), f"seed={seed}", f"output_dir={out}", "stages.1.sft_control=false", *overrides)
+    state = json.loads((out / "run_state.json").read_text())
+    metrics = [json.loads(line) for line in (out / "stage-2-rl" / "metrics.jsonl").read_text().splitlines()]
+    kept = [m["dynamic/groups_kept"] for m in metrics if "dynamic/groups_kept" in m]
+    rounds = [m["dynamic/rounds"] for m in metrics if "dynamic/rounds" in m]
+    return {
+        "sft": state["eval"]["1"]["accuracy"],
+        "rl": state["eval"]["2"]["accuracy"],
+        "rl_s": state["stage_seconds"]["2"],
+        "steps": max((m.get("step", 0) for m in metrics), default=0),
+        "kept": statistics.mean(kept) if kept else float("nan"),
+        "rounds": statistics.mean(rounds) if rounds else float("nan"),
+    }
+
+
+def rl_steps(overrides: list[str]) -> int:
+    """The RL stage's steps after the overrides (the quickstart's unless `stages.1.steps=` is given)."""
+    from dare.config import load_recipe
+
+    return load_recipe(RECIPE, overrides).stages[1].steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default="runs/dynamic_sampling")
+    ap.add_argument("--max-rounds", type=int, default=4, help="dynamic_sampling.max_rounds")
+    ap.add_argument("--set", nargs="*", default=[], help="extra dotted overrides for every run")
+    a = ap.parse_args()
+    out = Path(a.out)
+    dyn = ["stages.1.dynamic_sampling.enabled=true", f"stages.1.dynamic_sampling.max_rounds={a.max_rounds}"]
+    steps = rl_steps(a.set)
+    rows = []
+    for seed in a.seeds:
+        base = run(out / f"seed{seed}" / "base", seed, a.set)
+        same_steps = run(out / f"seed{seed}" / "dyn", seed, [*a.set, *dyn])
+        wall_steps = max(1, int(steps * base["rl_s"] / same_steps["rl_s"]))
+        equal_wall = (
+            run(out / f"seed{seed}" / "dyn_wall", seed, [*a.set, *dyn, f"stages.1.steps={wall_steps}"])
+            if wall_steps < steps
+            else same_steps
+        )
+        rows.append({"seed": seed, "base": base, "dyn": same_steps, "dyn_wall": equal_wall, "wall_steps": wall_steps})
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"\n| seed | SFT % | RL % ({steps} steps, s) | + dynamic % (equal steps, s, kept/rounds) "
+          "| + dynamic % (equal wall time: steps, s) |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for r in rows:
+        b, d, w = r["base"], r["dyn"], r["dyn_wall"]
+        print(f"| {r['seed']} | {100 * b['sft']:.1f} | {100 * b['rl']:.1f} ({b['rl_s']:.0f}) | "
+              f"{100 * d['rl']:.1f} ({d['rl_s']:.0f}, {d['kept']:.1f}/{d['rounds']:.1f}) | "
+              f"{100 * w['rl']:.1f} ({r['wall_steps']}, {w['rl_s']:.0f}) |")  # fmt: skip
+    for key in ("base", "dyn", "dyn_wall"):
+        vals = [100 * r[key]["rl"] for r in rows]
+        spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        print(f"{key}: mean {statistics.mean(vals):.1f} ± {spread:.1f} (std over {len(vals)} seeds)")
+    gains = [100 * (r["dyn_wall"]["rl"] - r["base"]["rl"]) for r in rows]
+    print(f"dynamic - base at equal wall time: mean {statistics.mean(gains):.1f} points, per seed "
+          f"{[round(g, 1) for g in gains]}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
