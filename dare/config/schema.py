@@ -202,6 +202,8 @@ class ResourcesSpec:
     # gradients all-reduced), "fsdp2" (torch fully_shard: parameters, gradients and optimizer
     # state sharded across ranks), "auto" (fsdp2 with several CUDA workers, else replicate)
     strategy: Literal["auto", "replicate", "fsdp2"] = "auto"
+    # memory of one device in GiB for the dry-run memory plan's check (null: the visible GPU's, if any)
+    device_memory_gb: float | None = None
 
     def resolved_strategy(self) -> str:
         if self.strategy != "auto":
@@ -211,6 +213,8 @@ class ResourcesSpec:
     def validate(self, key: str, file: Any) -> None:
         require(self.num_workers >= 1, ">= 1", self, "num_workers", key, file)
         require(self.num_threads is None or self.num_threads >= 1, ">= 1 or null", self, "num_threads", key, file)
+        gb = self.device_memory_gb
+        require(gb is None or gb > 0, "> 0 or null", self, "device_memory_gb", key, file)
 
 
 @dataclass
