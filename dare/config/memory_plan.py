@@ -96,11 +96,14 @@ class MemoryPlan:
         for i, st in enumerate(self.stages):
             if st.total > device_bytes:
                 big = st.largest()
-                out.append(
+                line = (
                     f"stage {i + 1} ({st.name}) needs ~{st.total / GIB:.1f} GiB per rank, over the device's "
-                    f"{device_bytes / GIB:.1f} GiB; the largest term is {big.name} ({big.nbytes / GIB:.1f} GiB): "
-                    f"shrink it with {big.key}"
+                    f"{device_bytes / GIB:.1f} GiB; the largest term is {big.name} ({big.nbytes / GIB:.1f} GiB)"
                 )
+                if big.key == "-":  # nothing in the recipe shrinks it: name the largest term that can shrink
+                    big = max((t for t in st.terms if t.phase != "info" and t.key != "-"), key=lambda t: t.nbytes)
+                    line += f", which no recipe key shrinks; the next is {big.name} ({big.nbytes / GIB:.1f} GiB)"
+                out.append(f"{line}: shrink it with {big.key}")
         return out
 
 
@@ -344,8 +347,7 @@ def plan_stage(recipe: Any, index: int, model: nn.Module, config: Any, spec: Any
         block = max(sum(p.numel() for p in b.parameters()) for b in _blocks(model)) * elt
         st.terms.append(Term("FSDP2 all-gathered blocks (current + prefetch)", 2 * block, "persistent", "-"))
         if FSDP2_KEEPS_PLAIN_COPY:
-            st.terms.append(Term("unsharded copy for rollout / save (full)", n_all * elt, "persistent",
-                                 "resources.strategy=replicate"))  # fmt: skip
+            st.terms.append(Term("unsharded copy for rollout / save (full)", n_all * elt, "persistent", "-"))
     rows = _rows_per_micro_batch(stage, workers)
     seq = recipe.data.max_prompt_length + recipe.data.gen_length
     scored = max(1, int(recipe.data.gen_length * MASKED_FRACTION))
