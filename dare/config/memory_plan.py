@@ -130,8 +130,8 @@ def model_config(recipe: Any) -> Any:
         from dare.models.tokenizer import model_token_ids
 
         ids = model_token_ids(builtin_tokenizer())
-    vocab = ids.pop("vocab_size", 64)
-    return FAMILIES.get(m.family).tiny_config(vocab, **{**ids, **m.overrides})
+    overrides = {**ids, **m.overrides}
+    return FAMILIES.get(m.family).tiny_config(overrides.pop("vocab_size", 64), **overrides)
 
 
 def meta_model(config: Any, dtype: torch.dtype, lora: Any = None) -> nn.Module:
@@ -350,6 +350,8 @@ def plan_stage(recipe: Any, index: int, model: nn.Module, config: Any, spec: Any
             st.terms.append(Term("unsharded copy for rollout / save (full)", n_all * elt, "persistent", "-"))
     rows = _rows_per_micro_batch(stage, workers)
     seq = recipe.data.max_prompt_length + recipe.data.gen_length
+    if spec.attention == "block":  # block diffusion trains on [x_t ; x_0]: twice the tokens per row
+        seq *= 2
     scored = max(1, int(recipe.data.gen_length * MASKED_FRACTION))
     trace = trace_activations(model, rows, seq, scored)
     shape = f"{rows} rows x {seq} tokens"
@@ -374,11 +376,12 @@ def plan_stage(recipe: Any, index: int, model: nn.Module, config: Any, spec: Any
     return st
 
 
-def plan_recipe(recipe: Any) -> MemoryPlan:
-    """The memory plan of a validated recipe (model config only; no weights are read)."""
+def plan_recipe(recipe: Any, config: Any = None) -> MemoryPlan:
+    """The memory plan of a validated recipe (model config only; no weights are read). `config`
+    replaces the recipe's model config (benchmarks: a preset with a released-size vocabulary)."""
     from dare.models.dtypes import DTYPES
 
-    config = model_config(recipe)
+    config = config if config is not None else model_config(recipe)
     model = meta_model(config, DTYPES[recipe.model.dtype], recipe.model.lora)
     spec = config.diffusion_spec()
     stages = [plan_stage(recipe, i, model, config, spec) for i in range(len(recipe.stages))]
