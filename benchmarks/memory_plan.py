@@ -79,9 +79,7 @@ def rl_batch(model, config, stage, algo, g, step: int):
     """dare's sampler rolls out the stage's prompts (PROMPT tokens each), then the actor's batch."""
     import torch
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from algorithms.rl_toy import rl_batch as toy_batch
-
+    toy_batch = load_rl_toy().rl_batch
     from dare.sampling import SamplingConfig, generate
 
     prompts = torch.randint(0, config.vocab_size - 2, (stage.batch_size, PROMPT), generator=g).tolist()
@@ -90,6 +88,17 @@ def rl_batch(model, config, stage, algo, g, step: int):
     with torch.no_grad():
         rollout = generate(model, prompts, cfg, generator=g)
     return toy_batch(rollout, stage.args.advantage, algo.updates_per_step, step)
+
+
+def load_rl_toy():
+    """tests/algorithms/rl_toy.py (the actor's RL batch of a rollout), by path: `algorithms` here
+    would be benchmarks/algorithms.py."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rl_toy", ROOT / "tests" / "algorithms" / "rl_toy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def child(name: str) -> dict:
