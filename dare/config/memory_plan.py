@@ -304,73 +304,103 @@ def _rollout_terms(recipe: Any, stage: Any, config: Any, spec: Any, workers: int
     ]  # fmt: skip
 
 
-def plan_stage(recipe: Any, index: int, model: nn.Module, config: Any, spec: Any) -> StagePlan:
-    from dare.algorithms import ALGORITHMS
+@dataclass(frozen=True)
+class _Layout:
+    """How one rank holds the stage's model."""
+
+    shard: int  # ranks a parameter is split over (1: replicated)
+    elt: int  # bytes per element of the compute dtype
+    store: int  # bytes per element of the stored (sharded) parameters
+    lora: bool
+    ckpt: bool
+    offload: bool
+
+    @property
+    def per(self) -> str:
+        return f"1/{self.shard} shard" if self.shard > 1 else "full"
+
+    @property
+    def shard_key(self) -> str:
+        return "resources.num_workers" if self.shard > 1 else "resources.strategy=fsdp2"
+
+
+def _layout(recipe: Any) -> _Layout:
     from dare.models.dtypes import DTYPES
 
-    stage = recipe.stages[index]
     res = recipe.resources
-    workers = res.num_workers
-    sharded = res.resolved_strategy() == "fsdp2" and workers > 1
-    shard = workers if sharded else 1
+    sharded = res.resolved_strategy() == "fsdp2" and res.num_workers > 1
     compute = DTYPES[recipe.model.dtype]
     elt = torch.empty((), dtype=compute).element_size()
     mixed = _flag(recipe, "mixed_precision") and compute != torch.float32
-    store = 4 if mixed else elt  # FSDP2 mixed precision: fp32 sharded parameters (the master copy)
+    return _Layout(
+        shard=res.num_workers if sharded else 1,
+        elt=elt,
+        store=4 if mixed else elt,  # FSDP2 mixed precision: fp32 sharded parameters (the master copy)
+        lora=recipe.model.lora is not None,
+        ckpt=_flag(recipe, "gradient_checkpointing", "activation_checkpointing"),
+        offload=_flag(recipe, "cpu_offload", "optimizer_offload", "offload_optimizer"),
+    )
+
+
+def _parameter_terms(model: nn.Module, lay: _Layout, needs_reference: bool) -> list[Term]:
+    """Weights, gradients, AdamW moments, the frozen reference and FSDP2's extra copies."""
     n_all = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    lora = recipe.model.lora is not None
-    ckpt = _flag(recipe, "gradient_checkpointing", "activation_checkpointing")
-    offload = _flag(recipe, "cpu_offload", "optimizer_offload", "offload_optimizer")
-    per = f"1/{shard} shard" if sharded else "full"
-    st = StagePlan(stage.name or stage.algorithm, stage.kind, stage.algorithm)
-    skey = f"stages[{index}]"
-    shard_key = "resources.num_workers" if sharded else "resources.strategy=fsdp2"
-    st.terms.append(Term(f"weights ({per}, {n_all / 1e6:.1f}M x {store} B)", n_all * store // shard, "persistent",
-                         shard_key))  # fmt: skip
-    grads = n_train * store // shard
-    what = "LoRA adapter" if lora else "all parameters"
-    st.terms.append(
-        Term(f"gradients ({what}, {n_train / 1e6:.1f}M)", grads, "update", shard_key if lora else "model.lora")
-    )
-    opt_name = "optimizer (AdamW exp_avg + exp_avg_sq" + (", on the host)" if offload else ")")
-    st.terms.append(Term(opt_name, 0 if offload else 2 * grads, "persistent",
-                         shard_key if lora else "model.lora"))  # fmt: skip
+    grads = n_train * lay.store // lay.shard
+    small_key = lay.shard_key if lay.lora else "model.lora"
+    what = "LoRA adapter" if lay.lora else "all parameters"
+    opt = "optimizer (AdamW exp_avg + exp_avg_sq" + (", on the host)" if lay.offload else ")")
+    terms = [
+        Term(f"weights ({lay.per}, {n_all / 1e6:.1f}M x {lay.store} B)", n_all * lay.store // lay.shard,
+             "persistent", lay.shard_key),
+        Term(f"gradients ({what}, {n_train / 1e6:.1f}M)", grads, "update", small_key),
+        Term(opt, 0 if lay.offload else 2 * grads, "persistent", small_key),
+    ]  # fmt: skip
+    if needs_reference and not lay.lora:  # with LoRA the reference is the adapter-disabled actor
+        terms.append(Term(f"reference copy ({lay.per})", n_all * lay.elt // lay.shard, "persistent", "model.lora"))
+    if lay.shard > 1:
+        block = max(sum(p.numel() for p in b.parameters()) for b in _blocks(model)) * lay.elt
+        terms.append(Term("FSDP2 all-gathered blocks (current + prefetch)", 2 * block, "persistent", "-"))
+        if FSDP2_KEEPS_PLAIN_COPY:
+            terms.append(Term("unsharded copy for rollout / save (full)", n_all * lay.elt, "persistent", "-"))
+    return terms
+
+
+def _activation_terms(recipe: Any, index: int, model: nn.Module, spec: Any, lay: _Layout) -> list[Term]:
+    """One micro-batch's activations, with checkpointing as the recipe sets it and the other way (info)."""
+    stage = recipe.stages[index]
+    rows = _rows_per_micro_batch(stage, recipe.resources.num_workers)
+    seq = recipe.data.max_prompt_length + recipe.data.gen_length
+    if spec.attention == "block":  # block diffusion trains on [x_t ; x_0]: twice the tokens per row
+        seq *= 2
+    trace = trace_activations(model, rows, seq, max(1, int(recipe.data.gen_length * MASKED_FRACTION)))
+    used, other = (trace.with_checkpointing, trace.without_checkpointing)[:: 1 if lay.ckpt else -1]
+    state = ("on", "off") if lay.ckpt else ("off", "on")
+    key = f"stages[{index}].grad_accum" if lay.ckpt else "model.gradient_checkpointing"
+    return [
+        Term(f"activations / micro-batch ({rows} rows x {seq} tokens, checkpointing {state[0]})", used, "update", key),
+        Term(f"activations / micro-batch, checkpointing {state[1]}", other, "info", "-"),
+    ]
+
+
+def plan_stage(recipe: Any, index: int, model: nn.Module, config: Any, spec: Any) -> StagePlan:
+    """The terms of stage `index` on one actor rank."""
+    from dare.algorithms import ALGORITHMS
+
+    stage = recipe.stages[index]
+    lay = _layout(recipe)
     args = stage.args
     if getattr(args, "gen_length", 0) is None:  # filled by the stage trainer from data.gen_length
         args = dataclasses.replace(args, gen_length=recipe.data.gen_length)
     algo = ALGORITHMS.get(stage.algorithm)(args, spec)
-    if algo.needs_reference and not lora:
-        st.terms.append(Term(f"reference copy ({per})", n_all * elt // shard, "persistent",
-                             "model.lora"))  # fmt: skip
-    if sharded:
-        block = max(sum(p.numel() for p in b.parameters()) for b in _blocks(model)) * elt
-        st.terms.append(Term("FSDP2 all-gathered blocks (current + prefetch)", 2 * block, "persistent", "-"))
-        if FSDP2_KEEPS_PLAIN_COPY:
-            st.terms.append(Term("unsharded copy for rollout / save (full)", n_all * elt, "persistent", "-"))
-    rows = _rows_per_micro_batch(stage, workers)
-    seq = recipe.data.max_prompt_length + recipe.data.gen_length
-    if spec.attention == "block":  # block diffusion trains on [x_t ; x_0]: twice the tokens per row
-        seq *= 2
-    scored = max(1, int(recipe.data.gen_length * MASKED_FRACTION))
-    trace = trace_activations(model, rows, seq, scored)
-    shape = f"{rows} rows x {seq} tokens"
-    on, off = trace.with_checkpointing, trace.without_checkpointing
-    act_key = f"{skey}.grad_accum" if ckpt else "model.gradient_checkpointing"
-    st.terms.append(
-        Term(
-            f"activations / micro-batch ({shape}, checkpointing {'on' if ckpt else 'off'})",
-            on if ckpt else off,
-            "update",
-            act_key,
-        )
-    )
-    st.terms.append(Term(f"activations / micro-batch, checkpointing {'off' if ckpt else 'on'}",
-                         off if ckpt else on, "info", "-"))  # fmt: skip
+    st = StagePlan(stage.name or stage.algorithm, stage.kind, stage.algorithm)
+    st.terms = _parameter_terms(model, lay, algo.needs_reference) + _activation_terms(recipe, index, model, spec, lay)
     if algo.trainer is not None:
         st.note = f"runs its own trainer ({algo.trainer}): activations as one training forward, not its own loop"
-    if res.rollout == "colocated":
-        st.terms += _rollout_terms(recipe, stage, config, spec, workers, elt, skey)
+    if recipe.resources.rollout == "colocated":
+        st.terms += _rollout_terms(
+            recipe, stage, config, spec, recipe.resources.num_workers, lay.elt, f"stages[{index}]"
+        )
     elif stage.kind == "rl":
         st.note = "rollouts run in the separate rollout worker (not on this rank)"
     return st
