@@ -394,7 +394,9 @@ def plan_stage(recipe: Any, index: int, model: nn.Module, config: Any, spec: Any
         args = dataclasses.replace(args, gen_length=recipe.data.gen_length)
     algo = ALGORITHMS.get(stage.algorithm)(args, spec)
     st = StagePlan(stage.name or stage.algorithm, stage.kind, stage.algorithm)
-    st.terms = _parameter_terms(model, lay, algo.needs_reference) + _activation_terms(recipe, index, model, spec, lay)
+    # a reference in its own worker group (resources.reference: separate) is not on the actor's ranks
+    on_actor = algo.needs_reference and getattr(recipe.resources, "reference", "colocated") != "separate"
+    st.terms = _parameter_terms(model, lay, on_actor) + _activation_terms(recipe, index, model, spec, lay)
     if algo.trainer is not None:
         st.note = f"runs its own trainer ({algo.trainer}): activations as one training forward, not its own loop"
     if recipe.resources.rollout == "colocated":
