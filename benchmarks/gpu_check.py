@@ -102,14 +102,28 @@ def sft_steps(model, batch: dict, steps: int) -> tuple[float, float]:
     return time.perf_counter() - start, loss.item()
 
 
+def planned_sft_gib(model, rows: int, seq: int, gen: int) -> float:
+    """The dry-run plan's peak for these SFT steps: weights, gradients and AdamW's two moments in the
+    model dtype, plus one micro-batch's activations (dare.config.memory_plan on the meta device)."""
+    from dare.config.memory_plan import meta_model, trace_activations
+
+    meta = meta_model(model.config, next(model.parameters()).dtype)
+    n = sum(p.numel() for p in meta.parameters())
+    elt = next(meta.parameters()).element_size()
+    acts = trace_activations(meta, rows, seq, max(1, gen // 2)).without_checkpointing
+    return (4 * n * elt + acts) / 2**30
+
+
 def check_sft(model, args, device: str) -> Row:
     batch = sft_batch(model, args.rows, args.prompt, args.gen, device, 0)
     sft_steps(model, batch, 1)  # warm-up (kernels, Adam state)
     peak_reset(device)
     seconds, loss = sft_steps(model, batch, args.steps)
     tokens = args.steps * batch["input_ids"].numel()
+    plan = planned_sft_gib(model, args.rows, args.prompt + args.gen, args.gen)
     return Row("sft", "ok", seconds, f"{tokens / seconds:.0f}", peak_gib(device),
-               f"{args.steps} steps of {args.rows} x {args.prompt + args.gen} tokens, loss {loss:.3f}")  # fmt: skip
+               f"{args.steps} steps of {args.rows} x {args.prompt + args.gen} tokens, loss {loss:.3f}, "
+               f"memory plan {plan:.2f} GiB")  # fmt: skip
 
 
 def check_coupled_grpo(model, args, device: str) -> Row:
@@ -175,6 +189,8 @@ def check_fsdp2(model, args, device: str) -> Row:
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if device == "cuda":
+        torch.cuda.set_device(0)
     dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=0, world_size=1)
     try:
         batch = sft_batch(model, args.rows, args.prompt, args.gen, device, 7)

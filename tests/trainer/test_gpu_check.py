@@ -39,4 +39,4 @@ def test_the_python_part_runs_every_check_on_cpu(tmp_path, capsys, monkeypatch):
         line.split("|")[1].strip(): line.split("|")[2].strip() for line in out.splitlines() if line.startswith("| ")
     }
     assert rows == {"check": "status", "load replica": "ok", "sft": "ok", "coupled_grpo": "ok", "fsdp2": "ok"}
-    assert "loss" in out and (tmp_path / "table.md").read_text().strip() == out.strip()
+    assert "memory plan" in out and (tmp_path / "table.md").read_text().strip() == out.strip()
