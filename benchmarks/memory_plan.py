@@ -12,6 +12,7 @@ keeps no statistics and tracemalloc does not see it, hence RSS.
 
     nice .venv/bin/python benchmarks/memory_plan.py            # all cases (a few minutes of CPU)
     nice .venv/bin/python benchmarks/memory_plan.py --case llada-sft
+    MALLOC_MMAP_THRESHOLD_=131072 nice .venv/bin/python benchmarks/memory_plan.py   # RSS ~ live tensors
 Results: docs/scaling.md ("Memory plan"). Target: plan within +-25% of measured.
 """
 
