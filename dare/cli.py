@@ -184,11 +184,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")
         print(f"# {args.recipe}: valid ({len(recipe.stages)} stage(s))")
+        _print_memory_plan(recipe)
         return 0
     from dare.trainer import Pipeline
 
     Pipeline(recipe, overwrite=args.overwrite).run()
     return 0
+
+
+def _print_memory_plan(recipe) -> None:
+    """The per-rank memory plan (model config on the meta device, no weights) and a warning per
+    stage that does not fit resources.device_memory_gb (or the visible GPU)."""
+    from dare.config.memory_plan import device_memory_bytes, plan_recipe
+
+    try:
+        plan = plan_recipe(recipe)
+    except Exception as e:  # an estimate only: a model the meta trace cannot run leaves the recipe valid
+        print(f"# memory plan: not available ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        return
+    print(plan.table())
+    for line in plan.warnings(device_memory_bytes(recipe)):
+        print(f"dare: warning: {line}", file=sys.stderr)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -248,7 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a recipe (SFT / RL / ... stages, eval after each)")
     p.add_argument("recipe", nargs="?", help="recipe YAML")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stages.0.lr=1e-4 output_dir=/tmp/x")
-    p.add_argument("--dry-run", action="store_true", help="validate and print the resolved recipe, load nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate, print the resolved recipe and its per-rank memory plan; load no weights",
+    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier run in output_dir first")
     p.set_defaults(func=_cmd_run)

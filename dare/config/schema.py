@@ -208,6 +208,8 @@ class ResourcesSpec:
     # nodes of the Ray cluster (ray_address) the workers spread over, num_workers / nodes on each
     # (one per GPU on CUDA): ranks node by node, wired over gloo / NCCL from rank 0's node address
     nodes: int = 1
+    # memory of one device in GiB for the dry-run memory plan's check (null: the visible GPU's, if any)
+    device_memory_gb: float | None = None
 
     def resolved_strategy(self) -> str:
         if self.strategy != "auto":
@@ -222,6 +224,8 @@ class ResourcesSpec:
                 self, "nodes", key, file)  # fmt: skip
         require(self.nodes == 1 or self.ray_address is not None, "1 unless ray_address names a cluster (a local Ray "
                 "is one node)", self, "nodes", key, file)  # fmt: skip
+        gb = self.device_memory_gb
+        require(gb is None or gb > 0, "> 0 or null", self, "device_memory_gb", key, file)
 
 
 @dataclass

@@ -181,7 +181,9 @@ def test_recipe_validates_against_its_replica(recipe, hub_cache, tmp_path, monke
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     raw = yaml.safe_load(recipe.read_text())
     assert main(["run", str(recipe), *shrink(raw, tmp_path), "--dry-run"]) == 0
-    assert f"valid ({len(raw['stages'])} stage(s))" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"valid ({len(raw['stages'])} stage(s))" in out
+    assert out.count("total (peak per rank)") == len(raw["stages"])  # the memory plan of every stage
 
 
 @pytest.mark.parametrize("recipe", [p for p in RECIPES if recipe_id(p) in END_TO_END], ids=recipe_id)
