@@ -6,18 +6,22 @@ gradients and Adam state (the sum of its local shard sizes), whether any module 
 holds a parameter in full, and its resident memory, at four points: after init, after one SFT
 update, after a colocated rollout (`generate`: the model is unsharded for that call only) and
 after saving a checkpoint (gathered to rank 0 only). Printed: one row per (workers, point) with
-the ratio of the per-rank state bytes to the replicated case (1/N expected).
+the ratio of the per-rank state bytes to the replicated case (1/N expected). RSS columns are
+rank 0's, plus the largest peak of the other ranks.
 
     python benchmarks/fsdp_memory.py                    # 2-core CPU: ~3 minutes
     python benchmarks/fsdp_memory.py --workers 1 2 --d-model 256
 
-Resident memory (RSS) includes each Ray worker's runtime (~0.3-0.4 GiB of Python, torch and
-Ray), so its ratio is far from 1/N for a small model; the shard-size column is the exact one.
+Resident memory (RSS) includes each Ray worker's runtime (Python, torch, Ray, gloo: ~0.5 GiB),
+measured before the model is built and subtracted in the "RSS - runtime" column. glibc's malloc
+is told to return freed tensors to the OS at once (MALLOC_MMAP_THRESHOLD_, inherited by the local
+Ray workers), so RSS tracks the live tensors; the shard-size columns are the exact measure.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 from pathlib import Path
@@ -58,7 +62,8 @@ def batches(tok, batch_size: int):
 
 
 def measure(n: int, args, tmp: Path, tok_dir: Path, train: DataProto, rollout: DataProto) -> list[dict]:
-    """The four memory points of an n-worker actor (rank 0's report; ranks hold equal shards)."""
+    """The memory points of an n-worker actor: rank 0's report (ranks hold equal shards) and the
+    largest peak RSS of the other ranks (rank 0 alone gathers a checkpoint)."""
     strategy = "replicate" if n == 1 else "fsdp2"
     stage = build_stage(
         {"kind": "sft", "algorithm": "sft", "steps": 4, "batch_size": args.batch, "lr": 1e-4}, "s", None
@@ -66,6 +71,7 @@ def measure(n: int, args, tmp: Path, tok_dir: Path, train: DataProto, rollout: D
     wg = worker_group(ActorWorker, ResourcesSpec(num_workers=n, num_threads=1), name=f"mem{n}", strategy=strategy)
     rows = []
     try:
+        rows.append(("runtime", wg.memory_report()))
         wg.init_model(model_spec(args), str(tok_dir), 0, None, None)
         wg.init_stage(stage_to_dict(stage), stage.args, 4)
         rows.append(("init", wg.memory_report()))
@@ -77,19 +83,22 @@ def measure(n: int, args, tmp: Path, tok_dir: Path, train: DataProto, rollout: D
         rows.append(("after save", wg.memory_report()))
     finally:
         release(wg)
-    return [{"workers": n, "strategy": strategy, "point": point, **max(reps, key=lambda r: r["peak_rss_mb"])}
+    others = lambda reps: max((r["peak_rss_mb"] for r in reps[1:]), default=float("nan"))  # noqa: E731
+    return [{"workers": n, "strategy": strategy, "point": point, **reps[0], "peak_rss_others": others(reps)}
             for point, reps in rows]  # fmt: skip
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--d-model", type=int, default=384)
-    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--d-model", type=int, default=512)
+    p.add_argument("--layers", type=int, default=6)
     p.add_argument("--batch", type=int, default=8)
     args = p.parse_args()
     tok = builtin_tokenizer()
     train, rollout = batches(tok, args.batch)
+    # freed tensors go back to the OS (no dynamic mmap threshold), so RSS follows live tensors
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 16))
     ray.init(address="local", num_cpus=max(args.workers) * 2, include_dashboard=False, logging_level="ERROR")
     results = []
     with tempfile.TemporaryDirectory() as d:
@@ -99,18 +108,20 @@ def main() -> None:
             results += measure(n, args, tmp, tmp / "tok", train, rollout)
     ray.shutdown()
     base = {r["point"]: r for r in results if r["workers"] == 1}
+    runtime = {r["workers"]: r["rss_mb"] for r in results if r["point"] == "runtime"}
+    results = [r for r in results if r["point"] != "runtime"]
     model_mib = results[0]["model_bytes"] / MiB
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}; model {model_mib:.1f} MiB fp32")
     print("| workers | strategy | point | params MiB | grads MiB | Adam MiB | state / replicated | full params held"
-          " | RSS MiB | peak RSS MiB |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          " | RSS MiB | RSS - runtime MiB | peak RSS MiB | peak RSS other ranks |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         state = r["param_bytes"] + r["grad_bytes"] + r["optim_bytes"]
         ref = base.get(r["point"])
         ratio = state / (ref["param_bytes"] + ref["grad_bytes"] + ref["optim_bytes"]) if ref else float("nan")
         print(f"| {r['workers']} | {r['strategy']} | {r['point']} | {r['param_bytes'] / MiB:.2f} | "
               f"{r['grad_bytes'] / MiB:.2f} | {r['optim_bytes'] / MiB:.2f} | {ratio:.3f} | {r['full_params']} | "
-              f"{r['rss_mb']:.0f} | {r['peak_rss_mb']:.0f} |")  # fmt: skip
+              f"{r['rss_mb']:.0f} | {r['rss_mb'] - runtime[r['workers']]:.0f} | {r['peak_rss_mb']:.0f} | {r['peak_rss_others']:.0f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

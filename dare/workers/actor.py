@@ -474,7 +474,7 @@ class ActorWorker(Worker):
         sharded), the bytes of the whole model, the number of parameters held in full by any
         module of this worker (0 when sharded: no unsharded copy is kept between calls), and the
         process's current and peak resident memory in MiB."""
-        params = list(self.model.parameters())
+        params = list(self.model.parameters()) if self.model is not None else []
         moments = [t for s in (self.optimizer.state.values() if self.optimizer else ()) for t in s.values()]
         modules = [m for m in vars(self).values() if isinstance(m, torch.nn.Module)]
         held = {id(p): p for m in modules for p in m.parameters()}.values()
