@@ -12,7 +12,7 @@ from dare.config import ResourcesSpec
 from dare.config.schema import build_stage, stage_to_dict
 from dare.data.formatting import collate_prompts, collate_sft
 from dare.data.tasks import builtin_tokenizer, get_task
-from dare.trainer.runtime import worker_group
+from dare.trainer.runtime import release, worker_group
 from dare.trainer.stream import BatchStream
 from dare.workers.actor import ActorWorker
 from dare.workers.sharding import decoder_blocks
@@ -122,6 +122,8 @@ def test_fsdp2_colocated_rollout_matches_replicated(setup):
     fs.update_actor(batch(1))
     c_rep, c_fs = rep.state_checksum()[0], fs.state_checksum()[0]
     assert abs(c_fs - c_rep) < 1e-6 * abs(c_rep)
+    for group in (rep, fs):  # free the placement groups: the module's Ray has 16 CPUs
+        release(group)
 
 
 def test_fsdp2_mixed_precision_offload_and_activation_checkpointing(setup):
@@ -144,6 +146,8 @@ def test_fsdp2_mixed_precision_offload_and_activation_checkpointing(setup):
     plain.update_actor(batch(0))
     c, c_fs = plain.state_checksum()[0], fs.state_checksum()[0]
     assert abs(c_fs - c) < 1e-3 * abs(c)
+    for group in (plain, ac, fs):
+        release(group)
 
 
 def test_fsdp2_with_lora_matches_replicated(setup, tmp_path):
