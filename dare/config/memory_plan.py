@@ -11,7 +11,7 @@ one count per storage, parameters excluded). Attention is counted as a fused ker
 (q, k, v, output, log-sum-exp; CPU flash and GPU flash / efficient SDPA), not the O(L^2) math path.
 
 The peak of a rank is modelled as
-    persistent (weights, optimizer, reference, FSDP2's unsharded copy)
+    persistent (weights, optimizer, reference, FSDP2's gathered blocks)
     + max(update phase: gradients + activations, rollout phase: KV cache + sampler logits).
 Measured against real CPU steps in `benchmarks/memory_plan.py` (docs/scaling.md).
 """
@@ -26,9 +26,6 @@ import torch
 from torch import nn
 
 GIB = 1024**3
-# dare's FSDP2 actor keeps an unsharded copy of the policy for rollouts and saving
-# (dare.workers.actor: `_plain`); set False once the sharded path no longer holds one
-FSDP2_KEEPS_PLAIN_COPY = True
 # fraction of a response a masked-diffusion loss scores per forward (t ~ U(0, 1): half on average)
 MASKED_FRACTION = 0.5
 
@@ -361,8 +358,8 @@ def _parameter_terms(model: nn.Module, lay: _Layout, needs_reference: bool) -> l
     if lay.shard > 1:
         block = max(sum(p.numel() for p in b.parameters()) for b in _blocks(model)) * lay.elt
         terms.append(Term("FSDP2 all-gathered blocks (current + prefetch)", 2 * block, "persistent", "-"))
-        if FSDP2_KEEPS_PLAIN_COPY:
-            terms.append(Term("unsharded copy for rollout / save (full)", n_all * lay.elt, "persistent", "-"))
+        # a colocated rollout unshards the whole model for the generate call (dare.workers.sharding.unsharded)
+        terms.append(Term("unsharded weights during a rollout (full)", n_all * lay.elt, "rollout", "resources.rollout"))
     return terms
 
 

@@ -210,6 +210,23 @@ class ResourcesSpec:
     nodes: int = 1
     # memory of one device in GiB for the dry-run memory plan's check (null: the visible GPU's, if any)
     device_memory_gb: float | None = None
+    # FSDP2 options (strategy fsdp2, >= 2 workers; dare.workers.sharding). mixed_precision: the
+    # compute dtype of FSDP's MixedPrecisionPolicy (bf16 forward/backward, fp32 gradient reduction,
+    # fp32 master weights and optimizer state; needs model.dtype: float32); cpu_offload: shards,
+    # gradients and optimizer state in host memory (CPUOffloadPolicy; the optimizer steps on the CPU)
+    mixed_precision: Literal["bf16", "fp16"] | None = None
+    cpu_offload: bool = False
+    # recompute each decoder block's activations in backward (less activation memory); any strategy
+    activation_checkpointing: bool = False
+
+    def sharding_kwargs(self) -> dict[str, Any]:
+        """The actor worker's sharding arguments (`ActorWorker(**...)`)."""
+        return {
+            "strategy": self.resolved_strategy(),
+            "mixed_precision": self.mixed_precision,
+            "cpu_offload": self.cpu_offload,
+            "activation_checkpointing": self.activation_checkpointing,
+        }
 
     def resolved_strategy(self) -> str:
         if self.strategy != "auto":
@@ -226,6 +243,15 @@ class ResourcesSpec:
                 "is one node)", self, "nodes", key, file)  # fmt: skip
         gb = self.device_memory_gb
         require(gb is None or gb > 0, "> 0 or null", self, "device_memory_gb", key, file)
+        sharded = self.resolved_strategy() == "fsdp2" and self.num_workers > 1
+        for name in ("mixed_precision", "cpu_offload"):
+            if getattr(self, name) and not sharded:
+                raise RecipeError(
+                    file,
+                    f"{key}.{name}",
+                    f"is an FSDP2 option: needs strategy: fsdp2 and num_workers >= 2 "
+                    f"(got strategy {self.resolved_strategy()!r} with {self.num_workers} worker(s))",
+                )
 
 
 @dataclass
@@ -519,6 +545,13 @@ def _check_combinations(recipe: Recipe, file: Any) -> None:
     spec, max_length = _model_spec(recipe, file)
     attention = spec.attention
     sharded = recipe.resources.resolved_strategy() == "fsdp2"
+    if recipe.resources.mixed_precision and recipe.model.dtype != "float32":
+        raise RecipeError(
+            file,
+            "resources.mixed_precision",
+            f"keeps fp32 master weights and computes in {recipe.resources.mixed_precision}: needs model.dtype: "
+            f"float32, got {recipe.model.dtype!r}",
+        )
     data = recipe.data
     if max_length is not None and data.max_prompt_length + data.gen_length > max_length:
         raise RecipeError(

@@ -118,7 +118,7 @@ class Pipeline:
         start_ray(r.resources)
         actor = self.rollout = self.reference = None
         try:
-            actor = worker_group(ActorWorker, r.resources, name="actor", strategy=r.resources.resolved_strategy())
+            actor = worker_group(ActorWorker, r.resources, name="actor", **r.resources.sharding_kwargs())
             self._run_stages(actor, tokenizer, tok_dir, state, trained)
         finally:  # no workers outlive the run (an in-process caller can run again)
             release(self.rollout)

@@ -12,9 +12,10 @@ broadcast calls (`ONE_TO_ALL`). Data parallelism, two strategies (`resources.str
   and backward reduce-scatters the gradients.
 
 The colocated rollout is this worker's `generate`. Replicated, it samples with the actor's own
-weights (no copy, no sync); sharded, with an unsharded copy refreshed after each update (see
-`dare.workers.sharding` for why). Algorithm logic stays in `dare.algorithms`; this class only
-runs it.
+weights (no copy, no sync); sharded, the ranks unshard the model together for the duration of the
+call and reshard after it (no full copy is kept between calls; see `dare.workers.sharding` for
+why and for how checkpoints are gathered to rank 0 only). Algorithm logic stays in
+`dare.algorithms`; this class only runs it.
 """
 
 from __future__ import annotations
@@ -72,6 +73,14 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def current_rss_mb() -> float:
+    """Resident memory of this process now (Linux /proc), in MiB."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float):
     """Multiplier of the base lr at optimizer step `s` (0-based)."""
 
@@ -107,7 +116,15 @@ def _check_moment_shapes(optimizer: torch.optim.Optimizer) -> None:
 
 @ray.remote
 class ActorWorker(Worker):
-    def __init__(self, num_threads: int = 1, device: str = "cpu", strategy: str = "replicate") -> None:
+    def __init__(
+        self,
+        num_threads: int = 1,
+        device: str = "cpu",
+        strategy: str = "replicate",
+        mixed_precision: str | None = None,
+        cpu_offload: bool = False,
+        activation_checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         if strategy not in sharding.STRATEGIES:
             raise ValueError(f"strategy must be one of {sharding.STRATEGIES}, got {strategy!r}")
@@ -115,11 +132,13 @@ class ActorWorker(Worker):
         quiet_progress_bars()
         self.device = device
         self.strategy = strategy
+        # FSDP2 options (the recipe refuses them without a sharded actor)
+        self.shard_options = sharding.ShardOptions(mixed_precision, cpu_offload, device)
+        self.activation_checkpointing = activation_checkpointing
         self.model: torch.nn.Module | None = None
-        self._plain: torch.nn.Module | None = None  # unsharded copy for sampling/saving (fsdp2)
-        self._version = 0  # optimizer steps taken; the plain copy is refreshed when it lags
-        self._plain_version = -1
-        self.rollout_backends = RolloutBackends(self.plain_model, device)  # colocated: they borrow the weights
+        self._skeleton: torch.nn.Module | None = None  # meta-device copy: saving and frozen copies (fsdp2)
+        self._version = 0  # the stage's optimizer updates: the policy version rollouts are tagged with
+        self.rollout_backends = RolloutBackends(self._policy, device)  # colocated: they borrow the weights
         self.algorithm = None
         self.optimizer = None
         self.scheduler = None
@@ -154,12 +173,14 @@ class ActorWorker(Worker):
         model = model.to(self.device)
         self.spec = getattr(model, "get_base_model", lambda: model)().diffusion_spec()
         n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if self.activation_checkpointing:
+            sharding.checkpoint_blocks(model)
         self.sharded = self.strategy == "fsdp2" and self.world_size > 1
         if self.sharded:
-            self._plain = model
-            self.model = sharding.shard_model(copy.deepcopy(model))
-            self._plain.requires_grad_(False)
-            self._plain_version = self._version
+            if self.shard_options.mixed_precision:  # fp32 master weights (and optimizer state)
+                model = model.float()
+            self._skeleton = sharding.skeleton(model)
+            self.model = sharding.shard_model(model, self.shard_options)  # the full tensors are freed
         else:
             self.model = model
         return n_trainable
@@ -192,6 +213,7 @@ class ActorWorker(Worker):
             self.optimizer,
             lr_lambda(stage["lr_schedule"], stage["warmup_steps"], total_updates, stage["min_lr_ratio"]),
         )
+        self._version = 0  # counts this stage's updates (a resumed run restores it with the scheduler)
         self.reference = None
         self._frozen_reference = None
         if self.algorithm.needs_reference and self._ref_handle is not None:
@@ -200,9 +222,9 @@ class ActorWorker(Worker):
             self.reference = self._reference
         elif self.algorithm.needs_reference:
             if not hasattr(self.model, "disable_adapter"):
-                if self.sharded:  # a sharded frozen copy of the current weights
-                    frozen = copy.deepcopy(self.plain_model()).requires_grad_(False)
-                    self._frozen_reference = sharding.shard_model(frozen).eval()
+                if self.sharded:  # a sharded frozen copy of the current weights, shard by shard
+                    frozen = sharding.sharded_copy(self._skeleton, self.model, self.shard_options)
+                    self._frozen_reference = frozen.eval()
                 else:
                     self._frozen_reference = copy.deepcopy(self.model).eval().requires_grad_(False)
             self.reference = self._reference
@@ -212,16 +234,6 @@ class ActorWorker(Worker):
 
     def _tensors(self, data: DataProto) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device) for k, v in data.batch.items()}
-
-    def plain_model(self) -> torch.nn.Module:
-        """The unsharded policy: the model itself, or (fsdp2) the plain copy refreshed from the
-        full state dict when an update happened since (a collective: all ranks call it)."""
-        if not self.sharded:
-            return self.model
-        if self._plain_version != self._version:
-            self._plain.load_state_dict(sharding.full_state_dict(self.model))
-            self._plain_version = self._version
-        return self._plain
 
     def _all_reduce_grads(self) -> None:
         if self.world_size == 1 or self.sharded:  # fsdp2 reduce-scatters in backward
@@ -383,12 +395,20 @@ class ActorWorker(Worker):
 
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def generate(self, data: DataProto) -> DataProto:
-        """Sample responses for left-padded prompts with the actor's own (unsharded) weights."""
+        """Sample responses for left-padded prompts with the actor's own weights (through the rollout
+        backend the request names). Sharded, every rank unshards the model for this call only
+        (`sharding.unsharded`): the sampling itself issues no collective, so ranks may stop after
+        different numbers of forwards."""
         backend = self.rollout_backends.get(data, self._version)
-        out = generate_batch(backend, data, self.rank)
-        dtype = next(self.rollout_backends.current_model().parameters()).dtype
+        with sharding.unsharded(self.model) if self.sharded else contextlib.nullcontext():
+            out = generate_batch(backend, data, self.rank)
+        dtype = next(self.model.parameters()).dtype
         out.meta_info["dtype"] = str(dtype).removeprefix("torch.")  # the eval reports it
         return out
+
+    def _policy(self) -> torch.nn.Module:
+        """The current policy module (what the colocated rollout backend borrows)."""
+        return self.model
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def get_weights(self) -> dict[str, torch.Tensor] | None:
@@ -407,11 +427,13 @@ class ActorWorker(Worker):
         """Rank 0 writes the policy (HF folder or PEFT adapter) and the optimizer/scheduler state
         (`optimizer.safetensors` + `optimizer.json`, no pickle). Sharded, both are gathered into
         full (unsharded) form first, so the files are the same whatever the strategy and number of
-        workers. Weights that are not finite are never written (every rank raises)."""
-        model = self.plain_model()
-        bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
-        if bad:
-            raise ValueError(f"{path}: not saved: non-finite (NaN/inf) weights in {', '.join(bad[:3])}")
+        workers; only rank 0 ever holds them whole (gathered tensor by tensor to its CPU). Weights
+        that are not finite are never written (every rank raises)."""
+        self._check_finite(path)
+        model = self.model
+        if self.sharded:
+            state = sharding.full_state_dict(self.model, rank0_only=True)
+            model = sharding.with_state(self._skeleton, state) if self.rank == 0 else None
         optim = None
         if with_optimizer and self.optimizer is not None:
             optim = (
@@ -434,6 +456,17 @@ class ActorWorker(Worker):
         if self.world_size > 1:
             dist.barrier()
 
+    def _check_finite(self, path: str) -> None:
+        """Raise on every rank when any rank's weights (its shards, when sharded) hold NaN/inf."""
+        params = self.model.named_parameters()
+        bad = [n for n, p in params if not bool(torch.isfinite(sharding.local(p).detach()).all())]
+        flag = torch.tensor([float(len(bad))])
+        if self.sharded:
+            dist.all_reduce(flag)
+        if flag.item():
+            where = ", ".join(bad[:3]) or "another rank's shards"
+            raise ValueError(f"{path}: not saved: non-finite (NaN/inf) weights in {where}")
+
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def load_state(self, path: str) -> None:
         """Load policy weights and the optimizer/scheduler state (required once a stage's
@@ -441,12 +474,12 @@ class ActorWorker(Worker):
         Nothing is unpickled: a pickled or malformed state file raises `StateFileError`."""
         refuse_pickles(path, OPTIM_STATE)
         refuse_pickles(path, ALGORITHM_STATE)
-        loaded = load_policy(path, merge=False).state_dict()
-        if self.sharded:
-            sharding.load_full_state_dict(self.model, loaded)
-            self._version += 1  # the plain copy is stale
+        if self.sharded:  # rank 0 reads the checkpoint, the others receive their shards
+            loaded = load_policy(path, merge=False).state_dict() if self.rank == 0 else {}
+            sharding.load_full_state_dict(self.model, loaded, from_rank0=True)
+            del loaded
         else:
-            self.model.load_state_dict(loaded)
+            self.model.load_state_dict(load_policy(path, merge=False).state_dict())
         if self.optimizer is not None:
             state = load_tree(path, OPTIM_STATE)
             optim = Path(path) / f"{OPTIM_STATE}.json"
@@ -465,6 +498,7 @@ class ActorWorker(Worker):
                     self.optimizer.load_state_dict(state["optimizer"])
                     _check_moment_shapes(self.optimizer)
                 self.scheduler.load_state_dict(state["scheduler"])
+                self._version = int(self.scheduler.last_epoch)  # the updates the saved run had taken
             except (KeyError, TypeError, ValueError, RuntimeError) as e:
                 raise StateFileError(f"{optim}: does not fit this stage's optimizer ({e})") from None
         has_reference = self._frozen_reference is not None or (
@@ -479,6 +513,27 @@ class ActorWorker(Worker):
     def state_checksum(self) -> float:
         """Sum of all parameters (replicas must agree; sharded parameters gathered)."""
         return float(sum(sharding.full_tensor(p.detach()).double().sum() for p in self.model.parameters()))
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def memory_report(self) -> dict[str, float]:
+        """This rank's bytes of parameters, gradients and optimizer state (its local shards when
+        sharded), the bytes of the whole model, the number of parameters held in full by any
+        module of this worker (0 when sharded: no unsharded copy is kept between calls), and the
+        process's current and peak resident memory in MiB."""
+        params = list(self.model.parameters()) if self.model is not None else []
+        moments = [t for s in (self.optimizer.state.values() if self.optimizer else ()) for t in s.values()]
+        modules = [m for m in vars(self).values() if isinstance(m, torch.nn.Module)]
+        held = {id(p): p for m in modules for p in m.parameters()}.values()
+        full = [p for p in held if not isinstance(p, sharding.DTensor) and p.device.type != "meta"]
+        return {
+            "param_bytes": sharding.local_bytes(params),
+            "grad_bytes": sharding.local_bytes(p.grad for p in params if p.grad is not None),
+            "optim_bytes": sharding.local_bytes(t for t in moments if isinstance(t, torch.Tensor)),
+            "model_bytes": sum(p.numel() * p.element_size() for p in params),  # a DTensor's numel is global
+            "full_params": len(full),
+            "rss_mb": current_rss_mb(),
+            "peak_rss_mb": peak_memory_mb("cpu"),
+        }
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def reference_checksum(self) -> float:

@@ -1,4 +1,4 @@
-"""FSDP2 sharding of the actor (torch `fully_shard`) and the full-state-dict helpers around it.
+"""FSDP2 sharding of the actor (torch `fully_shard`), without a full unsharded copy per rank.
 
 With `resources.strategy: fsdp2` each data-parallel rank holds 1/N of every parameter, gradient
 and optimizer state. `fully_shard` is applied to every decoder block (the classes the model lists
@@ -6,16 +6,33 @@ in transformers' `_no_split_modules`, i.e. the units a checkpoint must not split
 root, so a forward all-gathers one block at a time and backward reduce-scatters its gradients;
 no manual gradient all-reduce is needed.
 
-Everything that leaves the trainer goes through full (unsharded) state dicts, gathered
-collectively by all ranks: checkpoints (model + optimizer, so a resumed run or a run with another
-strategy can read them) and the weights of the plain copy the colocated rollout samples with.
-Sampling is data-dependent (sequences stop at EOS, threshold decoding takes a variable number of
-steps), so ranks would issue different numbers of forwards; on a sharded model each forward is a
-collective and that would deadlock. The rollout therefore uses an unsharded copy refreshed from
-the full state dict after each update, as verl's hybrid engine does for its inference engine.
+No rank keeps the whole model between calls:
+
+- Rollouts (`unsharded`): sampling is data-dependent (sequences stop at EOS, threshold decoding
+  takes a variable number of steps), so ranks run different numbers of forwards; on a sharded
+  model each forward is a collective and that would deadlock. So all ranks all-gather every FSDP
+  module once, together, at the start of a generate call (with reshard-after-forward off, each
+  rank's forwards then touch only local full tensors: no collective), and the modules are
+  resharded when it returns. The full weights exist only for the duration of that call.
+- Checkpoints (`full_state_dict(rank0_only=True)`, `full_optimizer_state`): gathered one tensor
+  at a time to CPU on rank 0 only; rank 0 writes them through a meta-device skeleton of the
+  model (`skeleton`, no weight memory) so the files are the same HF folders as an unsharded run.
+  Loading reads the checkpoint on rank 0 and broadcasts it into the shards.
+- The frozen reference (`sharded_copy`): a second sharded model built from the skeleton whose
+  local shards are copied from the policy's (no gather).
+
+Options (recipe `resources.*`): FSDP2 mixed precision (`MixedPrecisionPolicy`: bf16 compute,
+fp32 gradient reduction, fp32 master parameters and optimizer state), CPU offload of the shards,
+gradients and optimizer state (`CPUOffloadPolicy`), and activation checkpointing of the decoder
+blocks (torch's composable `checkpoint`, which keeps parameter names, so checkpoints are unchanged).
 """
 
 from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -26,10 +43,36 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 STRATEGIES = ("replicate", "fsdp2")
+# `resources.mixed_precision` values -> FSDP2 compute (all-gather) dtype
+MIXED_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """How `shard_model` shards: compute dtype (None = the parameters' own), CPU offload."""
+
+    mixed_precision: str | None = None
+    cpu_offload: bool = False
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(
+                f"mixed_precision must be one of {sorted(MIXED_PRECISION)} or None, got {self.mixed_precision!r}"
+            )
+
+    def fully_shard_kwargs(self) -> dict:
+        kwargs: dict = {}
+        if self.mixed_precision:
+            dtype = MIXED_PRECISION[self.mixed_precision]
+            kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+        if self.cpu_offload:  # pinned host memory needs an accelerator
+            kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=self.device == "cuda")
+        return kwargs
 
 
 def _base(model: nn.Module) -> nn.Module:
@@ -47,16 +90,24 @@ def decoder_blocks(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def shard_model(model: nn.Module, param_dtype: torch.dtype | None = None) -> nn.Module:
-    """`fully_shard` every decoder block, then the root (in place; returns the model).
+def checkpoint_blocks(model: nn.Module) -> nn.Module:
+    """Activation checkpointing of every decoder block (recomputed in backward). The composable
+    API adds hooks, not wrapper modules, so parameter names (and checkpoints) do not change; it
+    composes with `fully_shard` when applied first."""
+    from torch.distributed._composable import checkpoint
 
-    `param_dtype` (e.g. bf16) is the compute dtype of FSDP's mixed precision; gradients are
-    reduced in fp32."""
-    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else None
-    kwargs = {"mp_policy": mp} if mp else {}
     for block in decoder_blocks(model):
-        fully_shard(block, **kwargs)
-    fully_shard(model, **kwargs)
+        checkpoint(block)
+    return model
+
+
+def shard_model(model: nn.Module, options: ShardOptions | None = None) -> nn.Module:
+    """`fully_shard` every decoder block, then the root (in place; returns the model). Blocks
+    reshard after forward, the root (embeddings, head: used first in backward) does not."""
+    kwargs = (options or ShardOptions()).fully_shard_kwargs()
+    for block in decoder_blocks(model):
+        fully_shard(block, reshard_after_forward=True, **kwargs)
+    fully_shard(model, reshard_after_forward=False, **kwargs)
     return model
 
 
@@ -64,12 +115,81 @@ def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def fsdp_modules(model: nn.Module) -> list[FSDPModule]:
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
 def reshard(model: nn.Module) -> None:
     """Register the sharded parameters of every FSDP module of `model` (frees unsharded ones
     kept after a forward without backward, e.g. the root's), so parameters are DTensor shards."""
-    for m in model.modules():
-        if isinstance(m, FSDPModule):
-            m.reshard()
+    for m in fsdp_modules(model):
+        m.reshard()
+
+
+@contextlib.contextmanager
+def unsharded(model: nn.Module) -> Iterator[nn.Module]:
+    """All FSDP modules of `model` unsharded for the body, which may then run any number of
+    forwards without a collective (ranks may differ in how many). Entering and leaving are
+    collectives (every rank enters). On exit the iteration state that the body's forwards
+    recorded (post-forward order, used for backward prefetching, which differs per rank) is
+    cleared and every module resharded, so the next training step starts as after a step."""
+    modules = fsdp_modules(model)
+    for m in modules:
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        for m in modules:
+            m.unshard()
+        yield model
+    finally:
+        model.reset_iter_state()  # reshards every module, clears the forwards' per-rank records
+        for m in modules:  # back to `shard_model`'s settings
+            m.set_reshard_after_forward(m is not model, recurse=False)
+
+
+def skeleton(model: nn.Module) -> nn.Module:
+    """A copy of the (unsharded) model whose parameters are on the meta device (no memory;
+    buffers, e.g. rotary tables, are real): the shape to write checkpoints through and to build
+    more sharded copies from. Tied parameters stay tied."""
+    memo = {
+        id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+        for p in model.parameters()
+    }
+    return copy.deepcopy(model, memo)
+
+
+def with_state(skel: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A model of the skeleton's class holding `state`'s tensors (assigned, not copied)."""
+    model = copy.deepcopy(skel)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
+
+
+def sharded_copy(skel: nn.Module, model: nn.Module, options: ShardOptions | None = None) -> nn.Module:
+    """A frozen sharded copy of sharded `model` (same sharding), built from its skeleton: each
+    rank copies its own shards, nothing is gathered."""
+    options = options or ShardOptions()
+    copy_ = shard_model(copy.deepcopy(skel).requires_grad_(False), options)
+    # to_empty replaces buffers too (e.g. rotary tables): put the skeleton's real ones back
+    buffers = [(m, k, b) for m in copy_.modules() for k, b in m._buffers.items() if b is not None]
+    copy_.to_empty(device="cpu" if options.cpu_offload else options.device)  # offloaded shards live on the CPU
+    for m, k, b in buffers:
+        m._buffers[k] = b
+    reshard(model)  # a root kept unsharded after its last forward: back to the registered shards
+    source = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, p in copy_.named_parameters():
+            local(p).copy_(local(source[name]))
+    return copy_
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor, or `t` itself."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def local_bytes(tensors) -> int:
+    """Bytes this rank holds of `tensors` (local shards of DTensors)."""
+    return sum(local(t).numel() * local(t).element_size() for t in tensors)
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -79,15 +199,18 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
 
 def full_state_dict(model: nn.Module, rank0_only: bool = False) -> dict[str, torch.Tensor]:
     """The unsharded state dict on CPU, keys as in the unsharded model. A collective: every rank
-    calls it; with `rank0_only` the other ranks get an empty dict (less memory)."""
+    calls it; with `rank0_only` the tensors are gathered one at a time to rank 0's CPU and the
+    other ranks get an empty dict (no rank but 0 ever holds the whole model)."""
     opts = StateDictOptions(full_state_dict=True, cpu_offload=rank0_only)
     sd = get_model_state_dict(model, options=opts)
     return {k: v.detach().cpu() for k, v in sd.items()}
 
 
-def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load an unsharded state dict (every rank passes the full dict) into a sharded model."""
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor], from_rank0: bool = False) -> None:
+    """Load an unsharded state dict into a sharded model: every rank passes the full dict, or
+    (`from_rank0`) rank 0 does and the others pass {} and receive it by broadcast."""
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=from_rank0)
+    set_model_state_dict(model, state, options=opts)
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -100,7 +223,18 @@ def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer
 
 
 __all__ = [
+    "DTensor",
+    "MIXED_PRECISION",
     "STRATEGIES",
+    "ShardOptions",
+    "checkpoint_blocks",
+    "fsdp_modules",
+    "local",
+    "local_bytes",
+    "sharded_copy",
+    "skeleton",
+    "unsharded",
+    "with_state",
     "decoder_blocks",
     "full_optimizer_state",
     "full_state_dict",

@@ -70,7 +70,9 @@ def test_bfloat16_halves_and_fsdp2_divides_by_the_workers():
     assert term(sft, "gradients").nbytes == n * 4 // 2
     assert term(sft, "optimizer").nbytes == 2 * (n * 4 // 2)
     assert term(plan.stages[1], "reference copy").nbytes == n * 4 // 2
-    assert term(sft, "unsharded copy").nbytes == n * 4  # today's FSDP2 actor keeps one for rollouts
+    # no persistent full copy: the rollout unshards the model for its call only
+    assert term(sft, "unsharded weights during a rollout").nbytes == n * 4
+    assert term(sft, "unsharded weights during a rollout").phase == "rollout"
 
 
 def test_lora_gives_gradients_and_moments_to_the_adapter_only():

@@ -1,6 +1,7 @@
 """FSDP2 actor (torch fully_shard over gloo on CPU): the 2-worker sharded gradient and update equal
 the 1-worker full-batch ones, sharded checkpoints (model + optimizer) are full-state files that
-resume exactly, and the colocated rollout of a sharded actor samples what a replicated one does."""
+resume exactly, the colocated rollout of a sharded actor samples what a replicated one does without
+keeping a full copy, and the mixed-precision / CPU-offload / activation-checkpointing options train."""
 
 import pytest
 import ray
@@ -11,7 +12,7 @@ from dare.config import ResourcesSpec
 from dare.config.schema import build_stage, stage_to_dict
 from dare.data.formatting import collate_prompts, collate_sft
 from dare.data.tasks import builtin_tokenizer, get_task
-from dare.trainer.runtime import worker_group
+from dare.trainer.runtime import release, worker_group
 from dare.trainer.stream import BatchStream
 from dare.workers.actor import ActorWorker
 from dare.workers.sharding import decoder_blocks
@@ -40,9 +41,10 @@ def setup(tmp_path_factory):
     ray.shutdown()
 
 
-def actor(tmp, n: int, strategy: str, name: str, model=MODEL, init_from=None, base_dir=None):
+def actor(tmp, n: int, strategy: str, name: str, model=MODEL, init_from=None, base_dir=None, **options):
     stage = build_stage({"kind": "sft", "algorithm": "sft", "steps": 4, "batch_size": 8, "lr": 1e-3}, "s", None)
-    wg = worker_group(ActorWorker, ResourcesSpec(num_workers=n, num_threads=1), name=name, strategy=strategy)
+    resources = ResourcesSpec(num_workers=n, num_threads=1)
+    wg = worker_group(ActorWorker, resources, name=name, strategy=strategy, **options)
     wg.init_model(model, str(tmp / "tok"), 0, init_from, base_dir)
     wg.init_stage(stage_to_dict(stage), stage.args, 4)
     return wg
@@ -107,6 +109,45 @@ def test_fsdp2_colocated_rollout_matches_replicated(setup):
     b = fs.generate(data)
     assert torch.equal(a.batch["responses"], b.batch["responses"])
     assert torch.equal(a.batch["decode_step"], b.batch["decode_step"])
+    assert b.batch["nfe"][0] != b.batch["nfe"][-1]  # the ranks did run different numbers of forwards
+
+    # between calls each rank holds only its shards: no parameter of any module in full
+    for report in fs.memory_report():
+        assert report["full_params"] == 0
+        assert report["param_bytes"] < 0.55 * report["model_bytes"]
+        assert report["optim_bytes"] < 0.55 * 2 * report["model_bytes"]  # Adam: two moments
+    assert rep.memory_report()[0]["param_bytes"] == rep.memory_report()[0]["model_bytes"]
+    # and training continues as if no rollout had happened (its per-rank forwards are forgotten)
+    rep.update_actor(batch(1))
+    fs.update_actor(batch(1))
+    c_rep, c_fs = rep.state_checksum()[0], fs.state_checksum()[0]
+    assert abs(c_fs - c_rep) < 1e-6 * abs(c_rep)
+    for group in (rep, fs):  # free the placement groups: the module's Ray has 16 CPUs
+        release(group)
+
+
+def test_fsdp2_mixed_precision_offload_and_activation_checkpointing(setup):
+    tmp, _, batch = setup
+    # activation checkpointing recomputes the same activations: the same gradient
+    plain = actor(tmp, 1, "replicate", "ac0")
+    ac = actor(tmp, 1, "replicate", "ac1", activation_checkpointing=True)
+    g = plain.compute_grad(batch(0)).batch["grad"][0]
+    torch.testing.assert_close(ac.compute_grad(batch(0)).batch["grad"][0], g, rtol=1e-5, atol=1e-7)
+    # bf16 compute (fp32 reduction and master weights), shards offloaded, blocks checkpointed
+    options = {"mixed_precision": "bf16", "cpu_offload": True, "activation_checkpointing": True}
+    fs = actor(tmp, 2, "fsdp2", "fsdp_opts", **options)
+    g_fs = fs.compute_grad(batch(0)).batch["grad"][0]
+    assert g_fs.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(g_fs, g, dim=0) > 0.99  # bf16 rounding, not another gradient
+    assert not torch.equal(g_fs, g)  # it did compute in bf16
+    fs.update_actor(batch(0))
+    report = fs.memory_report()[0]
+    assert report["param_bytes"] < 0.55 * report["model_bytes"] and report["full_params"] == 0
+    plain.update_actor(batch(0))
+    c, c_fs = plain.state_checksum()[0], fs.state_checksum()[0]
+    assert abs(c_fs - c) < 1e-3 * abs(c)
+    for group in (plain, ac, fs):
+        release(group)
 
 
 def test_fsdp2_with_lora_matches_replicated(setup, tmp_path):
