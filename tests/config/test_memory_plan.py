@@ -154,4 +154,8 @@ def test_d1_recipe_plans_llada_8b_on_8_gpus_from_its_config_only(tmp_path, monke
     assert "GSAI-ML/LLaDA-8B-Instruct (8.02B parameters, bfloat16), 8 worker(s), strategy fsdp2" in out
     assert "weights (1/8 shard" in out and "gradients (LoRA adapter" in out
     assert "6 rows x 456 tokens, checkpointing on" in out  # 16 prompts x 6 / 8 workers / grad_accum 2
-    assert "dare: warning: stage 1 (d1)" in err and "unsharded copy" in err
+    assert (
+        "dare: warning: stage 1 (d1)" in err
+        and "unsharded weights during a rollout" in err
+        and "resources.rollout" in err
+    )
