@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from dare.models.spec import DiffusionSpec, aligned_logits
+from dare.sampling.kv_cache import StaticKVCache
 from dare.sampling.ops import split_evenly, token_probability
 from dare.sampling.policy import Policy
 
@@ -174,7 +175,8 @@ class FullAttentionRunner:
         self.prompt_mask = state.valid.clone()
         self.prompt_mask[:, self.P :] = False  # [N, T] True on real prompt tokens
         self.valid = state.valid if cfg_scale == 0 else torch.cat([state.valid, state.valid])  # [N(*2), T]
-        self.cache = None
+        # one preallocated cache for the whole decode, refilled in place at every block start
+        self.cache = None if cache == "none" else StaticKVCache(state.x.shape[1])
         self.nfe = 0
 
     @property
@@ -202,14 +204,13 @@ class FullAttentionRunner:
         self.nfe += 1
         L = end - start
         if self.cache_mode == "none" or refresh:
-            out = self.model(inp, attention_mask=self.valid, use_cache=self.cache_mode != "none")
+            if self.cache is not None:
+                self.cache.reset()
+            out = self.model(inp, attention_mask=self.valid, past_key_values=self.cache, use_cache=self.cache is not None)
             # align on columns [start-1, end) so a shifted model's column `start` is predicted too
             logits = aligned_logits(out.logits[:, start - 1 : end], self.spec)[:, 1:]  # [N, L, V]
             if self.cache_mode == "prefix":
-                self.cache = out.past_key_values
                 self.cache.crop(start)
-            elif self.cache_mode == "dual":
-                self.cache = out.past_key_values
         elif self.cache_mode == "prefix":
             out = self.model(inp[:, start:], attention_mask=self.valid, past_key_values=self.cache, use_cache=False)
             logits = aligned_logits(out.logits, self.spec)[:, :L]  # local shift inside the window
@@ -249,7 +250,7 @@ class BlockCausalRunner:
         offset = (-prompt_len) % spec.block_size  # response start becomes a multiple of block_size
         pos = (state.valid.long().cumsum(-1) - 1).clamp(min=0)  # [N, T], pads at 0
         self.positions = pos + offset[:, None]
-        self.cache = None
+        self.cache = StaticKVCache(state.x.shape[1]) if cache == "block" else None
         self.nfe = 0
 
     def _forward(self, ids: torch.Tensor, start: int, end: int, use_cache: bool):
@@ -264,7 +265,8 @@ class BlockCausalRunner:
 
     def start(self, x: torch.Tensor) -> None:
         if self.cache_mode == "block":
-            self.cache = self._forward(x[:, : self.P], 0, self.P, use_cache=True).past_key_values
+            self.cache.reset()
+            self._forward(x[:, : self.P], 0, self.P, use_cache=True)
 
     def block_logits(
         self, x: torch.Tensor, start: int, end: int, refresh: bool
