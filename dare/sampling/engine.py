@@ -196,6 +196,7 @@ class FullAttentionRunner:
         uncond = x.masked_fill(self.prompt_mask, self.spec.mask_token_id)
         return torch.cat([x, uncond])  # [2N, T]
 
+    @torch.no_grad()  # decoding only (the static cache is written in place)
     def block_logits(
         self, x: torch.Tensor, start: int, end: int, refresh: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -263,11 +264,13 @@ class BlockCausalRunner:
             use_cache=use_cache,
         )
 
+    @torch.no_grad()
     def start(self, x: torch.Tensor) -> None:
         if self.cache_mode == "block":
             self.cache.reset()
             self._forward(x[:, : self.P], 0, self.P, use_cache=True)
 
+    @torch.no_grad()  # decoding only (the static cache is written in place)
     def block_logits(
         self, x: torch.Tensor, start: int, end: int, refresh: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -277,6 +280,7 @@ class BlockCausalRunner:
         out = self.model(x[:, :end], attention_mask=self.valid[:, :end], position_ids=self.positions[:, :end])
         return out.logits[:, start:end], None
 
+    @torch.no_grad()
     def end_block(self, x: torch.Tensor, start: int, end: int) -> None:
         if self.cache_mode == "block":
             self._forward(x[:, start:end], start, end, use_cache=True)
