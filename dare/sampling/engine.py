@@ -141,10 +141,9 @@ class DecodeState:
         is_mask = self.response == self.mask_id
         masks_before = (is_mask & (pos < first[:, None])).any(-1)
         done = (first < self.L) & ~masks_before & ~self.finished
-        if bool(done.any()):
-            fill = done[:, None] & is_mask
-            self.response.masked_fill_(fill, self.eos_fill)
-            self.finished |= done
+        # fixed shapes, no host branch: a no-op for rows that are not newly done
+        self.response.masked_fill_(done[:, None] & is_mask, self.eos_fill)
+        self.finished |= done
 
     def result(self, nfe: int, extras: dict[str, torch.Tensor] | None = None) -> DecodeResult:
         return DecodeResult(self.response.clone(), self.decode_step, self.confidence, nfe, extras or {})
@@ -207,7 +206,9 @@ class FullAttentionRunner:
         if self.cache_mode == "none" or refresh:
             if self.cache is not None:
                 self.cache.reset()
-            out = self.model(inp, attention_mask=self.valid, past_key_values=self.cache, use_cache=self.cache is not None)
+            out = self.model(
+                inp, attention_mask=self.valid, past_key_values=self.cache, use_cache=self.cache is not None
+            )
             # align on columns [start-1, end) so a shifted model's column `start` is predicted too
             logits = aligned_logits(out.logits[:, start - 1 : end], self.spec)[:, 1:]  # [N, L, V]
             if self.cache_mode == "prefix":
@@ -313,6 +314,126 @@ def process_logits(
     return out
 
 
+class DecodeStep:
+    """One denoising step of a block as one function of tensors: the forward pass and the
+    unmasking rule (logits processing, `propose`, `select`, the trajectory probability), with
+    fixed shapes and no host synchronisation. Eager by default; `compile=True` wraps it in
+    `torch.compile` (on CUDA with mode="reduce-overhead": CUDA graphs, one per (batch, block,
+    cache length) bucket, the static cache's buffers marked as static addresses).
+
+    Counts (`Policy.plan`) are computed by the caller, outside the compiled function: they depend
+    on the step number, which would otherwise specialise the compiled code at every step."""
+
+    def __init__(
+        self,
+        state: DecodeState,
+        runner: Runner,
+        policy: Policy,
+        *,
+        cfg_scale: float,
+        suppress_ids: tuple[int, ...],
+        confidence_end_inf: bool,
+        compile: bool = False,
+    ) -> None:
+        self.state, self.runner, self.policy = state, runner, policy
+        self.cfg_scale, self.suppress_ids, self.confidence_end_inf = cfg_scale, suppress_ids, confidence_end_inf
+        self.fn = self.step
+        if compile:
+            self.fn = compile_step(self.step, state.x.device, runner)
+
+    def step(
+        self,
+        x: torch.Tensor,
+        eligible: torch.Tensor,
+        k: torch.Tensor | None,
+        start: int,
+        end: int,
+        refresh: bool,
+        force: bool,
+        step: int,
+        num_steps: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens, transfer, prob), each `[N, L]`: proposed tokens, the positions to commit, and
+        the probability of each committed token (NaN elsewhere)."""
+        cond, uncond = self.runner.block_logits(x, start, end, refresh=refresh)
+        logits = process_logits(cond, uncond, self.cfg_scale, self.state.spec, self.suppress_ids)  # [N, L, V] f64
+        tokens, conf = self.policy.propose(logits)
+        if force:  # the block's first token, from the block-start forward (shifted logits + cache)
+            first = torch.zeros_like(eligible)
+            first[:, 0] = True
+            transfer = eligible & first
+        else:
+            if self.confidence_end_inf:
+                conf = conf.masked_fill(torch.isin(tokens, self.state.end_ids), -math.inf)
+            transfer = self.policy.select(conf, eligible, k, step, num_steps) & eligible
+        prob = torch.where(transfer, token_probability(logits, tokens), math.nan)
+        return tokens, transfer, prob
+
+
+def compile_step(fn, device: torch.device, runner: Runner):
+    """`torch.compile` for a decode step. On CUDA: mode="reduce-overhead" (CUDA-graph capture per
+    shape bucket) with the cache buffers at static addresses, so the in-place cache writes can be
+    replayed by the graph; elsewhere the default inductor mode."""
+    if device.type == "cuda":
+        if getattr(runner, "cache", None) is not None:
+            runner.cache.mark_static()
+        return torch.compile(fn, mode="reduce-overhead")
+    return torch.compile(fn)
+
+
+def _host_count(policy: Policy, masks_left: int, step: int, num_steps: int) -> int | None:
+    """The planned count of a row with `masks_left` masks (None: the rule has no fixed count),
+    computed on the host: every active row of a fixed-count block holds the same number of masks
+    (or, for rules that may unmask more than planned, fewer), so this decides without a sync
+    whether a step plans anything at all."""
+    k = policy.plan(torch.tensor([masks_left]), step, num_steps)
+    return None if k is None else min(int(k[0]), masks_left)
+
+
+def _decode_block(
+    state: DecodeState, runner: Runner, policy: Policy, step_fn: DecodeStep,
+    start: int, end: int, num_steps: int, sync_every: int,
+) -> None:  # fmt: skip
+    """Decode columns [start, end) until no mask is left. The host looks at device values only
+    every `sync_every` steps (the done-check); in between, steps of rows that are done commit
+    nothing, so the tokens are those of `sync_every=1` (greedy: identical; sampled: rules that
+    run a data-dependent number of steps may draw extra noise before the check sees the end)."""
+    refreshed = False
+    step = iteration = 0
+    masks_left = end - start  # host mirror: an upper bound on the masks of every active row
+    # every step unmasks >= 1 token per active row or follows a schedule of num_steps steps
+    max_iterations = max(num_steps, end - start) + sync_every
+    while True:
+        if masks_left == 0:  # a fixed-count schedule has unmasked the whole block
+            break
+        if iteration % sync_every == 0 and not bool(state.eligible(start, end).any()):  # the only sync
+            break
+        iteration += 1
+        if step >= max_iterations:
+            raise RuntimeError(f"block at column {start} still has masks after {step} steps ({type(policy).__name__})")
+        force = runner.forced_first and not refreshed
+        eligible = state.eligible(start, end)  # [N, L]
+        k = None
+        if not force:
+            planned = _host_count(policy, masks_left, step, num_steps)
+            if planned == 0:
+                step += 1  # nothing planned for this step: skip its forward pass
+                continue
+            if planned is not None:
+                remaining = eligible.sum(-1)
+                k = torch.minimum(policy.plan(remaining, step, num_steps), remaining)
+                masks_left -= planned
+        else:
+            masks_left -= 1
+        tokens, transfer, prob = step_fn.fn(state.x, eligible, k, start, end, not refreshed, force, step, num_steps)
+        refreshed = True
+        state.commit(start, tokens, transfer, prob, eligible.any(-1))
+        state.update_finished()
+        if not force and policy.takes_all(step, num_steps):
+            masks_left = 0
+        step += 1
+
+
 def decode_blocks(
     state: DecodeState,
     runner: Runner,
@@ -323,51 +444,25 @@ def decode_blocks(
     cfg_scale: float,
     suppress_ids: tuple[int, ...],
     confidence_end_inf: bool,
+    sync_every: int = 1,
+    compile: bool = False,
 ) -> None:
     """Decode the response block by block (semi-autoregressive). Within a block, repeat
-    plan -> forward -> propose -> select -> commit until the block has no mask left."""
+    plan -> forward -> propose -> select -> commit until the block has no mask left; the host
+    checks for that (and for rows that hit EOS) every `sync_every` steps and once per block."""
     num_blocks = state.L // block_length
     steps_per_block = split_evenly(steps, num_blocks)
+    step_fn = DecodeStep(
+        state, runner, policy, cfg_scale=cfg_scale, suppress_ids=suppress_ids,
+        confidence_end_inf=confidence_end_inf, compile=compile,
+    )  # fmt: skip
     runner.start(state.x)
     for b, num_steps in enumerate(steps_per_block):
         start = state.P + b * block_length
         end = start + block_length
         if bool(state.finished.all()):
             break
-        refreshed = False
-        step = 0
-        # every step unmasks >= 1 token per active row or follows a schedule of num_steps steps
-        max_iterations = max(num_steps, block_length) + 1
-        while True:
-            eligible = state.eligible(start, end)  # [N, L]
-            active = eligible.any(-1)  # [N]
-            if not bool(active.any()):  # a CPU-GPU sync point, once per step
-                break
-            if step >= max_iterations:
-                raise RuntimeError(f"block {b} still has masks after {step} steps (policy {type(policy).__name__})")
-            force = runner.forced_first and not refreshed
-            k = None if force else policy.plan(eligible.sum(-1), step, num_steps)
-            if k is not None:
-                k = torch.minimum(k, eligible.sum(-1))
-                if not bool((k > 0).any()):
-                    step += 1  # nothing planned for this step: skip its forward pass
-                    continue
-            cond, uncond = runner.block_logits(state.x, start, end, refresh=not refreshed)
-            refreshed = True
-            logits = process_logits(cond, uncond, cfg_scale, state.spec, suppress_ids)  # [N, L, V] float64
-            tokens, conf = policy.propose(logits)
-            if force:
-                transfer = torch.zeros_like(eligible)
-                transfer[:, 0] = eligible[:, 0]
-            else:
-                if confidence_end_inf:
-                    conf = conf.masked_fill(torch.isin(tokens, state.end_ids), -math.inf)
-                transfer = policy.select(conf, eligible, k, step, num_steps) & eligible
-            prob = torch.full_like(conf, math.nan)
-            prob[transfer] = token_probability(logits[transfer], tokens[transfer])
-            state.commit(start, tokens, transfer, prob, active)
-            state.update_finished()
-            step += 1
+        _decode_block(state, runner, policy, step_fn, start, end, num_steps, sync_every)
         if b + 1 < num_blocks and not bool(state.finished.all()):
             runner.end_block(state.x, start, end)
 
@@ -375,6 +470,7 @@ def decode_blocks(
 __all__ = [
     "BlockCausalRunner",
     "DecodeResult",
+    "DecodeStep",
     "DecodeState",
     "FullAttentionRunner",
     "PromptBatch",
