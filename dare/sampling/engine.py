@@ -195,13 +195,18 @@ class FullAttentionRunner:
         uncond = x.masked_fill(self.prompt_mask, self.spec.mask_token_id)
         return torch.cat([x, uncond])  # [2N, T]
 
-    @torch.no_grad()  # decoding only (the static cache is written in place)
     def block_logits(
         self, x: torch.Tensor, start: int, end: int, refresh: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(conditional, unconditional or None) logits of columns [start, end), each `[N, L, V]`."""
-        inp = self._inputs(x)
         self.nfe += 1
+        return self.forward(x, start, end, refresh)
+
+    @torch.no_grad()  # decoding only (the static cache is written in place)
+    def forward(self, x: torch.Tensor, start: int, end: int, refresh: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`block_logits` without the forward count (what a compiled step calls: no Python
+        counter in the compiled code)."""
+        inp = self._inputs(x)
         L = end - start
         if self.cache_mode == "none" or refresh:
             if self.cache is not None:
@@ -257,6 +262,9 @@ class BlockCausalRunner:
 
     def _forward(self, ids: torch.Tensor, start: int, end: int, use_cache: bool):
         self.nfe += 1
+        return self._call(ids, start, end, use_cache)
+
+    def _call(self, ids: torch.Tensor, start: int, end: int, use_cache: bool):
         return self.model(
             ids,
             attention_mask=self.valid[:, :end],
@@ -271,13 +279,17 @@ class BlockCausalRunner:
             self.cache.reset()
             self._forward(x[:, : self.P], 0, self.P, use_cache=True)
 
-    @torch.no_grad()  # decoding only (the static cache is written in place)
     def block_logits(
         self, x: torch.Tensor, start: int, end: int, refresh: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.cache_mode == "block":
-            return self._forward(x[:, start:end], start, end, use_cache=False).logits, None
         self.nfe += 1
+        return self.forward(x, start, end, refresh)
+
+    @torch.no_grad()  # decoding only (the static cache is written in place)
+    def forward(self, x: torch.Tensor, start: int, end: int, refresh: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`block_logits` without the forward count."""
+        if self.cache_mode == "block":
+            return self._call(x[:, start:end], start, end, use_cache=False).logits, None
         out = self.model(x[:, :end], attention_mask=self.valid[:, :end], position_ids=self.positions[:, :end])
         return out.logits[:, start:end], None
 
@@ -337,9 +349,14 @@ class DecodeStep:
     ) -> None:
         self.state, self.runner, self.policy = state, runner, policy
         self.cfg_scale, self.suppress_ids, self.confidence_end_inf = cfg_scale, suppress_ids, confidence_end_inf
-        self.fn = self.step
+        self._step = self.step
         if compile:
-            self.fn = compile_step(self.step, state.x.device, runner)
+            self._step = compile_step(self.step, state.x.device, runner)
+
+    def fn(self, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`step`, compiled or eager, counting its forward pass (outside the compiled code)."""
+        self.runner.nfe += 1
+        return self._step(*args)
 
     def step(
         self,
@@ -355,7 +372,7 @@ class DecodeStep:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(tokens, transfer, prob), each `[N, L]`: proposed tokens, the positions to commit, and
         the probability of each committed token (NaN elsewhere)."""
-        cond, uncond = self.runner.block_logits(x, start, end, refresh=refresh)
+        cond, uncond = self.runner.forward(x, start, end, refresh)
         logits = process_logits(cond, uncond, self.cfg_scale, self.state.spec, self.suppress_ids)  # [N, L, V] f64
         tokens, conf = self.policy.propose(logits)
         if force:  # the block's first token, from the block-start forward (shifted logits + cache)
@@ -370,10 +387,17 @@ class DecodeStep:
         return tokens, transfer, prob
 
 
+# torch.compile backend of `compile=True`; None = inductor. Tests set "aot_eager" (same graph
+# capture and guards, no code generation) to keep CPU compile times to seconds.
+COMPILE_BACKEND: str | None = None
+
+
 def compile_step(fn, device: torch.device, runner: Runner):
     """`torch.compile` for a decode step. On CUDA: mode="reduce-overhead" (CUDA-graph capture per
     shape bucket) with the cache buffers at static addresses, so the in-place cache writes can be
     replayed by the graph; elsewhere the default inductor mode."""
+    if COMPILE_BACKEND is not None:
+        return torch.compile(fn, backend=COMPILE_BACKEND)
     if device.type == "cuda":
         if getattr(runner, "cache", None) is not None:
             runner.cache.mark_static()
