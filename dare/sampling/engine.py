@@ -349,14 +349,21 @@ class DecodeStep:
     ) -> None:
         self.state, self.runner, self.policy = state, runner, policy
         self.cfg_scale, self.suppress_ids, self.confidence_end_inf = cfg_scale, suppress_ids, confidence_end_inf
-        self._step = self.step
-        if compile:
-            self._step = compile_step(self.step, state.x.device, runner)
+        self.compile = compile
+        self._compiled = None
 
     def fn(self, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`step`, compiled or eager, counting its forward pass (outside the compiled code)."""
+        """`step`, compiled or eager, counting its forward pass (outside the compiled code).
+
+        A compiled step starts once the KV cache buffers exist (SDAR: after the eager prefill;
+        Fast-dLLM caches: after the first, eager, block-start forward), so they are allocated
+        outside the compiled code and keep their address (a CUDA graph's static inputs)."""
         self.runner.nfe += 1
-        return self._step(*args)
+        cache = getattr(self.runner, "cache", None)
+        if self.compile and self._compiled is None and (cache is None or cache.keys):
+            self._compiled = compile_step(self.step, self.state.x.device, self.runner)
+        step = self._compiled if self._compiled is not None else self.step
+        return step(*args)
 
     def step(
         self,

@@ -128,16 +128,16 @@ def test_static_cache_refuses_autograd():
 
 # --- compiled == eager ----------------------------------------------------------------------
 
+# one block each (8 tokens, 4 steps): a second block would only add a recompile per graph
 COMPILE_CASES = {
-    "llada_none": ("llada", dict(algorithm="llada", gen_length=16, block_length=8, steps=8)),
-    "llada_prefix": ("llada", dict(algorithm="llada", gen_length=16, block_length=8, steps=8, cache="prefix")),
-    "llada_dual_threshold": ("llada", dict(algorithm="llada", gen_length=16, block_length=8, cache="dual",
-                                           threshold=0.4)),
-    "dream_none": ("dream", dict(algorithm="dream", gen_length=16, block_length=8, steps=8)),
-    "dream_prefix": ("dream", dict(algorithm="dream", gen_length=16, block_length=8, steps=8, cache="prefix")),
-    "dream_dual": ("dream", dict(algorithm="dream", gen_length=16, block_length=8, steps=8, cache="dual")),
-    "sdar_block": ("sdar", dict(algorithm="sdar", gen_length=16, steps=8)),
-    "sdar_none": ("sdar", dict(algorithm="sdar", gen_length=16, steps=8, cache="none")),
+    "llada_none": ("llada", dict(algorithm="llada", gen_length=8, steps=4)),
+    "llada_prefix": ("llada", dict(algorithm="llada", gen_length=8, steps=4, cache="prefix")),
+    "llada_dual_threshold": ("llada", dict(algorithm="llada", gen_length=8, cache="dual", threshold=0.4)),
+    "dream_none": ("dream", dict(algorithm="dream", gen_length=8, steps=4)),
+    "dream_prefix": ("dream", dict(algorithm="dream", gen_length=8, steps=4, cache="prefix")),
+    "dream_dual": ("dream", dict(algorithm="dream", gen_length=8, steps=4, cache="dual")),
+    "sdar_block": ("sdar", dict(algorithm="sdar", gen_length=8, block_length=8, steps=4)),
+    "sdar_none": ("sdar", dict(algorithm="sdar", gen_length=8, block_length=8, steps=4, cache="none")),
 }  # fmt: skip
 
 
