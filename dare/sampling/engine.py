@@ -8,7 +8,12 @@
   `FullAttentionRunner` (LLaDA, Dream): no cache, Fast-dLLM prefix cache or dual cache, and
   classifier-free guidance. `BlockCausalRunner` (SDAR): prompt prefill, block KV cache (or a
   full recompute), and the commit forward after each block.
-- `decode_blocks`: the loop over blocks and steps that calls a `Policy`.
+  Both keep their K/V in one preallocated `StaticKVCache` per decode, written in place.
+- `DecodeStep`: one denoising step (forward + unmasking rule) with fixed shapes and no host
+  synchronisation; eager, or compiled with `torch.compile` (CUDA graphs on a GPU).
+- `decode_blocks`: the loop over blocks and steps that calls a `Policy` through `DecodeStep`;
+  the host reads device values only for the done-check, every `sync_every` steps and once per
+  block (a fixed-count schedule is mirrored on the host, so its steps need no check at all).
 
 Shapes: N rows, P padded prompt length, T = P + gen_length, L block length, V vocabulary.
 """
