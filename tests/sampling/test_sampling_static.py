@@ -132,7 +132,7 @@ def test_static_cache_refuses_autograd():
 COMPILE_CASES = {
     "llada_none": ("llada", dict(algorithm="llada", gen_length=8, steps=4)),
     "llada_prefix": ("llada", dict(algorithm="llada", gen_length=8, steps=4, cache="prefix")),
-    "llada_dual_threshold": ("llada", dict(algorithm="llada", gen_length=8, cache="dual", threshold=0.4)),
+    "llada_dual": ("llada", dict(algorithm="llada", gen_length=8, steps=4, cache="dual")),
     "dream_none": ("dream", dict(algorithm="dream", gen_length=8, steps=4)),
     "dream_prefix": ("dream", dict(algorithm="dream", gen_length=8, steps=4, cache="prefix")),
     "dream_dual": ("dream", dict(algorithm="dream", gen_length=8, steps=4, cache="dual")),
@@ -161,9 +161,9 @@ def test_compiled_step_equals_eager(models, aot_eager, case):
 
     family, cfg = COMPILE_CASES[case]
     eager = generate(models[family], PROMPTS, SamplingConfig(**cfg), torch.Generator().manual_seed(0))
-    graphs = counters["stats"]["unique_graphs"]
+    frames = counters["frames"]["ok"]
     compiled = generate(models[family], PROMPTS, SamplingConfig(compile=True, **cfg), torch.Generator().manual_seed(0))
-    assert counters["stats"]["unique_graphs"] > graphs or graphs > 0  # the step really went through dynamo
+    assert counters["frames"]["ok"] > frames  # this config's step was traced and compiled, not reused or skipped
     assert torch.equal(compiled.response_ids, eager.response_ids)
     assert torch.equal(compiled.decode_step, eager.decode_step)
     assert compiled.nfe == eager.nfe
