@@ -442,7 +442,7 @@ def _decode_block(
     while True:
         if masks_left == 0:  # a fixed-count schedule has unmasked the whole block
             break
-        if iteration % sync_every == 0 and not bool(state.eligible(start, end).any()):  # the only sync
+        if iteration % sync_every == 0 and not bool(state.eligible(start, end).any()):  # the block's only sync
             break
         iteration += 1
         if step >= max_iterations:
