@@ -4,6 +4,8 @@ every `sync_every` steps, and the step compiled with `torch.compile`.
 - golden: every case of test_sampling_algorithms decodes the tokens, decode steps and forward
   counts recorded from the sampler before the static step (commit b52c7f4: growing cache, a sync
   every step), greedy and sampled (data/golden_tokens.json, built by this repository's tiny models);
+  a deliberate change to the tiny models or to a sampler's tokens regenerates it: for every key
+  `case@T<t>`, `decode(models, case, t)`'s response_ids / decode_step lists and nfe;
 - `sync_every=k` gives the tokens of k=1 greedy for every case, and sampled for every rule whose
   step count is fixed (parallel rules may draw extra noise before the check: documented);
 - `StaticKVCache` returns exactly the keys the growing `DiffusionCache` returns, in every mode;
