@@ -4,6 +4,7 @@ algorithm x cache x parallel-decoding setting, and the speed-up of the KV caches
     python benchmarks/rollout.py --quick --threads 1     # CPU, a few minutes (docs/benchmarks.md)
     python benchmarks/rollout.py                         # CPU, the full grid (~15 min on 2 cores)
     python benchmarks/rollout.py --gpu                   # ~1B random LLaDA / Dream, bf16, CUDA
+    python benchmarks/rollout.py --compiled --threads 1  # compiled vs eager step (CUDA graphs with --gpu)
 
 Models are randomly initialised (no download) and used as initialised. Their confidences are
 low and alike across positions, so the threshold / factor rules mostly accept one token a step:
@@ -166,6 +167,59 @@ def build(name: str, device: str, dtype: torch.dtype, cache: dict) -> torch.nn.M
     return cache[name]
 
 
+# compiled vs eager: a few settings (compiling takes minutes on a CPU), one token a step
+COMPILED_GRID = [
+    ("llada-tiny", {"algorithm": "llada", "cache": "none"}),
+    ("llada-tiny", {"algorithm": "llada", "cache": "dual"}),
+    ("sdar-tiny", {"algorithm": "sdar", "cache": "block"}),
+]
+COMPILED_GRID_GPU = [
+    ("llada-1b", {"algorithm": "llada", "cache": "none"}),
+    ("llada-1b", {"algorithm": "llada", "cache": "dual"}),
+    ("dream-1b", {"algorithm": "dream", "remasking": "maskgit_plus", "cache": "dual"}),
+]
+
+
+def compiled_vs_eager(args: argparse.Namespace, device: str, dtype: torch.dtype) -> None:
+    """Rows of eager vs `compile=True` (inductor; CUDA graphs on a GPU), measured in one run: the
+    compiled config is run once untimed (compilation), then both are timed best of 3."""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = 64  # one compiled variant per (cache mode, block) here
+    header = "| model | algorithm | cache | block | NFE | eager tok/s | compiled tok/s | eager ms/step | compiled ms/step | speed-up | compile s | same tokens |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    models: dict[str, torch.nn.Module] = {}
+    gen = torch.Generator(device=device)
+    grid = COMPILED_GRID_GPU if args.gpu else COMPILED_GRID
+    for name, sampling in grid:
+        if args.only is not None and args.only not in name:
+            continue
+        model = build(name, device, dtype, models)
+        vocab = MODELS[name][1]["vocab_size"]
+        prompts = torch.randint(0, vocab - 2, (args.batch, args.prompt_length), generator=gen.manual_seed(0),
+                                device=device).tolist()  # fmt: skip
+        base = {**sampling, "gen_length": args.gen_length, "steps": args.gen_length, "logits_eos_inf": True}
+        if sampling["algorithm"] != "sdar":
+            base["block_length"] = 32
+        eager_cfg, compiled_cfg = SamplingConfig(**base), SamplingConfig(compile=True, **base)
+        generate(model, prompts, eager_cfg, gen.manual_seed(0))  # warm-up
+        first = generate(model, prompts, compiled_cfg, gen.manual_seed(0))  # compiles
+        result = {}
+        for label, cfg in (("eager", eager_cfg), ("compiled", compiled_cfg)):
+            runs = [generate(model, prompts, cfg, gen.manual_seed(0)) for _ in range(3)]
+            result[label] = min(runs, key=lambda r: r.wall_time)
+        e, c = result["eager"], result["compiled"]
+        same = torch.equal(e.response_ids, c.response_ids)
+        print(
+            f"| {name} | {e.config.algorithm} | {e.config.cache} | {e.config.block_length} | {e.nfe} "
+            f"| {e.num_tokens / e.wall_time:.1f} | {c.num_tokens / c.wall_time:.1f} "
+            f"| {1e3 * e.wall_time / e.nfe:.2f} | {1e3 * c.wall_time / c.nfe:.2f} | {e.wall_time / c.wall_time:.2f}x "
+            f"| {first.wall_time:.0f} | {'yes' if same else 'NO'} |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer ~100M settings (a few minutes on 2 CPU cores)")
@@ -175,6 +229,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="prompts per generate call")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--only", default=None, help="run only models whose name contains this")
+    parser.add_argument(
+        "--compiled", action="store_true", help="compiled vs eager decode step (SamplingConfig.compile)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -192,6 +249,9 @@ def main() -> None:
         )
     print(f"# dare rollout benchmark: {machine}; torch {torch.__version__}; {str(dtype).split('.')[-1]}; "
           f"batch {args.batch}, prompt {args.prompt_length} tokens, gen_length {args.gen_length}\n")  # fmt: skip
+    if args.compiled:
+        compiled_vs_eager(args, device, dtype)
+        return
     header = "| model | params | algorithm | cache | parallel | block | steps | NFE | NFE/token | tokens/s | s | cache speed-up |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))

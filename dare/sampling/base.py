@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from dare.models.spec import DiffusionSpec
 
 
+# Options of every sampler decoded by the block engine (`decode_blocks`): how often the host
+# syncs, and whether the step is compiled.
+ENGINE_OPTIONS = frozenset({"sync_every", "compile"})
+
+
 class Sampler:
     """One generation algorithm. Subclasses set the class attributes and either implement `policy`
     (decoded by the block engine; `runner` picks the logits) or override `decode` (their own loop).
@@ -72,7 +77,7 @@ class Sampler:
         decode_blocks(
             state, runner, self.policy(config, generator), block_length=config.block_length, steps=config.steps,
             cfg_scale=config.cfg_scale, suppress_ids=config.suppress_ids(state.spec),
-            confidence_end_inf=config.confidence_eos_eot_inf,
+            confidence_end_inf=config.confidence_eos_eot_inf, sync_every=config.sync_every, compile=config.compile,
         )  # fmt: skip
         return runner.nfe, {}
 
@@ -107,4 +112,4 @@ class WholeResponseSampler(Sampler):
             )
 
 
-__all__ = ["COMMON_FIELDS", "SAMPLERS", "Policy", "Sampler", "WholeResponseSampler"]
+__all__ = ["COMMON_FIELDS", "ENGINE_OPTIONS", "SAMPLERS", "Policy", "Sampler", "WholeResponseSampler"]

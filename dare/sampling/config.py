@@ -108,6 +108,14 @@ class SamplingConfig:
     editing_threshold: float | None = None
     # LLaDA2.1 (llada2 with editing): editing passes allowed after the block has no mask left.
     max_post_steps: int = 16
+    # Block-engine samplers (llada, dream, sdar): the host checks "every row done / no mask left
+    # in the block" every `sync_every` denoising steps instead of every step (each check is a
+    # device-to-host sync). Greedy tokens do not depend on it; a larger value can only add
+    # forward passes that commit nothing (after the last mask or EOS, before the next check).
+    sync_every: int = 1
+    # Block-engine samplers: run each denoising step (forward + unmasking rule) through
+    # `torch.compile` (on CUDA as CUDA graphs, one per batch / block / cache-length bucket).
+    compile: bool = False
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # frozen dataclass
@@ -162,6 +170,8 @@ class SamplingConfig:
         need(self.threshold is None or 0 < self.threshold <= 1, "threshold", "in (0, 1]")
         need(self.factor is None or self.factor > 0, "factor", "> 0")
         need(isinstance(self.num_generations, int) and self.num_generations >= 1, "num_generations", ">= 1")
+        need(isinstance(self.sync_every, int) and self.sync_every >= 1, "sync_every", "a positive integer")
+        need(isinstance(self.compile, bool), "compile", "true or false")
 
     def _check_options(self, sampler: type[SamplerDeclaration]) -> None:
         allowed = COMMON_FIELDS | sampler.options

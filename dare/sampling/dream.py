@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from dare.sampling.base import SAMPLERS, Policy, Sampler
+from dare.sampling.base import ENGINE_OPTIONS, SAMPLERS, Policy, Sampler
 from dare.sampling.config import SamplingConfig
 from dare.sampling.ops import (
     dream_step_count,
@@ -35,6 +35,9 @@ class DreamPolicy(Policy):
         if self.config.parallel or self.config.remasking == "origin":
             return None
         return dream_step_count(remaining, step, num_steps, self.config.eps)
+
+    def takes_all(self, step: int, num_steps: int) -> bool:
+        return self.config.remasking == "origin" and not self.config.parallel and step >= num_steps - 1
 
     def propose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
@@ -76,7 +79,7 @@ class DreamSampler(Sampler):
     options = frozenset(
         {"remasking", "top_p", "top_k", "alg_temp", "eps", "cfg_scale", "cache", "threshold", "factor",
          "confidence_eos_eot_inf"}
-    )  # fmt: skip
+    ) | ENGINE_OPTIONS  # fmt: skip
 
     @classmethod
     def check_config(cls, config: SamplingConfig) -> None:

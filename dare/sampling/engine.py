@@ -8,7 +8,12 @@
   `FullAttentionRunner` (LLaDA, Dream): no cache, Fast-dLLM prefix cache or dual cache, and
   classifier-free guidance. `BlockCausalRunner` (SDAR): prompt prefill, block KV cache (or a
   full recompute), and the commit forward after each block.
-- `decode_blocks`: the loop over blocks and steps that calls a `Policy`.
+  Both keep their K/V in one preallocated `StaticKVCache` per decode, written in place.
+- `DecodeStep`: one denoising step (forward + unmasking rule) with fixed shapes and no host
+  synchronisation; eager, or compiled with `torch.compile` (CUDA graphs on a GPU).
+- `decode_blocks`: the loop over blocks and steps that calls a `Policy` through `DecodeStep`;
+  the host reads device values only for the done-check, every `sync_every` steps and once per
+  block (a fixed-count schedule is mirrored on the host, so its steps need no check at all).
 
 Shapes: N rows, P padded prompt length, T = P + gen_length, L block length, V vocabulary.
 """
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from dare.models.spec import DiffusionSpec, aligned_logits
+from dare.sampling.kv_cache import StaticKVCache
 from dare.sampling.ops import split_evenly, token_probability
 from dare.sampling.policy import Policy
 
@@ -140,10 +146,9 @@ class DecodeState:
         is_mask = self.response == self.mask_id
         masks_before = (is_mask & (pos < first[:, None])).any(-1)
         done = (first < self.L) & ~masks_before & ~self.finished
-        if bool(done.any()):
-            fill = done[:, None] & is_mask
-            self.response.masked_fill_(fill, self.eos_fill)
-            self.finished |= done
+        # fixed shapes, no host branch: a no-op for rows that are not newly done
+        self.response.masked_fill_(done[:, None] & is_mask, self.eos_fill)
+        self.finished |= done
 
     def result(self, nfe: int, extras: dict[str, torch.Tensor] | None = None) -> DecodeResult:
         return DecodeResult(self.response.clone(), self.decode_step, self.confidence, nfe, extras or {})
@@ -174,7 +179,8 @@ class FullAttentionRunner:
         self.prompt_mask = state.valid.clone()
         self.prompt_mask[:, self.P :] = False  # [N, T] True on real prompt tokens
         self.valid = state.valid if cfg_scale == 0 else torch.cat([state.valid, state.valid])  # [N(*2), T]
-        self.cache = None
+        # one preallocated cache for the whole decode, refilled in place at every block start
+        self.cache = None if cache == "none" else StaticKVCache(state.x.shape[1])
         self.nfe = 0
 
     @property
@@ -198,18 +204,25 @@ class FullAttentionRunner:
         self, x: torch.Tensor, start: int, end: int, refresh: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(conditional, unconditional or None) logits of columns [start, end), each `[N, L, V]`."""
-        inp = self._inputs(x)
         self.nfe += 1
+        return self.forward(x, start, end, refresh)
+
+    @torch.no_grad()  # decoding only (the static cache is written in place)
+    def forward(self, x: torch.Tensor, start: int, end: int, refresh: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`block_logits` without the forward count (what a compiled step calls: no Python
+        counter in the compiled code)."""
+        inp = self._inputs(x)
         L = end - start
         if self.cache_mode == "none" or refresh:
-            out = self.model(inp, attention_mask=self.valid, use_cache=self.cache_mode != "none")
+            if self.cache is not None:
+                self.cache.reset()
+            out = self.model(
+                inp, attention_mask=self.valid, past_key_values=self.cache, use_cache=self.cache is not None
+            )
             # align on columns [start-1, end) so a shifted model's column `start` is predicted too
             logits = aligned_logits(out.logits[:, start - 1 : end], self.spec)[:, 1:]  # [N, L, V]
             if self.cache_mode == "prefix":
-                self.cache = out.past_key_values
                 self.cache.crop(start)
-            elif self.cache_mode == "dual":
-                self.cache = out.past_key_values
         elif self.cache_mode == "prefix":
             out = self.model(inp[:, start:], attention_mask=self.valid, past_key_values=self.cache, use_cache=False)
             logits = aligned_logits(out.logits, self.spec)[:, :L]  # local shift inside the window
@@ -249,11 +262,14 @@ class BlockCausalRunner:
         offset = (-prompt_len) % spec.block_size  # response start becomes a multiple of block_size
         pos = (state.valid.long().cumsum(-1) - 1).clamp(min=0)  # [N, T], pads at 0
         self.positions = pos + offset[:, None]
-        self.cache = None
+        self.cache = StaticKVCache(state.x.shape[1]) if cache == "block" else None
         self.nfe = 0
 
     def _forward(self, ids: torch.Tensor, start: int, end: int, use_cache: bool):
         self.nfe += 1
+        return self._call(ids, start, end, use_cache)
+
+    def _call(self, ids: torch.Tensor, start: int, end: int, use_cache: bool):
         return self.model(
             ids,
             attention_mask=self.valid[:, :end],
@@ -262,19 +278,27 @@ class BlockCausalRunner:
             use_cache=use_cache,
         )
 
+    @torch.no_grad()
     def start(self, x: torch.Tensor) -> None:
         if self.cache_mode == "block":
-            self.cache = self._forward(x[:, : self.P], 0, self.P, use_cache=True).past_key_values
+            self.cache.reset()
+            self._forward(x[:, : self.P], 0, self.P, use_cache=True)
 
     def block_logits(
         self, x: torch.Tensor, start: int, end: int, refresh: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.cache_mode == "block":
-            return self._forward(x[:, start:end], start, end, use_cache=False).logits, None
         self.nfe += 1
+        return self.forward(x, start, end, refresh)
+
+    @torch.no_grad()  # decoding only (the static cache is written in place)
+    def forward(self, x: torch.Tensor, start: int, end: int, refresh: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`block_logits` without the forward count."""
+        if self.cache_mode == "block":
+            return self._call(x[:, start:end], start, end, use_cache=False).logits, None
         out = self.model(x[:, :end], attention_mask=self.valid[:, :end], position_ids=self.positions[:, :end])
         return out.logits[:, start:end], None
 
+    @torch.no_grad()
     def end_block(self, x: torch.Tensor, start: int, end: int) -> None:
         if self.cache_mode == "block":
             self._forward(x[:, start:end], start, end, use_cache=True)
@@ -307,6 +331,145 @@ def process_logits(
     return out
 
 
+class DecodeStep:
+    """One denoising step of a block as one function of tensors: the forward pass and the
+    unmasking rule (logits processing, `propose`, `select`, the trajectory probability), with
+    fixed shapes and no host synchronisation. Eager by default; `compile=True` wraps it in
+    `torch.compile` (on CUDA with mode="reduce-overhead": CUDA graphs, one per (batch, block,
+    cache length) bucket, the static cache's buffers marked as static addresses).
+
+    Counts (`Policy.plan`) are computed by the caller, outside the compiled function: they depend
+    on the step number, which would otherwise specialise the compiled code at every step."""
+
+    def __init__(
+        self,
+        state: DecodeState,
+        runner: Runner,
+        policy: Policy,
+        *,
+        cfg_scale: float,
+        suppress_ids: tuple[int, ...],
+        confidence_end_inf: bool,
+        compile: bool = False,
+    ) -> None:
+        self.state, self.runner, self.policy = state, runner, policy
+        self.cfg_scale, self.suppress_ids, self.confidence_end_inf = cfg_scale, suppress_ids, confidence_end_inf
+        self.compile = compile
+        self._compiled = None
+
+    def fn(self, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`step`, compiled or eager, counting its forward pass (outside the compiled code).
+
+        A compiled step starts once the KV cache buffers exist (SDAR: after the eager prefill;
+        Fast-dLLM caches: after the first, eager, block-start forward), so they are allocated
+        outside the compiled code and keep their address (a CUDA graph's static inputs)."""
+        self.runner.nfe += 1
+        cache = getattr(self.runner, "cache", None)
+        if self.compile and self._compiled is None and (cache is None or cache.keys):
+            self._compiled = compile_step(self.step, self.state.x.device, self.runner)
+        step = self._compiled if self._compiled is not None else self.step
+        return step(*args)
+
+    def step(
+        self,
+        x: torch.Tensor,
+        eligible: torch.Tensor,
+        k: torch.Tensor | None,
+        start: int,
+        end: int,
+        refresh: bool,
+        force: bool,
+        step: int,
+        num_steps: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens, transfer, prob), each `[N, L]`: proposed tokens, the positions to commit, and
+        the probability of each committed token (NaN elsewhere)."""
+        cond, uncond = self.runner.forward(x, start, end, refresh)
+        logits = process_logits(cond, uncond, self.cfg_scale, self.state.spec, self.suppress_ids)  # [N, L, V] f64
+        tokens, conf = self.policy.propose(logits)
+        if force:  # the block's first token, from the block-start forward (shifted logits + cache)
+            first = torch.zeros_like(eligible)
+            first[:, 0] = True
+            transfer = eligible & first
+        else:
+            if self.confidence_end_inf:
+                conf = conf.masked_fill(torch.isin(tokens, self.state.end_ids), -math.inf)
+            transfer = self.policy.select(conf, eligible, k, step, num_steps) & eligible
+        prob = torch.where(transfer, token_probability(logits, tokens), math.nan)
+        return tokens, transfer, prob
+
+
+# torch.compile backend of `compile=True`; None = inductor. Tests set "aot_eager" (same graph
+# capture and guards, no code generation) to keep CPU compile times to seconds.
+COMPILE_BACKEND: str | None = None
+
+
+def compile_step(fn, device: torch.device, runner: Runner):
+    """`torch.compile` for a decode step. On CUDA: mode="reduce-overhead" (CUDA-graph capture per
+    shape bucket) with the cache buffers at static addresses, so the in-place cache writes can be
+    replayed by the graph; elsewhere the default inductor mode."""
+    if COMPILE_BACKEND is not None:
+        return torch.compile(fn, backend=COMPILE_BACKEND)
+    if device.type == "cuda":
+        if getattr(runner, "cache", None) is not None:
+            runner.cache.mark_static()
+        return torch.compile(fn, mode="reduce-overhead")
+    return torch.compile(fn)
+
+
+def _host_count(policy: Policy, masks_left: int, step: int, num_steps: int) -> int | None:
+    """The planned count of a row with `masks_left` masks (None: the rule has no fixed count),
+    computed on the host: every active row of a fixed-count block holds the same number of masks
+    (or, for rules that may unmask more than planned, fewer), so this decides without a sync
+    whether a step plans anything at all."""
+    k = policy.plan(torch.tensor([masks_left]), step, num_steps)
+    return None if k is None else min(int(k[0]), masks_left)
+
+
+def _decode_block(
+    state: DecodeState, runner: Runner, policy: Policy, step_fn: DecodeStep,
+    start: int, end: int, num_steps: int, sync_every: int,
+) -> None:  # fmt: skip
+    """Decode columns [start, end) until no mask is left. The host looks at device values only
+    every `sync_every` steps (the done-check); in between, steps of rows that are done commit
+    nothing, so the tokens are those of `sync_every=1` (greedy: identical; sampled: rules that
+    run a data-dependent number of steps may draw extra noise before the check sees the end)."""
+    refreshed = False
+    step = iteration = 0
+    masks_left = end - start  # host mirror: an upper bound on the masks of every active row
+    # every step unmasks >= 1 token per active row or follows a schedule of num_steps steps
+    max_iterations = max(num_steps, end - start) + sync_every
+    while True:
+        if masks_left == 0:  # a fixed-count schedule has unmasked the whole block
+            break
+        if iteration % sync_every == 0 and not bool(state.eligible(start, end).any()):  # the block's only sync
+            break
+        iteration += 1
+        if step >= max_iterations:
+            raise RuntimeError(f"block at column {start} still has masks after {step} steps ({type(policy).__name__})")
+        force = runner.forced_first and not refreshed
+        eligible = state.eligible(start, end)  # [N, L]
+        k = None
+        if not force:
+            planned = _host_count(policy, masks_left, step, num_steps)
+            if planned == 0:
+                step += 1  # nothing planned for this step: skip its forward pass
+                continue
+            if planned is not None:
+                remaining = eligible.sum(-1)
+                k = torch.minimum(policy.plan(remaining, step, num_steps), remaining)
+                masks_left -= planned
+        else:
+            masks_left -= 1
+        tokens, transfer, prob = step_fn.fn(state.x, eligible, k, start, end, not refreshed, force, step, num_steps)
+        refreshed = True
+        state.commit(start, tokens, transfer, prob, eligible.any(-1))
+        state.update_finished()
+        if not force and policy.takes_all(step, num_steps):
+            masks_left = 0
+        step += 1
+
+
 def decode_blocks(
     state: DecodeState,
     runner: Runner,
@@ -317,11 +480,18 @@ def decode_blocks(
     cfg_scale: float,
     suppress_ids: tuple[int, ...],
     confidence_end_inf: bool,
+    sync_every: int = 1,
+    compile: bool = False,
 ) -> None:
     """Decode the response block by block (semi-autoregressive). Within a block, repeat
-    plan -> forward -> propose -> select -> commit until the block has no mask left."""
+    plan -> forward -> propose -> select -> commit until the block has no mask left; the host
+    checks for that (and for rows that hit EOS) every `sync_every` steps and once per block."""
     num_blocks = state.L // block_length
     steps_per_block = split_evenly(steps, num_blocks)
+    step_fn = DecodeStep(
+        state, runner, policy, cfg_scale=cfg_scale, suppress_ids=suppress_ids,
+        confidence_end_inf=confidence_end_inf, compile=compile,
+    )  # fmt: skip
     runner.start(state.x)
     for b, num_steps in enumerate(steps_per_block):
         start = state.P + b * block_length
@@ -330,40 +500,7 @@ def decode_blocks(
             break
         if hasattr(policy.generator, "start_block"):  # per-row generators restart per block: a row's
             policy.generator.start_block(b)  # noise never depends on how long other rows' blocks took
-        refreshed = False
-        step = 0
-        # every step unmasks >= 1 token per active row or follows a schedule of num_steps steps
-        max_iterations = max(num_steps, block_length) + 1
-        while True:
-            eligible = state.eligible(start, end)  # [N, L]
-            active = eligible.any(-1)  # [N]
-            if not bool(active.any()):  # a CPU-GPU sync point, once per step
-                break
-            if step >= max_iterations:
-                raise RuntimeError(f"block {b} still has masks after {step} steps (policy {type(policy).__name__})")
-            force = runner.forced_first and not refreshed
-            k = None if force else policy.plan(eligible.sum(-1), step, num_steps)
-            if k is not None:
-                k = torch.minimum(k, eligible.sum(-1))
-                if not bool((k > 0).any()):
-                    step += 1  # nothing planned for this step: skip its forward pass
-                    continue
-            cond, uncond = runner.block_logits(state.x, start, end, refresh=not refreshed)
-            refreshed = True
-            logits = process_logits(cond, uncond, cfg_scale, state.spec, suppress_ids)  # [N, L, V] float64
-            tokens, conf = policy.propose(logits)
-            if force:
-                transfer = torch.zeros_like(eligible)
-                transfer[:, 0] = eligible[:, 0]
-            else:
-                if confidence_end_inf:
-                    conf = conf.masked_fill(torch.isin(tokens, state.end_ids), -math.inf)
-                transfer = policy.select(conf, eligible, k, step, num_steps) & eligible
-            prob = torch.full_like(conf, math.nan)
-            prob[transfer] = token_probability(logits[transfer], tokens[transfer])
-            state.commit(start, tokens, transfer, prob, active)
-            state.update_finished()
-            step += 1
+        _decode_block(state, runner, policy, step_fn, start, end, num_steps, sync_every)
         if b + 1 < num_blocks and not bool(state.finished.all()):
             runner.end_block(state.x, start, end)
 
@@ -371,6 +508,7 @@ def decode_blocks(
 __all__ = [
     "BlockCausalRunner",
     "DecodeResult",
+    "DecodeStep",
     "DecodeState",
     "FullAttentionRunner",
     "PromptBatch",

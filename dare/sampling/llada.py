@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from dare.sampling.base import SAMPLERS, Policy, Sampler
+from dare.sampling.base import ENGINE_OPTIONS, SAMPLERS, Policy, Sampler
 from dare.sampling.config import SamplingConfig
 from dare.sampling.ops import (
     gumbel_argmax,
@@ -55,7 +55,9 @@ class LLaDASampler(Sampler):
     attention = "full"
     remasking_choices = ("low_confidence", "random")
     cache_choices = ("none", "prefix", "dual")
-    options = frozenset({"remasking", "cfg_scale", "cache", "threshold", "factor", "confidence_eos_eot_inf"})
+    options = (
+        frozenset({"remasking", "cfg_scale", "cache", "threshold", "factor", "confidence_eos_eot_inf"}) | ENGINE_OPTIONS
+    )
 
     @classmethod
     def check_config(cls, config: SamplingConfig) -> None:

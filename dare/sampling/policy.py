@@ -29,6 +29,11 @@ class Policy:
         skips the forward pass of a step that plans zero tokens for every row."""
         return None
 
+    def takes_all(self, step: int, num_steps: int) -> bool:
+        """True when `select` at `step` commits every eligible position whatever the logits (the
+        engine then knows, without a sync, that the block is done after this step)."""
+        return False
+
     def propose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidate tokens `[N, L]` and their confidence `[N, L]` (float64; higher = unmask
         first) from processed float64 logits `[N, L, V]`."""

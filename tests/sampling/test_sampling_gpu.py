@@ -1,5 +1,6 @@
 """CUDA checks of the samplers: a float32 model on the GPU decodes the same tokens as on the CPU
-(greedy; CPU generator), a CUDA generator works, and bf16 models decode mask-free responses."""
+(greedy; CPU generator), a CUDA generator works, bf16 models decode mask-free responses, and the
+compiled step (CUDA graphs) decodes the tokens of the eager one."""
 
 from __future__ import annotations
 
@@ -40,3 +41,30 @@ def test_cuda_generator_and_bf16(family, kwargs):
     mask_id = model.diffusion_spec().mask_token_id
     assert r.sequences.is_cuda and not (r.sequences == mask_id).any()
     assert (r.decode_step[r.response_mask] >= 0).all()
+
+
+GRAPH_CASES = [
+    ("llada", dict(algorithm="llada", gen_length=16, block_length=8, steps=8)),
+    ("llada", dict(algorithm="llada", gen_length=16, block_length=8, steps=8, cache="prefix")),
+    ("llada", dict(algorithm="llada", gen_length=16, block_length=8, cache="dual", threshold=0.5)),
+    ("dream", dict(algorithm="dream", gen_length=16, block_length=8, steps=8, cache="dual")),
+    ("sdar", dict(algorithm="sdar", gen_length=16, steps=8)),
+]
+
+
+@pytest.mark.xdist_group("sampling_compile")
+@pytest.mark.parametrize(("family", "kwargs"), GRAPH_CASES)
+def test_cuda_graph_step_matches_eager(family, kwargs):
+    # compile=True on CUDA: inductor with mode="reduce-overhead" (CUDA graphs per shape bucket),
+    # the static KV cache's buffers captured at their fixed addresses
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = 64
+    model = sharp_tiny(family).cuda()
+    eager = generate(model, PROMPTS, SamplingConfig(**kwargs), torch.Generator(device="cuda").manual_seed(0))
+    config = SamplingConfig(compile=True, **kwargs)
+    for _ in range(2):  # the second run replays the captured graphs
+        graph = generate(model, PROMPTS, config, torch.Generator(device="cuda").manual_seed(0))
+        assert torch.equal(graph.response_ids, eager.response_ids)
+        assert torch.equal(graph.decode_step, eager.decode_step)
+        assert graph.nfe == eager.nfe
