@@ -21,7 +21,10 @@ Shapes: N tokens (batch x query flattened), d hidden size, E experts, k experts 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -238,12 +241,94 @@ class MoEOutputs:
 
     def lm_output(self, out: DiffusionModelOutput, logits: torch.Tensor) -> MoELMOutput:
         routing = out.routing or ()
-        return MoELMOutput(
+        output = MoELMOutput(
             logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states,
             aux_loss=load_balancing_loss(routing) if routing else None,
             z_loss=router_z_loss(routing) if routing else None,
             router_stats=router_stats(routing) if routing else None,
         )  # fmt: skip
+        if routing and _COLLECTORS and torch.is_grad_enabled():
+            _COLLECTORS[-1].add(output)
+        return output
+
+
+# --------------------------------------------------------------------------- the training channel
+
+
+@dataclass
+class RouterLosses:
+    """What the MoE forwards made with gradients inside `collect_router_losses` reported, one
+    entry per forward call (an objective may run several: ELBO samples, chosen / rejected)."""
+
+    aux: list[torch.Tensor] = field(default_factory=list)
+    z: list[torch.Tensor] = field(default_factory=list)
+    load: list[torch.Tensor] = field(default_factory=list)  # [L, E] expert shares per forward
+
+    def add(self, out: MoELMOutput) -> None:
+        self.aux.append(out.aux_loss)
+        self.z.append(out.z_loss)
+        self.load.append(out.router_stats["expert_load"])
+
+    def apply(
+        self, loss: torch.Tensor, metrics: dict[str, Any], aux_coef: float, z_coef: float
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """`loss + aux_coef * mean(aux) + z_coef * mean(z)` over the recorded forwards, and the
+        router metrics added to `metrics`. Nothing recorded (a dense model): both unchanged. A
+        zero coefficient adds no term, so it trains exactly as without the channel."""
+        if not self.aux:
+            return loss, metrics
+        aux, z = torch.stack(self.aux).mean(), torch.stack(self.z).mean()
+        if aux_coef > 0:
+            loss = loss + aux_coef * aux.to(loss.dtype)
+        if z_coef > 0:
+            loss = loss + z_coef * z.to(loss.dtype)
+        load = torch.cat(self.load).float()  # [forwards * L, E], rows sum to 1
+        # coefficient of variation of the expert shares per layer: 0 = perfectly balanced
+        cv = load.std(-1, unbiased=False) / load.mean(-1)
+        return loss, {
+            **metrics,
+            "router/aux_loss": float(aux.detach()),
+            "router/z_loss": float(z.detach()),
+            # the busiest expert's share of token-slots times E (1 = balanced), mean over layers
+            "router/max_load": float(load.amax(-1).mean() * load.shape[-1]),
+            "router/load_cv": float(cv.mean()),
+        }
+
+
+_COLLECTORS: list[RouterLosses] = []  # innermost last; an actor process trains one model at a time
+
+
+@contextmanager
+def collect_router_losses() -> Iterator[RouterLosses]:
+    """Gather the aux / z losses and expert loads of every MoE forward made with gradients
+    inside the block (forwards under `no_grad`, e.g. the reference's, are not training terms)."""
+    collector = RouterLosses()
+    _COLLECTORS.append(collector)
+    try:
+        yield collector
+    finally:
+        _COLLECTORS.remove(collector)
+
+
+def with_router_losses(
+    compute: Callable[[], tuple[torch.Tensor, dict[str, Any]]], aux_coef: float, z_coef: float
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Run an objective's `compute_loss` and add the model's router terms to it: the one channel
+    through which every objective (SFT, RL estimators, ELBO, DRAKES, DiDi) trains the router
+    without knowing it is an MoE."""
+    with collect_router_losses() as router:
+        loss, metrics = compute()
+    return router.apply(loss, metrics, aux_coef, z_coef)
+
+
+def router_loss_coefs(stage: dict[str, Any], config: Any) -> tuple[float, float]:
+    """A stage's (aux, z) router-loss weights: the stage's `router_aux_loss_coef`, else the family
+    config's (SDAR-MoE / Qwen3-MoE ship 0.001; LLaDA2 has none: it balances with its expert bias),
+    else 0; `router_z_loss_coef` defaults to 0 (neither release trains with a z-loss)."""
+    aux = stage.get("router_aux_loss_coef")
+    if aux is None:
+        aux = getattr(config, "router_aux_loss_coef", None) or 0.0
+    return float(aux), float(stage.get("router_z_loss_coef") or 0.0)
 
 
 __all__ = [
@@ -255,10 +340,14 @@ __all__ = [
     "Routing",
     "SoftmaxTopKRouter",
     "SparseMoeBlock",
+    "RouterLosses",
     "SwiGLUExperts",
+    "collect_router_losses",
     "feed_forward",
     "load_balancing_loss",
+    "router_loss_coefs",
     "router_stats",
     "router_z_loss",
     "stable_topk",
+    "with_router_losses",
 ]
