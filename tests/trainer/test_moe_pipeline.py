@@ -5,7 +5,6 @@ aux-loss weight on the SFT stage and the family default on the RL stage."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
