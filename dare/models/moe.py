@@ -43,8 +43,18 @@ class Routing:
 
     logits: torch.Tensor  # [N, E] router logits
     probs: torch.Tensor  # [N, E] router probabilities (rows sum to 1), what the aux loss reads
-    topk_idx: torch.Tensor  # [N, k] chosen experts
+    topk_idx: torch.Tensor  # [N, k] chosen experts (expert choice: [N, 0], see below)
     topk_weight: torch.Tensor  # [N, k] fp32 combine weights
+    # expert choice (EC-DLM): each expert's C chosen tokens `[E, C]` and their fp32 weights `[E, C]`
+    expert_tokens: torch.Tensor | None = None
+    expert_weight: torch.Tensor | None = None
+
+    def expert_counts(self) -> torch.Tensor:
+        """Token-slots per expert `[E]` (float)."""
+        num_experts = self.probs.shape[-1]
+        if self.expert_tokens is not None:
+            return torch.full((num_experts,), float(self.expert_tokens.shape[1]), device=self.probs.device)
+        return torch.bincount(self.topk_idx.reshape(-1), minlength=num_experts).float()
 
 
 def stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,6 +153,42 @@ class GroupLimitedSigmoidRouter(Router):
         return Routing(logits, probs, idx, weight * self.scale)
 
 
+@ROUTERS.register("expert_choice")
+class ExpertChoiceRouter(Router):
+    """Expert-choice routing (Zhou et al. 2022; EC-DLM for diffusion LMs, where every position of
+    a sequence is denoised in parallel, so tokens can compete for experts): s = softmax(logits)
+    over experts (fp32); each expert takes its C = ceil(N k / E) highest-scoring tokens of the
+    forward call (ties to the lower token index), weighted by s. Same expert compute as top-k token
+    choice, perfectly balanced; a token may get 0 to E experts. A training-time option
+    (`moe_routing: expert_choice` in the config; no release is trained with it)."""
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        logits = self.router_logits(x).float()
+        probs = F.softmax(logits, dim=-1)
+        n, num_experts = probs.shape
+        capacity = min(n, -(-n * self.top_k // num_experts))
+        weight, tokens = stable_topk(probs.t(), capacity)  # [E, C]
+        empty = torch.zeros(n, 0, dtype=torch.long, device=x.device)
+        return Routing(logits, probs, empty, empty.float(), expert_tokens=tokens, expert_weight=weight)
+
+
+MOE_ROUTING = ("token_choice", "expert_choice")
+
+
+def check_moe_routing(config: Any) -> None:
+    if getattr(config, "moe_routing", "token_choice") not in MOE_ROUTING:
+        raise ValueError(
+            f"{type(config).__name__}: moe_routing must be one of {MOE_ROUTING}, got {config.moe_routing!r}"
+        )
+
+
+def family_router(config: Any, token_choice: Router) -> Router:
+    """The family's released router, or the expert-choice one when `config.moe_routing` asks."""
+    if getattr(config, "moe_routing", "token_choice") == "expert_choice":
+        return ExpertChoiceRouter(config.hidden_size, config.num_experts, config.num_experts_per_tok, fp32=True)
+    return token_choice
+
+
 class SwiGLUExperts(nn.ModuleList):
     """E SwiGLU experts (`{e}.gate_proj` / `up_proj` / `down_proj`) and the dispatch."""
 
@@ -151,6 +197,8 @@ class SwiGLUExperts(nn.ModuleList):
 
     def forward(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
         """`x` `[N, d]` -> `sum_j w[n, j] * expert_{idx[n, j]}(x[n])` `[N, d]` in fp32."""
+        if routing.expert_tokens is not None:
+            return self.expert_choice(x, routing)
         n, k = routing.topk_idx.shape
         flat = routing.topk_idx.reshape(-1)  # [N*k]
         order = torch.argsort(flat, stable=True)  # token-slots grouped by expert, tokens ascending
@@ -165,6 +213,13 @@ class SwiGLUExperts(nn.ModuleList):
             # each token appears once per expert, so index_add_ adds one value per row (deterministic)
             out.index_add_(0, rows, self[e](x[rows]).float() * weights[start : start + count, None])
             start += count
+        return out
+
+    def expert_choice(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """Expert e adds `w[e, c] * expert_e(x[tokens[e, c]])` to each of its C tokens (fp32)."""
+        out = torch.zeros(x.shape[0], x.shape[-1], dtype=torch.float32, device=x.device)
+        for e, (rows, w) in enumerate(zip(routing.expert_tokens, routing.expert_weight)):
+            out.index_add_(0, rows, self[e](x[rows]).float() * w[:, None])  # rows are distinct
         return out
 
 
@@ -203,9 +258,12 @@ def load_balancing_loss(routings: tuple[Routing, ...] | list[Routing]) -> torch.
     `f_e` the fraction of tokens that chose expert e (summed over the k slots) and `P_e` the mean
     router probability of e. A uniform router gives k (k experts per token)."""
     probs = torch.cat([r.probs for r in routings])  # [L*N, E]
-    chosen = torch.cat([r.topk_idx for r in routings])  # [L*N, k]
     num_experts = probs.shape[-1]
-    f = F.one_hot(chosen, num_experts).float().sum(1).mean(0)  # [E]
+    if any(r.expert_tokens is not None for r in routings):  # expert choice: slots per expert / tokens
+        f = torch.stack([r.expert_counts() for r in routings]).sum(0) / probs.shape[0]
+    else:
+        chosen = torch.cat([r.topk_idx for r in routings])  # [L*N, k]
+        f = F.one_hot(chosen, num_experts).float().sum(1).mean(0)  # [E]
     return num_experts * (f * probs.float().mean(0)).sum()
 
 
@@ -220,7 +278,7 @@ def router_stats(routings: tuple[Routing, ...] | list[Routing]) -> dict[str, tor
     """Detached statistics: `expert_load` `[L, E]` (each layer's share of token-slots per expert,
     rows sum to 1) and `max_load` `[L]` (the busiest expert's share times E: 1 = balanced).
     No capacity limit, so no token is ever dropped."""
-    load = torch.stack([torch.bincount(r.topk_idx.reshape(-1), minlength=r.probs.shape[-1]).float() for r in routings])
+    load = torch.stack([r.expert_counts() for r in routings])
     load = load / load.sum(-1, keepdim=True)
     return {"expert_load": load, "max_load": load.amax(-1) * load.shape[-1]}
 
@@ -332,7 +390,9 @@ def router_loss_coefs(stage: dict[str, Any], config: Any) -> tuple[float, float]
 
 
 __all__ = [
+    "MOE_ROUTING",
     "ROUTERS",
+    "ExpertChoiceRouter",
     "GroupLimitedSigmoidRouter",
     "MoELMOutput",
     "MoEOutputs",
@@ -342,7 +402,9 @@ __all__ = [
     "SparseMoeBlock",
     "RouterLosses",
     "SwiGLUExperts",
+    "check_moe_routing",
     "collect_router_losses",
+    "family_router",
     "feed_forward",
     "load_balancing_loss",
     "router_loss_coefs",
