@@ -338,6 +338,10 @@ class StageSpec:
     # last SFT stage's settings at its final lr, constant) and evaluate it: the compute-matched
     # control a stage's gain is judged against, reported as a row of its own
     sft_control: bool = False
+    # MoE families: weights of the router's load-balancing loss and z-loss added to the stage's
+    # objective (None: the family config's router_aux_loss_coef, else 0); dense families ignore them
+    router_aux_loss_coef: float | None = None
+    router_z_loss_coef: float = 0.0
     # the algorithm's arguments (validated against its Args dataclass)
     args: Any = None
 
@@ -351,6 +355,9 @@ class StageSpec:
         require(0 <= self.min_lr_ratio <= 1, "in [0, 1]", self, "min_lr_ratio", key, file)
         # clip_grad_norm_ always runs: 0 would zero every gradient
         require(self.grad_clip > 0, "> 0 (gradients are always clipped to this norm)", self, "grad_clip", key, file)
+        if self.router_aux_loss_coef is not None:
+            require(self.router_aux_loss_coef >= 0, ">= 0", self, "router_aux_loss_coef", key, file)
+        require(self.router_z_loss_coef >= 0, ">= 0", self, "router_z_loss_coef", key, file)
         if self.name is not None:
             check_path_component(self.name, f"{key}.name", file)
         if self.batch_size % self.grad_accum:

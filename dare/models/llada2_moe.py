@@ -34,7 +34,15 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from dare.models.family import ModelFamily, register_family
 from dare.models.layers import AttentionContext, RMSNorm, attend
 from dare.models.modeling import DiffusionBackbone
-from dare.models.moe import GroupLimitedSigmoidRouter, MoEOutputs, SparseMoeBlock, SwiGLUExperts, feed_forward
+from dare.models.moe import (
+    GroupLimitedSigmoidRouter,
+    MoEOutputs,
+    SparseMoeBlock,
+    SwiGLUExperts,
+    check_moe_routing,
+    family_router,
+    feed_forward,
+)
 from dare.models.qwen_layers import QwenLM, QwenMLP
 from dare.models.spec import DiffusionSpec, spec_from_config
 
@@ -94,6 +102,8 @@ class LLaDA2MoeConfig(PreTrainedConfig):
     bos_token_id: int | None = None
     mask_token_id: int | None = 156895  # <|mask|>
     block_size: int = 32
+    # dare's training-time option, not in the releases: "expert_choice" (EC-DLM) replaces the router
+    moe_routing: str = "token_choice"
 
     def __post_init__(self, **kwargs):
         kwargs.pop("attn_implementation", None)  # attention always runs through layers.attend (SDPA)
@@ -133,6 +143,7 @@ class LLaDA2MoeConfig(PreTrainedConfig):
             )
         if self.block_size < 1:
             raise ValueError(f"LLaDA2MoeConfig: block_size must be >= 1, got {self.block_size}")
+        check_moe_routing(self)
 
     def is_moe_layer(self, layer_idx: int) -> bool:
         return self.num_experts > 0 and layer_idx >= self.first_k_dense_replace
@@ -199,11 +210,11 @@ class LLaDA2DecoderLayer(GradientCheckpointingLayer):
     def build_mlp(config: LLaDA2MoeConfig, layer_idx: int) -> nn.Module:
         if not config.is_moe_layer(layer_idx):
             return QwenMLP(config.hidden_size, config.intermediate_size)
-        router = GroupLimitedSigmoidRouter(
+        router = family_router(config, GroupLimitedSigmoidRouter(
             config.hidden_size, config.num_experts, config.num_experts_per_tok, n_group=config.n_group,
             topk_group=config.topk_group, routed_scaling_factor=config.routed_scaling_factor,
             fp32=config.router_dtype == "fp32",
-        )  # fmt: skip
+        ))  # fmt: skip
         experts = SwiGLUExperts(config.num_experts, config.hidden_size, config.moe_intermediate_size)
         shared = None
         if config.num_shared_experts:

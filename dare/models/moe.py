@@ -21,7 +21,10 @@ Shapes: N tokens (batch x query flattened), d hidden size, E experts, k experts 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +43,18 @@ class Routing:
 
     logits: torch.Tensor  # [N, E] router logits
     probs: torch.Tensor  # [N, E] router probabilities (rows sum to 1), what the aux loss reads
-    topk_idx: torch.Tensor  # [N, k] chosen experts
+    topk_idx: torch.Tensor  # [N, k] chosen experts (expert choice: [N, 0], see below)
     topk_weight: torch.Tensor  # [N, k] fp32 combine weights
+    # expert choice (EC-DLM): each expert's C chosen tokens `[E, C]` and their fp32 weights `[E, C]`
+    expert_tokens: torch.Tensor | None = None
+    expert_weight: torch.Tensor | None = None
+
+    def expert_counts(self) -> torch.Tensor:
+        """Token-slots per expert `[E]` (float)."""
+        num_experts = self.probs.shape[-1]
+        if self.expert_tokens is not None:
+            return torch.full((num_experts,), float(self.expert_tokens.shape[1]), device=self.probs.device)
+        return torch.bincount(self.topk_idx.reshape(-1), minlength=num_experts).float()
 
 
 def stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,6 +153,42 @@ class GroupLimitedSigmoidRouter(Router):
         return Routing(logits, probs, idx, weight * self.scale)
 
 
+@ROUTERS.register("expert_choice")
+class ExpertChoiceRouter(Router):
+    """Expert-choice routing (Zhou et al. 2022; EC-DLM for diffusion LMs, where every position of
+    a sequence is denoised in parallel, so tokens can compete for experts): s = softmax(logits)
+    over experts (fp32); each expert takes its C = ceil(N k / E) highest-scoring tokens of the
+    forward call (ties to the lower token index), weighted by s. Same expert compute as top-k token
+    choice, perfectly balanced; a token may get 0 to E experts. A training-time option
+    (`moe_routing: expert_choice` in the config; no release is trained with it)."""
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        logits = self.router_logits(x).float()
+        probs = F.softmax(logits, dim=-1)
+        n, num_experts = probs.shape
+        capacity = min(n, -(-n * self.top_k // num_experts))
+        weight, tokens = stable_topk(probs.t(), capacity)  # [E, C]
+        empty = torch.zeros(n, 0, dtype=torch.long, device=x.device)
+        return Routing(logits, probs, empty, empty.float(), expert_tokens=tokens, expert_weight=weight)
+
+
+MOE_ROUTING = ("token_choice", "expert_choice")
+
+
+def check_moe_routing(config: Any) -> None:
+    if getattr(config, "moe_routing", "token_choice") not in MOE_ROUTING:
+        raise ValueError(
+            f"{type(config).__name__}: moe_routing must be one of {MOE_ROUTING}, got {config.moe_routing!r}"
+        )
+
+
+def family_router(config: Any, token_choice: Router) -> Router:
+    """The family's released router, or the expert-choice one when `config.moe_routing` asks."""
+    if getattr(config, "moe_routing", "token_choice") == "expert_choice":
+        return ExpertChoiceRouter(config.hidden_size, config.num_experts, config.num_experts_per_tok, fp32=True)
+    return token_choice
+
+
 class SwiGLUExperts(nn.ModuleList):
     """E SwiGLU experts (`{e}.gate_proj` / `up_proj` / `down_proj`) and the dispatch."""
 
@@ -148,6 +197,8 @@ class SwiGLUExperts(nn.ModuleList):
 
     def forward(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
         """`x` `[N, d]` -> `sum_j w[n, j] * expert_{idx[n, j]}(x[n])` `[N, d]` in fp32."""
+        if routing.expert_tokens is not None:
+            return self.expert_choice(x, routing)
         n, k = routing.topk_idx.shape
         flat = routing.topk_idx.reshape(-1)  # [N*k]
         order = torch.argsort(flat, stable=True)  # token-slots grouped by expert, tokens ascending
@@ -162,6 +213,13 @@ class SwiGLUExperts(nn.ModuleList):
             # each token appears once per expert, so index_add_ adds one value per row (deterministic)
             out.index_add_(0, rows, self[e](x[rows]).float() * weights[start : start + count, None])
             start += count
+        return out
+
+    def expert_choice(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """Expert e adds `w[e, c] * expert_e(x[tokens[e, c]])` to each of its C tokens (fp32)."""
+        out = torch.zeros(x.shape[0], x.shape[-1], dtype=torch.float32, device=x.device)
+        for e, (rows, w) in enumerate(zip(routing.expert_tokens, routing.expert_weight)):
+            out.index_add_(0, rows, self[e](x[rows]).float() * w[:, None])  # rows are distinct
         return out
 
 
@@ -200,9 +258,12 @@ def load_balancing_loss(routings: tuple[Routing, ...] | list[Routing]) -> torch.
     `f_e` the fraction of tokens that chose expert e (summed over the k slots) and `P_e` the mean
     router probability of e. A uniform router gives k (k experts per token)."""
     probs = torch.cat([r.probs for r in routings])  # [L*N, E]
-    chosen = torch.cat([r.topk_idx for r in routings])  # [L*N, k]
     num_experts = probs.shape[-1]
-    f = F.one_hot(chosen, num_experts).float().sum(1).mean(0)  # [E]
+    if any(r.expert_tokens is not None for r in routings):  # expert choice: slots per expert / tokens
+        f = torch.stack([r.expert_counts() for r in routings]).sum(0) / probs.shape[0]
+    else:
+        chosen = torch.cat([r.topk_idx for r in routings])  # [L*N, k]
+        f = F.one_hot(chosen, num_experts).float().sum(1).mean(0)  # [E]
     return num_experts * (f * probs.float().mean(0)).sum()
 
 
@@ -217,7 +278,7 @@ def router_stats(routings: tuple[Routing, ...] | list[Routing]) -> dict[str, tor
     """Detached statistics: `expert_load` `[L, E]` (each layer's share of token-slots per expert,
     rows sum to 1) and `max_load` `[L]` (the busiest expert's share times E: 1 = balanced).
     No capacity limit, so no token is ever dropped."""
-    load = torch.stack([torch.bincount(r.topk_idx.reshape(-1), minlength=r.probs.shape[-1]).float() for r in routings])
+    load = torch.stack([r.expert_counts() for r in routings])
     load = load / load.sum(-1, keepdim=True)
     return {"expert_load": load, "max_load": load.amax(-1) * load.shape[-1]}
 
@@ -238,16 +299,100 @@ class MoEOutputs:
 
     def lm_output(self, out: DiffusionModelOutput, logits: torch.Tensor) -> MoELMOutput:
         routing = out.routing or ()
-        return MoELMOutput(
+        output = MoELMOutput(
             logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states,
             aux_loss=load_balancing_loss(routing) if routing else None,
             z_loss=router_z_loss(routing) if routing else None,
             router_stats=router_stats(routing) if routing else None,
         )  # fmt: skip
+        if routing and _COLLECTORS and torch.is_grad_enabled():
+            _COLLECTORS[-1].add(output)
+        return output
+
+
+# --------------------------------------------------------------------------- the training channel
+
+
+@dataclass
+class RouterLosses:
+    """What the MoE forwards made with gradients inside `collect_router_losses` reported, one
+    entry per forward call (an objective may run several: ELBO samples, chosen / rejected)."""
+
+    aux: list[torch.Tensor] = field(default_factory=list)
+    z: list[torch.Tensor] = field(default_factory=list)
+    load: list[torch.Tensor] = field(default_factory=list)  # [L, E] expert shares per forward
+
+    def add(self, out: MoELMOutput) -> None:
+        self.aux.append(out.aux_loss)
+        self.z.append(out.z_loss)
+        self.load.append(out.router_stats["expert_load"])
+
+    def apply(
+        self, loss: torch.Tensor, metrics: dict[str, Any], aux_coef: float, z_coef: float
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """`loss + aux_coef * mean(aux) + z_coef * mean(z)` over the recorded forwards, and the
+        router metrics added to `metrics`. Nothing recorded (a dense model): both unchanged. A
+        zero coefficient adds no term, so it trains exactly as without the channel."""
+        if not self.aux:
+            return loss, metrics
+        aux, z = torch.stack(self.aux).mean(), torch.stack(self.z).mean()
+        if aux_coef > 0:
+            loss = loss + aux_coef * aux.to(loss.dtype)
+        if z_coef > 0:
+            loss = loss + z_coef * z.to(loss.dtype)
+        load = torch.cat(self.load).float()  # [forwards * L, E], rows sum to 1
+        # coefficient of variation of the expert shares per layer: 0 = perfectly balanced
+        cv = load.std(-1, unbiased=False) / load.mean(-1)
+        return loss, {
+            **metrics,
+            "router/aux_loss": float(aux.detach()),
+            "router/z_loss": float(z.detach()),
+            # the busiest expert's share of token-slots times E (1 = balanced), mean over layers
+            "router/max_load": float(load.amax(-1).mean() * load.shape[-1]),
+            "router/load_cv": float(cv.mean()),
+        }
+
+
+_COLLECTORS: list[RouterLosses] = []  # innermost last; an actor process trains one model at a time
+
+
+@contextmanager
+def collect_router_losses() -> Iterator[RouterLosses]:
+    """Gather the aux / z losses and expert loads of every MoE forward made with gradients
+    inside the block (forwards under `no_grad`, e.g. the reference's, are not training terms)."""
+    collector = RouterLosses()
+    _COLLECTORS.append(collector)
+    try:
+        yield collector
+    finally:
+        _COLLECTORS.remove(collector)
+
+
+def with_router_losses(
+    compute: Callable[[], tuple[torch.Tensor, dict[str, Any]]], aux_coef: float, z_coef: float
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Run an objective's `compute_loss` and add the model's router terms to it: the one channel
+    through which every objective (SFT, RL estimators, ELBO, DRAKES, DiDi) trains the router
+    without knowing it is an MoE."""
+    with collect_router_losses() as router:
+        loss, metrics = compute()
+    return router.apply(loss, metrics, aux_coef, z_coef)
+
+
+def router_loss_coefs(stage: dict[str, Any], config: Any) -> tuple[float, float]:
+    """A stage's (aux, z) router-loss weights: the stage's `router_aux_loss_coef`, else the family
+    config's (SDAR-MoE / Qwen3-MoE ship 0.001; LLaDA2 has none: it balances with its expert bias),
+    else 0; `router_z_loss_coef` defaults to 0 (neither release trains with a z-loss)."""
+    aux = stage.get("router_aux_loss_coef")
+    if aux is None:
+        aux = getattr(config, "router_aux_loss_coef", None) or 0.0
+    return float(aux), float(stage.get("router_z_loss_coef") or 0.0)
 
 
 __all__ = [
+    "MOE_ROUTING",
     "ROUTERS",
+    "ExpertChoiceRouter",
     "GroupLimitedSigmoidRouter",
     "MoELMOutput",
     "MoEOutputs",
@@ -255,10 +400,16 @@ __all__ = [
     "Routing",
     "SoftmaxTopKRouter",
     "SparseMoeBlock",
+    "RouterLosses",
     "SwiGLUExperts",
+    "check_moe_routing",
+    "collect_router_losses",
+    "family_router",
     "feed_forward",
     "load_balancing_loss",
+    "router_loss_coefs",
     "router_stats",
     "router_z_loss",
     "stable_topk",
+    "with_router_losses",
 ]

@@ -21,7 +21,15 @@ from transformers import AutoModel, AutoModelForCausalLM
 
 from dare.models.family import ModelFamily, register_family
 from dare.models.layers import AttentionContext
-from dare.models.moe import MoEOutputs, SoftmaxTopKRouter, SparseMoeBlock, SwiGLUExperts, feed_forward
+from dare.models.moe import (
+    MoEOutputs,
+    SoftmaxTopKRouter,
+    SparseMoeBlock,
+    SwiGLUExperts,
+    check_moe_routing,
+    family_router,
+    feed_forward,
+)
 from dare.models.qwen_layers import QwenDecoderLayer, QwenLM, QwenMLP
 from dare.models.sdar import SDARConfig, SDARModel
 
@@ -49,6 +57,8 @@ class SDARMoeConfig(SDARConfig):
     output_router_logits: bool = False
     router_aux_loss_coef: float = 0.001
     mlp_only_layers: list[int] | None = None
+    # dare's training-time option, not in the release: "expert_choice" (EC-DLM) replaces the router
+    moe_routing: str = "token_choice"
 
     def validate_architecture(self) -> None:
         super().validate_architecture()
@@ -59,6 +69,7 @@ class SDARMoeConfig(SDARConfig):
             )
         if self.decoder_sparse_step < 1:
             raise ValueError(f"SDARMoeConfig: decoder_sparse_step must be >= 1, got {self.decoder_sparse_step}")
+        check_moe_routing(self)
 
     def is_moe_layer(self, layer_idx: int) -> bool:
         return (
@@ -86,9 +97,9 @@ class SDARMoeDecoderLayer(QwenDecoderLayer):
     def build_mlp(self, config: SDARMoeConfig, layer_idx: int) -> nn.Module:
         if not config.is_moe_layer(layer_idx):
             return QwenMLP(config.hidden_size, config.intermediate_size)
-        router = SoftmaxTopKRouter(
+        router = family_router(config, SoftmaxTopKRouter(
             config.hidden_size, config.num_experts, config.num_experts_per_tok, norm_topk_prob=config.norm_topk_prob
-        )
+        ))  # fmt: skip
         return SparseMoeBlock(
             router, SwiGLUExperts(config.num_experts, config.hidden_size, config.moe_intermediate_size)
         )

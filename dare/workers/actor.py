@@ -36,6 +36,7 @@ from verl.single_controller.base.decorator import Dispatch, register
 
 from dare.algorithms import ALGORITHMS
 from dare.models.checkpoint import load_policy, quiet_progress_bars, save_policy
+from dare.models.moe import router_loss_coefs, with_router_losses
 from dare.workers import sharding
 from dare.workers.builder import build_policy, wrap_lora
 from dare.workers.generation import RolloutBackends, generate_batch
@@ -204,6 +205,8 @@ class ActorWorker(Worker):
         algo_cls = ALGORITHMS.get(stage["algorithm"])
         self.algorithm = algo_cls(args, self.spec)
         self.stage = stage
+        model = self._plain if self.sharded else self.model
+        self._router_coefs = router_loss_coefs(stage, getattr(model, "config", None))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=stage["lr"], betas=tuple(stage["adam_betas"]), weight_decay=stage["weight_decay"]
@@ -261,12 +264,16 @@ class ActorWorker(Worker):
         check data parallelism; returns the flat gradient."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, _ = self.algorithm.compute_loss(self.model, self._tensors(data))
+        loss, _ = self._compute_loss(self._tensors(data))
         loss.backward()
         self._all_reduce_grads()
         grads = [sharding.full_tensor(p.grad) for p in self.model.parameters() if p.grad is not None]
         flat = torch.cat([g.flatten() for g in grads]).cpu()
         return DataProto.from_dict(tensors={"grad": flat[None].repeat(len(data), 1)})
+
+    def _compute_loss(self, micro: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The objective's loss plus the MoE router terms of its forwards (unchanged for dense models)."""
+        return with_router_losses(lambda: self.algorithm.compute_loss(self.model, micro), *self._router_coefs)
 
     def _non_finite(self, bad_loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
         """Whether any rank's loss or the (global) gradient norm is NaN/inf. One all-reduced flag,
@@ -298,7 +305,7 @@ class ActorWorker(Worker):
             for i, micro in enumerate(split_batch(update, accum)):
                 if self.sharded:  # reduce-scatter once per update, on the last micro-batch
                     self.model.set_requires_gradient_sync(i == accum - 1)
-                loss, metrics = self.algorithm.compute_loss(self.model, micro)
+                loss, metrics = self._compute_loss(micro)
                 bad_loss += (~torch.isfinite(loss.detach())).float()
                 (loss / accum).backward()
                 for k, v in metrics.items():

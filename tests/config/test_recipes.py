@@ -134,6 +134,9 @@ BENCHMARK_ROWS = {
 }  # fmt: skip
 
 
+MOE_FAMILIES = {"inclusionAI/LLaDA2.0-mini": "llada2_moe", "JetLM/SDAR-30B-A3B-Chat": "sdar_moe"}
+
+
 def test_every_shipped_recipe_validates(tmp_path):
     """Every YAML under recipes/ (recursively) has a header and validates. Real-scale recipes name
     a checkpoint (Hub id or folder), data files and benchmark files the test machine does not have:
@@ -153,7 +156,8 @@ def test_every_shipped_recipe_validates(tmp_path):
         raw = yaml.safe_load(text)
         overrides = []
         if raw["model"].get("path"):
-            family = path.parent.name
+            # the folder names the family, except the MoE releases (recipes/llada2, recipes/sdar's 30B-A3B)
+            family = MOE_FAMILIES.get(raw["model"]["path"], path.parent.name)
             ckpt = tmp_path / family
             if not ckpt.is_dir():  # the released models' context (>= 4096), checked against the lengths
                 length = {"llada": "max_sequence_length"}.get(family, "max_position_embeddings")

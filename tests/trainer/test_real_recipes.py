@@ -175,6 +175,14 @@ def test_the_end_to_end_recipes_are_shipped():
     assert END_TO_END <= {recipe_id(p) for p in RECIPES}
 
 
+def test_the_moe_recipes_are_shipped_and_rehearsed_on_their_replicas():
+    """The MoE releases' recipes are dry-run on the llada2.0-mini / sdar-30b-a3b replicas above."""
+    moe = {"llada2/sft.yaml": "llada2.0-mini", "llada2/coupled_grpo.yaml": "llada2.0-mini",
+           "sdar/sft_30b_a3b.yaml": "sdar-30b-a3b"}  # fmt: skip
+    paths = {recipe_id(p): yaml.safe_load(p.read_text())["model"]["path"] for p in RECIPES}
+    assert {name: release_of(paths[name]) for name in moe if name in paths} == moe
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=recipe_id)
 def test_recipe_validates_against_its_replica(recipe, hub_cache, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
