@@ -24,7 +24,7 @@ from typing import Any
 from dare.diffusion.rl_losses import ADVANTAGES
 from dare.errors import RecipeError, check_fields
 from dare.rewards.spec import RewardSpec
-from dare.sampling.backend import ROLLOUT_BACKENDS, load_backends
+from dare.sampling.backend import ROLLOUT_BACKENDS
 
 
 @dataclass
@@ -76,7 +76,6 @@ class RolloutSpec:
             self.dynamic_sampling, {"max_rounds": (self.dynamic_sampling.max_rounds >= 1, ">= 1")},
             f"{key}.dynamic_sampling", file,
         )  # fmt: skip
-        load_backends()
         if self.rollout_backend not in ROLLOUT_BACKENDS:
             raise RecipeError(file, f"{key}.rollout_backend", ROLLOUT_BACKENDS.unknown_message(self.rollout_backend))
         if self.advantage not in ADVANTAGES:

@@ -10,7 +10,16 @@ draw every random number in float64 from the caller's `torch.Generator`.
 """
 
 from dare.models.spec import model_spec
-from dare.sampling import dream, few_step, first_hitting, guided, llada, llada2, sdar  # noqa: F401  (register the algorithms)
+from dare.sampling import (  # noqa: F401  (register the algorithms)
+    dream,
+    few_step,
+    first_hitting,
+    guided,
+    llada,
+    llada2,
+    sdar,
+    sglang_backend,  # noqa: F401  (registers the SGLang rollout backend; sglang imports on use)
+)
 from dare.sampling.base import SAMPLERS, Policy, Sampler
 from dare.sampling.config import SamplingConfig
 from dare.sampling.generate import generate

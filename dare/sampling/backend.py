@@ -258,14 +258,9 @@ def concat_rollouts(parts: list[Rollout], pad_token_id: int) -> Rollout:
 
 
 def build_backend(name: str, model: ModelSource, device: str, **options: Any) -> RolloutBackend:
-    """The registered backend `name` serving `model` on `device`."""
-    load_backends()
+    """The registered backend `name` serving `model` on `device` (the optional ones register when
+    `dare.sampling` is imported; their heavy dependencies import lazily, on use)."""
     return ROLLOUT_BACKENDS.get(name).from_model(model, device, **options)
-
-
-def load_backends() -> None:
-    """Register the optional backends (their heavy dependencies import lazily, on use)."""
-    from dare.sampling import sglang_backend  # noqa: F401
 
 
 __all__ = [
@@ -275,7 +270,6 @@ __all__ = [
     "RowGenerators",
     "build_backend",
     "concat_rollouts",
-    "load_backends",
     "per_row_noise",
     "row_seed",
 ]

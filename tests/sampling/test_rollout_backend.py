@@ -14,7 +14,6 @@ from dare.sampling.backend import (
     DareSamplerBackend,
     RowGenerators,
     build_backend,
-    load_backends,
     per_row_noise,
     row_seed,
 )
@@ -125,7 +124,6 @@ def test_bad_requests_and_unknown_backends_are_named():
     backend = DareSamplerBackend(sharp_tiny("llada"))
     with pytest.raises(ValueError, match="seeds: got 3 for 4 prompts"):
         backend.generate(PROMPTS, {**BASE, "algorithm": "llada"}, SEEDS[:3])
-    load_backends()
     assert ROLLOUT_BACKENDS.names() == ["dare", "sglang"]
     with pytest.raises(KeyError, match="unknown rollout backend 'vlm'; known: dare, sglang"):
         build_backend("vlm", backend.model, "cpu")
