@@ -205,8 +205,7 @@ class ActorWorker(Worker):
         algo_cls = ALGORITHMS.get(stage["algorithm"])
         self.algorithm = algo_cls(args, self.spec)
         self.stage = stage
-        model = self._plain if self.sharded else self.model
-        self._router_coefs = router_loss_coefs(stage, getattr(model, "config", None))
+        self._router_coefs = router_loss_coefs(stage, getattr(self.model, "config", None))  # sharded: still the module
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=stage["lr"], betas=tuple(stage["adam_betas"]), weight_decay=stage["weight_decay"]
