@@ -247,12 +247,19 @@ class _OutputCap:
         self.lock = threading.Lock()
         self.used = 0
         self.dropped = 0
+        self.reported = 0  # of `dropped`, what `new_drops` has returned
 
-    def reset(self) -> tuple[int, int]:
+    def reset(self) -> None:
+        """A new `score` call: a fresh budget."""
         with self.lock:
-            used, dropped = self.used, self.dropped
-            self.used = self.dropped = 0
-        return used, dropped
+            self.used = self.dropped = self.reported = 0
+
+    def new_drops(self) -> int:
+        """Bytes dropped since the last call. The budget is kept: output of this call that arrives
+        after it returned (the reader threads run on) still counts against it."""
+        with self.lock:
+            new, self.reported = self.dropped - self.reported, self.dropped
+        return new
 
     def take(self, chunk: bytes) -> bytes:
         """The part of `chunk` that may be printed (plus the marker when the budget runs out)."""
@@ -689,7 +696,7 @@ class RewardRunner:
                 )
             if out.first_timeout is not None:
                 logger.warning("%s (%d timeout(s) in this batch, scored 0)", out.first_timeout, out.timeouts)
-        _, dropped = self._output.reset()
+        dropped = self._output.new_drops()
         if dropped:
             logger.warning(
                 "reward workers printed %d byte(s) over the %d-byte cap of this batch (dropped)",

@@ -54,6 +54,8 @@ class Routing:
         num_experts = self.probs.shape[-1]
         if self.expert_tokens is not None:
             return torch.full((num_experts,), float(self.expert_tokens.shape[1]), device=self.probs.device)
+        if self.topk_idx.is_meta:  # no values (the dry-run memory plan's trace): a balanced load
+            return torch.full((num_experts,), self.topk_idx.numel() / num_experts, device=self.probs.device)
         return torch.bincount(self.topk_idx.reshape(-1), minlength=num_experts).float()
 
 
@@ -189,6 +191,15 @@ def family_router(config: Any, token_choice: Router) -> Router:
     return token_choice
 
 
+def expert_counts(flat: torch.Tensor, num_experts: int) -> list[int]:
+    """Token-slots per expert (one host sync per layer). Meta tensors carry no values (the dry-run
+    memory plan traces a model on the meta device): there the load is taken as balanced."""
+    if flat.is_meta:
+        base, extra = divmod(flat.numel(), num_experts)
+        return [base + (e < extra) for e in range(num_experts)]
+    return torch.bincount(flat, minlength=num_experts).tolist()
+
+
 class SwiGLUExperts(nn.ModuleList):
     """E SwiGLU experts (`{e}.gate_proj` / `up_proj` / `down_proj`) and the dispatch."""
 
@@ -202,7 +213,7 @@ class SwiGLUExperts(nn.ModuleList):
         n, k = routing.topk_idx.shape
         flat = routing.topk_idx.reshape(-1)  # [N*k]
         order = torch.argsort(flat, stable=True)  # token-slots grouped by expert, tokens ascending
-        counts = torch.bincount(flat, minlength=len(self)).tolist()  # one host sync per layer
+        counts = expert_counts(flat, len(self))
         tokens, weights = order // k, routing.topk_weight.reshape(-1)[order].float()
         out = torch.zeros(n, x.shape[-1], dtype=torch.float32, device=x.device)
         start = 0
