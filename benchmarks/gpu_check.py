@@ -31,6 +31,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "algorithms"))  # rl_toy
 
 # ~1B parameters: LLaDA-8B's vocabulary and head size, fewer and narrower blocks (as benchmarks/load_memory.py)
 ONE_B = {"d_model": 2048, "n_heads": 16, "n_kv_heads": 16, "n_layers": 9, "mlp_hidden_size": 5632}
@@ -127,8 +128,8 @@ def check_sft(model, args, device: str) -> Row:
 
 
 def check_coupled_grpo(model, args, device: str) -> Row:
-    rl_toy = load_rl_toy()
-    algorithm, rl_batch = rl_toy.algorithm, rl_toy.rl_batch
+    from rl_toy import algorithm, rl_batch  # tests/algorithms/rl_toy.py: the actor's RL batch of a rollout
+
     from dare.sampling import SamplingConfig, generate
 
     G = 4
@@ -162,17 +163,6 @@ def check_coupled_grpo(model, args, device: str) -> Row:
               f"update {rows} x {batch['input_ids'].shape[1]} tokens in {upd_seconds:.1f}s")  # fmt: skip
     tps = f"{rollout.num_tokens / gen_seconds:.0f} gen / {batch['input_ids'].numel() / upd_seconds:.0f} train"
     return Row("coupled_grpo", "ok", gen_seconds + upd_seconds, tps, peak_gib(device), detail)
-
-
-def load_rl_toy():
-    """tests/algorithms/rl_toy.py (the actor's RL batch of a rollout), by path: `algorithms` here
-    would be benchmarks/algorithms.py."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("rl_toy", ROOT / "tests" / "algorithms" / "rl_toy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _free_port() -> int:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "algorithms"))  # rl_toy
 VOCAB = 32000
 LLADA = {"d_model": 768, "n_heads": 12, "n_kv_heads": 12, "n_layers": 8, "mlp_hidden_size": 2048,
          "max_sequence_length": 1024}  # fmt: skip
@@ -79,8 +80,8 @@ def sft_batch(config, rows: int, g):
 def rl_batch(model, config, stage, algo, g, step: int):
     """dare's sampler rolls out the stage's prompts (PROMPT tokens each), then the actor's batch."""
     import torch
+    from rl_toy import rl_batch as toy_batch  # tests/algorithms/rl_toy.py: the actor's RL batch of a rollout
 
-    toy_batch = load_rl_toy().rl_batch
     from dare.sampling import SamplingConfig, generate
 
     prompts = torch.randint(0, config.vocab_size - 2, (stage.batch_size, PROMPT), generator=g).tolist()
@@ -89,17 +90,6 @@ def rl_batch(model, config, stage, algo, g, step: int):
     with torch.no_grad():
         rollout = generate(model, prompts, cfg, generator=g)
     return toy_batch(rollout, stage.args.advantage, algo.updates_per_step, step)
-
-
-def load_rl_toy():
-    """tests/algorithms/rl_toy.py (the actor's RL batch of a rollout), by path: `algorithms` here
-    would be benchmarks/algorithms.py."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("rl_toy", ROOT / "tests" / "algorithms" / "rl_toy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def child(name: str) -> dict:

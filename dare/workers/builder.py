@@ -45,6 +45,18 @@ def build_policy(model_spec: dict[str, Any], tokenizer: PreTrainedTokenizerBase,
     return model
 
 
+def build_replica(model_spec: dict[str, Any], tokenizer_dir: str, seed: int, init_from: str | None) -> PreTrainedModel:
+    """A copy of the actor's policy for another role (rollout, reference), built the actor's way: the
+    same modules (LoRA included), so the actor's state dict loads into it as is."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = load_policy(init_from, merge=False) if init_from else build_policy(model_spec, tokenizer, seed)
+    if model_spec.get("lora") and not hasattr(model, "peft_config"):
+        model = wrap_lora(model, model_spec["lora"], seed)
+    return model
+
+
 def wrap_lora(model: PreTrainedModel, lora: dict[str, Any] | None, seed: int) -> PreTrainedModel:
     """Add the recipe's LoRA adapter. Its random init (peft's lora_A) is drawn from `seed`, so
     every data-parallel rank, process and resumed run starts from the same adapter."""
@@ -57,4 +69,4 @@ def wrap_lora(model: PreTrainedModel, lora: dict[str, Any] | None, seed: int) ->
         )
 
 
-__all__ = ["build_policy", "load_tokenizer", "wrap_lora"]
+__all__ = ["build_policy", "build_replica", "load_tokenizer", "wrap_lora"]

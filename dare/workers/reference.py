@@ -24,9 +24,9 @@ import torch
 from verl.single_controller.base import Worker
 from verl.single_controller.base.decorator import Dispatch, register
 
-from dare.models.checkpoint import load_policy, quiet_progress_bars
+from dare.models.checkpoint import quiet_progress_bars
 from dare.models.spec import DiffusionSpec
-from dare.workers.builder import build_policy, wrap_lora
+from dare.workers.builder import build_replica
 
 PLACEMENTS = ("colocated", "separate")
 
@@ -79,12 +79,7 @@ class ReferenceWorker(Worker):
     def init_model(self, model_spec: dict[str, Any], tokenizer_dir: str, seed: int, init_from: str | None) -> None:
         """The same module structure as the actor's (LoRA included), so its state dict loads as is;
         the weights come from the actor at each stage start (`set_weights`)."""
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        model = load_policy(init_from, merge=False) if init_from else build_policy(model_spec, tokenizer, seed)
-        if model_spec.get("lora") and not hasattr(model, "peft_config"):
-            model = wrap_lora(model, model_spec["lora"], seed)
+        model = build_replica(model_spec, tokenizer_dir, seed, init_from)
         self.model = model.to(self.device).eval().requires_grad_(False)
 
     # the methods below are called by the partner actor rank directly (handle.method.remote)

@@ -12,8 +12,8 @@ from verl import DataProto
 from verl.single_controller.base import Worker
 from verl.single_controller.base.decorator import Dispatch, register
 
-from dare.models.checkpoint import load_policy, quiet_progress_bars
-from dare.workers.builder import build_policy, wrap_lora
+from dare.models.checkpoint import quiet_progress_bars
+from dare.workers.builder import build_replica
 from dare.workers.generation import RolloutBackends, generate_batch
 
 
@@ -32,13 +32,7 @@ class RolloutWorker(Worker):
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self, model_spec: dict[str, Any], tokenizer_dir: str, seed: int, init_from: str | None) -> None:
         """The same module structure as the actor's (LoRA included), so its state dict loads as is."""
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        model = load_policy(init_from, merge=False) if init_from else build_policy(model_spec, tokenizer, seed)
-        if model_spec.get("lora") and not hasattr(model, "peft_config"):
-            model = wrap_lora(model, model_spec["lora"], seed)
-        self.model = model.to(self.device).eval()
+        self.model = build_replica(model_spec, tokenizer_dir, seed, init_from).to(self.device).eval()
         self.rollout_backends = RolloutBackends(lambda: self.model, self.device)  # they borrow (or copy) this model
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
