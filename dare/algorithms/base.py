@@ -50,6 +50,9 @@ class Algorithm:
     separate_reference: ClassVar[bool] = True
     # tensors its `prepare` / `compute_loss` read; the actor checks a batch has them before a step
     required_batch_keys: ClassVar[tuple[str, ...]] = ()
+    # whether `loss_backward` runs and backpropagates its estimator's views (Monte-Carlo samples)
+    # one at a time: one view's activations are alive whatever their number (the memory plan's count)
+    backward_per_sample: ClassVar[bool] = False
 
     @dataclass
     class Args:

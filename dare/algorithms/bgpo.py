@@ -91,6 +91,7 @@ class BGPOAlgorithm(GRPO):
 
     name = "bgpo"
     estimator_name = "elbo"
+    backward_per_sample = True  # `loss_backward`: one view's forward and backward at a time
 
     @dataclass
     class Args(ElboGRPOArgs):
