@@ -227,10 +227,5 @@ class CriticWorker(Worker):
         """Restore the critic saved in `path` after `updates` updates (a resumed stage's step)."""
         self.critic.load(path, updates)
 
-    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def state_checksum(self) -> float:
-        """Sum of the value model's parameters (fp64), for resume checks."""
-        return float(sum(p.detach().double().sum() for p in self.critic.model.parameters()))
-
 
 __all__ = ["CRITIC_STATE", "Critic", "CriticWorker", "ValueModel", "check_critic_state"]
