@@ -5,7 +5,7 @@ For ~100M-parameter models of each family (the tiny presets scaled up: hidden 76
 recipe is computed first (meta device), then the process's peak RSS is reset
 (`/proc/self/clear_refs` = 5 resets VmHWM), its resident set recorded as the baseline, and the
 model is built (float32, random), an AdamW optimizer made, and two real training steps taken with
-the algorithm's own `prepare` / `compute_loss` (RL: dare's sampler rolls out first, as the
+the algorithm's own `prepare` / `loss_backward` (RL: dare's sampler rolls out first, as the
 colocated actor does). Measured = VmHWM - baseline: everything the steps made resident (weights,
 gradients, Adam moments, activations, rollout tensors, allocator slack). Torch's CPU allocator
 keeps no statistics and tracemalloc does not see it, hence RSS.
@@ -128,8 +128,8 @@ def child(name: str) -> dict:
         model.train()
         for update in algo.prepare(model, None, batch):
             for micro in split_batch(update, stage.grad_accum):
-                loss, _ = algo.compute_loss(model, micro)
-                (loss / stage.grad_accum).backward()
+                # the actor's path: the loss whole, or in the parts the algorithm hands over (BGPO)
+                algo.loss_backward(model, micro, lambda part, _share: (part / stage.grad_accum).backward())
             opt.step()
             opt.zero_grad(set_to_none=True)
     measured = status("VmHWM") - base

@@ -7,6 +7,7 @@ computes its loss from a batch. Trainers and workers never branch on algorithm n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -49,6 +50,9 @@ class Algorithm:
     separate_reference: ClassVar[bool] = True
     # tensors its `prepare` / `compute_loss` read; the actor checks a batch has them before a step
     required_batch_keys: ClassVar[tuple[str, ...]] = ()
+    # whether `loss_backward` runs and backpropagates its estimator's views (Monte-Carlo samples)
+    # one at a time: one view's activations are alive whatever their number (the memory plan's count)
+    backward_per_sample: ClassVar[bool] = False
 
     @dataclass
     class Args:
@@ -122,6 +126,25 @@ class Algorithm:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
+    def loss_backward(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], backward: Backward
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """What the actor calls to train on a micro-batch: compute the loss and hand it to
+        `backward(part, share)`, which backpropagates `part` at once; returns (the loss, detached;
+        metrics). The default hands over `compute_loss`'s loss whole (`share` 1). An objective
+        that is a sum of terms with their own forwards (BGPO's Monte-Carlo samples) may hand over
+        each term as soon as it is computed, its `share` the fraction of the objective it is
+        (the actor weighs that term's forwards' MoE router losses by it): one term's graph is
+        alive at a time, so activation memory does not grow with the number of terms. The parts
+        must sum to `compute_loss`'s loss; `backward` may be called only with tensors of this call."""
+        loss, metrics = self.compute_loss(model, batch)
+        backward(loss, 1.0)
+        return loss.detach(), metrics
+
+
+# backward(part, share): backpropagate `part` of the loss now; `share` is its fraction of the objective
+Backward = Callable[[torch.Tensor, float], None]
+
 
 ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
 
@@ -142,4 +165,4 @@ def row_generators(seeds: torch.Tensor) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(int(s)) for s in seeds.tolist()]
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "CriticSpec", "register_algorithm", "row_generators"]
+__all__ = ["ALGORITHMS", "Algorithm", "Backward", "CriticSpec", "register_algorithm", "row_generators"]

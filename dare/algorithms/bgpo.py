@@ -23,10 +23,13 @@ and `old_log_prob` `[B, L]` carry l_j and l_j^old on every response token (as DA
 formed by the sign of A and handed to PPO's clip (`ppo_clip_loss`, dual clip `clip_ratio_c`),
 so the token-mean weights sequences by length. The algorithm `bgpo` (LLaDA, Dream, SDAR) draws
 the J samples with the stratified ELBO plan (per block under block attention) and averages the
-J per-sample losses; it evaluates all J in one graph (the actor's step takes one loss), so
-dare does not realise the constant-memory per-sample backward; the test shows the split
-gives the same gradient. DARE forms 1 + Delta as exp(log(1 + Delta)), NaN for Delta <= -1; dare
-clamps 1 + Delta at 1e-6 before the log (the gradient vanishes only there).
+J per-sample losses. The actor trains through `loss_backward`: view j's forward, its loss / J
+backpropagated at once and its graph freed before the next view, so activation memory does not
+grow with J (the constant-memory per-sample backward); `compute_loss` is the same objective in
+one graph over all J views (`tests/algorithms/test_bgpo.py`: equal gradients, saved-activation
+bytes flat in J per sample and growing with J in one graph). DARE forms 1 + Delta as
+exp(log(1 + Delta)), NaN for Delta <= -1; dare clamps 1 + Delta at 1e-6 before the log (the
+gradient vanishes only there).
 
 Shapes: B batch, J Monte-Carlo ELBO samples, L length.
 """
@@ -88,6 +91,7 @@ class BGPOAlgorithm(GRPO):
 
     name = "bgpo"
     estimator_name = "elbo"
+    backward_per_sample = True  # `loss_backward`: one view's forward and backward at a time
 
     @dataclass
     class Args(ElboGRPOArgs):
@@ -107,34 +111,70 @@ class BGPOAlgorithm(GRPO):
         return {"num_samples": self.args.mc_num, "block_size": self.block_size}
 
     def _samples(self, model, batch) -> torch.Tensor:
-        """Per-token-normalised ELBO samples `[B, J]` under the batch's plan."""
+        """Per-token-normalised ELBO samples `[B, J]` under the batch's plan, all J views in one
+        forward (one graph)."""
         plan = NoisePlan.from_tensors(batch, PLAN_PREFIX)
         n = batch["response_mask"].sum(-1, keepdim=True).clamp(min=1).float()  # [B, 1]
         return elbo_samples(model, batch, plan, self.spec) / n  # [B, J]
 
+    def _sample(self, model, batch, j: int) -> torch.Tensor:
+        """Sample j of `_samples`, `[B, 1]`, from a forward of view j alone."""
+        plan = NoisePlan.from_tensors(batch, PLAN_PREFIX)
+        view = NoisePlan(plan.prompt_mask, plan.view_masks[:, j : j + 1], plan.weights[:, j : j + 1], plan.t)
+        n = batch["response_mask"].sum(-1, keepdim=True).clamp(min=1).float()  # [B, 1]
+        # the view's weights carry the plan's 1/J, which elbo_samples' factor (its K = 1) does not undo
+        return elbo_samples(model, batch, view, self.spec) * plan.num_views / n  # [B, 1]
+
     def prepare(self, model, reference, batch):
         """One batch per inner update with its ELBO plan and, when mu > 1, the rollout policy's
-        samples under that plan (`old_elbo_samples` `[B, J]`)."""
+        samples under that plan (`old_elbo_samples` `[B, J]`, one view's forward at a time)."""
         out = plan_batches(self.estimator, batch, self.args.mu)
         if self.args.mu > 1:
             with torch.no_grad():
                 for it in out:
-                    it["old_elbo_samples"] = self._samples(model, it)
+                    J = it[PLAN_PREFIX + "view_masks"].shape[1]
+                    it["old_elbo_samples"] = torch.cat([self._sample(model, it, j) for j in range(J)], 1)
         return out
 
+    def _sample_loss(self, elbo_j, old_j, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The registered policy loss of one sample: `elbo_j`, `old_j` `[B, 1]` on every response token."""
+        mask = batch["response_mask"].bool()
+        fn = POLICY_LOSSES.get(self.args.policy_loss).fn
+        old_j, elbo_j = old_j.expand_as(mask), elbo_j.expand_as(mask)  # [B, 1] -> [B, L]
+        return fn(old_j, elbo_j, batch["advantages"], mask, self.args.loss_agg_mode, self.loss_config, None)
+
     def compute_loss(self, model, batch):
+        """The mean of the J per-sample losses in one graph (memory grows with J; the actor
+        trains through `loss_backward`, which gives the same gradient sample by sample)."""
         elbo = self._samples(model, batch)  # [B, J]
         old = batch.get("old_elbo_samples", elbo.detach())
-        mask = batch["response_mask"].bool()
-        fn, J = POLICY_LOSSES.get(self.args.policy_loss).fn, elbo.shape[1]
+        J = elbo.shape[1]
         loss, metrics = 0.0, {}
         for j in range(J):  # the sum of the per-sample losses, each on its own sample
-            old_j, elbo_j = old[:, j : j + 1].expand_as(mask), elbo[:, j : j + 1].expand_as(mask)  # [B, 1] -> [B, L]
-            lj, mj = fn(old_j, elbo_j, batch["advantages"], mask, self.args.loss_agg_mode, self.loss_config, None)
+            lj, mj = self._sample_loss(elbo[:, j : j + 1], old[:, j : j + 1], batch)
             loss = loss + lj / J
             metrics = {k: metrics.get(k, 0.0) + v / J for k, v in mj.items()}
         metrics["actor/elbo_mean"] = float(elbo.detach().mean())
         metrics["actor/loss"] = float(loss.detach())
+        return loss, metrics
+
+    def loss_backward(self, model, batch, backward):
+        """`compute_loss` sample by sample: view j's forward, its loss / J backpropagated at once
+        (its graph freed before the next view's forward), so activation memory is one view's
+        whatever J; the gradients sum to `compute_loss`'s (up to float rounding: a forward of B
+        rows instead of B*J)."""
+        J = batch[PLAN_PREFIX + "view_masks"].shape[1]
+        old = batch.get("old_elbo_samples")  # [B, J] when mu > 1, else on-policy
+        loss, metrics, elbo_sum = 0.0, {}, 0.0
+        for j in range(J):
+            elbo_j = self._sample(model, batch, j)  # [B, 1]
+            lj, mj = self._sample_loss(elbo_j, old[:, j : j + 1] if old is not None else elbo_j.detach(), batch)
+            backward(lj / J, 1.0 / J)
+            loss = loss + lj.detach() / J
+            metrics = {k: metrics.get(k, 0.0) + v / J for k, v in mj.items()}
+            elbo_sum += float(elbo_j.detach().sum())
+        metrics["actor/elbo_mean"] = elbo_sum / (J * batch["response_mask"].shape[0])
+        metrics["actor/loss"] = float(loss)
         return loss, metrics
 
 

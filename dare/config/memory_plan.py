@@ -254,10 +254,13 @@ def _flag(recipe: Any, *names: str) -> bool:
 
 def _views_per_row(stage: Any) -> int:
     """Forward rows per training row: the log-prob estimator's views (coupled GRPO: the mask, its
-    complement and the full mask), the Monte-Carlo samples of ELBO estimators; 1 otherwise."""
+    complement and the full mask), the Monte-Carlo samples of ELBO estimators; 1 otherwise, and 1
+    for an algorithm that backpropagates its samples one at a time (`backward_per_sample`: BGPO)."""
     from dare.algorithms import ALGORITHMS
 
     algo = ALGORITHMS.get(stage.algorithm)
+    if algo.backward_per_sample:
+        return 1
     if getattr(algo, "estimator_name", None) == "coupled":
         return 3
     for name in ("mc_num", "num_samples", "num_t"):

@@ -390,6 +390,36 @@ def with_router_losses(
     return router.apply(loss, metrics, aux_coef, z_coef)
 
 
+def backward_with_router_losses(
+    run: Callable[[Callable[[torch.Tensor, float], None]], tuple[torch.Tensor, dict[str, Any]]],
+    backward: Callable[[torch.Tensor], None],
+    aux_coef: float,
+    z_coef: float,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """`with_router_losses` for an objective that backpropagates its loss in parts
+    (`Algorithm.loss_backward`, run as `run(part_backward)`): each part gets the router terms of
+    the forwards made since the previous part, their coefficients times the part's share, then
+    `backward(part)`. Returns the loss (the parts with their router terms, summed, detached) and
+    the metrics, router metrics averaged by share. One part of share 1 is `with_router_losses`."""
+    parts: list[torch.Tensor] = []
+    router_metrics: dict[str, float] = {}
+    with collect_router_losses() as router:
+
+        def part_backward(part: torch.Tensor, share: float) -> None:
+            part, m = router.apply(part, {}, aux_coef * share, z_coef * share)
+            router.aux, router.z, router.load = [], [], []  # the next part's forwards start afresh
+            for k, v in m.items():
+                router_metrics[k] = router_metrics.get(k, 0.0) + share * v
+            parts.append(part.detach())
+            backward(part)
+
+        _, metrics = run(part_backward)
+    if not parts:
+        raise RuntimeError("loss_backward returned without backpropagating any part of its loss")
+    loss = parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+    return loss, {**metrics, **router_metrics}
+
+
 def router_loss_coefs(stage: dict[str, Any], config: Any) -> tuple[float, float]:
     """A stage's (aux, z) router-loss weights: the stage's `router_aux_loss_coef`, else the family
     config's (SDAR-MoE / Qwen3-MoE ship 0.001; LLaDA2 has none: it balances with its expert bias),
@@ -413,6 +443,7 @@ __all__ = [
     "SparseMoeBlock",
     "RouterLosses",
     "SwiGLUExperts",
+    "backward_with_router_losses",
     "check_moe_routing",
     "collect_router_losses",
     "family_router",

@@ -19,6 +19,7 @@ from dare.trainer.metrics import MetricsLogger
 from dare.trainer.stage import StageContext, list_states, save_training_state
 from dare.trainer.stream import BatchStream
 from dare.workers.actor import NON_FINITE, check_training_state
+from dare.workers.critic import check_critic_state
 
 
 class TrainingDivergedError(ValueError):
@@ -87,7 +88,11 @@ class StageTrainer:
         if start:
             state = ctx.dir / "state" / f"step_{start}"
             check_training_state(state)  # refused here, with the file named, before any worker reads it
+            if ctx.critic is not None:
+                check_critic_state(state)
             ctx.actor.load_state(str(state))
+            if ctx.critic is not None:  # one critic update per step: the state holds `start` of them
+                ctx.critic.load_state(str(state), start)
             ctx.sync_rollout()
             print(f"dare: resumed {ctx.dir.name} at step {start}", flush=True)
         logger.truncate_after(start)  # also drops the steps of a run killed before its first save

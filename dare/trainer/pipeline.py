@@ -5,7 +5,7 @@ Run directory layout:
     RUN/recipe.yaml                  the resolved recipe (what `--resume` reads)
     RUN/tokenizer/                   the tokenizer every stage uses
     RUN/base/                        initial weights of a preset model (base of LoRA adapters)
-    RUN/stage-K-NAME/state/step_N/   training state: policy + optimizer/scheduler + trainer_state.json
+    RUN/stage-K-NAME/state/step_N/   training state: policy + optimizer/scheduler (+ critic) + trainer_state.json
     RUN/stage-K-NAME/checkpoint/     the stage's final HF checkpoint (or PEFT adapter) + tokenizer
     RUN/stage-K-NAME/metrics.jsonl   one line per step
     RUN/run_state.json               stages trained (checkpoint written) and completed (evaluated too)
@@ -51,7 +51,7 @@ from dare.trainer.stage import (
 )
 from dare.workers.actor import ActorWorker, check_training_state
 from dare.workers.builder import load_tokenizer
-from dare.workers.critic import CriticWorker
+from dare.workers.critic import CriticWorker, check_critic_state
 from dare.workers.reference import ReferenceWorker, placement
 from dare.workers.rollout import RolloutWorker
 
@@ -265,6 +265,8 @@ class Pipeline:
             steps = list_states(sdir)
             if steps:
                 check_training_state(sdir / "state" / f"step_{steps[-1]}")
+                if ALGORITHMS.get(stage.algorithm).critic_spec(stage.args) is not None:
+                    check_critic_state(sdir / "state" / f"step_{steps[-1]}")
             return
 
     def _maybe_control(self, state, actor, tokenizer, eval_rows, index: int, base_dir: str | None) -> None:

@@ -68,12 +68,15 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def save_training_state(ctx: StageContext, step: int) -> None:
-    """Write `state/step_N` atomically (temp dir + rename) and keep the last `keep_last`."""
+    """Write `state/step_N` atomically (temp dir + rename) and keep the last `keep_last`: the
+    actor's training state, the critic's (when the stage has one) and `trainer_state.json`."""
     states = ctx.dir / "state"
     final = states / f"step_{step}"
     tmp = states / f".tmp_step_{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     ctx.actor.save_state(str(tmp), ctx.base_dir, True)
+    if ctx.critic is not None:  # the critic's weights and AdamW state beside the actor's (resume)
+        ctx.critic.save_state(str(tmp))
     write_json(tmp / TRAINER_STATE, {"stage_index": ctx.index, "step": step, "recipe_hash": recipe_hash(ctx.recipe)})
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)

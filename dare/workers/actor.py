@@ -36,7 +36,7 @@ from verl.single_controller.base.decorator import Dispatch, register
 
 from dare.algorithms import ALGORITHMS
 from dare.models.checkpoint import load_policy, quiet_progress_bars, save_policy
-from dare.models.moe import router_loss_coefs, with_router_losses
+from dare.models.moe import backward_with_router_losses, router_loss_coefs
 from dare.workers import sharding
 from dare.workers.builder import build_policy, wrap_lora
 from dare.workers.generation import RolloutBackends, generate_batch
@@ -263,16 +263,21 @@ class ActorWorker(Worker):
         check data parallelism; returns the flat gradient."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, _ = self._compute_loss(self._tensors(data))
-        loss.backward()
+        self._loss_backward(self._tensors(data), 1)
         self._all_reduce_grads()
         grads = [sharding.full_tensor(p.grad) for p in self.model.parameters() if p.grad is not None]
         flat = torch.cat([g.flatten() for g in grads]).cpu()
         return DataProto.from_dict(tensors={"grad": flat[None].repeat(len(data), 1)})
 
-    def _compute_loss(self, micro: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The objective's loss plus the MoE router terms of its forwards (unchanged for dense models)."""
-        return with_router_losses(lambda: self.algorithm.compute_loss(self.model, micro), *self._router_coefs)
+    def _loss_backward(self, micro: dict[str, torch.Tensor], accum: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Backpropagate the objective's loss / `accum` plus the MoE router terms of its forwards
+        (unchanged for dense models), in the parts the algorithm hands over (`loss_backward`: the
+        whole loss at once, or BGPO's per-sample terms); returns the detached loss and metrics."""
+        return backward_with_router_losses(
+            lambda part_backward: self.algorithm.loss_backward(self.model, micro, part_backward),
+            lambda part: (part / accum).backward(),
+            *self._router_coefs,
+        )
 
     def _non_finite(self, bad_loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
         """Whether any rank's loss or the (global) gradient norm is NaN/inf. One all-reduced flag,
@@ -304,9 +309,8 @@ class ActorWorker(Worker):
             for i, micro in enumerate(split_batch(update, accum)):
                 if self.sharded:  # reduce-scatter once per update, on the last micro-batch
                     self.model.set_requires_gradient_sync(i == accum - 1)
-                loss, metrics = self._compute_loss(micro)
-                bad_loss += (~torch.isfinite(loss.detach())).float()
-                (loss / accum).backward()
+                loss, metrics = self._loss_backward(micro, accum)
+                bad_loss += (~torch.isfinite(loss)).float()
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v) / (accum * len(updates))
             self._all_reduce_grads()

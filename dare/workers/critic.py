@@ -9,13 +9,18 @@ LM head is unused: a scalar head reads the last hidden state,
 on the clean sequence (prompt + response), under the sequence's padding mask. The algorithm's
 `critic_loss(values, batch)` says what V fits; the worker only runs it (one update per call:
 AdamW, gradient clipping). It is one Ray worker (no data parallelism; the group has one rank)
-and is rebuilt at each stage that needs it, from the stage's starting policy; its state is not
-part of a stage's saved training state (a resumed stage restarts the critic).
+and is rebuilt at each stage that needs it, from the stage's starting policy.
+
+Its state (value model weights, AdamW moments, number of updates) is saved beside the actor's in
+every `state/step_N` folder as `critic.safetensors` + `critic.json` (`dare.workers.state_io`: no
+pickle) and restored on resume, so a resumed stage continues the same critic; the driver checks
+the files (`check_critic_state`) before any worker reads them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -29,6 +34,10 @@ from dare.algorithms import ALGORITHMS
 from dare.algorithms.base import CriticSpec
 from dare.models.checkpoint import load_policy, quiet_progress_bars
 from dare.workers.builder import build_policy
+from dare.workers.state_io import StateFileError, check_tree, has_tree, load_tree, refuse_pickles, save_tree
+
+# the critic's training-state files in `state/step_N`: critic.safetensors + critic.json
+CRITIC_STATE = "critic"
 
 CriticLossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 
@@ -58,6 +67,7 @@ class Critic:
         self.model, self.spec = model, spec
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        self.updates = 0  # update calls so far (one per RL step), saved with the state
 
     def values(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         self.model.eval()
@@ -71,10 +81,93 @@ class Critic:
         values = self.model(batch["input_ids"], batch["attention_mask"])  # [B, L]
         loss, metrics = loss_fn(values, batch)
         loss.backward()
+        self.updates += 1
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.grad_clip)
         if torch.isfinite(loss) and torch.isfinite(norm):
             self.optimizer.step()
         return {**metrics, "critic/loss": float(loss.detach()), "critic/grad_norm": float(norm)}
+
+    def save(self, directory: str | Path) -> None:
+        """Write the critic's state to `directory/critic.{safetensors,json}`."""
+        model = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        state = {"model": model, "optimizer": self.optimizer.state_dict(), "updates": self.updates}
+        save_tree(state, directory, CRITIC_STATE)
+
+    def load(self, directory: str | Path, updates: int | None = None) -> None:
+        """Restore what `save` wrote; `updates`, when given, is the number of updates the state
+        must hold (the step it is resumed at). Anything that does not fit this critic raises
+        `StateFileError` naming `critic.json`, before the critic changes (checked first)."""
+        where = Path(directory) / f"{CRITIC_STATE}.json"
+        check_critic_state(directory)
+        state = load_tree(directory, CRITIC_STATE)
+        if not isinstance(state, dict) or set(state) != {"model", "optimizer", "updates"}:
+            raise StateFileError(f"{where}: expected the keys 'model', 'optimizer' and 'updates'")
+        saved = state["updates"]
+        if not isinstance(saved, int) or isinstance(saved, bool) or saved < 0:
+            raise StateFileError(f"{where}: 'updates' must be an integer >= 0, got {saved!r}")
+        if updates is not None and saved != updates:
+            raise StateFileError(f"{where}: holds a critic after {saved} updates; the stage resumes at step {updates}")
+        _check_weights(self.model, state["model"], where)
+        _check_optimizer_state(self.optimizer, state["optimizer"], where)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise StateFileError(f"{where}: its optimizer state does not fit this critic ({e})") from None
+        self.model.load_state_dict(state["model"])
+        self.updates = saved
+
+
+def _check_weights(model: nn.Module, saved: Any, where: Path) -> None:
+    """The saved weights have exactly the model's names, shapes and dtypes and are finite."""
+    own = model.state_dict()
+    if not isinstance(saved, dict) or set(saved) != set(own):
+        names = sorted(map(str, set(saved) ^ set(own))) if isinstance(saved, dict) else ["(not a dict)"]
+        raise StateFileError(f"{where}: its value-model weights do not match this critic's ({names[:3]} ...)")
+    for name, t in own.items():
+        s = saved[name]
+        if not isinstance(s, torch.Tensor) or s.shape != t.shape or s.dtype != t.dtype:
+            got = f"{tuple(s.shape)} {s.dtype}" if isinstance(s, torch.Tensor) else type(s).__name__
+            raise StateFileError(f"{where}: weight {name!r} is {got}, this critic's is {tuple(t.shape)} {t.dtype}")
+        if s.is_floating_point() and not bool(torch.isfinite(s).all()):
+            raise StateFileError(f"{where}: weight {name!r} holds NaN/inf")
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer, saved: Any, where: Path) -> None:
+    """The saved AdamW state fits `optimizer` (checked before loading: `load_state_dict` takes
+    moments of any shape, and one that does not fit its parameter would fail at the next step)."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if not (
+        isinstance(saved, dict) and isinstance(saved.get("param_groups"), list) and isinstance(saved.get("state"), dict)
+    ):
+        raise StateFileError(f"{where}: its optimizer state needs 'state' and 'param_groups'")
+    ids = [i for g in saved["param_groups"] if isinstance(g, dict) for i in g.get("params", [])]
+    if len(ids) != len(params):
+        raise StateFileError(f"{where}: its optimizer state holds {len(ids)} parameters, this critic has {len(params)}")
+    param_of = dict(zip(ids, params))
+    for i, moments in saved["state"].items():
+        p = param_of.get(i)
+        if p is None or not isinstance(moments, dict):
+            raise StateFileError(f"{where}: optimizer state for parameter {i!r}, which its param_groups lack")
+        for k, v in moments.items():
+            if isinstance(v, torch.Tensor) and v.dim() and v.shape != p.shape:
+                raise StateFileError(
+                    f"{where}: optimizer moment {k!r} of parameter {i} has shape {tuple(v.shape)}, "
+                    f"the parameter {tuple(p.shape)}"
+                )
+
+
+def check_critic_state(directory: str | Path) -> None:
+    """Driver-side check of the critic's files in a `state/step_N` folder (present, no pickle,
+    intact manifest and safetensors header), before any worker reads them. Raises
+    `StateFileError` naming the file."""
+    refuse_pickles(directory, CRITIC_STATE)
+    manifest = Path(directory) / f"{CRITIC_STATE}.json"
+    if not has_tree(directory, CRITIC_STATE):
+        raise StateFileError(
+            f"{manifest}: missing; this stage trains a critic and the training state in {directory} lacks its "
+            f"state ({CRITIC_STATE}.safetensors + {CRITIC_STATE}.json), so a resumed stage could not continue it"
+        )
+    check_tree(directory, CRITIC_STATE)
 
 
 @ray.remote
@@ -123,5 +216,16 @@ class CriticWorker(Worker):
         metrics = self.critic.update(self._tensors(data), self.algorithm.critic_loss)
         return DataProto(meta_info={"metrics": metrics})
 
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def save_state(self, path: str) -> None:
+        """Write the critic's state into the training-state folder `path` (beside the actor's)."""
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.critic.save(path)
 
-__all__ = ["Critic", "CriticWorker", "ValueModel"]
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def load_state(self, path: str, updates: int) -> None:
+        """Restore the critic saved in `path` after `updates` updates (a resumed stage's step)."""
+        self.critic.load(path, updates)
+
+
+__all__ = ["CRITIC_STATE", "Critic", "CriticWorker", "ValueModel", "check_critic_state"]

@@ -56,3 +56,30 @@ def test_value_model_fits_a_fixed_target():
     loss, _ = value_mse(critic.values(batch), batch)
     assert last["critic/loss"] < 0.1 and loss.item() < 0.1
     assert torch.equal(model.get_output_embeddings().weight, policy_head)  # the LM head is unused
+
+
+def test_saved_critic_continues_bit_exactly(tmp_path):
+    """A critic saved after 3 updates and loaded into a fresh one (what a resumed stage does) takes
+    the next updates exactly as the original does: same losses, values, weights and AdamW moments."""
+    g = torch.Generator().manual_seed(1)
+    batches = [
+        {"input_ids": torch.randint(5, V - 3, (3, 9), generator=g), "attention_mask": torch.ones(3, 9, dtype=torch.long),
+         "response_mask": torch.arange(9).expand(3, 9) >= 4, "scores": torch.randn(3, generator=g)}
+        for _ in range(5)
+    ]  # fmt: skip
+    original = Critic(ValueModel(tiny("llada", V, seed=0)), CriticSpec(lr=1e-2))
+    for b in batches[:3]:
+        original.update(b, value_mse)
+    original.save(tmp_path)
+    resumed = Critic(ValueModel(tiny("llada", V, seed=0)), CriticSpec(lr=1e-2))
+    resumed.load(tmp_path, updates=3)
+    assert resumed.updates == 3
+    after = [resumed.update(b, value_mse) for b in batches[3:]]
+    assert [original.update(b, value_mse) for b in batches[3:]] == after
+    assert all(torch.equal(original.values(b), resumed.values(b)) for b in batches)
+    for (name, p), q in zip(original.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q), name
+        for k, v in original.optimizer.state[p].items():
+            assert torch.equal(v, resumed.optimizer.state[q][k]), (name, k)
+    fresh = Critic(ValueModel(tiny("llada", V, seed=0)), CriticSpec(lr=1e-2))
+    assert fresh.update(batches[3], value_mse)["critic/loss"] != after[0]["critic/loss"]  # the state matters

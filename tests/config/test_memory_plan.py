@@ -159,3 +159,17 @@ def test_d1_recipe_plans_llada_8b_on_8_gpus_from_its_config_only(tmp_path, monke
         and "unsharded weights during a rollout" in err
         and "resources.rollout" in err
     )
+
+
+def test_per_sample_backward_counts_one_view_of_activations():
+    """BGPO backpropagates its Monte-Carlo samples one at a time: its activations do not grow with
+    mc_num; ESPO's ELBO samples share one graph: they do."""
+
+    def activations(algorithm: str, mc_num: int) -> int:
+        raw = recipe_dict()
+        raw["stages"] = [{"algorithm": algorithm, "steps": 1, "batch_size": 2, "num_generations": 2, "mc_num": mc_num,
+                          "sampling": {"algorithm": "llada", "steps": 4, "block_length": 12}}]  # fmt: skip
+        return term(plan_recipe(build_recipe(raw)).stages[0], "activations / micro-batch (").nbytes
+
+    assert activations("bgpo", 16) == activations("bgpo", 1) > 0
+    assert activations("espo", 8) > 4 * activations("espo", 1)

@@ -13,7 +13,13 @@ from dare.data.formatting import collate_sft
 from dare.data.tasks import builtin_tokenizer, get_task
 from dare.errors import RecipeError
 from dare.models import tiny
-from dare.models.moe import SparseMoeBlock, collect_router_losses, router_loss_coefs, with_router_losses
+from dare.models.moe import (
+    SparseMoeBlock,
+    backward_with_router_losses,
+    collect_router_losses,
+    router_loss_coefs,
+    with_router_losses,
+)
 from dare.models.tokenizer import model_token_ids
 
 
@@ -121,3 +127,57 @@ def test_negative_coefficient_is_refused_naming_the_key(key):
     stage = StageSpec(kind="sft", algorithm="sft", steps=1, **{key: -0.1})
     with pytest.raises(RecipeError, match=rf"stages\[0\]\.{key}.*>= 0"):
         stage.validate("stages[0]", "r.yaml")
+
+
+@pytest.mark.parametrize("family", ["llada2_moe", "sdar_moe"])
+def test_loss_handed_over_whole_is_exactly_the_wrapped_compute_loss(family):
+    """The actor's channel (`backward_with_router_losses` around `loss_backward`) with an objective
+    that hands over its loss whole: the loss, metrics and gradient of `with_router_losses`, bit for bit."""
+    model, algo, batch = setup(family)
+    loss, metrics = with_router_losses(lambda: algo.compute_loss(model, batch), 0.5, 0.01)
+    want = grads(model, loss)
+    model.zero_grad(set_to_none=True)
+    got_loss, got_metrics = backward_with_router_losses(
+        lambda part_backward: algo.loss_backward(model, batch, part_backward), lambda part: part.backward(), 0.5, 0.01
+    )
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert torch.equal(got_loss, loss.detach()) and got_metrics == metrics
+    assert set(got) == set(want) and all(torch.equal(got[n], want[n]) for n in want)
+
+
+def test_per_sample_parts_carry_their_share_of_the_router_terms():
+    """BGPO hands over one part per Monte-Carlo sample (share 1/J): each part gets the router
+    terms of its own forward times 1/J, so the gradient is that of mean_j (l_j + coef * aux_j)."""
+    model, _, batch = setup("sdar_moe")
+    algo_cls = ALGORITHMS.get("bgpo")
+    algo = algo_cls(algo_cls.Args(mc_num=2), model.diffusion_spec())
+    batch["advantages"] = torch.tensor([1.0, -1.0, 0.5, -0.5])[:, None] * batch["response_mask"]
+    batch["noise_seed"] = batch["noise_seed"][:, None]  # [B, mu]
+    (batch,) = algo.prepare(model, None, batch)
+    coef = 0.5
+    outs = []
+    handle = model.register_forward_hook(lambda m, a, out: outs.append(out))
+    model.zero_grad(set_to_none=True)
+    loss, metrics = backward_with_router_losses(
+        lambda part_backward: algo.loss_backward(model, batch, part_backward), lambda part: part.backward(), coef, 0.0
+    )
+    handle.remove()
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert len(outs) == 2  # one forward per sample
+    # by hand, one graph per sample: (l_j + coef * aux_j) / 2
+    model.zero_grad(set_to_none=True)
+    hand = 0.0
+    for j in range(2):
+        outs.clear()
+        handle = model.register_forward_hook(lambda m, a, out: outs.append(out))
+        elbo_j = algo._sample(model, batch, j)
+        handle.remove()
+        lj, _ = algo._sample_loss(elbo_j, elbo_j.detach(), batch)
+        term = (lj + coef * outs[0].aux_loss) / 2
+        term.backward()
+        hand += float(term.detach())
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert float(loss) == pytest.approx(hand, rel=1e-6)
+    for n in gate_names(model):
+        torch.testing.assert_close(got[n], want[n], rtol=1e-5, atol=1e-7)
+    assert 0 < metrics["router/aux_loss"] and metrics["router/max_load"] >= 1.0  # averaged over the samples
