@@ -126,8 +126,8 @@ class NodeSpreadPool(RayResourcePool):
         total = next((n["Resources"] for n in ray.nodes() if n["NodeID"] == node_ids[i]), "not alive")
         ranks = f"{i * self.per_node}..{(i + 1) * self.per_node - 1}"
         return RuntimeError(
-            f"{self.name_prefix} ranks {ranks} go on node {node_ids[i]}, the node of the ranks they serve, which has "
-            f"no room for {self.per_node} more worker(s) of {self._bundle()} within {self.timeout_s:g} s "
+            f"{self.name_prefix} ranks {ranks} go on node {node_ids[i]}"
+            f"{', the node of the ranks they serve,' if self.node_ids is not None else ''} which has no room for {self.per_node} more worker(s) of {self._bundle()} within {self.timeout_s:g} s "
             f"(the node's resources: {total})"
         )
 
@@ -172,7 +172,8 @@ def worker_nodes(group: RayWorkerGroup) -> list[str]:
 def _node_runs(on_nodes: list[str]) -> list[str]:
     """One node id per group of consecutive ranks on one node, all groups the same size."""
     runs = [n for i, n in enumerate(on_nodes) if i == 0 or on_nodes[i - 1] != n]
-    if len(set(runs)) != len(runs) or len(on_nodes) % len(runs):
+    per_node = len(on_nodes) // len(runs)
+    if len(set(runs)) != len(runs) or on_nodes != [n for n in runs for _ in range(per_node)]:
         raise ValueError(f"ranks must be node by node, the same number on each node; got nodes {on_nodes}")
     return runs
 

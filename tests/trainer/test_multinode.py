@@ -99,3 +99,12 @@ def test_nodes_refused_without_a_cluster_or_an_even_split():
     recipe["resources"].update(nodes=3, ray_address="auto")
     with pytest.raises(RecipeError, match=r"resources\.nodes.*divisor of num_workers"):
         build_recipe(recipe)
+
+
+def test_given_nodes_must_be_node_by_node():
+    from dare.trainer.runtime import _node_runs
+
+    assert _node_runs(["a", "a", "b", "b"]) == ["a", "b"] and _node_runs(["b", "a"]) == ["b", "a"]
+    for bad in (["a", "a", "a", "b"], ["a", "b", "a", "b"]):  # uneven; a node twice
+        with pytest.raises(ValueError, match="ranks must be node by node, the same number on each node"):
+            _node_runs(bad)
