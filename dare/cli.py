@@ -9,6 +9,7 @@ dare info PATH                      # print a checkpoint's family and DiffusionS
 dare generate --model PATH --prompt "..." [--prompt ...] [sampler options]
 dare generate --model tiny:llada --prompt "hi"    # random tiny model + char tokenizer (smoke test)
 dare eval --model PATH --benchmarks sort,gsm8k --file gsm8k=test.jsonl [--limit N] [sampler options]
+dare eval ... --num-workers 4 [--dtype bfloat16]   # split over 4 tasks; default dtype: the checkpoint's
 """
 
 from __future__ import annotations
@@ -222,13 +223,34 @@ def _cmd_export(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def _eval_dtype_flag(value: str | None) -> str | None:
+    """`dare eval --dtype`: a name of `dare.models.dtypes.DTYPES` (or an alias), None = the checkpoint's."""
+    from dare.models.dtypes import DTYPE_ALIASES, DTYPES
+
+    if value is None:
+        return None
+    name = DTYPE_ALIASES.get(value, value)
+    if name not in DTYPES:
+        aliases = ", ".join(DTYPE_ALIASES)
+        raise ValueError(f"--dtype {value!r}: unknown dtype; expected one of {', '.join(DTYPES)} (or {aliases})")
+    return name
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
+    import torch
+
     from dare.evals import EvalRequest, check_request, run_benchmarks
     from dare.evals.report import benchmark_table
+    from dare.models.checkpoint import checkpoint_dtype
     from dare.sampling import SamplingConfig
 
+    if args.num_workers < 1:  # checked before anything is loaded
+        raise ValueError(f"--num-workers {args.num_workers}: expected a number of data-parallel workers >= 1")
+    dtype = _eval_dtype_flag(args.dtype)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to this process")
     files = {}
     for item in args.file or []:
         name, sep, path = item.partition("=")
@@ -242,10 +264,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         model=args.model, benchmarks=[b for b in args.benchmarks.split(",") if b], work_dir=args.out,
         files=files, limit=args.limit, sampling=sampling, elbo_samples=args.elbo_samples, seed=args.seed,
         batch_size=args.batch_size, tokenizer=args.tokenizer, task_args=json.loads(args.task_args or "{}"),
-        debug=args.debug,
+        debug=args.debug, num_workers=args.num_workers,
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
     )  # fmt: skip
     try:  # names, files, checkpoint and settings are checked before OpenCompass starts
         check_request(req, "--benchmarks", "--file {name}=PATH")
+        # the after-stage evaluation's path (dare.trainer.evaluate.benchmark_request): the model in
+        # its dtype, inference split over num_workers OpenCompass tasks (one GPU each on CUDA)
+        req.dtype = dtype or checkpoint_dtype(req.model)
+        print(f"dare: evaluating {args.model} in {req.dtype} on {req.device}, {req.num_workers} worker(s)", flush=True)
         res = run_benchmarks(req, check=False)
     except KeyError as e:  # an unknown benchmark name: print the message without KeyError's quotes
         raise ValueError(e.args[0]) from None
@@ -312,6 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="prompts per model call")
     p.add_argument("--task-args", default=None, help='JSON knobs of built-in tasks, e.g. \'{"sort": {"max_len": 4}}\'')
     p.add_argument("--debug", action="store_true", help="run OpenCompass tasks in one process (no subprocesses)")
+    p.add_argument(
+        "--dtype", default=None,
+        help="model dtype: float32 | bfloat16 | float16 (default: the checkpoint's, config.json dtype / torch_dtype)",
+    )  # fmt: skip
+    p.add_argument(
+        "--num-workers", type=int, default=1,
+        help="data-parallel inference tasks, each on its share of every benchmark's rows (one GPU each on cuda)",
+    )  # fmt: skip
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: cuda when available")
     _add_sampling_options(p)
     p.set_defaults(func=_cmd_eval)
     return parser

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from opencompass.models.base import BaseModel
 from opencompass.registry import MODELS
+from opencompass.utils import get_logger
 
 from dare.data.formatting import encode_prompt
 from dare.evals.likelihood import continuation_elbo
@@ -74,6 +75,9 @@ class DareModel(BaseModel):
             torch.set_num_threads(num_threads)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.tokenizer = load_dare_checkpoint(path, tokenizer_path, dtype, self.device)
+        # in the task's log: the dtype the weights really are in (a bf16 checkpoint is not run in fp32)
+        loaded = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        get_logger().info(f"dare: {path} loaded in {loaded} on {self.device}")
         self.sampling = dict(sampling or {})
         sampling_config(self.sampling)  # fail at load time, not mid-benchmark
         self.elbo_samples = int(elbo_samples)

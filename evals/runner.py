@@ -114,6 +114,12 @@ def check_request(req: EvalRequest, key: str = "benchmarks", files_key: str = "f
         raise ValueError(f"limit must be >= 1, got {req.limit}")
     if req.elbo_samples < 1:
         raise ValueError(f"elbo_samples must be >= 1, got {req.elbo_samples}")
+    if req.num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {req.num_workers}")
+    from dare.models.dtypes import DTYPES
+
+    if req.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {req.dtype!r}")
     check_checkpoint(req.model, req.tokenizer, req.sampling, req.check_weights)
     if not opencompass_installed():
         raise RuntimeError("opencompass is not installed in this environment; run scripts/install.sh (make install)")

@@ -57,6 +57,35 @@ def load_policy(path: str | Path, dtype: torch.dtype | str = torch.float32, merg
     return model.merge_and_unload() if merge else model
 
 
+def checkpoint_dtype(path: str | Path) -> str:
+    """The dtype a checkpoint was saved in (a name in `DTYPES`): its config.json's `dtype`
+    (transformers 5) or `torch_dtype`, else its first stored weight tensor's, else float32. A LoRA
+    adapter answers for its base checkpoint. Evaluating a bf16 checkpoint in it, not silently in fp32.
+
+    Raises:
+        ValueError: the config names a dtype dare does not load (names the file and the key).
+    """
+    from dare.models.auto import _stored_dtype
+
+    path = resolve_checkpoint(path)
+    if is_adapter_dir(path):
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        path = resolve_checkpoint(base) if base else path
+    cfg = path / "config.json"
+    raw = json.loads(cfg.read_text()) if cfg.is_file() else {}
+    for key in ("dtype", "torch_dtype"):
+        name = raw.get(key)
+        if name is None:
+            continue
+        name = str(name).removeprefix("torch.")
+        if name not in DTYPES:
+            raise ValueError(f"{cfg}: {key} {raw[key]!r} is not a dtype dare loads ({', '.join(DTYPES)}); pass --dtype")
+        return name
+    weights = sorted(path.glob("*.safetensors"))
+    stored = _stored_dtype(weights[0]) if weights else None
+    return next((n for n, d in DTYPES.items() if d == stored), "float32")
+
+
 def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     if len(tokenizer) > model.config.vocab_size:
         raise ValueError(
@@ -121,6 +150,7 @@ def export_checkpoint(source: str | Path, out: str | Path, merge_lora: bool = Fa
 __all__ = [
     "DTYPES",
     "check_model_tokenizer",
+    "checkpoint_dtype",
     "check_vocab",
     "export_checkpoint",
     "is_adapter_dir",

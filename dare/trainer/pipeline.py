@@ -40,7 +40,7 @@ from dare.trainer.evaluate import (
     evaluate_benchmarks,
 )
 from dare.trainer.metrics import read_metrics
-from dare.trainer.runtime import release, start_ray, worker_group
+from dare.trainer.runtime import release, start_ray, worker_group, worker_nodes
 from dare.trainer.stage import (
     STAGE_TRAINERS,
     StageContext,
@@ -58,6 +58,24 @@ from dare.workers.rollout import RolloutWorker
 # the row format each stage kind reads from a data file (dare.data.loading kinds)
 ROW_KINDS = {"sft": "sft", "rl": "prompt", "preference": "preference", "distill": "prompt"}
 RUN_STATE = "run_state.json"
+
+
+def reference_group(actor, resources: Any, name: str = "reference"):
+    """The separate reference workers (`resources.reference: separate`), one per actor rank. Over
+    several nodes, reference rank i goes on actor rank i's node: each reference forward ships its
+    logits [N, L, V] to its actor rank, which must not cross the network.
+
+    Raises:
+        RuntimeError: an actor rank's node has no room for its reference rank (names the node).
+    """
+    on_nodes = worker_nodes(actor) if resources.nodes > 1 else None
+    try:
+        return worker_group(ReferenceWorker, resources, name=name, on_nodes=on_nodes)
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"resources.reference: separate puts reference rank i on actor rank i's node: {e}; spread the workers "
+            "over more nodes (resources.nodes) or keep the reference in the actor (resources.reference: colocated)"
+        ) from None
 
 
 class Pipeline:
@@ -139,7 +157,7 @@ class Pipeline:
             self.rollout = worker_group(RolloutWorker, r.resources, name="rollout")
             self.rollout.init_model(_model_dict(r), str(tok_dir), r.seed, init_from)
         if placement(r.resources) == "separate":
-            self.reference = worker_group(ReferenceWorker, r.resources, name="reference")
+            self.reference = reference_group(actor, r.resources)
             self.reference.init_model(_model_dict(r), str(tok_dir), r.seed, init_from)
             actor.attach_reference(self.reference.workers)
         print(
@@ -435,4 +453,4 @@ def _model_dict(recipe: Recipe) -> dict[str, Any]:
     return recipe.to_dict()["model"]
 
 
-__all__ = ["Pipeline", "clear_run_dir", "write_report"]
+__all__ = ["Pipeline", "clear_run_dir", "reference_group", "write_report"]

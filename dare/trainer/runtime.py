@@ -89,18 +89,24 @@ class NodeSpreadPool(RayResourcePool):
     `per_node` worker bundles on each. verl's own pool makes one group per entry of
     `process_on_nodes` but lets Ray put two of them on one node; here a STRICT_SPREAD reservation
     of one node-sized bundle per node first picks distinct nodes (or fails, naming what is
-    missing), then each node's group is pinned to its node (Ray's node-id label) and checked to be there."""
+    missing), then each node's group is pinned to its node (Ray's node-id label) and checked to be there.
 
-    def __init__(self, nodes: int, per_node: int, use_gpu: bool, name_prefix: str, timeout_s: float) -> None:
+    With `node_ids` (one per group, in rank order) the nodes are given instead of picked: a group
+    that serves another one rank for rank (the separate reference) goes on its partner's nodes."""
+
+    def __init__(
+        self, nodes: int, per_node: int, use_gpu: bool, name_prefix: str, timeout_s: float,
+        node_ids: list[str] | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(process_on_nodes=[per_node] * nodes, use_gpu=use_gpu, max_colocate_count=1,
                          name_prefix=name_prefix)  # fmt: skip
-        self.nodes, self.per_node, self.timeout_s = nodes, per_node, timeout_s
+        self.nodes, self.per_node, self.timeout_s, self.node_ids = nodes, per_node, timeout_s, node_ids
 
-    def get_placement_groups(self, strategy: str = "STRICT_PACK", name: str | None = None, device_name: str = "cuda"):
-        if self.pgs is not None:
-            return self.pgs
-        bundle = {"CPU": 1, **({"GPU": 1} if self.use_gpu else {})}
-        node_bundle = {k: v * self.per_node for k, v in bundle.items()}
+    def _bundle(self) -> dict[str, int]:
+        return {"CPU": 1, **({"GPU": 1} if self.use_gpu else {})}
+
+    def _pick_nodes(self) -> list[str]:
+        node_bundle = {k: v * self.per_node for k, v in self._bundle().items()}
         probe = placement_group([node_bundle] * self.nodes, strategy="STRICT_SPREAD", name=f"{self.name_prefix}nodes")
         if not probe.wait(self.timeout_s):
             remove_placement_group(probe)
@@ -111,16 +117,39 @@ class NodeSpreadPool(RayResourcePool):
             )
         node_ids = list(placement_group_table(probe)["bundles_to_node_id"].values())
         remove_placement_group(probe)
+        return node_ids
+
+    def _no_room(self, pgs: list, node_ids: list[str]) -> RuntimeError:
+        """The error for given nodes (`node_ids`) of which one cannot take its group in time."""
+        ready = [pg.wait(0) for pg in pgs]
+        i = ready.index(False)
+        total = next((n["Resources"] for n in ray.nodes() if n["NodeID"] == node_ids[i]), "not alive")
+        ranks = f"{i * self.per_node}..{(i + 1) * self.per_node - 1}"
+        return RuntimeError(
+            f"{self.name_prefix} ranks {ranks} go on node {node_ids[i]}"
+            f"{', the node of the ranks they serve,' if self.node_ids is not None else ''} which has no room for {self.per_node} more worker(s) of {self._bundle()} within {self.timeout_s:g} s "
+            f"(the node's resources: {total})"
+        )
+
+    def get_placement_groups(self, strategy: str = "STRICT_PACK", name: str | None = None, device_name: str = "cuda"):
+        if self.pgs is not None:
+            return self.pgs
+        node_ids = list(self.node_ids) if self.node_ids is not None else self._pick_nodes()
         pgs = [
             placement_group(
-                [dict(bundle)] * self.per_node,
+                [self._bundle()] * self.per_node,
                 strategy="STRICT_PACK",
                 name=f"{self.name_prefix}node{i}",
                 bundle_label_selector=[{NODE_ID_LABEL_KEY: node_id}] * self.per_node,
             )  # fmt: skip
             for i, node_id in enumerate(node_ids)
         ]
-        ray.get([pg.ready() for pg in pgs])
+        deadline = time.monotonic() + self.timeout_s
+        if not all(pg.wait(max(0.0, deadline - time.monotonic())) for pg in pgs):
+            error = self._no_room(pgs, node_ids)
+            for pg in pgs:
+                remove_placement_group(pg)
+            raise error
         landed = [placement_group_table(pg)["bundles_to_node_id"][0] for pg in pgs]
         if landed != node_ids:  # a node label selector Ray did not honour: never run misplaced
             for pg in pgs:
@@ -130,10 +159,35 @@ class NodeSpreadPool(RayResourcePool):
         return pgs
 
 
-def worker_group(cls, resources: ResourcesSpec, name: str, **init_kwargs) -> RayWorkerGroup:
+def _node_id(_worker) -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
+def worker_nodes(group: RayWorkerGroup) -> list[str]:
+    """The Ray node id of each rank of a worker group, asked of the workers themselves (Ray's state
+    API would need the dashboard)."""
+    return ray.get([w.__ray_call__.remote(_node_id) for w in group.workers])
+
+
+def _node_runs(on_nodes: list[str]) -> list[str]:
+    """One node id per group of consecutive ranks on one node, all groups the same size."""
+    runs = [n for i, n in enumerate(on_nodes) if i == 0 or on_nodes[i - 1] != n]
+    per_node = len(on_nodes) // len(runs)
+    if len(set(runs)) != len(runs) or on_nodes != [n for n in runs for _ in range(per_node)]:
+        raise ValueError(f"ranks must be node by node, the same number on each node; got nodes {on_nodes}")
+    return runs
+
+
+def worker_group(
+    cls, resources: ResourcesSpec, name: str, on_nodes: list[str] | None = None, **init_kwargs
+) -> RayWorkerGroup:
     """A group of `resources.num_workers` workers of `cls`, one per bundle, on `resources.nodes`
     nodes (num_workers / nodes per node; ranks node by node, rank 0's node address is every
     rank's MASTER_ADDR for gloo / NCCL).
+
+    `on_nodes` (a node id per rank, e.g. `worker_nodes(actor)`) puts rank i on node `on_nodes[i]`
+    instead: a group that serves another rank for rank stays on its partner's nodes, or fails
+    naming the node that lacks room.
 
     On CPU, verl's pool must be `use_gpu=False, max_colocate_count=1`: the default asks for 10
     CPUs per bundle and never gets placed on a small machine."""
@@ -142,7 +196,13 @@ def worker_group(cls, resources: ResourcesSpec, name: str, **init_kwargs) -> Ray
     if resources.num_workers % nodes:
         raise ValueError(f"resources.nodes: {resources.num_workers} workers do not split evenly over {nodes} nodes")
     per_node = resources.num_workers // nodes
-    if nodes > 1:
+    if on_nodes is not None:
+        if len(on_nodes) != resources.num_workers:
+            raise ValueError(f"{name}: {len(on_nodes)} nodes given for {resources.num_workers} workers")
+        runs = _node_runs(list(on_nodes))
+        per_node = resources.num_workers // len(runs)
+        pool = NodeSpreadPool(len(runs), per_node, use_gpu, name, RAY_CONNECT_TIMEOUT_S, node_ids=runs)
+    elif nodes > 1:
         pool = NodeSpreadPool(nodes, per_node, use_gpu, name, RAY_CONNECT_TIMEOUT_S)
     else:
         pool = RayResourcePool(
@@ -159,6 +219,9 @@ def worker_group(cls, resources: ResourcesSpec, name: str, **init_kwargs) -> Ray
         device_name="cuda" if use_gpu else "cpu",
     )
     group.dare_pool = pool  # for `release`
+    if on_nodes is not None and (landed := worker_nodes(group)) != list(on_nodes):  # verl orders ranks by node IP
+        release(group)
+        raise RuntimeError(f"{name}: ranks landed on nodes {landed}, expected {list(on_nodes)}")
     return group
 
 
@@ -188,4 +251,12 @@ def dp_call(method, data: DataProto, world_size: int) -> DataProto:
     return unpad_dataproto(method(padded), pad)
 
 
-__all__ = ["RAY_CONNECT_TIMEOUT_S", "check_ray_address", "dp_call", "release", "start_ray", "worker_group"]
+__all__ = [
+    "RAY_CONNECT_TIMEOUT_S",
+    "check_ray_address",
+    "dp_call",
+    "release",
+    "start_ray",
+    "worker_group",
+    "worker_nodes",
+]

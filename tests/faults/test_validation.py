@@ -372,6 +372,10 @@ CLI_CASES = [
     ("eval-bad-config", ["eval", "--model", "{bad_config}", "--benchmarks", "sort", "--out", "{out}"],
      "--model {bad_config}: the checkpoint cannot be loaded: ValueError: {bad_config}/config.json: not valid JSON"),
     ("info-bad-config", ["info", "{bad_config}"], "{bad_config}/config.json: not valid JSON"),
+    ("eval-num-workers-0", ["eval", "--model", "{good}", "--benchmarks", "sort", "--out", "{out}", "--num-workers", "0"],
+     "--num-workers 0: expected a number of data-parallel workers >= 1"),
+    ("eval-unknown-dtype", ["eval", "--model", "{good}", "--benchmarks", "sort", "--out", "{out}", "--dtype", "float64"],
+     "--dtype 'float64': unknown dtype; expected one of float32, bfloat16, float16 (or fp32, bf16, fp16)"),
     ("generate-prompt-over-model-max", ["generate", "--model", "{good}", "--prompt", "1" * 600, "--gen-length", "4"],
      "--prompt 1: 604 prompt tokens + gen_length 4 exceed the model's maximum sequence length 512"),
 ]  # fmt: skip

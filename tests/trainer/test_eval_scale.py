@@ -1,15 +1,22 @@
 """Evaluation at scale: the built-in check runs data-parallel over the workers in the recipe's dtype
 (1 and 2 workers give identical greedy results, bfloat16 reported); the OpenCompass request of a
 run carries the recipe's dtype and splits inference over resources.num_workers tasks (one GPU each
-on CUDA); the pipeline runs the benchmarks of the stages that lack them, after its workers are gone."""
+on CUDA); the pipeline runs the benchmarks of the stages that lack them, after its workers are gone;
+standalone `dare eval` takes the same path: the checkpoint's saved dtype, split over --num-workers tasks."""
 
 import json
 
+import pytest
 import ray
+import torch
 
+from dare.cli import main
 from dare.config import ResourcesSpec, build_recipe
 from dare.data.tasks import builtin_tokenizer, get_task
 from dare.evals.runner import opencompass_config
+from dare.models import tiny
+from dare.models.checkpoint import checkpoint_dtype
+from dare.models.tokenizer import model_token_ids
 from dare.trainer import pipeline as pipeline_mod
 from dare.trainer.evaluate import benchmark_request, evaluate_accuracy
 from dare.trainer.runtime import release, worker_group
@@ -95,3 +102,59 @@ def test_a_split_benchmark_counts_the_rows_of_every_part(tmp_path):
     (tmp_path / "gsm8k.json").write_text(json.dumps({"0": {}}))
     assert _num_predictions(tmp_path, "sort") == 5
     assert _num_predictions(tmp_path, "gsm8k") == 1 and _num_predictions(tmp_path, "mbpp") is None
+
+
+def _tiny_checkpoint(path, dtype=torch.bfloat16):
+    """The tiny LLaDA of MODEL (built-in tokenizer), saved in `dtype` like a released bf16 checkpoint."""
+    tok = builtin_tokenizer()
+    tiny("llada", seed=0, **model_token_ids(tok)).to(dtype).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _predictions(out):
+    """(prompt, prediction) per row of `dare eval --out OUT`'s sort run, in row order (the parts
+    sort_0.json, sort_1.json, ... of a split run one after the other)."""
+    folder = next(out.glob("2*/predictions/dare"))
+    parts = [folder / "sort.json"] if (folder / "sort.json").is_file() else sorted(folder.glob("sort_*.json"))
+    rows = []
+    for part in parts:
+        preds = json.loads(part.read_text())
+        rows += [(preds[str(i)]["origin_prompt"], preds[str(i)]["prediction"]) for i in range(len(preds))]
+    return parts, rows
+
+
+def test_dare_eval_splits_over_workers_in_the_checkpoint_dtype(tmp_path, capsys):
+    ckpt = _tiny_checkpoint(tmp_path / "ckpt")
+    assert checkpoint_dtype(ckpt) == "bfloat16"
+    flags = ["--gen-length", "6", "--steps", "6", "--block-length", "6", "--device", "cpu", "--debug"]
+    results, predictions = {}, {}
+    for n in (1, 2):  # no --dtype: the checkpoint's
+        out = tmp_path / f"out{n}"
+        argv = ["eval", "--model", str(ckpt), "--benchmarks", "sort", "--limit", "8", "--out", str(out), *flags]
+        assert main([*argv, "--num-workers", str(n)]) == 0
+        assert f"in bfloat16 on cpu, {n} worker(s)" in capsys.readouterr().out
+        results[n] = json.loads((out / "results.json").read_text())
+        parts, predictions[n] = _predictions(out)
+        assert len(parts) == n  # OpenCompass split the rows over n inference tasks
+        assert results[n]["request"]["dtype"] == "bfloat16" and results[n]["request"]["num_workers"] == n
+        log = (out / "opencompass.log").read_text()  # what the model in OpenCompass's task really held
+        assert "loaded in bfloat16 on cpu" in log and "loaded in float32" not in log
+    assert len(predictions[1]) == 8 and any(p for _, p in predictions[1])  # something was generated
+    assert predictions[2] == predictions[1]  # per prompt, the same completion
+    sort1, sort2 = results[1]["benchmarks"]["sort"], results[2]["benchmarks"]["sort"]
+    assert sort2["score"] == sort1["score"] and sort2["num_examples"] == sort1["num_examples"] == 8
+
+
+def test_checkpoint_dtype_reads_the_config_then_the_weights(tmp_path):
+    ckpt = _tiny_checkpoint(tmp_path / "ckpt", torch.float16)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    assert checkpoint_dtype(ckpt) == "float16"
+    cfg.pop("dtype", None)
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "torch_dtype": "bfloat16"}))  # older transformers' key
+    assert checkpoint_dtype(ckpt) == "bfloat16"
+    (ckpt / "config.json").write_text(json.dumps(cfg))  # no key: the stored tensors' dtype
+    assert checkpoint_dtype(ckpt) == "float16"
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "torch_dtype": "float64"}))
+    with pytest.raises(ValueError, match=r"config\.json: torch_dtype 'float64' is not a dtype dare loads"):
+        checkpoint_dtype(ckpt)

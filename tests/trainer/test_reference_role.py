@@ -17,9 +17,10 @@ from dare.config.schema import build_stage, stage_to_dict
 from dare.data.formatting import collate_preference, collate_sft
 from dare.data.tasks import builtin_tokenizer, get_task
 from dare.trainer.metrics import rank_zero_metrics
+from dare.trainer.pipeline import reference_group
 from dare.trainer.runtime import release, worker_group
 from dare.workers.actor import ActorWorker
-from dare.workers.reference import ReferenceWorker, placement
+from dare.workers.reference import placement
 
 pytestmark = pytest.mark.xdist_group("reference_role")
 
@@ -65,7 +66,7 @@ def actor(tmp, raw: dict, name: str, separate: bool):
     wg.init_model(MODEL, str(tmp / "tok"), 0, None, None)
     ref = None
     if placement(res) == "separate":
-        ref = worker_group(ReferenceWorker, res, name=f"{name}_ref")
+        ref = reference_group(wg, res, name=f"{name}_ref")  # the pipeline's (one node: placed as Ray chooses)
         ref.init_model(MODEL, str(tmp / "tok"), 0, None)
         wg.attach_reference(ref.workers)
     wg.init_stage(stage_to_dict(stage), stage.args, raw["steps"])
