@@ -151,3 +151,16 @@ def test_policy_loss_is_chosen_by_name_from_the_registry():
     assert metrics["actor/loss"] == pytest.approx(expected.item()) and "actor/pg_clipfrac" not in metrics
     with pytest.raises(RecipeError, match=r"stages\[0\].policy_loss: unknown policy loss 'ppo_clip'.*dare_ppo_clip"):
         build_stage({"kind": "rl", "algorithm": "d1", "steps": 1, "policy_loss": "ppo_clip"}, "stages[0]", None)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream", "sdar"])
+@pytest.mark.parametrize("name", ["d1", "coupled_grpo"])
+def test_grpo_learns_the_toy_reward(family, name):
+    """The actor's d1 / coupled-GRPO update on every family, in process (tests/algorithms/rl_toy.py):
+    20 steps raise the toy reward. Measured (2-core CPU, seed 0): first-5 -> last-5 mean reward
+    +0.66 to +0.87 on the six cases, 1-2 s each. The end-to-end runs through `dare run` with held-out
+    accuracy are tests/trainer/test_rl_stage.py (LLaDA) and benchmarks/rl_families.py (Dream, SDAR)."""
+    from rl_toy import train_toy
+
+    rewards = train_toy(name, family, steps=20, beta=0.0)
+    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.4, rewards
