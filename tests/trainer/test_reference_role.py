@@ -59,51 +59,59 @@ def setup(tmp_path_factory):
     ray.shutdown()
 
 
-def actor(tmp, raw: dict, name: str, separate: bool):
-    stage = build_stage(raw, "s", None)
-    res = ResourcesSpec(num_workers=1, num_threads=1, reference="separate" if separate else "colocated")
-    wg = worker_group(ActorWorker, res, name=name)
-    wg.init_model(MODEL, str(tmp / "tok"), 0, None, None)
-    ref = None
-    if placement(res) == "separate":
-        ref = reference_group(wg, res, name=f"{name}_ref")  # the pipeline's (one node: placed as Ray chooses)
-        ref.init_model(MODEL, str(tmp / "tok"), 0, None)
-        wg.attach_reference(ref.workers)
-    wg.init_stage(stage_to_dict(stage), stage.args, raw["steps"])
-    return wg, ref
-
-
-def run(tmp, batch, kind: str, raw: dict, name: str, separate: bool) -> tuple[list[dict], list[float]]:
-    """Per step: the metrics (timings dropped) and the reference's checksum after the step."""
-    wg, ref = actor(tmp, raw, name, separate)
-    try:
-        metrics, refs = [], []
-        for s in range(raw["steps"]):
-            m = rank_zero_metrics(wg.update_actor(batch(kind, s)).meta_info["metrics"])
-            metrics.append({k: v for k, v in m.items() if not k.startswith("perf/")})
-            refs.append(wg.reference_checksum()[0])
-        return metrics, refs
-    finally:
+@pytest.fixture(scope="module")
+def actors(setup):
+    """One actor with a colocated reference and one with a separate reference worker, built once:
+    each test starts its own stage on both (as a later stage of a run does), so they stay equal."""
+    tmp, _ = setup
+    groups = {}
+    for separate in (False, True):
+        res = ResourcesSpec(num_workers=1, num_threads=1, reference="separate" if separate else "colocated")
+        name = "separate" if separate else "colocated"
+        wg = worker_group(ActorWorker, res, name=name)
+        wg.init_model(MODEL, str(tmp / "tok"), 0, None, None)
+        ref = None
+        if placement(res) == "separate":
+            ref = reference_group(wg, res, name=f"{name}_ref")  # the pipeline's (one node: placed as Ray chooses)
+            ref.init_model(MODEL, str(tmp / "tok"), 0, None)
+            wg.attach_reference(ref.workers)
+        groups[separate] = wg, ref
+    yield groups
+    for wg, ref in groups.values():
         release(wg)
         release(ref)
 
 
-def test_separate_reference_gives_the_colocated_kl_and_syncs(setup):
-    tmp, batch = setup
+def run(actors, batch, kind: str, raw: dict, separate: bool) -> tuple[list[dict], list[float]]:
+    """A stage of `raw` on one of the actors. Per step: the metrics (timings dropped) and the
+    reference's checksum after the step."""
+    wg, _ = actors[separate]
+    stage = build_stage(raw, "s", None)
+    wg.init_stage(stage_to_dict(stage), stage.args, raw["steps"])
+    metrics, refs = [], []
+    for s in range(raw["steps"]):
+        m = rank_zero_metrics(wg.update_actor(batch(kind, s)).meta_info["metrics"])
+        metrics.append({k: v for k, v in m.items() if not k.startswith("perf/")})
+        refs.append(wg.reference_checksum()[0])
+    return metrics, refs
+
+
+def test_separate_reference_gives_the_colocated_kl_and_syncs(setup, actors):
+    _, batch = setup
     raw = {"kind": "rl", "algorithm": "d1", "steps": 3, "batch_size": B, "lr": 1e-2, "beta": 0.5, "mu": 1,
            "ref_sync_every": 2}  # fmt: skip
-    colocated, ref_c = run(tmp, batch, "rl", raw, "grpo_c", separate=False)
-    separate, ref_s = run(tmp, batch, "rl", raw, "grpo_s", separate=True)
+    colocated, ref_c = run(actors, batch, "rl", raw, separate=False)
+    separate, ref_s = run(actors, batch, "rl", raw, separate=True)
     assert colocated[1]["actor/kl"] > 1e-5  # the policy moved away from the reference: a real KL
     assert separate == colocated  # KL, loss, grad norm, ref syncs: bit for bit
     assert ref_s == ref_c and ref_s[0] != ref_s[1]  # the 2nd update synced both references alike
 
 
-def test_separate_reference_gives_the_colocated_vrpo_step(setup):
-    tmp, batch = setup
+def test_separate_reference_gives_the_colocated_vrpo_step(setup, actors):
+    _, batch = setup
     raw = {"kind": "preference", "algorithm": "vrpo", "steps": 2, "batch_size": B, "lr": 1e-2, "beta": 0.5}
-    colocated, _ = run(tmp, batch, "preference", raw, "vrpo_c", separate=False)
-    separate, _ = run(tmp, batch, "preference", raw, "vrpo_s", separate=True)
+    colocated, _ = run(actors, batch, "preference", raw, separate=False)
+    separate, _ = run(actors, batch, "preference", raw, separate=True)
     assert separate == colocated
     assert any(abs(v) > 0 for k, v in colocated[1].items() if "loss" in k)  # a non-trivial step
 
