@@ -26,13 +26,12 @@ from test_sampling_algorithms import CASES
 
 from dare.models.layers import DiffusionCache
 from dare.sampling import SamplingConfig, generate
+from dare.sampling.base import ENGINE_OPTIONS, SAMPLERS
 from dare.sampling import engine as engine_module
 from dare.sampling.kv_cache import StaticKVCache
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_tokens.json").read_text())
 PARALLEL = {k for k, v in CASES.items() if "threshold" in v[1] or "factor" in v[1]}
-# samplers with their own loop (no `sync_every` yet)
-NO_ENGINE_OPTIONS = {"first_hitting", "llada2", "llada2_editing", "few_step", "few_step_random", "rgas"}
 
 
 def decode(models, case: str, temperature: float, **extra):
@@ -52,7 +51,7 @@ def test_tokens_equal_the_sampler_before_the_static_step(models, key):
 
 
 @pytest.mark.parametrize("sync_every", [2, 5])
-@pytest.mark.parametrize("case", [c for c in CASES if c not in NO_ENGINE_OPTIONS])
+@pytest.mark.parametrize("case", list(CASES))
 def test_sync_every_k_gives_the_tokens_of_every_step(models, case, sync_every):
     temperatures = [0.0] if case in PARALLEL else [0.0, 1.0]
     for t in temperatures:
@@ -75,8 +74,9 @@ def test_sync_every_saves_host_checks_not_tokens_when_rows_stop_early(models):
 def test_sync_every_is_validated():
     with pytest.raises(ValueError, match="sync_every=0: must be a positive integer"):
         SamplingConfig(sync_every=0)
-    with pytest.raises(ValueError, match="sync_every=2 is not used by algorithm 'first_hitting'"):
-        SamplingConfig(algorithm="first_hitting", sync_every=2)
+    # every registered sampler has a static step: all of them read both settings
+    for name in SAMPLERS.names():
+        assert ENGINE_OPTIONS <= SAMPLERS.get(name).options, name
     with pytest.raises(ValueError, match="compile='yes': must be true or false"):
         SamplingConfig(compile="yes")
 
@@ -142,6 +142,20 @@ COMPILE_CASES = {
     "dream_dual": ("dream", dict(algorithm="dream", gen_length=8, steps=4, cache="dual")),
     "sdar_block": ("sdar", dict(algorithm="sdar", gen_length=8, block_length=8, steps=4)),
     "sdar_none": ("sdar", dict(algorithm="sdar", gen_length=8, block_length=8, steps=4, cache="none")),
+    # the samplers with their own loop; first_hitting, few_step "random" and rgas draw noise even at T = 0
+    "llada2": ("sdar", dict(algorithm="llada2", gen_length=8, block_length=8, steps=4, threshold=0.5)),
+    "llada2_editing": ("sdar", dict(algorithm="llada2", gen_length=8, block_length=8, steps=4, threshold=0.5,
+                                    editing_threshold=0.5, max_post_steps=2)),
+    "first_hitting": ("llada", dict(algorithm="first_hitting", gen_length=8)),
+    "few_step": ("llada", dict(algorithm="few_step", gen_length=8, steps=4, remasking="low_confidence")),
+    "few_step_random": ("llada", dict(algorithm="few_step", gen_length=8, steps=4, remasking="random")),
+    "rgas": ("guided", dict(algorithm="rgas", gen_length=8, steps=4)),
+    # sampled (temperature 1), fixed step counts: the compiled step draws the eager noise
+    "first_hitting_T1": ("llada", dict(algorithm="first_hitting", gen_length=8, temperature=1.0)),
+    "few_step_random_T1": ("llada", dict(algorithm="few_step", gen_length=8, steps=4, temperature=1.0)),
+    "rgas_T1": ("guided", dict(algorithm="rgas", gen_length=8, steps=4, temperature=1.0)),
+    "llada2_editing_T1": ("sdar", dict(algorithm="llada2", gen_length=8, block_length=8, steps=4, threshold=0.5,
+                                       editing_threshold=0.5, max_post_steps=2, temperature=1.0)),
 }  # fmt: skip
 
 
