@@ -49,18 +49,18 @@ class Trajectory:
     num_steps: int
 
 
+@dataclass
 class _TrajectoryStep:
     """One step of `sample_trajectory` as a function of tensors: (x `[N, P+L]`, valid `[N, P+L]`,
     k `[N]`) -> (tokens, transfer, logp, prob), each `[N, L]`."""
 
-    def __init__(self, model, spec, P, temperature, remasking, generator, suppress_ids) -> None:
-        self.model, self.spec, self.P = model, spec, P
-        self.temperature, self.remasking, self.generator, self.suppress_ids = (
-            temperature,
-            remasking,
-            generator,
-            suppress_ids,
-        )
+    model: torch.nn.Module
+    spec: DiffusionSpec
+    P: int
+    temperature: float
+    remasking: str
+    generator: torch.Generator | None
+    suppress_ids: tuple[int, ...]
 
     def __call__(
         self, x: torch.Tensor, valid: torch.Tensor, k: torch.Tensor
