@@ -30,8 +30,8 @@ from test_sampling_algorithms import CASES
 
 from dare.models.layers import DiffusionCache
 from dare.sampling import SamplingConfig, generate
-from dare.sampling.base import ENGINE_OPTIONS, SAMPLERS
 from dare.sampling import engine as engine_module
+from dare.sampling.base import ENGINE_OPTIONS, SAMPLERS
 from dare.sampling.kv_cache import StaticKVCache
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_tokens.json").read_text())
