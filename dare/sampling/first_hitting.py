@@ -29,22 +29,24 @@ from dare.sampling.ops import sample_tokens, token_probability, uniform
 
 
 class _HittingStep:
-    """One first-hitting step on a block: (tokens, transfer, prob, clock), each `[N, Lb]` but the
-    clock `[N]`. Draw order (the generator's stream): hitting times, positions, token."""
+    """One first-hitting step on a block: (tokens, transfer, prob) `[N, Lb]` and the factor `[N]`
+    that moves each row's clock to its next hitting time (applied by the caller: no output of one
+    compiled call is carried into the next, as CUDA graphs want). Draw order (the generator's
+    stream): hitting times, positions, token."""
 
     def __init__(self, runner: FullAttentionRunner, config: SamplingConfig, generator: torch.Generator | None) -> None:
         self.runner, self.config, self.generator = runner, config, generator
         self.suppress = config.suppress_ids(runner.spec)
 
     def __call__(
-        self, x: torch.Tensor, eligible: torch.Tensor, clock: torch.Tensor, start: int, end: int
+        self, x: torch.Tensor, eligible: torch.Tensor, start: int, end: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         c, g = self.config, self.generator
         N, Lb = eligible.shape
         active = eligible.any(-1)  # [N] rows with a mask left (no-op rows commit nothing)
         n_masked = eligible.sum(-1).clamp(min=1).double()
         u_time, u_pos = uniform((N,), g, x.device), uniform((N, Lb), g, x.device)
-        clock = torch.where(active, clock * u_time.pow(1.0 / n_masked), clock)
+        factor = u_time.pow(1.0 / n_masked)  # tau = t * u^(1/n)
         # a uniformly chosen masked position: argmax of iid uniforms over the eligible ones
         pos = torch.where(eligible, u_pos, -1.0).argmax(-1)  # [N]
         cond, _ = self.runner.forward(x, start, end, True)  # [N, Lb, V]
@@ -53,7 +55,7 @@ class _HittingStep:
         token, _ = sample_tokens(logits, c.temperature, c.top_k, c.top_p, g)  # [N]
         transfer = torch.nn.functional.one_hot(pos, Lb).bool() & active[:, None]
         prob = torch.where(transfer, token_probability(logits, token)[:, None], math.nan)
-        return token[:, None].expand(-1, Lb), transfer, prob, clock
+        return token[:, None].expand(-1, Lb), transfer, prob, factor
 
 
 @SAMPLERS.register("first_hitting")
@@ -84,12 +86,12 @@ class FirstHittingSampler(Sampler):
             for i in range(Lb):  # one token per active row a step: Lb steps unmask the block
                 if check_every(i, config.sync_every) and not bool(state.eligible(start, start + Lb).any()):
                     break  # every row is done (the block's only sync)
-                tokens, transfer, prob, clock = step(
-                    state.x, state.eligible(start, start + Lb), clock, start, start + Lb
-                )
+                tokens, transfer, prob, factor = step(state.x, state.eligible(start, start + Lb), start, start + Lb)
+                active = transfer.any(-1)  # rows with a mask left: one each
+                clock = torch.where(active, clock * factor, clock)
                 runner.nfe += 1
                 times[:, r0 : r0 + Lb] = torch.where(transfer, clock[:, None], times[:, r0 : r0 + Lb])
-                state.commit(start, tokens, transfer, prob, transfer.any(-1))
+                state.commit(start, tokens, transfer, prob, active)
                 state.update_finished()
         return runner.nfe, {"hitting_time": times}
 
