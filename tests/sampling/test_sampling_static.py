@@ -75,6 +75,31 @@ def test_sync_every_saves_host_checks_not_tokens_when_rows_stop_early(models):
     assert torch.equal(every.response_ids, sparse.response_ids)
 
 
+def _host_reads(monkeypatch, models, case: str, **extra) -> tuple[int, torch.Tensor]:
+    """(device values read on the host through `bool(tensor)`, response) of one decode."""
+    reads, real = [0], torch.Tensor.__bool__
+
+    def counted(t: torch.Tensor) -> bool:
+        reads[0] += 1
+        return real(t)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.Tensor, "__bool__", counted)
+        r = decode(models, case, 0.0, **extra)
+    return reads[0], r.response_ids
+
+
+def test_own_loop_samplers_read_the_device_only_at_the_checks(monkeypatch, models):
+    # first_hitting, no early stop: 2 blocks x 8 steps; a check before steps 0..7 (k=1) or 0, 4 (k=4)
+    one, tokens = _host_reads(monkeypatch, models, "first_hitting", logits_eos_inf=True)
+    four, sparse = _host_reads(monkeypatch, models, "first_hitting", logits_eos_inf=True, sync_every=4)
+    assert one - four == 2 * (8 - 2) and torch.equal(tokens, sparse)
+    # llada2 with editing: the block ends when its rows settle (data-dependent): fewer reads, same tokens
+    one, tokens = _host_reads(monkeypatch, models, "llada2_editing")
+    four, sparse = _host_reads(monkeypatch, models, "llada2_editing", sync_every=4)
+    assert four < one and torch.equal(tokens, sparse)
+
+
 def test_sync_every_is_validated():
     with pytest.raises(ValueError, match="sync_every=0: must be a positive integer"):
         SamplingConfig(sync_every=0)
