@@ -418,8 +418,9 @@ class StepFunction:
 
     Compilation starts once the runner's KV cache buffers exist (SDAR: after the eager prefill;
     Fast-dLLM caches: after the first, eager, block-start forward), so they are allocated outside
-    the compiled code and keep their address (a CUDA graph's static inputs). Pass step numbers and
-    per-step scalars as tensors: a Python number argument specialises the compiled code on its value."""
+    the compiled code and keep their address (a CUDA graph's static inputs). Per-step values the
+    step computes with go in as tensors (few_step's counts): a Python number argument specialises
+    the compiled code on its value (one recompile, then Dynamo treats it as dynamic)."""
 
     def __init__(self, fn, device: torch.device, runner: Runner | None = None, *, compile: bool = False) -> None:
         self.fn, self.device, self.runner, self.compile = fn, device, runner, compile
