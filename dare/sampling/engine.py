@@ -11,6 +11,8 @@
   Both keep their K/V in one preallocated `StaticKVCache` per decode, written in place.
 - `DecodeStep`: one denoising step (forward + unmasking rule) with fixed shapes and no host
   synchronisation; eager, or compiled with `torch.compile` (CUDA graphs on a GPU).
+- `StepFunction`: a step function, eager or compiled (`compile_step`); the samplers with their own
+  loop (first_hitting, few_step, rgas, llada2's token editing) run their steps through it too.
 - `decode_blocks`: the loop over blocks and steps that calls a `Policy` through `DecodeStep`;
   the host reads device values only for the done-check, every `sync_every` steps and once per
   block (a fixed-count schedule is mirrored on the host, so its steps need no check at all).
@@ -355,20 +357,12 @@ class DecodeStep:
         self.state, self.runner, self.policy = state, runner, policy
         self.cfg_scale, self.suppress_ids, self.confidence_end_inf = cfg_scale, suppress_ids, confidence_end_inf
         self.compile = compile
-        self._compiled = None
+        self._run = StepFunction(self.step, state.x.device, runner, compile=compile)
 
     def fn(self, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`step`, compiled or eager, counting its forward pass (outside the compiled code).
-
-        A compiled step starts once the KV cache buffers exist (SDAR: after the eager prefill;
-        Fast-dLLM caches: after the first, eager, block-start forward), so they are allocated
-        outside the compiled code and keep their address (a CUDA graph's static inputs)."""
+        """`step`, compiled or eager, counting its forward pass (outside the compiled code)."""
         self.runner.nfe += 1
-        cache = getattr(self.runner, "cache", None)
-        if self.compile and self._compiled is None and (cache is None or cache.keys):
-            self._compiled = compile_step(self.step, self.state.x.device, self.runner)
-        step = self._compiled if self._compiled is not None else self.step
-        return step(*args)
+        return self._run(*args)
 
     def step(
         self,
@@ -404,7 +398,7 @@ class DecodeStep:
 COMPILE_BACKEND: str | None = None
 
 
-def compile_step(fn, device: torch.device, runner: Runner):
+def compile_step(fn, device: torch.device, runner: Runner | None):
     """`torch.compile` for a decode step. On CUDA: mode="reduce-overhead" (CUDA-graph capture per
     shape bucket) with the cache buffers at static addresses, so the in-place cache writes can be
     replayed by the graph; elsewhere the default inductor mode."""
@@ -415,6 +409,36 @@ def compile_step(fn, device: torch.device, runner: Runner):
             runner.cache.mark_static()
         return torch.compile(fn, mode="reduce-overhead")
     return torch.compile(fn)
+
+
+class StepFunction:
+    """A decode step (fixed shapes, no host synchronisation) called eagerly, or through
+    `compile_step` when `compile` is set: `DecodeStep`'s, and the steps of the samplers with their
+    own loop (first_hitting, few_step, rgas, llada2's token editing).
+
+    Compilation starts once the runner's KV cache buffers exist (SDAR: after the eager prefill;
+    Fast-dLLM caches: after the first, eager, block-start forward), so they are allocated outside
+    the compiled code and keep their address (a CUDA graph's static inputs). Per-step values the
+    step computes with go in as tensors (few_step's counts): a Python number argument specialises
+    the compiled code on its value (one recompile, then Dynamo treats it as dynamic)."""
+
+    def __init__(self, fn, device: torch.device, runner: Runner | None = None, *, compile: bool = False) -> None:
+        self.fn, self.device, self.runner, self.compile = fn, device, runner, compile
+        self._compiled = None
+
+    def __call__(self, *args):
+        cache = getattr(self.runner, "cache", None)
+        if self.compile and self._compiled is None and (cache is None or cache.keys):
+            self._compiled = compile_step(self.fn, self.device, self.runner)
+        step = self._compiled if self._compiled is not None else self.fn
+        return step(*args)
+
+
+def check_every(step: int, sync_every: int) -> bool:
+    """Whether the host reads the done flag before `step` (0-based): every `sync_every` steps. In
+    between, steps run on device values alone; a step taken after every row is done commits
+    nothing (it may still draw noise, which only matters to a later block)."""
+    return step % sync_every == 0
 
 
 def _host_count(policy: Policy, masks_left: int, step: int, num_steps: int) -> int | None:
@@ -442,7 +466,7 @@ def _decode_block(
     while True:
         if masks_left == 0:  # a fixed-count schedule has unmasked the whole block
             break
-        if iteration % sync_every == 0 and not bool(state.eligible(start, end).any()):  # the block's only sync
+        if check_every(iteration, sync_every) and not bool(state.eligible(start, end).any()):  # the only sync
             break
         iteration += 1
         if step >= max_iterations:
@@ -513,6 +537,9 @@ __all__ = [
     "FullAttentionRunner",
     "PromptBatch",
     "Runner",
+    "StepFunction",
+    "check_every",
+    "compile_step",
     "decode_blocks",
     "prepare_prompts",
     "process_logits",

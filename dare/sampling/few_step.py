@@ -13,6 +13,10 @@ log-probability under the distribution it was drawn from. `dare.diffusion.trajec
 log-probabilities with gradients (the student's log p_nu(x) = sum over steps of the per-step
 transition log-probs, as in DiDi-Instruct, Zheng et al., arXiv 2509.25035).
 
+The step (forward, draw, selection) has fixed shapes and no host synchronisation and can be
+compiled (`compile: true`); the schedule is fixed, so there is no done-check at all (`sync_every`
+is accepted and changes nothing).
+
 Registered as the "few_step" sampler (`SamplingConfig(algorithm="few_step", steps=4)`).
 Shapes: N rows, P padded prompt length, L = gen_length, V vocabulary, S = steps.
 """
@@ -26,9 +30,9 @@ import torch
 
 from dare.diffusion.trajectory import response_logits, tempered_log_probs
 from dare.models.spec import DiffusionSpec
-from dare.sampling.base import SAMPLERS, WholeResponseSampler
+from dare.sampling.base import ENGINE_OPTIONS, SAMPLERS, WholeResponseSampler
 from dare.sampling.config import SamplingConfig
-from dare.sampling.engine import DecodeState, process_logits
+from dare.sampling.engine import DecodeState, StepFunction, process_logits
 from dare.sampling.ops import gumbel_argmax, split_evenly, token_probability, topk_transfer, uniform
 
 REMASKING = ("low_confidence", "random")
@@ -45,6 +49,33 @@ class Trajectory:
     num_steps: int
 
 
+@dataclass
+class _TrajectoryStep:
+    """One step of `sample_trajectory` as a function of tensors: (x `[N, P+L]`, valid `[N, P+L]`,
+    k `[N]`) -> (tokens, transfer, logp, prob), each `[N, L]`."""
+
+    model: torch.nn.Module
+    spec: DiffusionSpec
+    P: int
+    temperature: float
+    remasking: str
+    generator: torch.Generator | None
+    suppress_ids: tuple[int, ...]
+
+    def __call__(
+        self, x: torch.Tensor, valid: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        spec, P, T = self.spec, self.P, self.temperature
+        logits = process_logits(response_logits(self.model, spec, x, valid, P), None, 0.0, spec, self.suppress_ids)
+        tokens = gumbel_argmax(logits, T, self.generator)  # [N, L]
+        prob = token_probability(logits, tokens)  # [N, L] at temperature 1
+        eligible = x[:, P:] == spec.mask_token_id
+        conf = prob if self.remasking == "low_confidence" else uniform(tuple(tokens.shape), self.generator, x.device)
+        transfer = topk_transfer(conf, eligible, k) & eligible
+        lp = tempered_log_probs(logits, spec, T).gather(-1, tokens[..., None])[..., 0]
+        return tokens, transfer, lp, prob
+
+
 def sample_trajectory(
     model: torch.nn.Module,
     spec: DiffusionSpec,
@@ -56,8 +87,10 @@ def sample_trajectory(
     remasking: str = "random",
     generator: torch.Generator | None = None,
     suppress_ids: tuple[int, ...] = (),
+    compile: bool = False,
 ) -> Trajectory:
-    """Decode `gen_length` tokens after left-padded prompts `[N, P]` in `steps` steps (no grad).
+    """Decode `gen_length` tokens after left-padded prompts `[N, P]` in `steps` steps (no grad);
+    `compile` runs each step through `torch.compile` (the same tokens).
 
     Raises:
         ValueError: steps outside [1, gen_length] or an unknown remasking rule.
@@ -73,15 +106,12 @@ def sample_trajectory(
     step_of = torch.full((N, gen_length), -1, dtype=torch.long, device=device)
     logp = torch.full((N, gen_length), math.nan, dtype=torch.float64, device=device)
     conf_out = torch.full((N, gen_length), math.nan, dtype=torch.float64, device=device)
+    step = StepFunction(
+        _TrajectoryStep(model, spec, P, temperature, remasking, generator, suppress_ids), device, compile=compile
+    )
     with torch.no_grad():
-        for j, k in enumerate(split_evenly(gen_length, steps)):
-            logits = process_logits(response_logits(model, spec, x, valid, P), None, 0.0, spec, suppress_ids)
-            tokens = gumbel_argmax(logits, temperature, generator)  # [N, L]
-            prob = token_probability(logits, tokens)  # [N, L] at temperature 1
-            eligible = x[:, P:] == spec.mask_token_id
-            conf = prob if remasking == "low_confidence" else uniform(tuple(tokens.shape), generator, device)
-            transfer = topk_transfer(conf, eligible, torch.full((N,), k, device=device)) & eligible
-            lp = tempered_log_probs(logits, spec, temperature).gather(-1, tokens[..., None])[..., 0]
+        for j, k in enumerate(split_evenly(gen_length, steps)):  # a fixed schedule: no done-check
+            tokens, transfer, lp, prob = step(x, valid, torch.full((N,), k, device=device))
             x[:, P:] = torch.where(transfer, tokens, x[:, P:])
             step_of = torch.where(transfer, j, step_of)
             logp = torch.where(transfer, lp, logp)
@@ -96,7 +126,7 @@ class FewStepSampler(WholeResponseSampler):
     name = "few_step"
     attention = "full"
     remasking_choices = REMASKING
-    options = frozenset({"remasking"})
+    options = frozenset({"remasking"}) | ENGINE_OPTIONS
 
     def decode(
         self, model: torch.nn.Module, state: DecodeState, config: SamplingConfig, generator: torch.Generator | None
@@ -104,7 +134,7 @@ class FewStepSampler(WholeResponseSampler):
         spec, P = state.spec, state.P
         traj = sample_trajectory(
             model, spec, state.x[:, :P], state.valid[:, :P], config.gen_length, config.steps, config.temperature,
-            config.remasking, generator, config.suppress_ids(spec),
+            config.remasking, generator, config.suppress_ids(spec), compile=config.compile,
         )  # fmt: skip
         state.response.copy_(traj.response)
         state.decode_step.copy_(traj.step_of)

@@ -16,6 +16,13 @@ temperature, argmax at 0); revealed tokens are carried over.
   next states, score each with the discriminator at its own noise level, and keep one drawn from
   softmax(scores).
 
+Static step: the schedule is fixed (no done-check; `sync_every` is accepted and changes nothing)
+and no step reads device values on the host. `compile: true` compiles the policy's forward (the
+step's dominant cost). The discriminator work stays eager, outside the compiled code: the gradient
+tilt calls `torch.autograd.grad` through the discriminator and the candidate scores draw the
+discriminator's view split from the generator, neither of which torch.compile traces without
+graph breaks (an attempt compiled >100 fragments for 4 steps).
+
 The discriminator and the guidance settings ride on the model: pass
 `GuidedModel(student, discriminator, Guidance(...))` to `generate` with
 `SamplingConfig(algorithm="rgas", steps=...)`. The discriminator is any module called as
@@ -32,9 +39,9 @@ from torch import nn
 
 from dare.diffusion.trajectory import response_logits
 from dare.models.spec import DiffusionSpec
-from dare.sampling.base import SAMPLERS, WholeResponseSampler
+from dare.sampling.base import ENGINE_OPTIONS, SAMPLERS, WholeResponseSampler
 from dare.sampling.config import SamplingConfig
-from dare.sampling.engine import DecodeState, process_logits
+from dare.sampling.engine import DecodeState, StepFunction, process_logits
 from dare.sampling.ops import gumbel_argmax, token_probability, uniform
 
 
@@ -89,10 +96,73 @@ def _ancestral_step(x_resp, logp_x0, t, s, temperature, mask_id, generator):
     return torch.where(reveal, tokens, x_resp), reveal, tokens
 
 
+class _RGASStep:
+    """One RGAS step. `forward` (the policy's processed logits and log p_x0 `[N, L, V]` float64)
+    is the compiled part; `__call__` adds the discriminator's guidance (eager) and returns
+    (new response, revealed, tokens, p(token)), each `[N, L]`."""
+
+    def __init__(self, model: GuidedModel, state: DecodeState, config: SamplingConfig, generator) -> None:
+        self.disc, self.policy, self.guidance = model.discriminator, model.policy, model.guidance
+        self.spec, self.P, self.valid = state.spec, state.P, state.valid
+        self.response = torch.zeros_like(state.valid)
+        self.response[:, state.P :] = True  # [N, P+L]: the positions the discriminator scores
+        self.temperature, self.generator = config.temperature, generator
+        self.suppress = config.suppress_ids(state.spec)
+        self.forward = StepFunction(self._policy_logits, state.x.device, compile=config.compile)
+
+    def _policy_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = self.spec
+        logits = process_logits(
+            response_logits(self.policy, spec, x, self.valid, self.P), None, 0.0, spec, self.suppress
+        )
+        return logits, logits.log_softmax(-1)
+
+    def __call__(self, x: torch.Tensor, t: float, s: float, h: float | None):
+        """h: the tilt strength of a gradient-tilting step, None for a re-ranking one."""
+        P, N, mask_id = self.P, x.shape[0], self.spec.mask_token_id
+        logits, logp = self.forward(x)
+        masked = x[:, P:] == mask_id
+        draw = (x[:, P:], logp, t, s, self.temperature, mask_id, self.generator)
+        if h is not None:
+            logp = logp + h * self._tilt(x, t, logp, masked).double().clamp(-1, 1) * masked[..., None]
+            new, reveal, tokens = _ancestral_step(x[:, P:], logp, *draw[2:])
+        else:
+            M = self.guidance.num_candidates if s > 0 else 1
+            cands = [_ancestral_step(*draw) for _ in range(M)]
+            if M > 1:
+                s_t = torch.full((N,), s, device=x.device)
+                scores = torch.stack([self._score(x, c[0], s_t) for c in cands], -1).double()  # [N, M]
+                pick = gumbel_argmax(scores, 1.0, self.generator)  # a draw from softmax(scores)
+            else:
+                pick = torch.zeros(N, dtype=torch.long, device=x.device)
+            rows = torch.arange(N, device=x.device)
+            new, reveal, tokens = (torch.stack([c[i] for c in cands], 1)[rows, pick] for i in range(3))
+        return new, reveal, tokens, token_probability(logits, tokens)
+
+    def _score(self, x: torch.Tensor, response: torch.Tensor, s_t: torch.Tensor) -> torch.Tensor:
+        """The reward of a candidate next state (the prompt of `x`, then `response`) at noise level s. `[N]`"""
+        z = torch.cat([x[:, : self.P], response], 1)
+        return _reward(self.disc, z, self.valid, self.response, s_t, generator=self.generator)
+
+    def _tilt(self, x: torch.Tensor, t: float, logp: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """grad of the reward w.r.t. log p_x0, the discriminator fed the current state with masked
+        positions replaced by their predicted distributions softmax(log p_x0)."""
+        P, V, N = self.P, logp.shape[-1], x.shape[0]
+        with torch.enable_grad():
+            lp = logp.float().detach().requires_grad_(True)
+            soft = torch.where(masked[..., None], lp.softmax(-1), nn.functional.one_hot(x[:, P:], V).float())
+            probs = torch.cat([nn.functional.one_hot(x[:, :P], V).float(), soft], 1)  # [N, P+L, V]
+            t_t = torch.full((N,), t, device=x.device)
+            r = _reward(self.disc, x, self.valid, self.response, t_t, probs, self.generator)
+            (grad,) = torch.autograd.grad(r.sum(), lp)
+        return grad
+
+
 @SAMPLERS.register("rgas")
 class RewardGuidedSampler(WholeResponseSampler):
     name = "rgas"
     attention = "full"
+    options = ENGINE_OPTIONS
     # the discriminator draws its noise outside `ops.uniform`: per-row generators do not reach it
     # (`dare.sampling.backend` then samples one prompt at a time)
     per_row_noise = False
@@ -104,64 +174,20 @@ class RewardGuidedSampler(WholeResponseSampler):
             raise ValueError(
                 "algorithm='rgas' needs the discriminator: pass GuidedModel(policy, discriminator) as the model"
             )
-        g, disc, policy = model.guidance, model.discriminator, model.policy
-        spec, P = state.spec, state.P
-        x, valid = state.x, state.valid  # [N, P+L]: left-padded prompt, then L masks
-        N, S, mask_id = x.shape[0], config.steps, spec.mask_token_id
-        device = x.device
-        response = torch.zeros_like(valid)
-        response[:, P:] = True  # [N, P+L]: the positions the discriminator scores
-        step_of, conf = state.decode_step, state.confidence  # [N, L]: -1 and NaN until decoded
+        x, P, S = state.x, state.P, config.steps  # x [N, P+L]: left-padded prompt, then L masks
+        g = model.guidance
+        step = _RGASStep(model, state, config, generator)
         n_tilt = round(S * (1 - g.rerank_ratio))
-        suppress = config.suppress_ids(spec)
-        V = None
-        for j in range(S):
+        for j in range(S):  # a fixed schedule: no done-check
             t, s = 1 - j / S, 1 - (j + 1) / S
-            logits = process_logits(response_logits(policy, spec, x, valid, P), None, 0.0, spec, suppress)
-            logp = logits.log_softmax(-1)  # [N, L, V] float64
-            V = logp.shape[-1]
-            masked = x[:, P:] == mask_id
-            if j < n_tilt and s > 0:
-                h = g.scale_start + (g.scale_end - g.scale_start) * (j / max(1, n_tilt - 1))
-                with torch.enable_grad():
-                    lp = logp.float().detach().requires_grad_(True)
-                    soft = torch.where(
-                        masked[..., None], lp.softmax(-1), nn.functional.one_hot(x[:, P:], V).float()
-                    )  # [N, L, V]
-                    prompt = nn.functional.one_hot(x[:, :P], V).float()
-                    r = _reward(disc, x, valid, response, torch.full((N,), t, device=device), torch.cat([prompt, soft], 1),
-                                generator)  # fmt: skip
-                    (grad,) = torch.autograd.grad(r.sum(), lp)
-                logp = logp + h * grad.double().clamp(-1, 1) * masked[..., None]
-                new, reveal, tokens = _ancestral_step(x[:, P:], logp, t, s, config.temperature, mask_id, generator)
-            else:
-                M = g.num_candidates if s > 0 else 1
-                cands = [
-                    _ancestral_step(x[:, P:], logp, t, s, config.temperature, mask_id, generator) for _ in range(M)
-                ]
-                if M > 1:
-                    scores = torch.stack(
-                        [
-                            _reward(
-                                disc,
-                                torch.cat([x[:, :P], c[0]], 1),
-                                valid,
-                                response,
-                                torch.full((N,), s, device=device),
-                                generator=generator,
-                            )  # fmt: skip
-                            for c in cands
-                        ],
-                        -1,
-                    ).double()  # [N, M]  fmt: skip
-                    pick = gumbel_argmax(scores, 1.0, generator)  # a draw from softmax(scores)
-                else:
-                    pick = torch.zeros(N, dtype=torch.long, device=device)
-                new = torch.stack([c[0] for c in cands], 1)[torch.arange(N), pick]
-                reveal = torch.stack([c[1] for c in cands], 1)[torch.arange(N), pick]
-                tokens = torch.stack([c[2] for c in cands], 1)[torch.arange(N), pick]
-            conf.copy_(torch.where(reveal, token_probability(logits, tokens), conf))
-            step_of.copy_(torch.where(reveal, j, step_of))
+            h = (
+                g.scale_start + (g.scale_end - g.scale_start) * (j / max(1, n_tilt - 1))
+                if j < n_tilt and s > 0
+                else None
+            )
+            new, reveal, tokens, prob = step(x, t, s, h)
+            state.confidence.copy_(torch.where(reveal, prob, state.confidence))
+            state.decode_step.copy_(torch.where(reveal, j, state.decode_step))
             x[:, P:] = new
         return S, {}
 

@@ -28,6 +28,13 @@ above `editing_threshold`; a block ends when it has no mask and an iteration edi
 after `max_post_steps` iterations without a mask. A rewritten token's decode step and confidence
 are those of its last write. Rows stop at an EOS only at block ends (an edit may still move it
 within the block). 2.1's `num_to_transfer` (1) is the schedule's k at steps = gen_length.
+
+Static step: without editing, llada2 is the block engine's (`decode_blocks`: `sync_every`,
+`compile`). With editing, each iteration's forward and rule (`_EditStep`) is a fixed-shape step
+without host synchronisation (compiled with `compile: true`), the row bookkeeping is tensor
+arithmetic, and the host reads "does any row still iterate on this block" every `sync_every`
+iterations; an iteration after every row has settled commits nothing (greedy tokens are those of
+`sync_every=1`; sampled ones may differ in later blocks, whose noise then comes later in the stream).
 """
 
 from __future__ import annotations
@@ -36,9 +43,9 @@ import math
 
 import torch
 
-from dare.sampling.base import SAMPLERS, Policy
+from dare.sampling.base import ENGINE_OPTIONS, SAMPLERS, Policy
 from dare.sampling.config import SamplingConfig
-from dare.sampling.engine import DecodeState, Runner, process_logits
+from dare.sampling.engine import DecodeState, Runner, StepFunction, check_every, process_logits
 from dare.sampling.ops import split_evenly, token_probability
 from dare.sampling.sdar import SDARPolicy, SDARSampler
 
@@ -54,6 +61,32 @@ class LLaDA2Policy(SDARPolicy):
         return torch.full_like(remaining, k)
 
 
+class _EditStep:
+    """One LLaDA2.1 iteration on a block: forward, unmask (threshold or top-k) and edit.
+    (x `[N, T]`, masked `[N, L]`, rows `[N]`, k `[N]`) -> (tokens, transfer, prob, edited `[N]`)."""
+
+    def __init__(self, runner: Runner, policy: LLaDA2Policy, state: DecodeState, config: SamplingConfig) -> None:
+        self.runner, self.policy, self.config = runner, policy, config
+        self.spec, self.end_ids = state.spec, state.end_ids
+        self.suppress = config.suppress_ids(state.spec)
+
+    def __call__(
+        self, x: torch.Tensor, masked: torch.Tensor, rows: torch.Tensor, k: torch.Tensor,
+        start: int, end: int, refresh: bool, step: int, num_steps: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        c = self.config
+        cond, _ = self.runner.forward(x, start, end, refresh)
+        logits = process_logits(cond, None, 0.0, self.spec, self.suppress)  # [N, L, V] float64
+        tokens, conf = self.policy.propose(logits)
+        if c.confidence_eos_eot_inf:
+            conf = conf.masked_fill(torch.isin(tokens, self.end_ids), -math.inf)
+        unmask = self.policy.select(conf, masked, k, step, num_steps) & masked
+        edit = rows[:, None] & ~masked & (conf > c.editing_threshold) & (tokens != x[:, start:end])
+        transfer = unmask | edit
+        prob = torch.where(transfer, token_probability(logits, tokens), math.nan)
+        return tokens, transfer, prob, edit.any(-1)
+
+
 @SAMPLERS.register("llada2")
 class LLaDA2Sampler(SDARSampler):
     name = "llada2"
@@ -61,7 +94,7 @@ class LLaDA2Sampler(SDARSampler):
     options = frozenset(
         {"top_p", "top_k", "cache", "threshold", "confidence_eos_eot_inf", "remasking", "editing_threshold",
          "max_post_steps"}
-    )  # fmt: skip
+    ) | ENGINE_OPTIONS  # fmt: skip
 
     @classmethod
     def check_config(cls, config: SamplingConfig) -> None:
@@ -87,13 +120,14 @@ class LLaDA2Sampler(SDARSampler):
             return super().decode(model, state, config, generator)
         runner = self.runner(model, state, config)
         policy = self.policy(config, generator)
+        step_fn = StepFunction(_EditStep(runner, policy, state, config), state.x.device, runner, compile=config.compile)
         runner.start(state.x)
         steps_per_block = split_evenly(config.steps, config.num_blocks)
         for b, num_steps in enumerate(steps_per_block):
             if bool(state.finished.all()):
                 break
             start = state.P + b * config.block_length
-            self._edit_block(state, runner, policy, config, start, num_steps)
+            self._edit_block(state, runner, policy, step_fn, config, start, num_steps)
             state.update_finished()
             if b + 1 < config.num_blocks and not bool(state.finished.all()):
                 runner.end_block(state.x, start, start + config.block_length)
@@ -101,36 +135,31 @@ class LLaDA2Sampler(SDARSampler):
 
     @staticmethod
     def _edit_block(
-        state: DecodeState, runner: Runner, policy: LLaDA2Policy, config: SamplingConfig, start: int, num_steps: int
-    ) -> None:
+        state: DecodeState, runner: Runner, policy: LLaDA2Policy, step_fn: StepFunction, config: SamplingConfig,
+        start: int, num_steps: int,
+    ) -> None:  # fmt: skip
         """LLaDA2.1's loop over one block: unmask (threshold or top-k) and edit, row by row until a
-        row has no mask and edits nothing, or has spent its post steps."""
+        row has no mask and edits nothing, or has spent its post steps. The host reads `rows`
+        only every `sync_every` iterations (and at the bound)."""
         end = start + config.block_length
         rows = ~state.finished  # [N] rows still iterating on this block
         post = torch.zeros_like(state.row_steps)
-        suppress = config.suppress_ids(state.spec)
-        for step in range(config.block_length + config.max_post_steps + 1):  # each step unmasks or is a post step
-            old = state.x[:, start:end].clone()
-            masked = (old == state.mask_id) & rows[:, None]  # [N, L]
+        bound = config.block_length + config.max_post_steps + 1  # each step unmasks or is a post step
+        for step in range(bound + 1):
+            masked = (state.x[:, start:end] == state.mask_id) & rows[:, None]  # [N, L]
             no_mask = ~masked.any(-1)
             post += (no_mask & rows).long()
             rows = rows & (post <= config.max_post_steps)
-            if not bool(rows.any()):
+            if (check_every(step, config.sync_every) or step == bound) and not bool(rows.any()):
                 return
-            cond, _ = runner.block_logits(state.x, start, end, refresh=step == 0)
-            logits = process_logits(cond, None, 0.0, state.spec, suppress)  # [N, L, V] float64
-            tokens, conf = policy.propose(logits)
-            k = torch.minimum(policy.plan(masked.sum(-1), step, num_steps), masked.sum(-1))
-            if config.confidence_eos_eot_inf:
-                conf = conf.masked_fill(torch.isin(tokens, state.end_ids), -math.inf)
-            unmask = policy.select(conf, masked, k, step, num_steps) & masked
-            edit = rows[:, None] & ~masked & (conf > config.editing_threshold) & (tokens != old)
-            transfer = unmask | edit
-            prob = torch.full_like(conf, math.nan)
-            prob[transfer] = token_probability(logits[transfer], tokens[transfer])
+            if step == bound:
+                raise RuntimeError(f"llada2: block at column {start} did not settle")  # unreachable: bounded above
+            remaining = masked.sum(-1)
+            k = torch.minimum(policy.plan(remaining, step, num_steps), remaining)
+            tokens, transfer, prob, edited = step_fn(state.x, masked, rows, k, start, end, step == 0, step, num_steps)
+            runner.nfe += 1
             state.commit(start, tokens, transfer, prob, rows)
-            rows = rows & ~(no_mask & ~edit.any(-1))
-        raise RuntimeError(f"llada2: block at column {start} did not settle")  # unreachable: bounded above
+            rows = rows & ~(no_mask & ~edited)
 
 
 __all__ = ["RELEASED_THRESHOLD", "LLaDA2Policy", "LLaDA2Sampler"]

@@ -53,6 +53,16 @@ CASES = {
     "sdar_sequential": ("sdar", dict(algorithm="sdar", gen_length=16, steps=8, remasking="sequential"), True, "linear"),
     "sdar_no_cache": ("sdar", dict(algorithm="sdar", gen_length=16, steps=8, cache="none"), True, "linear"),
     "first_hitting": ("llada", dict(algorithm="first_hitting", gen_length=16, block_length=8), False, "linear"),
+    "llada2": ("sdar", dict(algorithm="llada2", gen_length=16, steps=8, threshold=0.5), True, None),
+    "llada2_editing": (
+        "sdar",
+        dict(algorithm="llada2", gen_length=16, steps=8, threshold=0.5, editing_threshold=0.5, max_post_steps=2),
+        True,
+        None,
+    ),  # fmt: skip
+    "few_step": ("llada", dict(algorithm="few_step", gen_length=16, steps=8, remasking="low_confidence"), True, None),
+    "few_step_random": ("llada", dict(algorithm="few_step", gen_length=16, steps=8, remasking="random"), False, None),
+    "rgas": ("guided", dict(algorithm="rgas", gen_length=8, steps=4), False, None),
 }
 DETERMINISTIC = [k for k, v in CASES.items() if v[2]]
 FIXED_COUNT = [k for k, v in CASES.items() if v[3]]

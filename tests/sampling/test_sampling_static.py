@@ -7,11 +7,15 @@ every `sync_every` steps, and the step compiled with `torch.compile`.
   a deliberate change to the tiny models or to a sampler's tokens regenerates it: for every key
   `case@T<t>`, `decode(models, case, t)`'s response_ids / decode_step lists and nfe;
 - `sync_every=k` gives the tokens of k=1 greedy for every case, and sampled for every rule whose
-  step count is fixed (parallel rules may draw extra noise before the check: documented);
+  step count is fixed (parallel rules and llada2's editing may draw extra noise before the check:
+  documented; first_hitting's blocks only end early when every row is done, so its sampled tokens
+  are those of k=1 too); few_step and rgas have a fixed schedule and no check at all;
 - `StaticKVCache` returns exactly the keys the growing `DiffusionCache` returns, in every mode;
 - compiled == eager (tokens, decode steps, forward count) at temperature 0 for every sampler x
-  cache mode; the compile tests share one xdist worker and use the "aot_eager" backend (the same
-  graph capture and guards as inductor, without code generation, to keep CPU time to seconds).
+  cache mode, and sampled (temperature 1) for the samplers with their own loop (first_hitting,
+  few_step, rgas, llada2 with editing; rgas compiles only its policy forward); the compile tests
+  share one xdist worker and use the "aot_eager" backend (the same graph capture and guards as
+  inductor, without code generation, to keep CPU time to seconds).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from test_sampling_algorithms import CASES
 from dare.models.layers import DiffusionCache
 from dare.sampling import SamplingConfig, generate
 from dare.sampling import engine as engine_module
+from dare.sampling.base import ENGINE_OPTIONS, SAMPLERS
 from dare.sampling.kv_cache import StaticKVCache
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_tokens.json").read_text())
@@ -50,7 +55,7 @@ def test_tokens_equal_the_sampler_before_the_static_step(models, key):
 
 
 @pytest.mark.parametrize("sync_every", [2, 5])
-@pytest.mark.parametrize("case", [c for c in CASES if c != "first_hitting"])
+@pytest.mark.parametrize("case", list(CASES))
 def test_sync_every_k_gives_the_tokens_of_every_step(models, case, sync_every):
     temperatures = [0.0] if case in PARALLEL else [0.0, 1.0]
     for t in temperatures:
@@ -70,11 +75,37 @@ def test_sync_every_saves_host_checks_not_tokens_when_rows_stop_early(models):
     assert torch.equal(every.response_ids, sparse.response_ids)
 
 
+def _host_reads(monkeypatch, models, case: str, **extra) -> tuple[int, torch.Tensor]:
+    """(device values read on the host through `bool(tensor)`, response) of one decode."""
+    reads, real = [0], torch.Tensor.__bool__
+
+    def counted(t: torch.Tensor) -> bool:
+        reads[0] += 1
+        return real(t)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.Tensor, "__bool__", counted)
+        r = decode(models, case, 0.0, **extra)
+    return reads[0], r.response_ids
+
+
+def test_own_loop_samplers_read_the_device_only_at_the_checks(monkeypatch, models):
+    # first_hitting, no early stop: 2 blocks x 8 steps; a check before steps 0..7 (k=1) or 0, 4 (k=4)
+    one, tokens = _host_reads(monkeypatch, models, "first_hitting", logits_eos_inf=True)
+    four, sparse = _host_reads(monkeypatch, models, "first_hitting", logits_eos_inf=True, sync_every=4)
+    assert one - four == 2 * (8 - 2) and torch.equal(tokens, sparse)
+    # llada2 with editing: the block ends when its rows settle (data-dependent): fewer reads, same tokens
+    one, tokens = _host_reads(monkeypatch, models, "llada2_editing")
+    four, sparse = _host_reads(monkeypatch, models, "llada2_editing", sync_every=4)
+    assert four < one and torch.equal(tokens, sparse)
+
+
 def test_sync_every_is_validated():
     with pytest.raises(ValueError, match="sync_every=0: must be a positive integer"):
         SamplingConfig(sync_every=0)
-    with pytest.raises(ValueError, match="sync_every=2 is not used by algorithm 'first_hitting'"):
-        SamplingConfig(algorithm="first_hitting", sync_every=2)
+    # every registered sampler has a static step: all of them read both settings
+    for name in SAMPLERS.names():
+        assert ENGINE_OPTIONS <= SAMPLERS.get(name).options, name
     with pytest.raises(ValueError, match="compile='yes': must be true or false"):
         SamplingConfig(compile="yes")
 
@@ -140,6 +171,21 @@ COMPILE_CASES = {
     "dream_dual": ("dream", dict(algorithm="dream", gen_length=8, steps=4, cache="dual")),
     "sdar_block": ("sdar", dict(algorithm="sdar", gen_length=8, block_length=8, steps=4)),
     "sdar_none": ("sdar", dict(algorithm="sdar", gen_length=8, block_length=8, steps=4, cache="none")),
+    # the samplers with their own loop; first_hitting, few_step "random" and rgas draw noise even at T = 0
+    "llada2": ("sdar", dict(algorithm="llada2", gen_length=8, block_length=8, steps=4, threshold=0.5)),
+    "llada2_editing": ("sdar", dict(algorithm="llada2", gen_length=8, block_length=8, steps=4, threshold=0.5,
+                                    editing_threshold=0.5, max_post_steps=2)),
+    "first_hitting": ("llada", dict(algorithm="first_hitting", gen_length=8)),
+    "few_step": ("llada", dict(algorithm="few_step", gen_length=8, steps=4, remasking="low_confidence")),
+    "few_step_random": ("llada", dict(algorithm="few_step", gen_length=8, steps=4, remasking="random")),
+    "rgas": ("guided", dict(algorithm="rgas", gen_length=8, steps=4)),
+    # sampled (temperature 1), fixed step counts: the compiled step draws the eager noise
+    "first_hitting_T1": ("llada", dict(algorithm="first_hitting", gen_length=8, temperature=1.0)),
+    "few_step_random_T1": ("llada", dict(algorithm="few_step", gen_length=8, steps=4, temperature=1.0)),
+    # (another length: the compiled policy forward of "rgas" does not depend on the temperature)
+    "rgas_T1": ("guided", dict(algorithm="rgas", gen_length=6, steps=3, temperature=1.0)),
+    "llada2_editing_T1": ("sdar", dict(algorithm="llada2", gen_length=8, block_length=8, steps=4, threshold=0.5,
+                                       editing_threshold=0.5, max_post_steps=2, temperature=1.0)),
 }  # fmt: skip
 
 
