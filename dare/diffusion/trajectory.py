@@ -17,9 +17,9 @@ from dare.models.spec import DiffusionSpec, aligned_logits
 
 
 def response_logits(
-    model: torch.nn.Module, spec: DiffusionSpec, x: torch.Tensor, valid: torch.Tensor, P: int
+    model: torch.nn.Module, spec: DiffusionSpec, x: torch.Tensor, valid: torch.Tensor | None, P: int
 ) -> torch.Tensor:
-    """Aligned logits of the response columns: x `[N, P+L]` -> `[N, L, V]`."""
+    """Aligned logits of the response columns: x `[N, P+L]` -> `[N, L, V]` (`valid` None: no padding)."""
     out = model(x, attention_mask=valid)
     return aligned_logits(out.logits, spec)[:, P:]
 

@@ -93,6 +93,9 @@ class DiffusionCache:
         self.values: list[torch.Tensor] = []
         self.positions: torch.Tensor | None = None  # [B, S] rotary positions of cached keys
         self.valid: torch.Tensor | None = None  # [B, S] bool, False for padding
+        # whether a padding mask came with the cached keys (a host-side flag: while it is False and
+        # no mask is given, every key is valid without reading `valid` from the device)
+        self.padded = False
 
     def get_seq_length(self) -> int:
         return 0 if self.positions is None else self.positions.shape[1]
@@ -242,14 +245,19 @@ def build_attention_context(
         k_pos, k_valid = position_ids, new_valid
         own = torch.arange(Q, device=device)
 
+    # every key is valid, known on the host (no device read): no mask given and none cached
+    no_padding = attention_mask is None and (cache is None or S == 0 or not cache.padded)
     if cache is not None and use_cache and replace_position is None:
         cache.positions, cache.valid = k_pos, k_valid
+        cache.padded = (S > 0 and cache.padded) or attention_mask is not None
 
     # --- the mask ---------------------------------------------------------------------------
     if explicit_4d:
         mask = attention_mask
-    elif block_size is None and bool(k_valid.all()):
-        mask = None  # everything visible: let SDPA take its fastest path
+    elif block_size is None and (no_padding or bool(k_valid.all())):
+        # everything visible: let SDPA take its fastest path (the device read only when a padding
+        # mask was given: a decode loop passes none for an unpadded batch, so its steps never sync)
+        mask = None
     else:
         visible = k_valid[:, None, :].expand(B, Q, k_valid.shape[1])  # [B, Q, K]
         if block_size is not None:

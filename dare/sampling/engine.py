@@ -181,9 +181,15 @@ class FullAttentionRunner:
         self.prompt_mask = state.valid.clone()
         self.prompt_mask[:, self.P :] = False  # [N, T] True on real prompt tokens
         self.valid = state.valid if cfg_scale == 0 else torch.cat([state.valid, state.valid])  # [N(*2), T]
+        # the padding mask the forwards get: none for an unpadded batch (read once here), so the
+        # model's attention never reads validity from the device inside the decode loop
+        self.mask = self.padding_mask()
         # one preallocated cache for the whole decode, refilled in place at every block start
         self.cache = None if cache == "none" else StaticKVCache(state.x.shape[1])
         self.nfe = 0
+
+    def padding_mask(self) -> torch.Tensor | None:
+        return self.valid if not bool(self.valid.all()) else None
 
     @property
     def forced_first(self) -> bool:
@@ -219,18 +225,18 @@ class FullAttentionRunner:
             if self.cache is not None:
                 self.cache.reset()
             out = self.model(
-                inp, attention_mask=self.valid, past_key_values=self.cache, use_cache=self.cache is not None
+                inp, attention_mask=self.mask, past_key_values=self.cache, use_cache=self.cache is not None
             )
             # align on columns [start-1, end) so a shifted model's column `start` is predicted too
             logits = aligned_logits(out.logits[:, start - 1 : end], self.spec)[:, 1:]  # [N, L, V]
             if self.cache_mode == "prefix":
                 self.cache.crop(start)
         elif self.cache_mode == "prefix":
-            out = self.model(inp[:, start:], attention_mask=self.valid, past_key_values=self.cache, use_cache=False)
+            out = self.model(inp[:, start:], attention_mask=self.mask, past_key_values=self.cache, use_cache=False)
             logits = aligned_logits(out.logits, self.spec)[:, :L]  # local shift inside the window
         else:  # dual
             out = self.model(
-                inp[:, start:end], attention_mask=self.valid, past_key_values=self.cache, replace_position=start
+                inp[:, start:end], attention_mask=self.mask, past_key_values=self.cache, replace_position=start
             )
             logits = aligned_logits(out.logits, self.spec)
         if self.cfg_scale == 0:

@@ -104,6 +104,7 @@ class _RGASStep:
     def __init__(self, model: GuidedModel, state: DecodeState, config: SamplingConfig, generator) -> None:
         self.disc, self.policy, self.guidance = model.discriminator, model.policy, model.guidance
         self.spec, self.P, self.valid = state.spec, state.P, state.valid
+        self.policy_mask = None if bool(state.valid.all()) else state.valid  # no padding: no device read per step
         self.response = torch.zeros_like(state.valid)
         self.response[:, state.P :] = True  # [N, P+L]: the positions the discriminator scores
         self.temperature, self.generator = config.temperature, generator
@@ -113,7 +114,7 @@ class _RGASStep:
     def _policy_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         spec = self.spec
         logits = process_logits(
-            response_logits(self.policy, spec, x, self.valid, self.P), None, 0.0, spec, self.suppress
+            response_logits(self.policy, spec, x, self.policy_mask, self.P), None, 0.0, spec, self.suppress
         )
         return logits, logits.log_softmax(-1)
 

@@ -36,6 +36,7 @@ class StaticKVCache(DiffusionCache):
         self._positions: torch.Tensor | None = None  # [B, capacity]
         self._valid: torch.Tensor | None = None  # [B, capacity] bool
         self.static_addresses = False
+        self.padded = False
 
     def reset(self) -> None:
         self.length = 0

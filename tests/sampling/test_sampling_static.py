@@ -100,6 +100,68 @@ def test_own_loop_samplers_read_the_device_only_at_the_checks(monkeypatch, model
     assert four < one and torch.equal(tokens, sparse)
 
 
+FULL_ATTENTION = [k for k, v in CASES.items() if v[0] in ("llada", "dream") and k != "dream_origin"]
+
+
+@pytest.mark.parametrize("case", FULL_ATTENTION)
+def test_model_forward_reads_no_device_value_for_an_unpadded_batch(monkeypatch, models, case):
+    """The model's attention decides "no padding, no mask" on the host when the decode passes no
+    mask (an unpadded batch): no `bool(tensor)` from dare/models inside the loop; a padded batch still
+    reads it (its keys need the mask) and decodes the tokens of a forward given every mask."""
+    family, cfg, _, _ = CASES[case]
+    reads, real = [], torch.Tensor.__bool__
+
+    def counted(t: torch.Tensor) -> bool:
+        import sys
+
+        reads.append(sys._getframe(1).f_code.co_filename)
+        return real(t)
+
+    def run(prompts):
+        config = SamplingConfig(**{**cfg, "temperature": 0.0})
+        reads.clear()
+        with monkeypatch.context() as m:
+            m.setattr(torch.Tensor, "__bool__", counted)
+            r = generate(models[family], prompts, config, torch.Generator().manual_seed(0))
+        return sum("dare/models/" in f for f in reads), r.response_ids
+
+    unpadded = [[5, 9, 11], [7, 3, 21], [17, 4, 6]]
+    in_model, tokens = run(unpadded)
+    assert in_model == 0
+    with monkeypatch.context() as m:  # the same batch with an explicit all-True mask: the same tokens
+        m.setattr(engine_module.FullAttentionRunner, "padding_mask", lambda self: self.valid)
+        _, with_mask = run(unpadded)
+    assert torch.equal(tokens, with_mask)
+    in_model, _ = run(PROMPTS)  # left-padded: the keys' validity is read (the mask is needed)
+    assert in_model > 0
+
+
+@torch.no_grad()
+def test_a_padded_cache_keeps_masking_keys_when_later_calls_give_no_mask(models):
+    """`DiffusionCache.padded`: keys stored with a padding mask stay masked in a later call that
+    passes none (append, and replace in place) — the host-side flag never drops a padded key."""
+    model = models["llada"]
+    ids = torch.tensor([[62, 62, 5, 9, 11, 63, 63], [7, 3, 21, 40, 8, 63, 63]])
+    valid = torch.tensor([[False, False, True, True, True, True, True], [True] * 7])
+    cache = DiffusionCache()
+    model(ids[:, :5], attention_mask=valid[:, :5], past_key_values=cache, use_cache=True)
+    assert cache.padded
+    later = model(ids[:, 5:], past_key_values=cache, use_cache=False).logits
+    masked = model(ids[:, 5:], attention_mask=valid, past_key_values=cache, use_cache=False).logits
+    assert torch.equal(later, masked)
+    cache.padded = False  # what dropping the flag would do: the padded keys become visible
+    assert not torch.allclose(model(ids[:, 5:], past_key_values=cache, use_cache=False).logits, masked)
+    cache = DiffusionCache()  # replace in place over a cache of the whole (padded) sequence
+    model(ids, attention_mask=valid, past_key_values=cache, use_cache=True)
+    replaced = model(ids[:, 5:], past_key_values=cache, replace_position=5).logits
+    assert torch.equal(
+        replaced, model(ids[:, 5:], attention_mask=valid, past_key_values=cache, replace_position=5).logits
+    )
+    fresh = DiffusionCache()  # no mask ever: not padded
+    model(ids[1:, :5], past_key_values=fresh, use_cache=True)
+    assert not fresh.padded
+
+
 def test_sync_every_is_validated():
     with pytest.raises(ValueError, match="sync_every=0: must be a positive integer"):
         SamplingConfig(sync_every=0)
