@@ -41,7 +41,15 @@ from dare.workers import sharding
 from dare.workers.builder import build_policy, wrap_lora
 from dare.workers.generation import RolloutBackends, generate_batch
 from dare.workers.reference import RemoteReference
-from dare.workers.state_io import StateFileError, check_tree, has_tree, load_tree, refuse_pickles, save_tree
+from dare.workers.state_io import (
+    StateFileError,
+    check_optimizer_state,
+    check_tree,
+    has_tree,
+    load_tree,
+    refuse_pickles,
+    save_tree,
+)
 
 # training-state files (safetensors + JSON, never pickle): optimizer + lr schedule, algorithm extras
 OPTIM_STATE = "optimizer"
@@ -103,16 +111,6 @@ def split_batch(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, to
         return [batch]
     chunks = {k: v.chunk(parts) for k, v in batch.items()}
     return [{k: c[i] for k, c in chunks.items()} for i in range(parts)]
-
-
-def _check_moment_shapes(optimizer: torch.optim.Optimizer) -> None:
-    """`load_state_dict` takes moments of any shape; one that does not match its parameter would
-    only fail (or broadcast) at the next step."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            for k, v in optimizer.state.get(p, {}).items():
-                if isinstance(v, torch.Tensor) and v.ndim and v.shape != p.shape:
-                    raise ValueError(f"state {k!r} has shape {tuple(v.shape)}, its parameter {tuple(p.shape)}")
 
 
 @ray.remote
@@ -505,8 +503,8 @@ class ActorWorker(Worker):
                 if self.sharded:
                     sharding.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
                 else:
+                    check_optimizer_state(self.optimizer, state["optimizer"])
                     self.optimizer.load_state_dict(state["optimizer"])
-                    _check_moment_shapes(self.optimizer)
                 self.scheduler.load_state_dict(state["scheduler"])
                 self._version = int(self.scheduler.last_epoch)  # the updates the saved run had taken
             except (KeyError, TypeError, ValueError, RuntimeError) as e:

@@ -34,7 +34,15 @@ from dare.algorithms import ALGORITHMS
 from dare.algorithms.base import CriticSpec
 from dare.models.checkpoint import load_policy, quiet_progress_bars
 from dare.workers.builder import build_policy
-from dare.workers.state_io import StateFileError, check_tree, has_tree, load_tree, refuse_pickles, save_tree
+from dare.workers.state_io import (
+    StateFileError,
+    check_optimizer_state,
+    check_tree,
+    has_tree,
+    load_tree,
+    refuse_pickles,
+    save_tree,
+)
 
 # the critic's training-state files in `state/step_N`: critic.safetensors + critic.json
 CRITIC_STATE = "critic"
@@ -108,7 +116,10 @@ class Critic:
         if updates is not None and saved != updates:
             raise StateFileError(f"{where}: holds a critic after {saved} updates; the stage resumes at step {updates}")
         _check_weights(self.model, state["model"], where)
-        _check_optimizer_state(self.optimizer, state["optimizer"], where)
+        try:
+            check_optimizer_state(self.optimizer, state["optimizer"])
+        except ValueError as e:
+            raise StateFileError(f"{where}: {e}") from None
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -130,30 +141,6 @@ def _check_weights(model: nn.Module, saved: Any, where: Path) -> None:
             raise StateFileError(f"{where}: weight {name!r} is {got}, this critic's is {tuple(t.shape)} {t.dtype}")
         if s.is_floating_point() and not bool(torch.isfinite(s).all()):
             raise StateFileError(f"{where}: weight {name!r} holds NaN/inf")
-
-
-def _check_optimizer_state(optimizer: torch.optim.Optimizer, saved: Any, where: Path) -> None:
-    """The saved AdamW state fits `optimizer` (checked before loading: `load_state_dict` takes
-    moments of any shape, and one that does not fit its parameter would fail at the next step)."""
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    if not (
-        isinstance(saved, dict) and isinstance(saved.get("param_groups"), list) and isinstance(saved.get("state"), dict)
-    ):
-        raise StateFileError(f"{where}: its optimizer state needs 'state' and 'param_groups'")
-    ids = [i for g in saved["param_groups"] if isinstance(g, dict) for i in g.get("params", [])]
-    if len(ids) != len(params):
-        raise StateFileError(f"{where}: its optimizer state holds {len(ids)} parameters, this critic has {len(params)}")
-    param_of = dict(zip(ids, params))
-    for i, moments in saved["state"].items():
-        p = param_of.get(i)
-        if p is None or not isinstance(moments, dict):
-            raise StateFileError(f"{where}: optimizer state for parameter {i!r}, which its param_groups lack")
-        for k, v in moments.items():
-            if isinstance(v, torch.Tensor) and v.dim() and v.shape != p.shape:
-                raise StateFileError(
-                    f"{where}: optimizer moment {k!r} of parameter {i} has shape {tuple(v.shape)}, "
-                    f"the parameter {tuple(p.shape)}"
-                )
 
 
 def check_critic_state(directory: str | Path) -> None:

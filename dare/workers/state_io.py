@@ -168,4 +168,40 @@ def load_tree(directory: str | Path, name: str) -> Any:
     return _decode(doc["tree"], tensors, manifest)
 
 
-__all__ = ["StateFileError", "check_tree", "has_tree", "load_tree", "refuse_pickles", "save_tree"]
+def check_optimizer_state(optimizer: torch.optim.Optimizer, saved: Any) -> None:
+    """The saved optimizer state (`Optimizer.state_dict()`'s layout) fits `optimizer`: checked
+    before loading, because `load_state_dict` takes moments of any shape and one that does not fit
+    its parameter would only fail (or broadcast) at the next step.
+
+    Raises:
+        ValueError: naming what does not fit (the caller adds the file).
+    """
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if not (
+        isinstance(saved, dict) and isinstance(saved.get("param_groups"), list) and isinstance(saved.get("state"), dict)
+    ):
+        raise ValueError("its optimizer state needs 'state' and 'param_groups'")
+    ids = [i for g in saved["param_groups"] if isinstance(g, dict) for i in g.get("params", [])]
+    if len(ids) != len(params):
+        raise ValueError(f"its optimizer state holds {len(ids)} parameters, this model has {len(params)}")
+    param_of = dict(zip(ids, params))
+    for i, moments in saved["state"].items():
+        p = param_of.get(i)
+        if p is None or not isinstance(moments, dict):
+            raise ValueError(f"optimizer state for parameter {i!r}, which its param_groups lack")
+        for k, v in moments.items():
+            if isinstance(v, torch.Tensor) and v.dim() and v.shape != p.shape:
+                raise ValueError(
+                    f"optimizer moment {k!r} of parameter {i} has shape {tuple(v.shape)}, the parameter {tuple(p.shape)}"
+                )
+
+
+__all__ = [
+    "StateFileError",
+    "check_optimizer_state",
+    "check_tree",
+    "has_tree",
+    "load_tree",
+    "refuse_pickles",
+    "save_tree",
+]

@@ -168,6 +168,21 @@ def test_damaged_state_file_is_refused(run, tmp_path, damage, message):
         load_tree(state, "optimizer")
 
 
+def test_optimizer_moment_of_another_shape_is_refused(run, tmp_path):
+    """A well-formed optimizer file whose AdamW moment does not fit its parameter: refused before
+    it is loaded (`load_state_dict` would take it and fail, or broadcast, at the next step)."""
+    out = interrupted_copy(run, tmp_path)
+    state = out / "stage-1-a" / "state" / "step_2"
+    tree = load_tree(state, "optimizer")
+    moments = next(iter(tree["optimizer"]["state"].values()))
+    moments["exp_avg"] = torch.zeros(3, 5)
+    save_tree(tree, state, "optimizer")
+    with pytest.raises(
+        StateFileError, match=r"optimizer\.json: does not fit .*moment 'exp_avg' of parameter \d+ has shape \(3, 5\)"
+    ):
+        Pipeline.resume(out).run()
+
+
 def test_state_tree_round_trips_without_pickle(tmp_path):
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99))
