@@ -76,6 +76,8 @@ class RemoteReference(torch.nn.Module):
             raise ValueError("RemoteReference.local_copy: no template module (the actor passes its policy)")
         model = copy.deepcopy(self._template())
         model.load_state_dict(ray.get(self.handle.state.remote()))
+        if hasattr(model, "disable_adapter"):  # LoRA: the reference is the base (as `reference_forward`'s)
+            model.base_model.disable_adapter_layers()
         return model.to(self.device).eval().requires_grad_(False)
 
     def diffusion_spec(self) -> DiffusionSpec:
