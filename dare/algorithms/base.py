@@ -45,8 +45,8 @@ class Algorithm:
     # parameters outside the model's forward (e.g. the embedding matrix) cannot
     supports_sharding: ClassVar[bool] = True
     # whether its reference may live in separate workers (resources.reference: separate), i.e. it
-    # only runs the reference's forward without gradient; one that builds modules from the reference
-    # or backpropagates through it cannot
+    # only runs the reference's forward without gradient (or, like DiDi-Instruct, builds its modules
+    # from the weights `RemoteReference.local_copy` fetches); one that backpropagates through it cannot
     separate_reference: ClassVar[bool] = True
     # tensors its `prepare` / `compute_loss` read; the actor checks a batch has them before a step
     required_batch_keys: ClassVar[tuple[str, ...]] = ()

@@ -2,10 +2,11 @@
 
 Zheng et al., "Ultra-Fast Language Generation via Discrete Diffusion Divergence Instruct",
 arXiv 2509.25035 (haoyangzheng-ai/didi-instruct; its training code was unreleased at 7825a02,
-so this follows the paper). Roles, all in the actor process: the teacher (the actor's frozen
-reference copy, taken at the start of the stage), the student (the trainable policy, initialised
-from the teacher) and a discriminator D(z_t, t) (`dare.algorithms.didi_discriminator`, initialised from the
-teacher backbone, last blocks unfrozen, new head on (z_t, t), its own Adam).
+so this follows the paper). Roles: the teacher (the stage's reference: the actor's frozen copy of
+the policy at the start of the stage, or with `resources.reference: separate` the reference
+workers' copy), the student (the trainable policy, initialised from the teacher) and a
+discriminator D(z_t, t) (`dare.algorithms.didi_discriminator`, initialised from the teacher backbone,
+last blocks unfrozen, new head on (z_t, t), its own Adam), trained in the actor.
 
 Objective: the integral KL between the forward-noised marginals of student samples x ~ p_nu and
 teacher samples,
@@ -106,9 +107,10 @@ class DiDiInstruct(Algorithm):
 
     name = "didi_instruct"
     supports_sharding = False  # the discriminator is built from the unsharded teacher
-    # the teacher is the reference and the discriminator copies its blocks: both stay with the
-    # actor (dare.workers.reference.placement's rule; a separate teacher is not implemented)
-    separate_reference = False
+    # the teacher is the reference and follows its placement (dare.workers.reference.placement):
+    # separate, its forwards run on the reference workers and the discriminator is built from its
+    # weights fetched once (`build_discriminator`)
+    separate_reference = True
     kind = "distill"
     attention = ("full",)
     required_batch_keys = ("input_ids", "attention_mask", "teacher_response", "noise_seed", "step")
@@ -205,12 +207,28 @@ class DiDiInstruct(Algorithm):
 
     # ----------------------------------------------------------------- discriminator
 
-    def build_discriminator(self, teacher: torch.nn.Module) -> None:
-        device = next(teacher.parameters()).device
-        self.discriminator = DiffusionDiscriminator(
-            teacher, self.args.disc_unfrozen_blocks, views=self.args.disc_views,
-            frozen_surprise=self.args.disc_frozen_surprise,
-        )  # fmt: skip
+    def build_discriminator(self, teacher: torch.nn.Module, seed: int | None = None) -> None:
+        """The discriminator from the teacher: the colocated frozen copy, or the separate
+        reference's stand-in (it has `local_copy`). Separate, the teacher's weights are fetched once
+        into a local module that becomes the backbone, and the frozen surprise forwards run on the
+        reference worker: the actor holds the policy and the discriminator (a trainable copy of the
+        backbone either way), not the teacher and the discriminator's frozen copy of it, i.e. two
+        model copies fewer; the discriminator's own memory (its backbone, grads, Adam) stays.
+
+        `seed` draws the new head's initial weights (else the global RNG, whose state depends on
+        what the process ran before, e.g. whether it sampled the teacher itself)."""
+        local_copy = getattr(teacher, "local_copy", None)
+        remote = local_copy is not None
+        backbone = local_copy() if remote else teacher
+        device = next(backbone.parameters()).device
+        with torch.random.fork_rng(devices=[]):  # the head is built on the CPU, then moved
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.discriminator = DiffusionDiscriminator(
+                backbone, self.args.disc_unfrozen_blocks, views=self.args.disc_views,
+                frozen_surprise=self.args.disc_frozen_surprise,
+                surprise_model=teacher if remote else None, copy_teacher=not remote,
+            )  # fmt: skip
         self.discriminator.to(device)
         params = [p for p in self.discriminator.parameters() if p.requires_grad]
         self.disc_optimizer = torch.optim.Adam(params, lr=self.args.disc_lr, betas=(0.9, 0.999))
@@ -267,8 +285,8 @@ class DiDiInstruct(Algorithm):
                 "make stage.batch_size divisible by resources.num_workers"
             )
         if self.discriminator is None:
-            with reference() as teacher:
-                self.build_discriminator(teacher)
+            with reference() as teacher:  # the first batch's noise seed: from the recipe seed, stage and step
+                self.build_discriminator(teacher, seed=int(batch["noise_seed"][0]))
         gen = torch.Generator(device=ids.device).manual_seed(int(batch["noise_seed"][0]))
         traj = sample_trajectory(model, spec, ids, mask, L, S, a.temperature, a.remasking, gen)
         after = states_after_steps(traj.response, traj.step_of, S, spec.mask_token_id)  # [S, N, L]

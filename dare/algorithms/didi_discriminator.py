@@ -79,6 +79,11 @@ class DiffusionDiscriminator(nn.Module):
         views: complementary views of the visible response tokens (module docstring); 1 = one
             plain pass.
         frozen_surprise: read the views' surprise term from a frozen copy of the teacher (views >= 2).
+        surprise_model: the frozen model that term comes from instead of a new copy of `teacher`
+            (a module-like stand-in whose forward returns `.logits`, e.g. the separate reference's
+            `RemoteReference`; token ids only: gradient guidance needs a local one).
+        copy_teacher: deep-copy `teacher` for the backbone (False: take it, when the caller made a
+            copy for this alone).
     """
 
     def __init__(
@@ -88,15 +93,21 @@ class DiffusionDiscriminator(nn.Module):
         time_dim: int = 32,
         views: int = 2,
         frozen_surprise: bool = True,
+        surprise_model: nn.Module | None = None,
+        copy_teacher: bool = True,
     ) -> None:
         super().__init__()
         if views < 1:
             raise ValueError(f"views must be >= 1, got {views}")
-        self.backbone = copy.deepcopy(teacher)
         # the surprise is read from a frozen copy of the teacher, not from the trainable backbone
         # (which BCE moves away from the teacher: measured, that erased most of the signal). Held
         # outside the module tree, so it is neither trained nor saved; `_apply` moves it along.
-        frozen = copy.deepcopy(teacher).requires_grad_(False).eval() if frozen_surprise and views > 1 else None
+        frozen = None
+        if frozen_surprise and views > 1:
+            frozen = (
+                surprise_model if surprise_model is not None else copy.deepcopy(teacher).requires_grad_(False).eval()
+            )
+        self.backbone = copy.deepcopy(teacher) if copy_teacher else teacher
         self._frozen = (frozen,) if frozen is not None else None
         self.backbone.requires_grad_(False)
         self.spec = teacher.diffusion_spec()

@@ -580,8 +580,8 @@ def _check_combinations(recipe: Recipe, file: Any) -> None:
             raise RecipeError(
                 file,
                 "resources.reference",
-                f"stages[{i}] ({stage.algorithm!r}) uses its reference (teacher) beyond a forward pass (builds "
-                "modules from it or backpropagates through it), so it must stay with the actor; use reference: colocated",
+                f"stages[{i}] ({stage.algorithm!r}) uses its reference beyond a forward pass without gradient "
+                "(backpropagates through it), so it must stay with the actor; use reference: colocated",
             )
         if sharded and not algo.supports_sharding:
             raise RecipeError(

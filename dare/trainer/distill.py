@@ -2,8 +2,9 @@
 
 At the start of the stage the actor's policy is still the teacher (the previous stage's
 checkpoint), so the trainer first samples and caches `num_generations` many-step teacher
-responses for every training prompt (`teacher_sampling`, colocated actor or the separate rollout
-workers), scored with the task verifier for the `didi/teacher_accuracy` metric. The cache lives in
+responses for every training prompt (`teacher_sampling`; drawn where the teacher lives: the
+colocated actor or the separate rollout workers, or with `resources.reference: separate` the
+reference workers, loaded with the stage's starting policy first), scored with the task verifier for the `didi/teacher_accuracy` metric. The cache lives in
 the stage folder (`teacher_samples.safetensors` + `.json`, no pickle), so a resumed stage reuses it instead of sampling from a
 half-trained student. Then per step:
 
@@ -54,6 +55,9 @@ class DistillTrainer(StageTrainer):
             )
         sampling = {**self.args.teacher_sampling, "gen_length": self.gen_length, "num_generations": G}
         sampler = ctx.sampler
+        if ctx.reference is not None:  # the teacher lives in the reference workers: it samples there
+            ctx.actor.push_reference()  # the stage's starting policy (`init_stage`, which loads it too, comes later)
+            sampler = ctx.reference
         rows, out, scores = ctx.train_rows, [], []
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]

@@ -217,6 +217,7 @@ class Pipeline:
             recipe=r, index=index, stage=stage, dir=sdir, actor=actor, tokenizer=tokenizer,
             train_rows=self.train_rows(stage.kind, tokenizer), base_dir=base_dir, start_step=steps_done[-1] if steps_done else 0,
             rollout=self.rollout, sync_rollout=functools.partial(self.sync_rollout, actor), critic=critic,
+            reference=self.reference,
         )  # fmt: skip
         t0 = time.perf_counter()
         try:

@@ -51,6 +51,8 @@ class StageContext:
     sync_rollout: Callable[[], None] = _no_rollout_workers
     # RayWorkerGroup of CriticWorker when the algorithm declares a critic (`critic_spec`), else None
     critic: Any = None
+    # RayWorkerGroup of ReferenceWorker (`resources.reference: separate`, attached to the actor), else None
+    reference: Any = None
 
     @property
     def sampler(self) -> Any:

@@ -191,6 +191,18 @@ class ActorWorker(Worker):
             raise ValueError(f"{len(handles)} reference workers for {self.world_size} actor ranks; need one per rank")
         self._ref_handle = handles[self.rank]
 
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def push_reference(self) -> None:
+        """Load the current policy into this rank's partner reference worker (separate reference):
+        `init_stage` does it, and the distill trainer before the teacher (the stage's starting
+        policy) samples there, which happens before `init_stage`."""
+        if self._ref_handle is None:
+            raise ValueError("push_reference: no separate reference workers attached (attach_reference)")
+        self._push_reference()
+
+    def _push_reference(self) -> None:
+        ray.get(self._ref_handle.set_weights.remote(self._full_policy_state()))
+
     def _full_policy_state(self) -> dict[str, torch.Tensor]:
         """The policy's full state dict (CPU) on every rank (sharded: a collective)."""
         if self.sharded:
@@ -217,8 +229,7 @@ class ActorWorker(Worker):
         self.reference = None
         self._frozen_reference = None
         if self.algorithm.needs_reference and self._ref_handle is not None:
-            # the stage's starting policy, as the colocated frozen copy takes it
-            ray.get(self._ref_handle.set_weights.remote(self._full_policy_state()))
+            self._push_reference()  # the stage's starting policy, as the colocated frozen copy takes it
             self.reference = self._reference
         elif self.algorithm.needs_reference:
             if not hasattr(self.model, "disable_adapter"):
@@ -392,7 +403,7 @@ class ActorWorker(Worker):
         the policy taken at the start of the stage; separate (`resources.reference`), a stand-in
         whose forward runs on this rank's reference worker."""
         if self._ref_handle is not None:
-            yield RemoteReference(self._ref_handle, self.device, self.spec)
+            yield RemoteReference(self._ref_handle, self.device, self.spec, template=lambda: self.model)
         elif self._frozen_reference is None:
             with self.model.disable_adapter():
                 yield self.model

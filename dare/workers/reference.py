@@ -12,21 +12,30 @@ The cost: each reference forward ships its logits `[N, L, V]` back to the actor.
 
 The actor syncs the reference (`ref_sync_every`): ref <- alpha * policy + (1 - alpha) * ref,
 sent from each actor rank to its partner (`mix`).
+
+DiDi-Instruct's teacher is the reference, and follows the same rule: its forwards (the
+discriminator's surprise term) go through `RemoteReference`, its cached many-step samples are drawn
+by the reference workers (`generate`, dare's sampler), and its discriminator is built in the actor
+from the teacher's weights fetched once (`RemoteReference.local_copy`).
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import ray
 import torch
+from verl import DataProto
 from verl.single_controller.base import Worker
 from verl.single_controller.base.decorator import Dispatch, register
 
 from dare.models.checkpoint import quiet_progress_bars
 from dare.models.spec import DiffusionSpec
 from dare.workers.builder import build_replica
+from dare.workers.generation import RolloutBackends, generate_batch
 
 PLACEMENTS = ("colocated", "separate")
 
@@ -48,13 +57,28 @@ def _cpu(x: Any) -> Any:
 class RemoteReference(torch.nn.Module):
     """The actor-side stand-in for the reference model of one actor rank: `ref(ids, attention_mask=
     ..., position_ids=...)` returns an object with `.logits` (on the actor's device) computed by
-    the partner `ReferenceWorker`. Holds no parameters."""
+    the partner `ReferenceWorker`. Holds no parameters. `template` returns a module of the
+    reference's structure (the actor's policy), which `local_copy` fills with the reference's weights."""
 
-    def __init__(self, handle: Any, device: str, spec: DiffusionSpec) -> None:
+    def __init__(
+        self, handle: Any, device: str, spec: DiffusionSpec, template: Callable[[], torch.nn.Module] | None = None
+    ) -> None:
         super().__init__()
         self.handle = handle
         self.device = device
         self.spec = spec
+        self._template = template  # a callable, not a module attribute: no submodule registered
+
+    def local_copy(self) -> torch.nn.Module:
+        """A frozen module in the actor holding the reference's current weights, fetched once from
+        the partner worker (what a model built from the reference copies, e.g. DiDi's discriminator)."""
+        if self._template is None:
+            raise ValueError("RemoteReference.local_copy: no template module (the actor passes its policy)")
+        model = copy.deepcopy(self._template())
+        model.load_state_dict(ray.get(self.handle.state.remote()))
+        if hasattr(model, "disable_adapter"):  # LoRA: the reference is the base (as `reference_forward`'s)
+            model.base_model.disable_adapter_layers()
+        return model.to(self.device).eval().requires_grad_(False)
 
     def diffusion_spec(self) -> DiffusionSpec:
         return self.spec
@@ -74,6 +98,8 @@ class ReferenceWorker(Worker):
         quiet_progress_bars()
         self.device = device
         self.model: torch.nn.Module | None = None
+        self._version = 0  # weight loads so far: a rollout backend re-syncs when it lags
+        self.rollout_backends = RolloutBackends(lambda: self.model, device)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self, model_spec: dict[str, Any], tokenizer_dir: str, seed: int, init_from: str | None) -> None:
@@ -82,11 +108,20 @@ class ReferenceWorker(Worker):
         model = build_replica(model_spec, tokenizer_dir, seed, init_from)
         self.model = model.to(self.device).eval().requires_grad_(False)
 
+    @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
+    def generate(self, data: DataProto) -> DataProto:
+        """Sample responses with the reference's weights, as the actor's `generate` does with the
+        policy's (same backends, same per-rank row seeds): DiDi's cached teacher samples are drawn
+        where the teacher lives. The model as loaded (a LoRA adapter stays on): the stage's starting
+        policy, which is what the colocated actor samples them with."""
+        return generate_batch(self.rollout_backends.get(data, self._version), data, self.rank)
+
     # the methods below are called by the partner actor rank directly (handle.method.remote)
 
     def set_weights(self, state: dict[str, torch.Tensor]) -> None:
         """The stage's starting policy (the colocated frozen copy's weights)."""
         self.model.load_state_dict(state)
+        self._version += 1
 
     def mix(self, policy: dict[str, torch.Tensor], alpha: float) -> None:
         """ref <- alpha * policy + (1 - alpha) * ref, parameter by parameter (as the colocated sync)."""
@@ -97,6 +132,7 @@ class ReferenceWorker(Worker):
                     ref.copy_(p)
                 else:
                     ref.mul_(1.0 - alpha).add_(p, alpha=alpha)
+        self._version += 1
 
     def state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}

@@ -3,8 +3,12 @@ run's numbers. GRPO (d1, beta > 0, with reference syncs) and VRPO steps on an ac
 is colocated and on one whose reference lives in a ReferenceWorker: identical metrics (KL, loss,
 reference ELBO terms) and reference weights. Exactly equal, not to a tolerance: the noise plan, the
 views and the log-softmax run in the actor either way; only the forward moves, with the same
-weights, the same inputs and the same CPU kernels (one thread per worker). DiDi's teacher, which its
-discriminator is built from, is refused in a separate group at recipe load."""
+weights, the same inputs and the same CPU kernels (one thread per worker). A DiDi-Instruct stage, whose
+teacher is the reference (its surprise forwards remote, its discriminator built from its fetched
+weights, its cached samples drawn by the reference workers), gives the colocated stage's numbers too.
+DRAKES, which backpropagates through its reference, is refused in a separate group at recipe load."""
+
+import json
 
 import pytest
 import ray
@@ -16,11 +20,14 @@ from dare.config.loader import RecipeError
 from dare.config.schema import build_stage, stage_to_dict
 from dare.data.formatting import collate_preference, collate_sft
 from dare.data.tasks import builtin_tokenizer, get_task
+from dare.trainer.distill import TEACHER_CACHE, DistillTrainer
 from dare.trainer.metrics import rank_zero_metrics
 from dare.trainer.pipeline import reference_group
 from dare.trainer.runtime import release, worker_group
+from dare.trainer.stage import StageContext
 from dare.workers.actor import ActorWorker
 from dare.workers.reference import placement
+from dare.workers.state_io import load_tree
 
 pytestmark = pytest.mark.xdist_group("reference_role")
 
@@ -54,6 +61,7 @@ def setup(tmp_path_factory):
         seeds = _seeds(step) if kind == "rl" else _seeds(step)[:, 0]  # preference rows: one seed each, [B]
         return DataProto.from_dict(tensors={**(rl if kind == "rl" else pref), "noise_seed": seeds})
 
+    batch.rows = rows  # the distill stage's prompts
     ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR")
     yield tmp, batch
     ray.shutdown()
@@ -116,20 +124,45 @@ def test_separate_reference_gives_the_colocated_vrpo_step(setup, actors):
     assert any(abs(v) > 0 for k, v in colocated[1].items() if "loss" in k)  # a non-trivial step
 
 
-@pytest.mark.parametrize(
-    "stage",
-    [
-        {"kind": "distill", "algorithm": "didi_instruct", "steps": 2, "batch_size": 4},  # builds from the teacher
-        {
-            "kind": "rl",
-            "algorithm": "drakes",
-            "steps": 2,
-            "batch_size": 4,
-            "reward": "task_match",
-        },  # backpropagates through it
-    ],
-)
-def test_references_that_are_more_than_a_forward_are_refused_in_separate_workers(stage):
+def distill(setup, actors, separate: bool) -> tuple[list[dict], torch.Tensor, float]:
+    """A 2-step DiDi-Instruct stage through the distill stage trainer (`fit`: teacher samples cached
+    first, then `init_stage` and the steps) on one of the actors. Its metrics (timings dropped), the
+    cached teacher samples and the policy's checksum after the stage."""
+    tmp, batch = setup
+    wg, ref = actors[separate]
+    raw = {
+        "model": {"family": "llada", "preset": "tiny", "tokenizer": "builtin"},
+        "data": {"gen_length": 8},
+        "resources": {"reference": "separate" if separate else "colocated"},
+        "stages": [{"kind": "distill", "algorithm": "didi_instruct", "steps": 2, "batch_size": 2, "lr": 1e-2,
+                    "num_generations": 2, "disc_warmup_steps": 1, "disc_updates": 1, "disc_unfrozen_blocks": 1,
+                    "log_every": 1}],
+    }  # fmt: skip
+    recipe = build_recipe(raw)
+    sdir = tmp / f"distill_{'separate' if separate else 'colocated'}"
+    ctx = StageContext(
+        recipe=recipe, index=0, stage=recipe.stages[0], dir=sdir, actor=wg, tokenizer=builtin_tokenizer(),
+        train_rows=batch.rows, base_dir=None, start_step=0, reference=ref,
+    )  # fmt: skip
+    DistillTrainer(ctx).fit()
+    rows = [json.loads(line) for line in (sdir / "metrics.jsonl").read_text().splitlines()]
+    metrics = [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+    return metrics, load_tree(sdir, TEACHER_CACHE)["responses"], wg.state_checksum()[0]
+
+
+def test_separate_teacher_gives_the_colocated_didi_stage(setup, actors):
+    colocated, samples_c, policy_c = distill(setup, actors, separate=False)
+    separate, samples_s, policy_s = distill(setup, actors, separate=True)
+    assert samples_s.shape == (B, 2, 8) and torch.equal(samples_s, samples_c)  # the same cached teacher samples
+    assert len(colocated) == 2 and colocated[1]["actor/grad_norm"] > 0  # step 2 trains the student
+    for key in ("disc/loss", "disc/accuracy", "reward/mean", "actor/pg_loss", "didi/teacher_accuracy"):
+        assert key in colocated[1], key
+    assert separate == colocated  # student loss, discriminator loss/accuracy, rewards: bit for bit
+    assert policy_s == policy_c
+
+
+def test_a_reference_backpropagated_through_is_refused_in_separate_workers():
+    stage = {"kind": "rl", "algorithm": "drakes", "steps": 2, "batch_size": 4, "reward": "task_match"}
     recipe = {
         "model": {"family": "llada", "preset": "tiny", "tokenizer": "builtin"},
         "resources": {"reference": "separate"},
