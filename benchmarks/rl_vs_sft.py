@@ -1,17 +1,23 @@
-"""RL vs compute-matched SFT on the quickstart task, over several seeds.
+"""A post-SFT stage vs its SFT checkpoint and the compute-matched SFT control, over several seeds.
 
-For each seed: run `recipes/quickstart.yaml` (SFT to a plateau on 128 demonstrations, then
-coupled-GRPO on fresh prompts, then — `sft_control: true` — the control: the same SFT checkpoint
-given the RL stage's wall time of further SFT on the same demonstrations at the SFT stage's final
-lr). Prints one table (accuracy on the 1,000 eval prompts, greedy) and the mean / spread.
+For each seed: run the recipe (default `recipes/quickstart.yaml`: SFT to a plateau on 128
+demonstrations, then coupled-GRPO on fresh prompts) whose measured stage (default: the last) has
+`sft_control: true` — the control is the same SFT checkpoint given the stage's wall time of further
+SFT on the same demonstrations at the SFT stage's final lr. Prints one table (accuracy on the eval
+prompts) and the mean / spread, and whether the stage beats both references on every seed by more
+than two standard errors (binomial, of the difference of two accuracies on n eval prompts).
+The same script measures the DRAKES and preference quickstarts (`--recipe`).
 
     .venv/bin/python benchmarks/rl_vs_sft.py --seeds 0 1 2 --out runs/rl_vs_sft
+    .venv/bin/python benchmarks/rl_vs_sft.py --recipe recipes/drakes_quickstart.yaml --out runs/drakes_seeds \\
+        --set stages.1.sft_control=true
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -24,27 +30,42 @@ def dare(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "dare.cli", *args], check=True, stdout=subprocess.DEVNULL)
 
 
+def two_se(p: float, q: float, n: int) -> float:
+    """Two standard errors of the difference of two accuracies, each on n prompts."""
+    return 2 * math.sqrt((p * (1 - p) + q * (1 - q)) / n)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--recipe", default=str(ROOT / "recipes/quickstart.yaml"))
+    ap.add_argument("--stage", type=int, default=None, help="the measured stage (1-based; default the last)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="runs/rl_vs_sft")
-    ap.add_argument("--set", nargs="*", default=[], help="extra dotted overrides for the quickstart run")
+    ap.add_argument("--set", nargs="*", default=[], help="extra dotted overrides for every run")
     a = ap.parse_args()
+    from dare.config import load_recipe
+
+    recipe = load_recipe(a.recipe, a.set)
+    k = a.stage or len(recipe.stages)
+    stage, start = recipe.stages[k - 1], str(k - 1)
+    if not stage.sft_control:
+        raise SystemExit(f"stages.{k - 1}.sft_control must be true (pass --set stages.{k - 1}.sft_control=true)")
+    name, n = stage.algorithm, recipe.eval.num_prompts
     out = Path(a.out)
     rows = []
     for seed in a.seeds:
         run = out / f"seed{seed}"
         # a finished run is not repeated (dare run on its own output_dir skips completed stages)
-        dare("run", str(ROOT / "recipes/quickstart.yaml"), f"seed={seed}", f"output_dir={run}", *a.set)
+        dare("run", str(a.recipe), f"seed={seed}", f"output_dir={run}", *a.set)
         state = json.loads((run / "run_state.json").read_text())
-        control = state["control"]["2"]  # the quickstart's RL stage has sft_control: true
+        control = state["control"][str(k)]
         rows.append({
-            "seed": seed, "sft": state["eval"]["1"]["accuracy"], "rl": state["eval"]["2"]["accuracy"],
-            "control": control["accuracy"], "rl_s": state["stage_seconds"]["2"], "control_steps": control["steps"],
+            "seed": seed, "sft": state["eval"][start]["accuracy"], "rl": state["eval"][str(k)]["accuracy"],
+            "control": control["accuracy"], "rl_s": state["stage_seconds"][str(k)], "control_steps": control["steps"],
             "control_s": control["seconds"],
         })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
-    print("\n| seed | SFT % | + coupled-GRPO % (RL s) | + SFT control % (steps, s) |")
+    print(f"\n| seed | SFT % | + {name} % (stage s) | + SFT control % (steps, s) |")
     print("|---|---|---|---|")
     for r in rows:
         print(f"| {r['seed']} | {100 * r['sft']:.1f} | {100 * r['rl']:.1f} ({r['rl_s']:.0f}) | "
@@ -52,10 +73,13 @@ def main() -> None:
     for key in ("sft", "rl", "control"):
         vals = [100 * r[key] for r in rows]
         spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        print(f"{key}: mean {statistics.mean(vals):.1f} ± {spread:.1f} (std over {len(vals)} seeds)")
+        label = name if key == "rl" else key
+        print(f"{label}: mean {statistics.mean(vals):.1f} ± {spread:.1f} (std over {len(vals)} seeds)")
     for other in ("sft", "control"):
         gains = [100 * (r["rl"] - r[other]) for r in rows]
-        print(f"RL - {other}: mean {statistics.mean(gains):.1f} points, per seed {[round(g, 1) for g in gains]}")
+        wins = [r["rl"] - r[other] > two_se(r["rl"], r[other], n) for r in rows]
+        print(f"{name} - {other}: mean {statistics.mean(gains):.1f} points, per seed {[round(g, 1) for g in gains]}; "
+              f"beats it by > 2 s.e. ({n} prompts) on {sum(wins)} of {len(rows)} seeds")  # fmt: skip
 
 
 if __name__ == "__main__":
