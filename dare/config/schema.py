@@ -532,12 +532,15 @@ def _check_rollout_backend(recipe: Recipe, stage: Any, spec: Any, key: str, file
     from dare.sampling.backend import ROLLOUT_BACKENDS
     from dare.sampling.config import SamplingConfig
 
+    algo = ALGORITHMS.get(stage.algorithm)
     sampling = {**stage.args.sampling, "gen_length": recipe.data.gen_length, "num_generations": 1}
+    if algo.records_steps:  # the RL trainer adds it (`Algorithm.records_steps`)
+        sampling["record_steps"] = True
     family = recipe.model.family
     model_type = FAMILIES.get(family).model_type if family in FAMILIES else None
     try:
         ROLLOUT_BACKENDS.get(name).check_stage(
-            SamplingConfig(**sampling).for_model(spec), ALGORITHMS.get(stage.algorithm).required_batch_keys, model_type
+            SamplingConfig(**sampling).for_model(spec), algo.required_batch_keys, model_type
         )
     except ValueError as e:
         raise RecipeError(file, f"{key}.rollout_backend", f"{name}: {e}") from None
@@ -603,6 +606,8 @@ def _check_combinations(recipe: Recipe, file: Any) -> None:
         for name in stage_sampling_fields(stage.args):
             # the trainers set gen_length and num_generations
             sampling = {**getattr(stage.args, name), "gen_length": data.gen_length, "num_generations": 1}
+            if name == "sampling" and stage.kind == "rl" and algo.records_steps:  # the RL trainer adds it
+                sampling["record_steps"] = True
             _check_sampling(sampling, spec, f"stages[{i}].{name}", file)
         _check_rollout_backend(recipe, stage, spec, f"stages[{i}]", file)
         builtin_train = data.train.startswith(BUILTIN_PREFIX)

@@ -7,8 +7,12 @@ Per step:
        decoding trajectory kept in the batch (`decode_step`, `decode_block`, `decode_confidence`,
        `decode_num_steps`; `dare.workers.generation`) for objectives that replay it
     -> rewards (built-in verifier or the recipe's reward functions, in parallel, never crashing)
+    -> an algorithm that declares `records_steps` (MDPO): its rollouts record every denoising step
+       (`sampling.record_steps`) and every step's x0-prediction text is scored with the same rewards
+       (`step_rewards` `[N, S]`)
     -> with `dynamic_sampling`, zero-variance groups replaced by fresh prompts' groups (DAPO)
-    -> group advantages (verl estimators)
+    -> group advantages (verl estimators), then the algorithm's own driver-side tensors
+       (`Algorithm.group_tensors`, e.g. MDPO's step advantages: they need whole groups)
     -> actor.update_actor: mu inner updates, each with one noise plan shared by old/ref/current
     -> sync the separate rollout's weights
 """
@@ -25,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from verl import DataProto
 
+from dare.algorithms import ALGORITHMS
 from dare.algorithms.rollout import RolloutSpec
 from dare.data.formatting import collate_prompts
 from dare.diffusion.rl_losses import compute_advantages
@@ -36,6 +41,7 @@ from dare.trainer.metrics import rank_zero_metrics
 from dare.trainer.runtime import dp_call
 from dare.trainer.stage import STAGE_TRAINERS, StageContext
 from dare.trainer.stream import step_generator
+from dare.sampling.engine import STEP_RECORD_KEYS
 from dare.workers.generation import TRAJECTORY_FILL
 
 
@@ -85,6 +91,9 @@ class RLTrainer(StageTrainer):
             )
         self.args: RolloutSpec = ctx.stage.args
         self.sampling = self.args.rollout_sampling(ctx.recipe.data.gen_length)
+        self.algorithm = ALGORITHMS.get(ctx.stage.algorithm)
+        if self.algorithm.records_steps:  # the objective trains on every denoising step
+            self.sampling["record_steps"] = True
         self.scorer = None
 
     def setup(self) -> None:
@@ -131,6 +140,8 @@ class RLTrainer(StageTrainer):
             # the decoding trajectory, aligned with input_ids: [N, G] -> [N, P+G]
             **{k: F.pad(out.batch[k], (P, 0), value=fill) for k, fill in TRAJECTORY_FILL.items()},
             "decode_num_steps": out.batch["decode_num_steps"],  # [N]
+            # per-step records (`record_steps`), response-aligned [N, S, L]
+            **{k: out.batch[k] for k in STEP_RECORD_KEYS if k in out.batch.keys()},
         }
         texts = [ctx.tokenizer.decode(r[m].tolist(), skip_special_tokens=True) for r, m in zip(responses, rmask)]
         row_of = [rows[i // G] for i in range(N)]
@@ -150,6 +161,10 @@ class RLTrainer(StageTrainer):
         t0 = time.perf_counter()
         scores, reward_metrics = self.scorer.score(row_of, texts)
         metrics["perf/reward_s"] = time.perf_counter() - t0
+        if self.algorithm.records_steps:
+            t0 = time.perf_counter()
+            data.batch["step_rewards"] = score_steps(self.scorer, row_of, data.batch, self.ctx.tokenizer)
+            metrics["perf/step_reward_s"] = time.perf_counter() - t0
         return Round(data, row_of, scores, metrics, reward_metrics)
 
     def step(self, step: int) -> dict[str, float]:
@@ -164,6 +179,10 @@ class RLTrainer(StageTrainer):
         adv, adv_metrics = compute_advantages(self.args.advantage, scores_t, uid, data.batch["response_mask"], **kwargs)
         data.batch["advantages"] = adv
         data.batch["group_index"] = torch.arange(len(scores)) // G  # [N], the prompt each row answers
+        extra, group_metrics = self.algorithm.group_tensors(self.args, data.batch, uid)
+        for k, v in extra.items():
+            data.batch[k] = v
+        adv_metrics = {**adv_metrics, **group_metrics}
         g = step_generator(ctx.recipe.seed, ctx.index, step, 3)
         data.batch["noise_seed"] = torch.randint(0, 2**62, (len(scores), self.args.mu), generator=g)
         if ctx.critic is not None:  # the algorithm declared a critic: its values go with the batch
@@ -183,6 +202,22 @@ class RLTrainer(StageTrainer):
         metrics["reward/mean"] = float(scores_t.mean())
         metrics["reward/std"] = float(scores_t.std()) if len(scores) > 1 else 0.0
         return metrics
+
+
+def step_texts(batch: Any, tokenizer: Any) -> list[str]:
+    """The text of every recorded step's x0-prediction, row-major (`[N, S]` flattened): its tokens
+    up to its first end id (`step_text_mask`), decoded as the responses are."""
+    pred, keep = batch["step_prediction"], batch["step_text_mask"].bool()  # [N, S, L]
+    flat, flat_keep = pred.reshape(-1, pred.shape[-1]), keep.reshape(-1, keep.shape[-1])
+    return [tokenizer.decode(p[k].tolist(), skip_special_tokens=True) for p, k in zip(flat, flat_keep)]
+
+
+def score_steps(scorer: Any, row_of: list[dict[str, Any]], batch: Any, tokenizer: Any) -> torch.Tensor:
+    """Step rewards `[N, S]`: every step's x0-prediction text scored by the stage's reward functions
+    (the scorer of the final responses, so a step is scored exactly as a completion would be)."""
+    N, S = batch["step_prediction"].shape[:2]
+    scores, _ = scorer.score([row for row in row_of for _ in range(S)], step_texts(batch, tokenizer))
+    return torch.tensor(scores, dtype=torch.float32).view(N, S)
 
 
 @dataclass
@@ -271,4 +306,6 @@ __all__ = [
     "build_scorer",
     "concat_groups",
     "informative_batch",
+    "score_steps",
+    "step_texts",
 ]
