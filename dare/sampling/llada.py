@@ -56,7 +56,9 @@ class LLaDASampler(Sampler):
     remasking_choices = ("low_confidence", "random")
     cache_choices = ("none", "prefix", "dual")
     options = (
-        frozenset({"remasking", "cfg_scale", "cache", "threshold", "factor", "confidence_eos_eot_inf"}) | ENGINE_OPTIONS | STEP_RECORDING
+        frozenset({"remasking", "cfg_scale", "cache", "threshold", "factor", "confidence_eos_eot_inf"})
+        | ENGINE_OPTIONS
+        | STEP_RECORDING
     )
 
     @classmethod

@@ -35,13 +35,13 @@ from dare.data.formatting import collate_prompts
 from dare.diffusion.rl_losses import compute_advantages
 from dare.diffusion.rl_registry import ADVANTAGES
 from dare.rewards.spec import RewardSpec
+from dare.sampling.engine import STEP_RECORD_KEYS
 from dare.trainer.evaluate import row_scorer
 from dare.trainer.loop import StageTrainer
 from dare.trainer.metrics import rank_zero_metrics
 from dare.trainer.runtime import dp_call
 from dare.trainer.stage import STAGE_TRAINERS, StageContext
 from dare.trainer.stream import step_generator
-from dare.sampling.engine import STEP_RECORD_KEYS
 from dare.workers.generation import TRAJECTORY_FILL
 
 

@@ -12,13 +12,13 @@ import torch
 from rl_toy import V, add_step_rewards, algorithm, rl_batch, target_fraction, train_toy  # noqa: I001
 
 from dare.algorithms.mdpo import (
+    MDPO,
     mdpo_step_advantages,
     mdpo_step_log_prob,
     mdpo_step_loss,
     raw_step_advantages,
     select_train_steps,
 )
-from dare.algorithms.mdpo import MDPO
 from dare.config import RecipeError, build_recipe
 from dare.models import aligned_logits, tiny
 from dare.sampling import SamplingConfig, generate
@@ -140,12 +140,16 @@ def test_group_tensors_are_the_step_advantages_and_the_batchs_top_steps():
     extra, metrics = MDPO.group_tensors(args, {"step_rewards": r}, np.array([0, 0], dtype=object))
     torch.testing.assert_close(extra["step_advantages"], mdpo_step_advantages(r, [0, 0]))
     # the hand case above: steps 1 and 2 carry the largest |A|, the same for every row
-    assert sorted(extra["train_steps"][0].tolist()) == [1, 2] and torch.equal(extra["train_steps"][0], extra["train_steps"][1])
+    assert sorted(extra["train_steps"][0].tolist()) == [1, 2] and torch.equal(
+        extra["train_steps"][0], extra["train_steps"][1]
+    )
     assert metrics["mdpo/step_reward_first"] == 0.0 and metrics["mdpo/step_reward_last"] == 1.0
 
 
 def _toy_batch(algo, model):
-    cfg = SamplingConfig(algorithm="llada", gen_length=4, steps=4, temperature=1.0, num_generations=3, record_steps=True)
+    cfg = SamplingConfig(
+        algorithm="llada", gen_length=4, steps=4, temperature=1.0, num_generations=3, record_steps=True
+    )
     rollout = generate(model, PROMPT.tolist(), cfg, generator=torch.Generator().manual_seed(1))
     return add_step_rewards(algo, rl_batch(rollout), rollout)
 
@@ -165,7 +169,9 @@ def test_per_step_backward_gives_the_gradient_of_the_mean_step_loss():
         shares.append(share)
 
     total, _ = algo.loss_backward(model, update, backward)
-    assert len(parts) == 3 and sum(shares) == pytest.approx(1.0) and total.item() == pytest.approx(loss.item(), rel=1e-5)
+    assert (
+        len(parts) == 3 and sum(shares) == pytest.approx(1.0) and total.item() == pytest.approx(loss.item(), rel=1e-5)
+    )
     for j, g in enumerate(whole):
         if g is not None:
             torch.testing.assert_close(sum(p[j] for p in parts), g, rtol=1e-4, atol=1e-7)
@@ -202,7 +208,18 @@ def _recipe(family: str, **stage):
         ("sdar", {}, r"stages\[0\]\.algorithm", r"'mdpo' needs full attention, but the model \(sdar\) uses 'block'"),
         ("llada", {"sample_train_steps": 0}, r"stages\[0\]\.sample_train_steps", ">= 1"),
         ("llada", {"sampling": {"threshold": 0.9}}, r"stages\[0\]\.sampling", "record_steps: a parallel-decoding rule"),
-        ("llada", {"sampling": {"algorithm": "few_step", "steps": 4}}, r"stages\[0\]\.sampling", "record_steps=True is not used"),
+        (
+            "llada",
+            {"sampling": {"algorithm": "few_step", "steps": 4}},
+            r"stages\[0\]\.sampling",
+            "record_steps=True is not used",
+        ),
+        (
+            "llada",
+            {"rollout_backend": "sglang"},
+            r"stages\[0\]\.rollout_backend",
+            "does not record every denoising step",
+        ),
     ],
 )
 def test_what_mdpo_cannot_train_is_refused_at_recipe_load(family, stage, key, message):
