@@ -163,8 +163,9 @@ class RLTrainer(StageTrainer):
         metrics["perf/reward_s"] = time.perf_counter() - t0
         if self.algorithm.records_steps:
             t0 = time.perf_counter()
-            data.batch["step_rewards"] = score_steps(self.scorer, row_of, data.batch, self.ctx.tokenizer)
+            data.batch["step_rewards"], scored = score_steps(self.scorer, row_of, data.batch, self.ctx.tokenizer)
             metrics["perf/step_reward_s"] = time.perf_counter() - t0
+            metrics["rollout/step_texts_scored"] = float(scored)  # distinct (prompt, text) pairs of N x S
         return Round(data, row_of, scores, metrics, reward_metrics)
 
     def step(self, step: int) -> dict[str, float]:
@@ -212,12 +213,24 @@ def step_texts(batch: Any, tokenizer: Any) -> list[str]:
     return [tokenizer.decode(p[k].tolist(), skip_special_tokens=True) for p, k in zip(flat, flat_keep)]
 
 
-def score_steps(scorer: Any, row_of: list[dict[str, Any]], batch: Any, tokenizer: Any) -> torch.Tensor:
+def score_steps(scorer: Any, row_of: list[dict[str, Any]], batch: Any, tokenizer: Any) -> tuple[torch.Tensor, int]:
     """Step rewards `[N, S]`: every step's x0-prediction text scored by the stage's reward functions
-    (the scorer of the final responses, so a step is scored exactly as a completion would be)."""
+    (the scorer of the final responses, so a step is scored exactly as a completion would be), and
+    the number of texts scored: a text is scored once per prompt row (consecutive steps often
+    predict the same text, and the steps after a decode ended repeat its response)."""
     N, S = batch["step_prediction"].shape[:2]
-    scores, _ = scorer.score([row for row in row_of for _ in range(S)], step_texts(batch, tokenizer))
-    return torch.tensor(scores, dtype=torch.float32).view(N, S)
+    texts = step_texts(batch, tokenizer)
+    rows = [row for row in row_of for _ in range(S)]
+    index: dict[tuple[int, str], int] = {}  # (prompt row, text) -> its place among the scored
+    scored_rows, scored_texts = [], []
+    for row, text in zip(rows, texts):
+        if (id(row), text) not in index:
+            index[(id(row), text)] = len(scored_texts)
+            scored_rows.append(row)
+            scored_texts.append(text)
+    scores, _ = scorer.score(scored_rows, scored_texts)
+    out = torch.tensor([scores[index[(id(row), text)]] for row, text in zip(rows, texts)], dtype=torch.float32)
+    return out.view(N, S), len(scored_texts)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from dare.config import build_recipe
 from dare.data import load_dataset_spec
 from dare.data.tasks import builtin_tokenizer
 from dare.sampling.backend import DareSamplerBackend
-from dare.trainer.rl import RLTrainer
+from dare.trainer.rl import RLTrainer, score_steps
 from dare.trainer.stage import StageContext
 from dare.workers.builder import build_policy
 from dare.workers.generation import generate_batch
@@ -39,9 +39,13 @@ def recipe(algorithm: str, **args):
 
 
 class LengthScorer:
-    """A toy reward: the length of the text (characters)."""
+    """A toy reward: the length of the text (characters). Keeps what it was asked to score."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list, list[str]]] = []
 
     def score(self, rows, texts):
+        self.calls.append((rows, texts))
         return [float(len(t)) for t in texts], {}
 
     def close(self) -> None:
@@ -126,7 +130,31 @@ def test_every_steps_prediction_is_scored_and_the_step_advantages_reach_the_acto
     top = np.argsort(-np.abs(want).sum(0))[:K]
     assert batch["train_steps"].shape == (N, K) and bool((batch["train_steps"] == batch["train_steps"][0]).all())
     assert sorted(batch["train_steps"][0].tolist()) == sorted(top.tolist())
+    # each (prompt, text) pair is scored once: the step call holds no repeat, and covers every step's text
+    final_call, step_call = trainer.scorer.calls
+    pairs = [(id(r), t) for r, t in zip(*step_call)]
+    assert len(pairs) == len(set(pairs)) == metrics["rollout/step_texts_scored"] <= N * STEPS
     assert "actor/pg_loss" in metrics and metrics["mdpo/step_reward_last"] == pytest.approx(np.mean(final))
+
+
+class CharTokenizer:
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(ord("a") + i) for i in ids)
+
+
+def test_a_text_is_scored_once_per_prompt_row():
+    """Two completions of one prompt and one of another, 3 steps each: the repeated (prompt, text)
+    pairs are scored once, and every step gets its text's reward."""
+    pred = torch.tensor([[[0, 1], [0, 2], [0, 2]], [[0, 1], [3, 3], [0, 2]], [[0, 1], [0, 1], [0, 1]]])
+    keep = torch.tensor([[True, True], [True, True], [True, False]])[None].expand(3, 3, 2)
+    prompt_a, prompt_b = {"prompt": "a"}, {"prompt": "a"}  # equal contents, two prompt rows
+    scorer = LengthScorer()
+    rewards, scored = score_steps(
+        scorer, [prompt_a, prompt_a, prompt_b], {"step_prediction": pred, "step_text_mask": keep}, CharTokenizer()
+    )
+    # texts: row 0 "ab" "ac" "a", row 1 "ab" "dd" "a", row 2 "ab" "ab" "a"
+    assert scorer.calls[0][1] == ["ab", "ac", "a", "dd", "ab", "a"] and scored == 6
+    assert rewards.tolist() == [[2, 2, 1], [2, 2, 1], [2, 2, 1]]
 
 
 def test_an_objective_that_does_not_record_steps_gets_no_step_records(tmp_path):
