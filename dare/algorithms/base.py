@@ -53,6 +53,10 @@ class Algorithm:
     # whether `loss_backward` runs and backpropagates its estimator's views (Monte-Carlo samples)
     # one at a time: one view's activations are alive whatever their number (the memory plan's count)
     backward_per_sample: ClassVar[bool] = False
+    # RL: whether its rollouts record every denoising step (`sampling.record_steps`: the batch gets
+    # `step_state`, `step_prediction`, `step_confidence` `[B, S, L]`) and the RL trainer scores every
+    # step's x0-prediction text with the stage's rewards (`step_rewards` `[B, S]`) before `group_tensors`
+    records_steps: ClassVar[bool] = False
 
     @dataclass
     class Args:
@@ -107,6 +111,15 @@ class Algorithm:
         """The critic's loss from its `values` `[B, L]` (with grad) and the batch; metrics `critic/...`.
         Needed only when `critic_spec` returns a spec."""
         raise NotImplementedError(f"{self.name}: declares a critic but no critic_loss")
+
+    @classmethod
+    def group_tensors(
+        cls, args: Any, batch: dict[str, torch.Tensor], uid: Any
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """RL, on the driver, after the group advantages: tensors computed from the whole batch (they
+        need every row of a group, which data-parallel workers do not see together), added to the batch
+        before `update_actor`, and metrics. `uid` `[B]`: each row's group. The default adds nothing."""
+        return {}, {}
 
     @classmethod
     def check_recipe(cls, recipe: Any, stage: Any, key: str, file: Any) -> None:

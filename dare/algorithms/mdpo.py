@@ -29,11 +29,15 @@ the step's own prediction x0_t under logits / temperature and lambda_t = L / #ma
 lr 1e-5, 4 generations: config_demo.yaml). Dream's one-position loss shift in the official code is
 the logits alignment dare's `aligned_logits` already applies.
 
-Wiring (left): MDPO needs a rollout that records every step's states, x0 predictions and
-confidences (dare's samplers keep only the committed tokens' step and confidence) and the RL
-trainer to score every step's text; neither exists yet, so no `mdpo` algorithm is registered.
-These functions are the tested math; tests/algorithms/test_mdpo.py trains a tiny model with
-them on a hand-rolled step-recording rollout.
+Wiring (the registered `mdpo` algorithm, kind "rl"): it declares `records_steps`, so the RL
+trainer has the rollout record every step (`sampling.record_steps`: `step_state`,
+`step_prediction`, `step_confidence` `[B, S, L]`, S = sampling.steps; `dare.sampling.engine.
+StepRecorder`) and scores every step's x0-prediction text with the stage's rewards (`step_rewards`
+`[B, S]`); `group_tensors` computes the step advantages and the selected steps on the driver (they
+need whole groups and the whole batch); the loss is the mean over the selected steps of
+`mdpo_step_loss`, each step backpropagated on its own (one step's activations alive at a time).
+Families: full attention (LLaDA, Dream); SDAR (block attention) is refused at recipe load (the
+replay here is a full-attention forward of the state).
 
 Shapes: B rows, S recorded steps, L response length, V vocabulary.
 """
@@ -41,14 +45,19 @@ Shapes: B rows, S recorded steps, L response length, V vocabulary.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from dare.algorithms.base import Algorithm, Backward, register_algorithm
+from dare.algorithms.cj_grpo import response_start
+from dare.algorithms.rollout import RolloutSpec
 from dare.diffusion.rl_losses import masked_mean
 from dare.diffusion.trajectory import response_logits, tempered_log_probs
-from dare.models.spec import DiffusionSpec
+from dare.errors import check_fields
+from dare.models.spec import DiffusionSpec, ReferenceFn
 
 
 def raw_step_advantages(step_rewards: torch.Tensor) -> torch.Tensor:
@@ -153,7 +162,142 @@ def mdpo_step_loss(
     return loss, metrics
 
 
+@dataclass
+class MDPOArgs(RolloutSpec):
+    # official recipes/LLaDA-Instruct/mdpo/config_demo.yaml: 4 generations, temperature 0.1
+    num_generations: int = 4
+    sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.1})
+    # the steps trained per rollout: the k with the largest sum over the batch of |A_t|
+    sample_train_steps: int = 16
+    clip_eps: float = 0.2
+    # weight of the squared log-ratio to the reference (official k2); 0 = no reference forward
+    beta: float = 0.0
+
+    def validate(self, key: str, file: Any) -> None:
+        super().validate(key, file)
+        checks = {
+            "sample_train_steps": (self.sample_train_steps >= 1, ">= 1"),
+            "clip_eps": (0 < self.clip_eps < 1, "in (0, 1)"),
+            "beta": (self.beta >= 0, ">= 0"),
+        }
+        check_fields(self, checks, key, file)
+
+
+def _rows(batch: dict[str, torch.Tensor], key: str, j: int) -> torch.Tensor:
+    """Each row's record of its j-th selected step: `batch[key]` `[B, S, ...]` -> `[B, ...]`."""
+    t = batch["train_steps"][:, j]  # [B]
+    return batch[key][torch.arange(t.shape[0], device=t.device), t]
+
+
+@register_algorithm
+class MDPO(Algorithm):
+    name = "mdpo"
+    kind = "rl"
+    attention = ("full",)  # the step replay is a full-attention forward of the state
+    records_steps = True
+    backward_per_sample = True  # one selected step's graph alive at a time
+    required_batch_keys = (
+        "input_ids", "attention_mask", "response_mask", "step_state", "step_prediction", "step_confidence",
+        "step_advantages", "train_steps",
+    )  # fmt: skip
+    Args = MDPOArgs
+
+    @property
+    def updates_per_step(self) -> int:
+        return self.args.mu
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.args.beta > 0
+
+    @property
+    def temperature(self) -> float:
+        """The rollout's sampling temperature, at which the official trainer scores its predictions."""
+        return float(self.args.sampling.get("temperature", 0.0))
+
+    @classmethod
+    def group_tensors(
+        cls, args: MDPOArgs, batch: dict[str, torch.Tensor], uid: Any
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The step advantages `[B, S]` (z-scored over each group) and the steps to train `[B, k]`
+        (the same k for every row: chosen over the whole batch, as the official trainer does)."""
+        rewards = batch["step_rewards"]  # [B, S]
+        adv = mdpo_step_advantages(rewards, uid)
+        steps = select_train_steps(adv, args.sample_train_steps)  # [k]
+        metrics = {
+            "mdpo/step_reward_first": float(rewards[:, 0].mean()),
+            "mdpo/step_reward_last": float(rewards[:, -1].mean()),
+            "mdpo/train_step_mean": float(steps.float().mean()),
+        }
+        return {"step_advantages": adv, "train_steps": steps[None].expand(rewards.shape[0], -1).clone()}, metrics
+
+    def step_log_prob(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], j: int) -> torch.Tensor:
+        """log p(x0_t | x_t) `[B, L]` of each row's j-th selected step."""
+        P = response_start(batch["response_mask"])
+        ids, mask = batch["input_ids"][:, :P], batch["attention_mask"][:, :P]
+        state, pred = _rows(batch, "step_state", j), _rows(batch, "step_prediction", j)
+        return mdpo_step_log_prob(model, self.spec, ids, mask, state, pred, self.temperature)
+
+    def prepare(
+        self, model: torch.nn.Module, reference: ReferenceFn | None, batch: dict[str, torch.Tensor]
+    ) -> list[dict[str, torch.Tensor]]:
+        """mu updates on the same steps; the old (mu > 1) and reference log-probs `[B, k, L]` first."""
+        it = dict(batch)
+        k = batch["train_steps"].shape[1]
+        with torch.no_grad():
+            if self.args.mu > 1:
+                it["old_log_prob"] = torch.stack([self.step_log_prob(model, batch, j) for j in range(k)], 1)
+            if self.needs_reference:
+                with reference() as ref:
+                    it["ref_log_prob"] = torch.stack([self.step_log_prob(ref, batch, j) for j in range(k)], 1)
+        return [it] * self.args.mu
+
+    def step_loss(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], j: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """`mdpo_step_loss` of the j-th selected step; masked = positions masked in the state that the
+        step predicted (a later block's masks have no prediction)."""
+        lp = self.step_log_prob(model, batch, j)  # [B, L]
+        state, pred = _rows(batch, "step_state", j), _rows(batch, "step_prediction", j)
+        mask_id = self.spec.mask_token_id
+        masked = (state == mask_id) & (pred != mask_id)
+        old = batch["old_log_prob"][:, j] if "old_log_prob" in batch else lp.detach()
+        ref = batch["ref_log_prob"][:, j] if "ref_log_prob" in batch else None
+        return mdpo_step_loss(
+            old, lp, _rows(batch, "step_advantages", j), masked, _rows(batch, "step_confidence", j),
+            gen_length=state.shape[1], clip_eps=self.args.clip_eps, beta=self.args.beta, ref_log_prob=ref,
+        )  # fmt: skip
+
+    def compute_loss(self, model, batch):
+        """The mean over the selected steps of their step losses (the official trainer's step
+        micro-batches under gradient accumulation)."""
+        k = batch["train_steps"].shape[1]
+        total, sums = 0.0, {}
+        for j in range(k):
+            loss, metrics = self.step_loss(model, batch, j)
+            total = total + loss / k
+            for name, v in metrics.items():
+                sums[name] = sums.get(name, 0.0) + v / k
+        return total, sums
+
+    def loss_backward(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], backward: Backward
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """`compute_loss` with each step's loss backpropagated as soon as it is computed."""
+        k = batch["train_steps"].shape[1]
+        total, sums = 0.0, {}
+        for j in range(k):
+            loss, metrics = self.step_loss(model, batch, j)
+            backward(loss / k, 1.0 / k)
+            total = total + loss.detach() / k
+            for name, v in metrics.items():
+                sums[name] = sums.get(name, 0.0) + v / k
+        return torch.as_tensor(total), sums
+
+
 __all__ = [
+    "MDPO",
+    "MDPOArgs",
     "mdpo_step_advantages",
     "mdpo_step_log_prob",
     "mdpo_step_loss",

@@ -493,9 +493,9 @@ def max_model_length(config: Any) -> int | None:
     return None
 
 
-def _check_sampling(sampling: dict[str, Any], spec: Any, key: str, file: Any) -> None:
+def _check_sampling(sampling: dict[str, Any], spec: Any, key: str, file: Any, note: str = "") -> None:
     """`sampling` (SamplingConfig fields) builds a config that fits the model; an unknown field
-    is named with a suggestion."""
+    is named with a suggestion. `note` is appended to a misfit's message (why a field was added)."""
     from dare.sampling import SamplingConfig
 
     check_finite(sampling, key, file)
@@ -510,7 +510,7 @@ def _check_sampling(sampling: dict[str, Any], spec: Any, key: str, file: Any) ->
             ) from None
         raise RecipeError(file, key, str(e)) from None
     except ValueError as e:
-        raise RecipeError(file, key, str(e)) from None
+        raise RecipeError(file, key, f"{e}{note}") from None
 
 
 def stage_sampling_fields(args: Any) -> list[str]:
@@ -532,12 +532,15 @@ def _check_rollout_backend(recipe: Recipe, stage: Any, spec: Any, key: str, file
     from dare.sampling.backend import ROLLOUT_BACKENDS
     from dare.sampling.config import SamplingConfig
 
+    algo = ALGORITHMS.get(stage.algorithm)
     sampling = {**stage.args.sampling, "gen_length": recipe.data.gen_length, "num_generations": 1}
+    if algo.records_steps:  # the RL trainer adds it (`Algorithm.records_steps`)
+        sampling["record_steps"] = True
     family = recipe.model.family
     model_type = FAMILIES.get(family).model_type if family in FAMILIES else None
     try:
         ROLLOUT_BACKENDS.get(name).check_stage(
-            SamplingConfig(**sampling).for_model(spec), ALGORITHMS.get(stage.algorithm).required_batch_keys, model_type
+            SamplingConfig(**sampling).for_model(spec), algo.required_batch_keys, model_type
         )
     except ValueError as e:
         raise RecipeError(file, f"{key}.rollout_backend", f"{name}: {e}") from None
@@ -603,7 +606,11 @@ def _check_combinations(recipe: Recipe, file: Any) -> None:
         for name in stage_sampling_fields(stage.args):
             # the trainers set gen_length and num_generations
             sampling = {**getattr(stage.args, name), "gen_length": data.gen_length, "num_generations": 1}
-            _check_sampling(sampling, spec, f"stages[{i}].{name}", file)
+            note = ""
+            if name == "sampling" and stage.kind == "rl" and algo.records_steps:  # the RL trainer adds it
+                sampling["record_steps"] = True
+                note = f" ({stage.algorithm} trains on every denoising step, so its rollouts set record_steps)"
+            _check_sampling(sampling, spec, f"stages[{i}].{name}", file, note)
         _check_rollout_backend(recipe, stage, spec, f"stages[{i}]", file)
         builtin_train = data.train.startswith(BUILTIN_PREFIX)
         if stage.kind == "preference" and builtin_train and not data.train.startswith(BUILTIN_PREFIX + "pref-"):

@@ -77,6 +77,9 @@ class RolloutBackend(ABC):
     # does `generate` report the decoding trajectory (decode_step, confidence)? Objectives that replay
     # it (TraceRL, CJ-GRPO, MDPO: `decode_*` in their required batch keys) need one that does
     records_trajectory: ClassVar[bool] = True
+    # does it honour `sampling.record_steps` (every step's state and x0-prediction, `StepRecorder`)?
+    # Objectives that declare `Algorithm.records_steps` (MDPO) need one that does
+    records_steps: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.policy_version = 0
@@ -97,6 +100,11 @@ class RolloutBackend(ABC):
         if replayed and not cls.records_trajectory:
             raise ValueError(
                 f"does not report the decoding trajectory, which the objective reads ({', '.join(replayed)}); "
+                "use rollout_backend: dare"
+            )
+        if sampling.record_steps and not cls.records_steps:
+            raise ValueError(
+                "does not record every denoising step (sampling.record_steps), which the objective trains on; "
                 "use rollout_backend: dare"
             )
 

@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from dare.sampling.config import COMMON_FIELDS, SAMPLERS, SamplingConfig
-from dare.sampling.engine import DecodeResult, DecodeState, FullAttentionRunner, PromptBatch, Runner, decode_blocks
+from dare.sampling.engine import (
+    DecodeResult,
+    DecodeState,
+    FullAttentionRunner,
+    PromptBatch,
+    Runner,
+    StepRecorder,
+    decode_blocks,
+)
 from dare.sampling.policy import Policy
 
 if TYPE_CHECKING:
@@ -27,6 +35,9 @@ if TYPE_CHECKING:
 # Options of every sampler decoded by the block engine (`decode_blocks`): how often the host
 # syncs, and whether the step is compiled.
 ENGINE_OPTIONS = frozenset({"sync_every", "compile"})
+# `record_steps` (`StepRecorder`): declared by the block-engine samplers whose recording an objective
+# can replay (full attention: LLaDA, Dream); the others refuse it as an unused option
+STEP_RECORDING = frozenset({"record_steps"})
 
 
 class Sampler:
@@ -91,7 +102,11 @@ class Sampler:
     ) -> DecodeResult:
         """Decode `config.gen_length` tokens after each left-padded prompt of `batch`."""
         state = DecodeState(batch, config.gen_length, spec, config.end_token_ids(spec))
+        if config.record_steps:
+            state.recorder = StepRecorder(config.steps)
         nfe, extras = self.decode(model, state, config, generator)
+        if state.recorder is not None:
+            extras = {**extras, **state.recorder.tensors(state)}
         return state.result(nfe, extras)
 
 
@@ -112,4 +127,4 @@ class WholeResponseSampler(Sampler):
             )
 
 
-__all__ = ["COMMON_FIELDS", "ENGINE_OPTIONS", "SAMPLERS", "Policy", "Sampler", "WholeResponseSampler"]
+__all__ = ["COMMON_FIELDS", "ENGINE_OPTIONS", "SAMPLERS", "STEP_RECORDING", "Policy", "Sampler", "WholeResponseSampler"]

@@ -116,6 +116,10 @@ class SamplingConfig:
     # Block-engine samplers: run each denoising step (forward + unmasking rule) through
     # `torch.compile` (on CUDA as CUDA graphs, one per batch / block / cache-length bucket).
     compile: bool = False
+    # Record every denoising step's state, x0-prediction and confidences (`Rollout.extras`,
+    # `dare.sampling.engine.StepRecorder`; [N, steps, gen_length] tensors, so only when an objective
+    # asks: MDPO). Block-engine samplers that declare it (llada, dream), fixed step counts only.
+    record_steps: bool = False
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # frozen dataclass
@@ -143,6 +147,11 @@ class SamplingConfig:
             set_("steps", self.gen_length)
         if self.threshold is not None and self.factor is not None:
             raise ValueError(f"threshold={self.threshold} and factor={self.factor}: choose one parallel-decoding rule")
+        if self.record_steps and self.parallel:
+            raise ValueError(
+                "record_steps: a parallel-decoding rule (threshold / factor) takes a data-dependent number of "
+                "steps; recording every step needs the fixed count of `steps`"
+            )
         sampler.check_config(self)
         if self.block_length is not None:
             self._check_blocks()
@@ -172,6 +181,7 @@ class SamplingConfig:
         need(isinstance(self.num_generations, int) and self.num_generations >= 1, "num_generations", ">= 1")
         need(isinstance(self.sync_every, int) and self.sync_every >= 1, "sync_every", "a positive integer")
         need(isinstance(self.compile, bool), "compile", "true or false")
+        need(isinstance(self.record_steps, bool), "record_steps", "true or false")
 
     def _check_options(self, sampler: type[SamplerDeclaration]) -> None:
         allowed = COMMON_FIELDS | sampler.options

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from dare.sampling.base import ENGINE_OPTIONS, SAMPLERS, Policy, Sampler
+from dare.sampling.base import ENGINE_OPTIONS, SAMPLERS, STEP_RECORDING, Policy, Sampler
 from dare.sampling.config import SamplingConfig
 from dare.sampling.ops import (
     dream_step_count,
@@ -79,7 +79,7 @@ class DreamSampler(Sampler):
     options = frozenset(
         {"remasking", "top_p", "top_k", "alg_temp", "eps", "cfg_scale", "cache", "threshold", "factor",
          "confidence_eos_eot_inf"}
-    ) | ENGINE_OPTIONS  # fmt: skip
+    ) | ENGINE_OPTIONS | STEP_RECORDING  # fmt: skip
 
     @classmethod
     def check_config(cls, config: SamplingConfig) -> None:

@@ -13,6 +13,8 @@
   synchronisation; eager, or compiled with `torch.compile` (CUDA graphs on a GPU).
 - `StepFunction`: a step function, eager or compiled (`compile_step`); the samplers with their own
   loop (first_hitting, few_step, rgas, llada2's token editing) run their steps through it too.
+- `StepRecorder`: with `SamplingConfig.record_steps`, every denoising step's state, x0-prediction
+  and confidences (MDPO's per-step rewards), `Rollout.extras[STEP_RECORD_KEYS]`.
 - `decode_blocks`: the loop over blocks and steps that calls a `Policy` through `DecodeStep`;
   the host reads device values only for the done-check, every `sync_every` steps and once per
   block (a fixed-count schedule is mirrored on the host, so its steps need no check at all).
@@ -112,6 +114,8 @@ class DecodeState:
         self.confidence = torch.full((N, gen_length), math.nan, dtype=torch.float64, device=device)
         self.row_steps = torch.zeros(N, dtype=torch.long, device=device)  # decoding iterations per row
         self.finished = torch.zeros(N, dtype=torch.bool, device=device)
+        # every step's state / prediction / confidences, when the config asks (`record_steps`)
+        self.recorder: StepRecorder | None = None
 
     @property
     def response(self) -> torch.Tensor:
@@ -154,6 +158,61 @@ class DecodeState:
 
     def result(self, nfe: int, extras: dict[str, torch.Tensor] | None = None) -> DecodeResult:
         return DecodeResult(self.response.clone(), self.decode_step, self.confidence, nfe, extras or {})
+
+
+# what `StepRecorder.tensors` returns (`Rollout.extras` keys), each `[N, S, L_gen]`, S = config.steps:
+#   step_state       long, the response as step t saw it (mask ids where still masked)
+#   step_prediction  long, the step's x0-prediction: the state with every masked position of the
+#                    decoded block filled by the step's proposal (positions of later blocks stay masks)
+#   step_confidence  float32, the probability of each proposed token (0 where none was proposed)
+#   step_text_mask   bool, the prediction's tokens that make its text: up to and including its first
+#                    end id, mask ids (later blocks) left out
+STEP_RECORD_KEYS = ("step_state", "step_prediction", "step_confidence", "step_text_mask")
+
+
+class StepRecorder:
+    """Every denoising step of a decode (`SamplingConfig.record_steps`): what MDPO scores and trains
+    on. Memory: two long and one float32 `[N, S, L]` tensors (S = `max_steps`, the config's steps),
+    so it is opt-in. A row that is done (or a decode that ended early) is padded with its final
+    response: state = prediction = the response, confidence 0 (nothing masked, nothing to train)."""
+
+    def __init__(self, max_steps: int) -> None:
+        self.max_steps = max_steps
+        self.states: list[torch.Tensor] = []
+        self.predictions: list[torch.Tensor] = []
+        self.confidences: list[torch.Tensor] = []
+
+    def record(
+        self, state: DecodeState, start: int, tokens: torch.Tensor, prob: torch.Tensor, eligible: torch.Tensor
+    ) -> None:
+        """One step before its commit: tokens / prob / eligible `[N, L_block]` of columns from `start`."""
+        if len(self.states) == self.max_steps:
+            raise RuntimeError(
+                f"record_steps: the decode took more than steps={self.max_steps} denoising steps; "
+                "recording needs a fixed step count"
+            )
+        r0, r1 = start - state.P, start - state.P + tokens.shape[1]
+        now = state.response.clone()  # [N, L]
+        pred = now.clone()
+        pred[:, r0:r1] = torch.where(eligible, tokens, pred[:, r0:r1])
+        conf = torch.zeros(now.shape, dtype=torch.float32, device=now.device)
+        conf[:, r0:r1] = torch.where(eligible, prob.float(), 0.0)
+        self.states.append(now)
+        self.predictions.append(pred)
+        self.confidences.append(conf)
+
+    def tensors(self, state: DecodeState) -> dict[str, torch.Tensor]:
+        """`STEP_RECORD_KEYS` -> `[N, S, L]`, padded to `max_steps` with the final response."""
+        final = state.response.clone()
+        pad = self.max_steps - len(self.states)
+        states = torch.stack(self.states + [final] * pad, 1)
+        preds = torch.stack(self.predictions + [final] * pad, 1)
+        confs = torch.stack(self.confidences + [torch.zeros_like(final, dtype=torch.float32)] * pad, 1)
+        is_end = torch.isin(preds, state.end_ids)  # [N, S, L]
+        first = torch.where(is_end.any(-1), is_end.long().argmax(-1), state.L)  # [N, S]
+        pos = torch.arange(state.L, device=preds.device)
+        text = (pos <= first[..., None]) & (preds != state.mask_id)
+        return dict(zip(STEP_RECORD_KEYS, (states, preds, confs, text)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,6 +422,8 @@ class DecodeStep:
         self.state, self.runner, self.policy = state, runner, policy
         self.cfg_scale, self.suppress_ids, self.confidence_end_inf = cfg_scale, suppress_ids, confidence_end_inf
         self.compile = compile
+        # a recording decode keeps the probability of every proposed token, not only the committed ones
+        self.full_prob = state.recorder is not None
         self._run = StepFunction(self.step, state.x.device, runner, compile=compile)
 
     def fn(self, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -383,7 +444,7 @@ class DecodeStep:
         num_steps: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(tokens, transfer, prob), each `[N, L]`: proposed tokens, the positions to commit, and
-        the probability of each committed token (NaN elsewhere)."""
+        the probability of each committed token (NaN elsewhere; of every token when `full_prob`)."""
         cond, uncond = self.runner.forward(x, start, end, refresh)
         logits = process_logits(cond, uncond, self.cfg_scale, self.state.spec, self.suppress_ids)  # [N, L, V] f64
         tokens, conf = self.policy.propose(logits)
@@ -395,7 +456,9 @@ class DecodeStep:
             if self.confidence_end_inf:
                 conf = conf.masked_fill(torch.isin(tokens, self.state.end_ids), -math.inf)
             transfer = self.policy.select(conf, eligible, k, step, num_steps) & eligible
-        prob = torch.where(transfer, token_probability(logits, tokens), math.nan)
+        prob = token_probability(logits, tokens)
+        if not self.full_prob:
+            prob = torch.where(transfer, prob, math.nan)
         return tokens, transfer, prob
 
 
@@ -493,6 +556,9 @@ def _decode_block(
             masks_left -= 1
         tokens, transfer, prob = step_fn.fn(state.x, eligible, k, start, end, not refreshed, force, step, num_steps)
         refreshed = True
+        if state.recorder is not None:  # the state before the commit, the full prediction
+            state.recorder.record(state, start, tokens, prob, eligible)
+            prob = torch.where(transfer, prob, math.nan)
         state.commit(start, tokens, transfer, prob, eligible.any(-1))
         state.update_finished()
         if not force and policy.takes_all(step, num_steps):
@@ -543,6 +609,8 @@ __all__ = [
     "FullAttentionRunner",
     "PromptBatch",
     "Runner",
+    "STEP_RECORD_KEYS",
+    "StepRecorder",
     "StepFunction",
     "check_every",
     "compile_step",

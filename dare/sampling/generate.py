@@ -29,7 +29,11 @@ def _finalize(
     response = response.masked_fill(after, spec.eos_token_id)
     decode_step = result.decode_step.masked_fill(after, -1)
     confidence = result.confidence.masked_fill(after, math.nan)
-    extras = {k: (v.masked_fill(after, math.nan) if v.is_floating_point() else v) for k, v in result.extras.items()}
+    # per-token extras are cut like the response; per-step records (`[N, S, L]`) are kept whole
+    extras = {
+        k: (v.masked_fill(after, math.nan) if v.is_floating_point() and v.shape == after.shape else v)
+        for k, v in result.extras.items()
+    }
     return Rollout(
         sequences=torch.cat([batch.input_ids, response], dim=1),
         attention_mask=torch.cat([batch.attention_mask, response_mask], dim=1),

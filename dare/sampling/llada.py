@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from dare.sampling.base import ENGINE_OPTIONS, SAMPLERS, Policy, Sampler
+from dare.sampling.base import ENGINE_OPTIONS, SAMPLERS, STEP_RECORDING, Policy, Sampler
 from dare.sampling.config import SamplingConfig
 from dare.sampling.ops import (
     gumbel_argmax,
@@ -56,7 +56,9 @@ class LLaDASampler(Sampler):
     remasking_choices = ("low_confidence", "random")
     cache_choices = ("none", "prefix", "dual")
     options = (
-        frozenset({"remasking", "cfg_scale", "cache", "threshold", "factor", "confidence_eos_eot_inf"}) | ENGINE_OPTIONS
+        frozenset({"remasking", "cfg_scale", "cache", "threshold", "factor", "confidence_eos_eot_inf"})
+        | ENGINE_OPTIONS
+        | STEP_RECORDING
     )
 
     @classmethod

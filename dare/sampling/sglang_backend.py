@@ -142,6 +142,7 @@ class SGLangBackend(RolloutBackend):
 
     name = "sglang"
     records_trajectory = False
+    records_steps = False
 
     @classmethod
     def check_stage(cls, sampling: SamplingConfig, required_batch_keys: Sequence[str], model_type: str | None) -> None:

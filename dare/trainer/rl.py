@@ -7,8 +7,12 @@ Per step:
        decoding trajectory kept in the batch (`decode_step`, `decode_block`, `decode_confidence`,
        `decode_num_steps`; `dare.workers.generation`) for objectives that replay it
     -> rewards (built-in verifier or the recipe's reward functions, in parallel, never crashing)
+    -> an algorithm that declares `records_steps` (MDPO): its rollouts record every denoising step
+       (`sampling.record_steps`) and every step's x0-prediction text is scored with the same rewards
+       (`step_rewards` `[N, S]`)
     -> with `dynamic_sampling`, zero-variance groups replaced by fresh prompts' groups (DAPO)
-    -> group advantages (verl estimators)
+    -> group advantages (verl estimators), then the algorithm's own driver-side tensors
+       (`Algorithm.group_tensors`, e.g. MDPO's step advantages: they need whole groups)
     -> actor.update_actor: mu inner updates, each with one noise plan shared by old/ref/current
     -> sync the separate rollout's weights
 """
@@ -25,11 +29,13 @@ import torch
 import torch.nn.functional as F
 from verl import DataProto
 
+from dare.algorithms import ALGORITHMS
 from dare.algorithms.rollout import RolloutSpec
 from dare.data.formatting import collate_prompts
 from dare.diffusion.rl_losses import compute_advantages
 from dare.diffusion.rl_registry import ADVANTAGES
 from dare.rewards.spec import RewardSpec
+from dare.sampling.engine import STEP_RECORD_KEYS
 from dare.trainer.evaluate import row_scorer
 from dare.trainer.loop import StageTrainer
 from dare.trainer.metrics import rank_zero_metrics
@@ -85,6 +91,9 @@ class RLTrainer(StageTrainer):
             )
         self.args: RolloutSpec = ctx.stage.args
         self.sampling = self.args.rollout_sampling(ctx.recipe.data.gen_length)
+        self.algorithm = ALGORITHMS.get(ctx.stage.algorithm)
+        if self.algorithm.records_steps:  # the objective trains on every denoising step
+            self.sampling["record_steps"] = True
         self.scorer = None
 
     def setup(self) -> None:
@@ -131,6 +140,8 @@ class RLTrainer(StageTrainer):
             # the decoding trajectory, aligned with input_ids: [N, G] -> [N, P+G]
             **{k: F.pad(out.batch[k], (P, 0), value=fill) for k, fill in TRAJECTORY_FILL.items()},
             "decode_num_steps": out.batch["decode_num_steps"],  # [N]
+            # per-step records (`record_steps`), response-aligned [N, S, L]
+            **{k: out.batch[k] for k in STEP_RECORD_KEYS if k in out.batch.keys()},
         }
         texts = [ctx.tokenizer.decode(r[m].tolist(), skip_special_tokens=True) for r, m in zip(responses, rmask)]
         row_of = [rows[i // G] for i in range(N)]
@@ -150,6 +161,11 @@ class RLTrainer(StageTrainer):
         t0 = time.perf_counter()
         scores, reward_metrics = self.scorer.score(row_of, texts)
         metrics["perf/reward_s"] = time.perf_counter() - t0
+        if self.algorithm.records_steps:
+            t0 = time.perf_counter()
+            data.batch["step_rewards"], scored = score_steps(self.scorer, row_of, data.batch, self.ctx.tokenizer)
+            metrics["perf/step_reward_s"] = time.perf_counter() - t0
+            metrics["rollout/step_texts_scored"] = float(scored)  # distinct (prompt, text) pairs of N x S
         return Round(data, row_of, scores, metrics, reward_metrics)
 
     def step(self, step: int) -> dict[str, float]:
@@ -164,6 +180,10 @@ class RLTrainer(StageTrainer):
         adv, adv_metrics = compute_advantages(self.args.advantage, scores_t, uid, data.batch["response_mask"], **kwargs)
         data.batch["advantages"] = adv
         data.batch["group_index"] = torch.arange(len(scores)) // G  # [N], the prompt each row answers
+        extra, group_metrics = self.algorithm.group_tensors(self.args, data.batch, uid)
+        for k, v in extra.items():
+            data.batch[k] = v
+        adv_metrics = {**adv_metrics, **group_metrics}
         g = step_generator(ctx.recipe.seed, ctx.index, step, 3)
         data.batch["noise_seed"] = torch.randint(0, 2**62, (len(scores), self.args.mu), generator=g)
         if ctx.critic is not None:  # the algorithm declared a critic: its values go with the batch
@@ -183,6 +203,34 @@ class RLTrainer(StageTrainer):
         metrics["reward/mean"] = float(scores_t.mean())
         metrics["reward/std"] = float(scores_t.std()) if len(scores) > 1 else 0.0
         return metrics
+
+
+def step_texts(batch: Any, tokenizer: Any) -> list[str]:
+    """The text of every recorded step's x0-prediction, row-major (`[N, S]` flattened): its tokens
+    up to its first end id (`step_text_mask`), decoded as the responses are."""
+    pred, keep = batch["step_prediction"], batch["step_text_mask"].bool()  # [N, S, L]
+    flat, flat_keep = pred.reshape(-1, pred.shape[-1]), keep.reshape(-1, keep.shape[-1])
+    return [tokenizer.decode(p[k].tolist(), skip_special_tokens=True) for p, k in zip(flat, flat_keep)]
+
+
+def score_steps(scorer: Any, row_of: list[dict[str, Any]], batch: Any, tokenizer: Any) -> tuple[torch.Tensor, int]:
+    """Step rewards `[N, S]`: every step's x0-prediction text scored by the stage's reward functions
+    (the scorer of the final responses, so a step is scored exactly as a completion would be), and
+    the number of texts scored: a text is scored once per prompt row (consecutive steps often
+    predict the same text, and the steps after a decode ended repeat its response)."""
+    N, S = batch["step_prediction"].shape[:2]
+    texts = step_texts(batch, tokenizer)
+    rows = [row for row in row_of for _ in range(S)]
+    index: dict[tuple[int, str], int] = {}  # (prompt row, text) -> its place among the scored
+    scored_rows, scored_texts = [], []
+    for row, text in zip(rows, texts):
+        if (id(row), text) not in index:
+            index[(id(row), text)] = len(scored_texts)
+            scored_rows.append(row)
+            scored_texts.append(text)
+    scores, _ = scorer.score(scored_rows, scored_texts)
+    out = torch.tensor([scores[index[(id(row), text)]] for row, text in zip(rows, texts)], dtype=torch.float32)
+    return out.view(N, S), len(scored_texts)
 
 
 @dataclass
@@ -271,4 +319,6 @@ __all__ = [
     "build_scorer",
     "concat_groups",
     "informative_batch",
+    "score_steps",
+    "step_texts",
 ]

@@ -6,6 +6,7 @@ import torch
 from verl import DataProto
 
 from dare.sampling.backend import ModelSource, RolloutBackend, build_backend
+from dare.sampling.engine import STEP_RECORD_KEYS
 from dare.sampling.rollout import Rollout
 
 # per-response-token tensors of the decoding trajectory (`[N, L]`, L = gen_length) that
@@ -18,6 +19,8 @@ from dare.sampling.rollout import Rollout
 # each -1 (confidence 0) outside the response mask; plus `decode_num_steps` `[N]` long, the
 # iterations that decoded the row's response (max decode_step + 1).
 TRAJECTORY_FILL = {"decode_step": -1, "decode_block": -1, "decode_confidence": 0.0}
+# with `sampling.record_steps` (an objective declared `Algorithm.records_steps`), the rollout's per-step
+# records go with the batch too, response-aligned `[N, S, L]` (`dare.sampling.engine.STEP_RECORD_KEYS`)
 
 
 def trajectory_tensors(rollout: Rollout) -> dict[str, torch.Tensor]:
@@ -95,6 +98,7 @@ def generate_batch(backend: RolloutBackend, data: DataProto, rank: int) -> DataP
         "responses": rollout.response_ids.cpu(),
         "response_mask": rollout.response_mask.long().cpu(),
         **{k: v.cpu() for k, v in trajectory_tensors(rollout).items()},
+        **{k: rollout.extras[k].cpu() for k in STEP_RECORD_KEYS if k in rollout.extras},
         # per row, because ranks differ (early stops) and verl refuses unequal meta_info on concat:
         # the forward passes and seconds of the rank's whole batch
         "nfe": torch.full((n,), rollout.nfe, dtype=torch.long),

@@ -3,7 +3,9 @@ rolls out, the algorithm's own `prepare` / `compute_loss` update a tiny model, n
 
 The toy reward is the fraction of response tokens equal to `TARGET`: an untrained tiny model
 draws it with probability ~1/V, and a policy-gradient objective that works raises it within a
-few dozen steps.
+few dozen steps. An algorithm that declares `records_steps` (MDPO) gets what the RL trainer gives it:
+rollouts that record every step, every step's x0-prediction scored with the same toy reward
+(`step_rewards`) and its `group_tensors` added to the batch.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dare.config.schema import build_stage
 from dare.diffusion.rl_losses import compute_advantages
 from dare.models import tiny
 from dare.sampling import SamplingConfig, generate
+from dare.sampling.engine import STEP_RECORD_KEYS
 from dare.workers.critic import Critic, ValueModel
 
 V = 48
@@ -58,6 +61,19 @@ def rl_batch(rollout, advantage: str = "grpo_mean", mu: int = 1, seed: int = 0) 
     }
 
 
+def add_step_rewards(algo, batch: dict, rollout) -> dict:
+    """For an algorithm that `records_steps`: the rollout's step records, the toy reward of every
+    step's x0-prediction (`step_rewards` `[N, S]`) and the algorithm's driver-side `group_tensors`."""
+    cls = type(algo)
+    if not cls.records_steps:
+        return batch
+    batch.update({k: rollout.extras[k] for k in STEP_RECORD_KEYS})
+    batch["step_rewards"] = target_fraction(batch["step_prediction"], batch["step_text_mask"])  # [N, S]
+    uid = np.array(rollout.prompt_index.tolist(), dtype=object)
+    extra, _ = cls.group_tensors(algo.args, batch, uid)
+    return {**batch, **extra}
+
+
 def policy_update(algo, model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict) -> None:
     """One RL step's updates, as the actor takes them: one optimizer step per `prepare` batch."""
     model.train()
@@ -87,7 +103,7 @@ def train_toy(
     algo = algorithm(name, spec, num_generations=num_generations, **args)
     cfg = SamplingConfig(
         algorithm=family, gen_length=gen_length, steps=gen_length, block_length=gen_length,
-        temperature=1.0, num_generations=num_generations,
+        temperature=1.0, num_generations=num_generations, record_steps=type(algo).records_steps,
     )  # fmt: skip
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     critic_spec = type(algo).critic_spec(algo.args)
@@ -98,7 +114,7 @@ def train_toy(
         model.eval()
         with torch.no_grad():
             rollout = generate(model, PROMPTS, cfg, generator=gen)
-        batch = rl_batch(rollout, algo.args.advantage, algo.updates_per_step, step)
+        batch = add_step_rewards(algo, rl_batch(rollout, algo.args.advantage, algo.updates_per_step, step), rollout)
         if extend is not None:
             batch = extend(model, batch, rollout)
         rewards.append(float(batch["scores"].mean()))

@@ -1,22 +1,27 @@
 """MDPO: the step advantages on a hand-computed case and their defining property (a step is
-credited for the reward it changed, never for earlier steps), the step loss by hand, and a tiny
-model learning with them on a step-recording rollout."""
+credited for the reward it changed, never for earlier steps), the step loss by hand, a tiny
+model learning with them on a step-recording rollout; the registered `mdpo` algorithm: its driver
+tensors, its per-step backward, its learning through dare's recording sampler (`train_toy`), and
+what it refuses at recipe load. (The RL trainer's step-reward path: tests/trainer/test_rl_step_rewards.py.)"""
 
 import math
 
 import numpy as np
 import pytest
 import torch
-from rl_toy import V, target_fraction  # noqa: I001  (pytest puts this folder on sys.path)
+from rl_toy import V, add_step_rewards, algorithm, rl_batch, target_fraction, train_toy  # noqa: I001
 
 from dare.algorithms.mdpo import (
+    MDPO,
     mdpo_step_advantages,
     mdpo_step_log_prob,
     mdpo_step_loss,
     raw_step_advantages,
     select_train_steps,
 )
+from dare.config import RecipeError, build_recipe
 from dare.models import aligned_logits, tiny
+from dare.sampling import SamplingConfig, generate
 from dare.sampling.ops import gumbel_argmax, token_probability
 
 
@@ -124,3 +129,100 @@ def test_mdpo_learns_the_toy_reward():
         opt.step()
     # measured (2-core CPU, seed 0): see docs/algorithms/mdpo.md
     assert sum(final[-5:]) / 5 > sum(final[:5]) / 5 + 0.2, final
+
+
+# --- the registered algorithm -------------------------------------------------------------------
+
+
+def test_group_tensors_are_the_step_advantages_and_the_batchs_top_steps():
+    r = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
+    args = algorithm("mdpo", tiny("llada", V).diffusion_spec(), sample_train_steps=2).args
+    extra, metrics = MDPO.group_tensors(args, {"step_rewards": r}, np.array([0, 0], dtype=object))
+    torch.testing.assert_close(extra["step_advantages"], mdpo_step_advantages(r, [0, 0]))
+    # the hand case above: steps 1 and 2 carry the largest |A|, the same for every row
+    assert sorted(extra["train_steps"][0].tolist()) == [1, 2] and torch.equal(
+        extra["train_steps"][0], extra["train_steps"][1]
+    )
+    assert metrics["mdpo/step_reward_first"] == 0.0 and metrics["mdpo/step_reward_last"] == 1.0
+
+
+def _toy_batch(algo, model):
+    cfg = SamplingConfig(
+        algorithm="llada", gen_length=4, steps=4, temperature=1.0, num_generations=3, record_steps=True
+    )
+    rollout = generate(model, PROMPT.tolist(), cfg, generator=torch.Generator().manual_seed(1))
+    return add_step_rewards(algo, rl_batch(rollout), rollout)
+
+
+def test_per_step_backward_gives_the_gradient_of_the_mean_step_loss():
+    model = tiny("llada", V, seed=0)
+    algo = algorithm("mdpo", model.diffusion_spec(), sample_train_steps=3, sampling={"temperature": 1.0})
+    batch = _toy_batch(algo, model)
+    assert batch["train_steps"].shape == (len(batch["input_ids"]), 3) and batch["step_advantages"].abs().sum() > 0
+    (update,) = algo.prepare(model, None, batch)
+    loss, _ = algo.compute_loss(model, update)
+    whole = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    parts, shares = [], []
+
+    def backward(part, share):
+        parts.append(torch.autograd.grad(part, list(model.parameters()), allow_unused=True))
+        shares.append(share)
+
+    total, _ = algo.loss_backward(model, update, backward)
+    assert (
+        len(parts) == 3 and sum(shares) == pytest.approx(1.0) and total.item() == pytest.approx(loss.item(), rel=1e-5)
+    )
+    for j, g in enumerate(whole):
+        if g is not None:
+            torch.testing.assert_close(sum(p[j] for p in parts), g, rtol=1e-4, atol=1e-7)
+
+
+def test_mu_updates_score_the_old_policy_once():
+    model = tiny("llada", V, seed=0)
+    algo = algorithm("mdpo", model.diffusion_spec(), mu=2, sample_train_steps=2, sampling={"temperature": 1.0})
+    updates = algo.prepare(model, None, _toy_batch(algo, model))
+    assert len(updates) == 2 and updates[0]["old_log_prob"].shape == (9, 2, 4)
+    loss, m = algo.compute_loss(model, updates[0])  # ratio 1 before any update: the plain policy gradient
+    assert torch.isfinite(loss) and m["actor/pg_clipfrac"] == 0.0
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_the_registered_mdpo_learns_the_toy_reward(family):
+    rewards = train_toy("mdpo", family, steps=20, sampling={"temperature": 1.0})
+    # measured (2-core CPU, seed 0): see docs/algorithms/mdpo.md
+    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.3, rewards
+
+
+def _recipe(family: str, **stage):
+    return {
+        "model": {"family": family, "preset": "tiny", "tokenizer": "builtin"},
+        "data": {"train": "builtin:sort", "gen_length": 8},
+        "eval": {"enabled": False},
+        "stages": [{"kind": "rl", "algorithm": "mdpo", "steps": 1, "batch_size": 2, **stage}],
+    }
+
+
+@pytest.mark.parametrize(
+    "family,stage,key,message",
+    [
+        ("sdar", {}, r"stages\[0\]\.algorithm", r"'mdpo' needs full attention, but the model \(sdar\) uses 'block'"),
+        ("llada", {"sample_train_steps": 0}, r"stages\[0\]\.sample_train_steps", ">= 1"),
+        ("llada", {"sampling": {"threshold": 0.9}}, r"stages\[0\]\.sampling", "record_steps: a parallel-decoding rule"),
+        (
+            "llada",
+            {"sampling": {"algorithm": "few_step", "steps": 4}},
+            r"stages\[0\]\.sampling",
+            "record_steps=True is not used",
+        ),
+        (
+            "llada",
+            {"rollout_backend": "sglang"},
+            r"stages\[0\]\.rollout_backend",
+            "does not record every denoising step",
+        ),
+    ],
+)
+def test_what_mdpo_cannot_train_is_refused_at_recipe_load(family, stage, key, message):
+    with pytest.raises(RecipeError, match=key) as e:
+        build_recipe(_recipe(family, **stage))
+    assert e.match(message)
