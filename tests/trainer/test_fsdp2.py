@@ -45,7 +45,7 @@ def actor(tmp, n: int, strategy: str, name: str, model=MODEL, init_from=None, ba
     stage = build_stage({"kind": "sft", "algorithm": "sft", "steps": 4, "batch_size": 8, "lr": 1e-3}, "s", None)
     resources = ResourcesSpec(num_workers=n, num_threads=1)
     wg = worker_group(ActorWorker, resources, name=name, strategy=strategy, **options)
-    wg.init_model(model, str(tmp / "tok"), 0, init_from, base_dir)
+    wg.n_trainable = wg.init_model(model, str(tmp / "tok"), 0, init_from, base_dir)  # one per rank
     wg.init_stage(stage_to_dict(stage), stage.args, 4)
     return wg
 
@@ -214,3 +214,85 @@ def test_bgpo_per_sample_backward_through_the_actor(setup):
     assert c_fs[0] == c_fs[1] and abs(c_fs[0] - c_1) < 1e-6 * abs(c_1)
     for wg in groups.values():
         release(wg)
+
+
+def full_weights(group) -> dict[str, torch.Tensor]:
+    """The policy's full state dict (buffers included) as rank 0 gathers it."""
+    return group.get_weights()[0]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
+def test_fsdp2_init_builds_the_full_model_on_rank0_only(setup, tmp_path):
+    """A 2-worker sharded actor starts from exactly the 1-worker model (the recipe seed's init, an
+    `init_from` checkpoint), while only rank 0 materialises unsharded parameters: rank 1 builds the
+    module tree on the meta device and receives its shards from rank 0."""
+    tmp, _, batch = setup
+    one, two = actor(tmp, 1, "replicate", "init1"), actor(tmp, 2, "fsdp2", "init2")
+    seed_init = full_weights(one)
+    assert_same_weights(full_weights(two), seed_init)
+    model_bytes = one.memory_report()[0]["model_bytes"]
+    assert one.memory_report()[0]["init_full_param_bytes"] == model_bytes  # one worker: all of it, as before
+    rank0, rank1 = two.memory_report()
+    assert rank1["init_full_param_bytes"] == 0  # rank 1 never holds an unsharded parameter
+    assert rank0["init_full_param_bytes"] == model_bytes  # rank 0 builds the full model on the CPU
+    assert rank1["full_params"] == 0 and rank1["param_bytes"] < 0.55 * model_bytes
+
+    # from a checkpoint that is not the seed's init (one update away from it)
+    one.update_actor(batch(0))
+    one.save_state(str(tmp_path / "ckpt"), None, False)
+    trained = full_weights(one)
+    assert not torch.equal(trained["model.transformer.wte.weight"], seed_init["model.transformer.wte.weight"])
+    loaded = actor(tmp, 2, "fsdp2", "init2c", init_from=str(tmp_path / "ckpt"))
+    assert_same_weights(full_weights(loaded), trained)
+    assert loaded.memory_report()[1]["init_full_param_bytes"] == 0
+    for group in (one, two, loaded):
+        release(group)
+
+
+def test_fsdp2_init_with_lora_matches_one_worker(setup, tmp_path):
+    """LoRA on the meta device: the fresh adapter (seeded lora_A) and an adapter checkpoint's
+    values reach rank 1's shards from rank 0, equal to a 1-worker actor's."""
+    tmp, _, batch = setup
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+    model, base = {**MODEL, "lora": lora}, str(tmp_path / "base")
+    one = actor(tmp, 1, "replicate", "lorainit1", model=model, base_dir=base)
+    two = actor(tmp, 2, "fsdp2", "lorainit2", model=model, base_dir=base)
+    fresh = full_weights(one)
+    assert any("lora_A" in k for k in fresh)
+    assert_same_weights(full_weights(two), fresh)
+    assert two.memory_report()[1]["init_full_param_bytes"] == 0
+    adapter = sum(v.numel() for k, v in fresh.items() if "lora_" in k)
+    assert one.n_trainable == [adapter] and two.n_trainable == [adapter, adapter]  # the adapter only
+    one.update_actor(batch(0))  # lora_B leaves zero: the checkpoint differs from any fresh adapter
+    one.save_state(str(tmp_path / "adapter"), base, False)
+    loaded = actor(tmp, 2, "fsdp2", "lorainit2c", model=model, init_from=str(tmp_path / "adapter"))
+    assert_same_weights(full_weights(loaded), full_weights(one))
+    assert loaded.memory_report()[1]["init_full_param_bytes"] == 0
+    for group in (one, two, loaded):
+        release(group)
+
+
+def test_fsdp2_init_broadcasts_buffers(setup, tmp_path):
+    """An MoE checkpoint's persistent `expert_bias` buffers (not sharded; `to_empty` leaves them
+    uninitialised on the meta-built ranks) arrive from rank 0: the state equals the checkpoint's."""
+    from dare.models import tiny
+    from dare.models.checkpoint import save_policy
+
+    tmp, _, _ = setup
+    moe = tiny("llada2_moe", vocab_size=64, seed=1)
+    with torch.no_grad():
+        for name, buf in moe.named_buffers():
+            if name.endswith("expert_bias"):
+                buf.copy_(torch.randn_like(buf))
+    save_policy(moe, tmp_path / "moe")
+    expected = {k: v.detach() for k, v in moe.state_dict().items()}
+    assert any(k.endswith("expert_bias") for k in expected)
+    two = actor(tmp, 2, "fsdp2", "moeinit2", init_from=str(tmp_path / "moe"))
+    assert_same_weights(full_weights(two), expected)
+    assert two.memory_report()[1]["init_full_param_bytes"] == 0
+    release(two)
