@@ -228,71 +228,48 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 
 def test_fsdp2_init_builds_the_full_model_on_rank0_only(setup, tmp_path):
-    """A 2-worker sharded actor starts from exactly the 1-worker model (the recipe seed's init, an
-    `init_from` checkpoint), while only rank 0 materialises unsharded parameters: rank 1 builds the
-    module tree on the meta device and receives its shards from rank 0."""
-    tmp, _, batch = setup
-    one, two = actor(tmp, 1, "replicate", "init1"), actor(tmp, 2, "fsdp2", "init2")
-    seed_init = full_weights(one)
-    assert_same_weights(full_weights(two), seed_init)
-    model_bytes = one.memory_report()[0]["model_bytes"]
-    assert one.memory_report()[0]["init_full_param_bytes"] == model_bytes  # one worker: all of it, as before
-    rank0, rank1 = two.memory_report()
-    assert rank1["init_full_param_bytes"] == 0  # rank 1 never holds an unsharded parameter
-    assert rank0["init_full_param_bytes"] == model_bytes  # rank 0 builds the full model on the CPU
-    assert rank1["full_params"] == 0 and rank1["param_bytes"] < 0.55 * model_bytes
-
-    # from a checkpoint that is not the seed's init (one update away from it)
-    one.update_actor(batch(0))
-    one.save_state(str(tmp_path / "ckpt"), None, False)
-    trained = full_weights(one)
-    assert not torch.equal(trained["model.transformer.wte.weight"], seed_init["model.transformer.wte.weight"])
-    loaded = actor(tmp, 2, "fsdp2", "init2c", init_from=str(tmp_path / "ckpt"))
-    assert_same_weights(full_weights(loaded), trained)
-    assert loaded.memory_report()[1]["init_full_param_bytes"] == 0
-    for group in (one, two, loaded):
-        release(group)
-
-
-def test_fsdp2_init_with_lora_matches_one_worker(setup, tmp_path):
-    """LoRA on the meta device: the fresh adapter (seeded lora_A) and an adapter checkpoint's
-    values reach rank 1's shards from rank 0, equal to a 1-worker actor's."""
-    tmp, _, batch = setup
-    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
-    model, base = {**MODEL, "lora": lora}, str(tmp_path / "base")
-    one = actor(tmp, 1, "replicate", "lorainit1", model=model, base_dir=base)
-    two = actor(tmp, 2, "fsdp2", "lorainit2", model=model, base_dir=base)
-    fresh = full_weights(one)
-    assert any("lora_A" in k for k in fresh)
-    assert_same_weights(full_weights(two), fresh)
-    assert two.memory_report()[1]["init_full_param_bytes"] == 0
-    adapter = sum(v.numel() for k, v in fresh.items() if "lora_" in k)
-    assert one.n_trainable == [adapter] and two.n_trainable == [adapter, adapter]  # the adapter only
-    one.update_actor(batch(0))  # lora_B leaves zero: the checkpoint differs from any fresh adapter
-    one.save_state(str(tmp_path / "adapter"), base, False)
-    loaded = actor(tmp, 2, "fsdp2", "lorainit2c", model=model, init_from=str(tmp_path / "adapter"))
-    assert_same_weights(full_weights(loaded), full_weights(one))
-    assert loaded.memory_report()[1]["init_full_param_bytes"] == 0
-    for group in (one, two, loaded):
-        release(group)
-
-
-def test_fsdp2_init_broadcasts_buffers(setup, tmp_path):
-    """An MoE checkpoint's persistent `expert_bias` buffers (not sharded; `to_empty` leaves them
-    uninitialised on the meta-built ranks) arrive from rank 0: the state equals the checkpoint's."""
+    """A 2-worker sharded actor starts from exactly the model a 1-worker one builds (`build_replica`:
+    the actor's way), while only rank 0 materialises unsharded parameters: rank 1 builds the
+    module tree on the meta device and receives its shards from rank 0. Four starts of one group:
+    the recipe seed's init; an MoE `init_from` checkpoint whose persistent `expert_bias` buffers
+    (not sharded, left uninitialised by `to_empty` on rank 1) must come from rank 0; a fresh LoRA
+    adapter (seeded lora_A); a LoRA adapter checkpoint (lora_B not zero)."""
     from dare.models import tiny
     from dare.models.checkpoint import save_policy
+    from dare.workers.builder import build_replica
 
     tmp, _, _ = setup
+    tok = str(tmp / "tok")
+    group = worker_group(ActorWorker, ResourcesSpec(num_workers=2, num_threads=1), name="init2", strategy="fsdp2")
+
+    def check(model: dict, init_from: str | None = None, base_dir: str | None = None) -> torch.nn.Module:
+        n_trainable = group.init_model(model, tok, 0, init_from, base_dir)
+        replica = build_replica(model, tok, 0, init_from)  # what a 1-worker actor holds
+        assert_same_weights(full_weights(group), replica.state_dict())
+        assert n_trainable == [sum(p.numel() for p in replica.parameters() if p.requires_grad)] * 2
+        rank0, rank1 = group.memory_report()
+        assert rank1["init_full_param_bytes"] == 0  # rank 1 never holds an unsharded parameter
+        assert rank0["init_full_param_bytes"] == rank0["model_bytes"]  # rank 0 builds it whole, on the CPU
+        assert rank1["full_params"] == 0 and rank1["param_bytes"] < 0.55 * rank1["model_bytes"]
+        return replica
+
+    check(MODEL)
+
     moe = tiny("llada2_moe", vocab_size=64, seed=1)
     with torch.no_grad():
         for name, buf in moe.named_buffers():
             if name.endswith("expert_bias"):
                 buf.copy_(torch.randn_like(buf))
     save_policy(moe, tmp_path / "moe")
-    expected = {k: v.detach() for k, v in moe.state_dict().items()}
-    assert any(k.endswith("expert_bias") for k in expected)
-    two = actor(tmp, 2, "fsdp2", "moeinit2", init_from=str(tmp_path / "moe"))
-    assert_same_weights(full_weights(two), expected)
-    assert two.memory_report()[1]["init_full_param_bytes"] == 0
-    release(two)
+    assert any(k.endswith("expert_bias") for k in check(MODEL, str(tmp_path / "moe")).state_dict())
+
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+    model, base = {**MODEL, "lora": lora}, str(tmp_path / "base")
+    replica = check(model, base_dir=base)  # rank 0 writes the base the adapter points at
+    with torch.no_grad():  # a fresh adapter's lora_B is zero: the checkpoint differs from any fresh one
+        for name, p in replica.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p))
+    save_policy(replica, tmp_path / "adapter", base)
+    check(model, str(tmp_path / "adapter"))
+    release(group)
