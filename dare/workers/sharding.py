@@ -8,6 +8,10 @@ no manual gradient all-reduce is needed.
 
 No rank keeps the whole model between calls:
 
+- Start (`materialize_from_rank0`): only rank 0 builds or loads the full model (CPU); every rank
+  builds the same module tree on the meta device, shards it, allocates its shards (`to_empty`)
+  and receives rank 0's values by broadcast, one tensor at a time (buffers included), after
+  `check_ranks_agree` made sure every rank built the same tree and none failed.
 - Rollouts (`unsharded`): sampling is data-dependent (sequences stop at EOS, threshold decoding
   takes a variable number of steps), so ranks run different numbers of forwards; on a sharded
   model each forward is a collective and that would deadlock. So all ranks all-gather every FSDP
