@@ -82,6 +82,7 @@ def load_policy_skeleton(path: str | Path, dtype: torch.dtype | str = torch.floa
     config = LoraConfig.from_pretrained(str(path))
     config.inference_mode = False  # `is_trainable=True`: the adapter trains
     base = meta_model(_adapter_base(path, files=CONFIG_FILES), dtype)
+    base.name_or_path = config.base_model_name_or_path  # as if loaded from there (peft warns otherwise)
     with torch.device("meta"):  # peft's adapter layers too
         return get_peft_model(base, config)
 

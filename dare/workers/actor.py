@@ -224,7 +224,7 @@ class ActorWorker(Worker):
         self._skeleton = sharding.skeleton(model)
         self.model = sharding.shard_model(model, self.shard_options)
         device = "cpu" if self.shard_options.cpu_offload else self.device  # offloaded shards live on the CPU
-        sharding.materialize_from_rank0(self.model, full, device)
+        sharding.materialize_from_rank0(self.model, full, device, buffer_device=self.device)
         del full
         sharding.copy_buffers(self._skeleton, self.model)  # the skeleton's buffers were meta too
         return n_trainable

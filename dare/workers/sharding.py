@@ -211,22 +211,27 @@ def check_ranks_agree(error: Exception | None, signature: str, device: str = "cp
         raise ValueError("the ranks built different module trees for the policy (same recipe and checkpoint?)")
 
 
-def materialize_from_rank0(model: nn.Module, full: nn.Module | None, device: str) -> None:
+def materialize_from_rank0(
+    model: nn.Module, full: nn.Module | None, device: str, buffer_device: str | None = None
+) -> None:
     """Give a sharded model built on the meta device (every rank) the values of rank 0's full model
-    (`full`; None on the other ranks): the shards are allocated (`to_empty`), then rank 0's state
-    dict is broadcast into them one tensor at a time (no rank but 0 ever holds the whole model), and
-    the buffers outside the state dict (non-persistent ones, computed at init, which `to_empty`
-    leaves uninitialised) are broadcast from rank 0's model too."""
+    (`full`; None on the other ranks): the shards are allocated on `device` (`to_empty`), then rank
+    0's state dict is broadcast into them one tensor at a time (no rank but 0 ever holds the whole
+    model), and the buffers outside the state dict (non-persistent ones, computed at init, which
+    `to_empty` leaves uninitialised) are broadcast from rank 0's model too. Buffers are not
+    sharded nor offloaded: they end on `buffer_device` (default `device`), where the forward runs."""
     model.to_empty(device=device)
+    # the state dict is loaded with every tensor on one device (torch refuses a mix), then moved
     load_full_state_dict(model, full.state_dict() if full is not None else {}, from_rank0=True)
     for module_name, module in model.named_modules():
-        for key in sorted(module._non_persistent_buffers_set):
-            buf = module._buffers.get(key)
+        for key, buf in list(module._buffers.items()):
             if buf is None:
                 continue
-            if full is not None:
-                buf.copy_(full.get_submodule(module_name)._buffers[key])
-            dist.broadcast(buf, src=0)
+            buf = module._buffers[key] = buf.to(buffer_device or device)
+            if key in module._non_persistent_buffers_set:
+                if full is not None:
+                    buf.copy_(full.get_submodule(module_name)._buffers[key])
+                dist.broadcast(buf, src=0)
 
 
 def copy_buffers(skel: nn.Module, model: nn.Module) -> None:

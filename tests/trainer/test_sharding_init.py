@@ -87,3 +87,32 @@ def test_tree_signature_tells_trees_apart():
     b.blocks[0].proj.weight.requires_grad_(False)
     assert sharding.tree_signature(a) != sharding.tree_signature(b)
     assert sharding.tree_signature(a) != sharding.tree_signature(a.double())
+
+
+@pytest.mark.parametrize("family", ["llada", "dream", "sdar", "llada2_moe", "sdar_moe"])
+def test_meta_build_is_the_full_build_on_the_meta_device(family, tmp_path):
+    """What the other ranks build (`meta=True`: a preset, a checkpoint's config, LoRA on top, an
+    adapter checkpoint) has the tree rank 0 builds in full, on the meta device, with no parameter
+    materialised: the check every sharded start makes before the broadcast."""
+    from dare.data.tasks import builtin_tokenizer
+    from dare.models.checkpoint import load_policy, load_policy_skeleton, save_policy
+    from dare.workers.builder import build_policy, wrap_lora
+
+    tok = builtin_tokenizer()
+    spec = {"family": family, "tokenizer": "builtin", "dtype": "bfloat16"}
+    lora = {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": "all-linear"}
+
+    def both(build):
+        with sharding.track_full_params() as built:
+            meta = build(True)
+        assert built == [] and all(t.is_meta for t in [*meta.parameters(), *meta.buffers()])
+        full = build(False)
+        assert sharding.tree_signature(meta) == sharding.tree_signature(full)
+        return full
+
+    full = both(lambda meta: build_policy(spec, tok, 0, meta=meta))
+    save_policy(full, tmp_path / "ckpt")
+    path_spec = {**spec, "path": str(tmp_path / "ckpt")}
+    full = both(lambda meta: wrap_lora(build_policy(path_spec, tok, 0, meta=meta), lora, 0))
+    save_policy(full, tmp_path / "adapter", tmp_path / "ckpt")
+    both(lambda meta: (load_policy_skeleton if meta else lambda p: load_policy(p, merge=False))(tmp_path / "adapter"))
