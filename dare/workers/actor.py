@@ -25,6 +25,7 @@ import copy
 import functools
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +200,7 @@ class ActorWorker(Worker):
             model = wrap_lora(model, model_spec["lora"], seed)
         return model
 
-    def _init_sharded(self, build) -> int:
+    def _init_sharded(self, build: Callable[[bool], torch.nn.Module]) -> int:
         """Every rank builds the policy's module tree on the meta device, rank 0 also the full model
         (CPU). After checking that every rank built the same tree, all shard it (activation
         checkpointing first, fp32 master weights under mixed precision), allocate their shards and
