@@ -15,12 +15,13 @@ import json
 from pathlib import Path
 
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from dare.models import from_pretrained
+from dare.models import from_pretrained, load_config
 from dare.models.dtypes import DTYPES, resolve_dtype
-from dare.models.hub import HubResolutionError, parse_hub_id, resolve_checkpoint
+from dare.models.family import family_of
+from dare.models.hub import CONFIG_FILES, HubResolutionError, parse_hub_id, resolve_checkpoint
 from dare.models.released_tokenizers import check_token_ids
 from dare.models.released_tokenizers import load_tokenizer as load_released_tokenizer
 
@@ -44,17 +45,46 @@ def load_policy(path: str | Path, dtype: torch.dtype | str = torch.float32, merg
     dtype = resolve_dtype(dtype)
     if not is_adapter_dir(path):
         return from_pretrained(path, dtype=dtype)
+    model = PeftModel.from_pretrained(from_pretrained(_adapter_base(path), dtype=dtype), path, is_trainable=not merge)
+    return model.merge_and_unload() if merge else model
+
+
+def _adapter_base(path: Path, files: list[str] | None = None) -> Path:
+    """The base checkpoint folder an adapter folder's `base_model_name_or_path` names."""
     base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
     try:
-        base_dir = resolve_checkpoint(base) if base else None
+        base_dir = resolve_checkpoint(base, files=files) if base else None
     except HubResolutionError as e:
         raise FileNotFoundError(f"{path / 'adapter_config.json'}: base_model_name_or_path: {e}") from None
     if base_dir is None or not (base_dir / "config.json").is_file():
         raise FileNotFoundError(
             f"{path / 'adapter_config.json'}: base_model_name_or_path={base!r} is not a checkpoint folder"
         )
-    model = PeftModel.from_pretrained(from_pretrained(base_dir, dtype=dtype), path, is_trainable=not merge)
-    return model.merge_and_unload() if merge else model
+    return base_dir
+
+
+def meta_model(path: str | Path, dtype: torch.dtype | str = torch.float32) -> PreTrainedModel:
+    """The module tree of the checkpoint at `path` (its config.json only, no weights read), on the
+    meta device (no memory), in `dtype`, in eval mode like `from_pretrained`'s."""
+    config = load_config(path)
+    with torch.device("meta"):
+        model = family_of(config).lm_cls(config)
+    return model.to(resolve_dtype(dtype)).eval()
+
+
+def load_policy_skeleton(path: str | Path, dtype: torch.dtype | str = torch.float32) -> PreTrainedModel:
+    """The module tree `load_policy(path, dtype, merge=False)` returns (a LoRA adapter wrapped on its
+    base, trainable), on the meta device: built from the config files only, no weight is read. A
+    sharded run builds this on every rank but 0 and receives rank 0's loaded weights into its shards."""
+    path = resolve_checkpoint(path, files=CONFIG_FILES)
+    if not is_adapter_dir(path):
+        return meta_model(path, dtype)
+    config = LoraConfig.from_pretrained(str(path))
+    config.inference_mode = False  # `is_trainable=True`: the adapter trains
+    base = meta_model(_adapter_base(path, files=CONFIG_FILES), dtype)
+    base.name_or_path = config.base_model_name_or_path  # as if loaded from there (peft warns otherwise)
+    with torch.device("meta"):  # peft's adapter layers too
+        return get_peft_model(base, config)
 
 
 def checkpoint_dtype(path: str | Path) -> str:
@@ -156,6 +186,8 @@ __all__ = [
     "is_adapter_dir",
     "load_model_and_tokenizer",
     "load_policy",
+    "load_policy_skeleton",
+    "meta_model",
     "quiet_progress_bars",
     "save_policy",
 ]

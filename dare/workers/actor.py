@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ from verl.single_controller.base import Worker
 from verl.single_controller.base.decorator import Dispatch, register
 
 from dare.algorithms import ALGORITHMS
-from dare.models.checkpoint import load_policy, quiet_progress_bars, save_policy
+from dare.models.checkpoint import load_policy, load_policy_skeleton, quiet_progress_bars, save_policy
 from dare.models.moe import backward_with_router_losses, router_loss_coefs
 from dare.workers import sharding
 from dare.workers.builder import build_policy, wrap_lora
@@ -136,6 +138,7 @@ class ActorWorker(Worker):
         self.activation_checkpointing = activation_checkpointing
         self.model: torch.nn.Module | None = None
         self._skeleton: torch.nn.Module | None = None  # meta-device copy: saving and frozen copies (fsdp2)
+        self._init_full_param_bytes = 0  # bytes of unsharded parameters this rank built in init_model
         self._version = 0  # the stage's optimizer updates: the policy version rollouts are tagged with
         self.rollout_backends = RolloutBackends(self._policy, device)  # colocated: they borrow the weights
         self.algorithm = None
@@ -153,7 +156,11 @@ class ActorWorker(Worker):
         """Build the policy (identical on every rank: same seed / same checkpoint), from
         `init_from` (a dare checkpoint) or the recipe's model block. With LoRA, a fresh preset's
         weights are first written to `base_dir` (the base its adapters point at). Returns the
-        number of trainable parameters."""
+        number of trainable parameters.
+
+        Sharded (fsdp2, several workers), only rank 0 builds or loads the full model (on the CPU);
+        every rank builds the same module tree on the meta device, shards it and receives rank 0's
+        values into its shards (`_init_sharded`), so no other rank ever holds the whole model."""
         from transformers import AutoTokenizer
 
         if self.world_size > 1 and not dist.is_initialized():
@@ -161,27 +168,64 @@ class ActorWorker(Worker):
                 "nccl" if self.device == "cuda" else "gloo", rank=self.rank, world_size=self.world_size
             )
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        self.sharded = self.strategy == "fsdp2" and self.world_size > 1
+        build = functools.partial(self._build, model_spec, seed, init_from, base_dir)  # build(meta)
+        with sharding.track_full_params() as built:  # memory_report's `init_full_param_bytes`
+            if self.sharded:
+                n_trainable = self._init_sharded(build)
+            else:
+                model = build(False).to(self.device)
+                self.spec = getattr(model, "get_base_model", lambda: model)().diffusion_spec()
+                n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+                if self.activation_checkpointing:
+                    sharding.checkpoint_blocks(model)
+                self.model = model
+        self._init_full_param_bytes = sum(built)
+        return n_trainable
+
+    def _build(
+        self, model_spec: dict[str, Any], seed: int, init_from: str | None, base_dir: str | None, meta: bool
+    ) -> torch.nn.Module:
+        """The policy, LoRA included: loaded / drawn on the CPU, or (`meta`) its module tree on the
+        meta device. Rank 0's full build writes a fresh LoRA base to `base_dir`."""
         if init_from:
-            model = load_policy(init_from, merge=False)
+            model = load_policy_skeleton(init_from) if meta else load_policy(init_from, merge=False)
         else:
-            model = build_policy(model_spec, self.tokenizer, seed)
+            model = build_policy(model_spec, self.tokenizer, seed, meta=meta)
         if model_spec.get("lora") and not hasattr(model, "peft_config"):
-            if self.rank == 0 and base_dir and not (Path(base_dir) / "config.json").is_file():
+            if not meta and self.rank == 0 and base_dir and not (Path(base_dir) / "config.json").is_file():
                 save_policy(model, base_dir)
             model = wrap_lora(model, model_spec["lora"], seed)
-        model = model.to(self.device)
+        return model
+
+    def _init_sharded(self, build: Callable[[bool], torch.nn.Module]) -> int:
+        """Every rank builds the policy's module tree on the meta device, rank 0 also the full model
+        (CPU). After checking that every rank built the same tree, all shard it (activation
+        checkpointing first, fp32 master weights under mixed precision), allocate their shards and
+        receive rank 0's values by broadcast, buffers included. Returns the trainable parameters."""
+        full, error, signature = None, None, ""
+        try:
+            model = build(True)
+            if self.rank == 0:
+                full = build(False)
+            if self.shard_options.mixed_precision:  # fp32 master weights (and optimizer state)
+                model, full = model.float(), full.float() if full is not None else None
+            signature = sharding.tree_signature(model)
+            if full is not None and sharding.tree_signature(full) != signature:
+                raise ValueError("the policy built on the meta device differs from the loaded one")
+        except Exception as e:  # every rank raises, none waits for a broadcast that never comes
+            error = e
+        sharding.check_ranks_agree(error, signature, self.device)
         self.spec = getattr(model, "get_base_model", lambda: model)().diffusion_spec()
         n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if self.activation_checkpointing:
             sharding.checkpoint_blocks(model)
-        self.sharded = self.strategy == "fsdp2" and self.world_size > 1
-        if self.sharded:
-            if self.shard_options.mixed_precision:  # fp32 master weights (and optimizer state)
-                model = model.float()
-            self._skeleton = sharding.skeleton(model)
-            self.model = sharding.shard_model(model, self.shard_options)  # the full tensors are freed
-        else:
-            self.model = model
+        self._skeleton = sharding.skeleton(model)
+        self.model = sharding.shard_model(model, self.shard_options)
+        device = "cpu" if self.shard_options.cpu_offload else self.device  # offloaded shards live on the CPU
+        sharding.materialize_from_rank0(self.model, full, device, buffer_device=self.device)
+        del full
+        sharding.copy_buffers(self._skeleton, self.model)  # the skeleton's buffers were meta too
         return n_trainable
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
@@ -537,8 +581,10 @@ class ActorWorker(Worker):
     def memory_report(self) -> dict[str, float]:
         """This rank's bytes of parameters, gradients and optimizer state (its local shards when
         sharded), the bytes of the whole model, the number of parameters held in full by any
-        module of this worker (0 when sharded: no unsharded copy is kept between calls), and the
-        process's current and peak resident memory in MiB."""
+        module of this worker (0 when sharded: no unsharded copy is kept between calls), the bytes
+        of unsharded parameters this rank materialised while building the policy (sharded: only
+        rank 0's, the others build on the meta device), and the process's current and peak resident
+        memory in MiB."""
         params = list(self.model.parameters()) if self.model is not None else []
         moments = [t for s in (self.optimizer.state.values() if self.optimizer else ()) for t in s.values()]
         modules = [m for m in vars(self).values() if isinstance(m, torch.nn.Module)]
@@ -550,6 +596,7 @@ class ActorWorker(Worker):
             "optim_bytes": sharding.local_bytes(t for t in moments if isinstance(t, torch.Tensor)),
             "model_bytes": sum(p.numel() * p.element_size() for p in params),  # a DTensor's numel is global
             "full_params": len(full),
+            "init_full_param_bytes": self._init_full_param_bytes,
             "rss_mb": current_rss_mb(),
             "peak_rss_mb": peak_memory_mb("cpu"),
         }

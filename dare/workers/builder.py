@@ -4,6 +4,7 @@ the recipe's LoRA adapter, the built-in tasks' tokenizer or a released one."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dare.data.tasks import builtin_tokenizer
 from dare.models import tiny
-from dare.models.checkpoint import check_model_tokenizer, check_vocab, load_policy
+from dare.models.checkpoint import check_model_tokenizer, check_vocab, load_policy, load_policy_skeleton
 from dare.models.dtypes import DTYPES
 from dare.models.lora import apply_lora
 from dare.models.released_tokenizers import load_tokenizer as load_released_tokenizer
@@ -27,18 +28,24 @@ def load_tokenizer(model_spec: dict[str, Any]) -> PreTrainedTokenizerBase:
     return load_released_tokenizer(source)
 
 
-def build_policy(model_spec: dict[str, Any], tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
-    """A fresh policy from the recipe's model block (preset at random init, or a checkpoint)."""
+def build_policy(
+    model_spec: dict[str, Any], tokenizer: PreTrainedTokenizerBase, seed: int, meta: bool = False
+) -> PreTrainedModel:
+    """A fresh policy from the recipe's model block (preset at random init, or a checkpoint). With
+    `meta`, the same module tree on the meta device (no memory, no weight read, nothing drawn), with
+    the same checks against the tokenizer."""
     dtype = DTYPES[model_spec.get("dtype", "float32")]
     if model_spec.get("path"):
         # built on the meta device, weights taken from the shards: never a random init first
-        model = load_policy(model_spec["path"], dtype=dtype)
+        load = load_policy_skeleton if meta else load_policy
+        model = load(model_spec["path"], dtype=dtype)
         check_model_tokenizer(model, tokenizer, model_spec["path"])
     else:
         ids = model_token_ids(tokenizer)
         overrides = {**ids, **model_spec.get("overrides", {})}
         # presets are small: drawn in float32 (the same init for every dtype), then cast
-        model = tiny(model_spec["family"], seed=seed, **overrides).to(dtype)
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            model = tiny(model_spec["family"], seed=seed, **overrides).to(dtype)
         check_vocab(model, tokenizer)
     if model_spec.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
@@ -59,10 +66,12 @@ def build_replica(model_spec: dict[str, Any], tokenizer_dir: str, seed: int, ini
 
 def wrap_lora(model: PreTrainedModel, lora: dict[str, Any] | None, seed: int) -> PreTrainedModel:
     """Add the recipe's LoRA adapter. Its random init (peft's lora_A) is drawn from `seed`, so
-    every data-parallel rank, process and resumed run starts from the same adapter."""
+    every data-parallel rank, process and resumed run starts from the same adapter. A model on the
+    meta device gets its adapter there too (peft would otherwise allocate it on the CPU first)."""
     if not lora:
         return model
-    with torch.random.fork_rng(devices=[]):
+    on_meta = any(p.is_meta for p in model.parameters())
+    with torch.random.fork_rng(devices=[]), torch.device("meta") if on_meta else contextlib.nullcontext():
         torch.manual_seed(seed)
         return apply_lora(
             model, r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"], target_modules=lora["target_modules"]

@@ -8,6 +8,10 @@ no manual gradient all-reduce is needed.
 
 No rank keeps the whole model between calls:
 
+- Start (`materialize_from_rank0`): only rank 0 builds or loads the full model (CPU); every rank
+  builds the same module tree on the meta device, shards it, allocates its shards (`to_empty`)
+  and receives rank 0's values by broadcast, one tensor at a time (buffers included), after
+  `check_ranks_agree` made sure every rank built the same tree and none failed.
 - Rollouts (`unsharded`): sampling is data-dependent (sequences stop at EOS, threshold decoding
   takes a variable number of steps), so ranks run different numbers of forwards; on a sharded
   model each forward is a collective and that would deadlock. So all ranks all-gather every FSDP
@@ -31,10 +35,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -45,6 +51,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
+from torch.nn.modules.module import register_module_parameter_registration_hook
 
 STRATEGIES = ("replicate", "fsdp2")
 # `resources.mixed_precision` values -> FSDP2 compute (all-gather) dtype
@@ -182,6 +189,80 @@ def sharded_copy(skel: nn.Module, model: nn.Module, options: ShardOptions | None
     return copy_
 
 
+def tree_signature(model: nn.Module) -> str:
+    """Name, shape, dtype and trainability of every parameter and buffer: two ranks that built the
+    same module tree have the same signature (the meta-device build and rank 0's loaded model too)."""
+    params = (f"{n}:{tuple(p.shape)}:{p.dtype}:{p.requires_grad}" for n, p in model.named_parameters())
+    buffers = (f"{n}:{tuple(b.shape)}:{b.dtype}" for n, b in model.named_buffers())
+    return ";".join([*params, *buffers])
+
+
+def check_ranks_agree(error: Exception | None, signature: str, device: str = "cpu") -> None:
+    """Collective: raise on every rank when any rank's build failed (`error`: this rank's) or the
+    ranks' module trees differ, so no rank is left waiting in the broadcast of the weights."""
+    crc = zlib.crc32(signature.encode())
+    flags = torch.tensor([int(error is not None), crc, -crc], dtype=torch.int64, device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    if error is not None:
+        raise error
+    if flags[0]:
+        raise RuntimeError("another rank failed to build the policy (its own error names the cause)")
+    if flags[1] != -flags[2]:
+        raise ValueError("the ranks built different module trees for the policy (same recipe and checkpoint?)")
+
+
+def materialize_from_rank0(
+    model: nn.Module, full: nn.Module | None, device: str, buffer_device: str | None = None
+) -> None:
+    """Give a sharded model built on the meta device (every rank) the values of rank 0's full model
+    (`full`; None on the other ranks): the shards are allocated on `device` (`to_empty`), then rank
+    0's state dict is broadcast into them one tensor at a time (no rank but 0 ever holds the whole
+    model), and the buffers outside the state dict (non-persistent ones, computed at init, which
+    `to_empty` leaves uninitialised) are broadcast from rank 0's model too. Buffers are not
+    sharded nor offloaded: they end on `buffer_device` (default `device`), where the forward runs."""
+    model.to_empty(device=device)
+    # the state dict is loaded with every tensor on one device (torch refuses a mix), then moved
+    load_full_state_dict(model, full.state_dict() if full is not None else {}, from_rank0=True)
+    for module_name, module in model.named_modules():
+        for key, buf in list(module._buffers.items()):
+            if buf is None:
+                continue
+            buf = module._buffers[key] = buf.to(buffer_device or device)
+            if key in module._non_persistent_buffers_set:
+                if full is not None:
+                    buf.copy_(full.get_submodule(module_name)._buffers[key])
+                dist.broadcast(buf, src=0)
+
+
+def copy_buffers(skel: nn.Module, model: nn.Module) -> None:
+    """Give a skeleton built from a meta-device model the (real) buffers of `model`, the sharded
+    model it describes (buffers are not sharded): `with_state` and `sharded_copy` take them from it."""
+    buffers = dict(model.named_buffers())
+    for module_name, module in skel.named_modules():
+        for key, buf in module._buffers.items():
+            if buf is not None:
+                name = f"{module_name}.{key}" if module_name else key
+                module._buffers[key] = buffers[name].detach().clone()
+
+
+@contextlib.contextmanager
+def track_full_params() -> Iterator[list[int]]:
+    """Record the bytes of every materialised unsharded parameter (not on the meta device, not a
+    DTensor shard) that any module of this process registers while the body runs: how much of
+    the model a rank built in full."""
+    sizes: list[int] = []
+
+    def hook(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and not isinstance(param, DTensor) and not param.is_meta:
+            sizes.append(param.numel() * param.element_size())
+
+    handle = register_module_parameter_registration_hook(hook)
+    try:
+        yield sizes
+    finally:
+        handle.remove()
+
+
 def local(t: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor, or `t` itself."""
     return t.to_local() if isinstance(t, DTensor) else t
@@ -227,12 +308,17 @@ __all__ = [
     "MIXED_PRECISION",
     "STRATEGIES",
     "ShardOptions",
+    "check_ranks_agree",
     "checkpoint_blocks",
+    "copy_buffers",
     "fsdp_modules",
     "local",
     "local_bytes",
+    "materialize_from_rank0",
     "sharded_copy",
     "skeleton",
+    "track_full_params",
+    "tree_signature",
     "unsharded",
     "with_state",
     "decoder_blocks",

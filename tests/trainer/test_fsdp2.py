@@ -45,7 +45,7 @@ def actor(tmp, n: int, strategy: str, name: str, model=MODEL, init_from=None, ba
     stage = build_stage({"kind": "sft", "algorithm": "sft", "steps": 4, "batch_size": 8, "lr": 1e-3}, "s", None)
     resources = ResourcesSpec(num_workers=n, num_threads=1)
     wg = worker_group(ActorWorker, resources, name=name, strategy=strategy, **options)
-    wg.init_model(model, str(tmp / "tok"), 0, init_from, base_dir)
+    wg.n_trainable = wg.init_model(model, str(tmp / "tok"), 0, init_from, base_dir)  # one per rank
     wg.init_stage(stage_to_dict(stage), stage.args, 4)
     return wg
 
@@ -214,3 +214,62 @@ def test_bgpo_per_sample_backward_through_the_actor(setup):
     assert c_fs[0] == c_fs[1] and abs(c_fs[0] - c_1) < 1e-6 * abs(c_1)
     for wg in groups.values():
         release(wg)
+
+
+def full_weights(group) -> dict[str, torch.Tensor]:
+    """The policy's full state dict (buffers included) as rank 0 gathers it."""
+    return group.get_weights()[0]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
+def test_fsdp2_init_builds_the_full_model_on_rank0_only(setup, tmp_path):
+    """A 2-worker sharded actor starts from exactly the model a 1-worker one builds (`build_replica`:
+    the actor's way), while only rank 0 materialises unsharded parameters: rank 1 builds the
+    module tree on the meta device and receives its shards from rank 0. Four starts of one group:
+    the recipe seed's init; an MoE `init_from` checkpoint whose persistent `expert_bias` buffers
+    (not sharded, left uninitialised by `to_empty` on rank 1) must come from rank 0; a fresh LoRA
+    adapter (seeded lora_A); a LoRA adapter checkpoint (lora_B not zero)."""
+    from dare.models import tiny
+    from dare.models.checkpoint import save_policy
+    from dare.workers.builder import build_replica
+
+    tmp, _, _ = setup
+    tok = str(tmp / "tok")
+    group = worker_group(ActorWorker, ResourcesSpec(num_workers=2, num_threads=1), name="init2", strategy="fsdp2")
+
+    def check(model: dict, init_from: str | None = None, base_dir: str | None = None) -> torch.nn.Module:
+        n_trainable = group.init_model(model, tok, 0, init_from, base_dir)
+        replica = build_replica(model, tok, 0, init_from)  # what a 1-worker actor holds
+        assert_same_weights(full_weights(group), replica.state_dict())
+        assert n_trainable == [sum(p.numel() for p in replica.parameters() if p.requires_grad)] * 2
+        rank0, rank1 = group.memory_report()
+        assert rank1["init_full_param_bytes"] == 0  # rank 1 never holds an unsharded parameter
+        assert rank0["init_full_param_bytes"] == rank0["model_bytes"]  # rank 0 builds it whole, on the CPU
+        assert rank1["full_params"] == 0 and rank1["param_bytes"] < 0.55 * rank1["model_bytes"]
+        return replica
+
+    check(MODEL)
+
+    moe = tiny("llada2_moe", vocab_size=64, seed=1)
+    with torch.no_grad():
+        for name, buf in moe.named_buffers():
+            if name.endswith("expert_bias"):
+                buf.copy_(torch.randn_like(buf))
+    save_policy(moe, tmp_path / "moe")
+    assert any(k.endswith("expert_bias") for k in check(MODEL, str(tmp_path / "moe")).state_dict())
+
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+    model, base = {**MODEL, "lora": lora}, str(tmp_path / "base")
+    replica = check(model, base_dir=base)  # rank 0 writes the base the adapter points at
+    with torch.no_grad():  # a fresh adapter's lora_B is zero: the checkpoint differs from any fresh one
+        for name, p in replica.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p))
+    save_policy(replica, tmp_path / "adapter", base)
+    check(model, str(tmp_path / "adapter"))
+    release(group)
