@@ -25,7 +25,10 @@ import torch
 import torch.nn.functional as F
 from verl import DataProto
 
+from dare.algorithms import ALGORITHMS
+from dare.algorithms.base import RolloutShape
 from dare.algorithms.rollout import RolloutSpec
+from dare.config.schema import recipe_model_spec
 from dare.data.formatting import collate_prompts
 from dare.diffusion.rl_losses import compute_advantages
 from dare.diffusion.rl_registry import ADVANTAGES
@@ -86,6 +89,10 @@ class RLTrainer(StageTrainer):
         self.args: RolloutSpec = ctx.stage.args
         self.sampling = self.args.rollout_sampling(ctx.recipe.data.gen_length)
         self.scorer = None
+        # the algorithm's own rollout shape (d-TreeRPO's tree), else None: G responses per prompt
+        algo = ALGORITHMS.get(ctx.stage.algorithm)
+        spec = recipe_model_spec(ctx.recipe)
+        self.shape: RolloutShape | None = algo.rollout_shape(self.args, spec, ctx.recipe.data.gen_length)
 
     def setup(self) -> None:
         self.scorer = build_scorer(self.args)
@@ -153,6 +160,8 @@ class RLTrainer(StageTrainer):
         return Round(data, row_of, scores, metrics, reward_metrics)
 
     def step(self, step: int) -> dict[str, float]:
+        if self.shape is not None:
+            return self.shaped_step(step)
         ctx, G = self.ctx, self.args.num_generations
         rnd = self.scored_round(step)
         if self.args.dynamic_sampling.enabled:
@@ -182,6 +191,58 @@ class RLTrainer(StageTrainer):
         metrics.update(adv_metrics)
         metrics["reward/mean"] = float(scores_t.mean())
         metrics["reward/std"] = float(scores_t.std()) if len(scores) > 1 else 0.0
+        return metrics
+
+
+    def continue_responses(
+        self, ids: torch.Tensor, mask: torch.Tensor, responses: torch.Tensor, seeds: torch.Tensor, first: int, n: int
+    ) -> torch.Tensor:
+        """A `RolloutShape`'s `continue_fn`: the rollout workers continue `responses` `[R, L]` for the
+        schedule's steps [first, first + n), one seed per row."""
+        data = DataProto.from_dict(
+            tensors={"input_ids": ids, "attention_mask": mask, "partial_response": responses, "rollout_seed": seeds},
+            meta_info={
+                "sampling": self.sampling, "rollout_backend": self.args.rollout_backend, "step_range": (first, first + n),
+            },
+        )  # fmt: skip
+        sampler = self.ctx.sampler
+        return dp_call(sampler.generate, data, sampler.world_size).batch["responses"]
+
+    def score_responses(
+        self, rows: list[dict[str, Any]], prompt_index: list[int], responses: torch.Tensor, rmask: torch.Tensor
+    ) -> tuple[list[float], dict[str, float]]:
+        """A `RolloutShape`'s `score_fn` over the step's `rows`: decode and score each response."""
+        tok = self.ctx.tokenizer
+        texts = [tok.decode(r[m].tolist(), skip_special_tokens=True) for r, m in zip(responses, rmask)]
+        return self.scorer.score([rows[i] for i in prompt_index], texts)
+
+    def shaped_step(self, step: int) -> dict[str, float]:
+        """A step of an algorithm with its own `RolloutShape`: the shape rolls out through the
+        rollout workers and builds the batch (advantages included); the actor updates on it."""
+        ctx = self.ctx
+        rows = self.stream.rows_at(step)
+        p = collate_prompts(rows, ctx.tokenizer)
+        seeds = torch.randint(0, 2**62, (len(rows),), generator=step_generator(ctx.recipe.seed, ctx.index, step, 2))
+        t0 = time.perf_counter()
+        shaped = self.shape.collect(
+            p["input_ids"], p["attention_mask"], seeds, self.continue_responses,
+            lambda idx, resp, m: self.score_responses(rows, idx, resp, m),
+        )  # fmt: skip
+        metrics = {"perf/rollout_s": time.perf_counter() - t0, **shaped.metrics}
+        data = DataProto.from_dict(tensors=shaped.batch)
+        n = len(data)
+        g = step_generator(ctx.recipe.seed, ctx.index, step, 3)
+        data.batch["noise_seed"] = torch.randint(0, 2**62, (n, self.args.mu), generator=g)
+        if ctx.rollout is not None:
+            ctx.rollout.release_rollout()
+        out = ctx.actor.update_actor(data)
+        if ctx.rollout is not None:
+            ctx.rollout.resume_rollout()
+        ctx.sync_rollout()
+        metrics.update(rank_zero_metrics(out.meta_info["metrics"]))
+        metrics.update(shaped.reward_metrics)
+        metrics["reward/mean"] = float(shaped.scores.mean())
+        metrics["reward/std"] = float(shaped.scores.std()) if len(shaped.scores) > 1 else 0.0
         return metrics
 
 
