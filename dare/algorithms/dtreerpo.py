@@ -330,7 +330,6 @@ def segment_batch(
     [MASK]), `transition_mask` U(n), `advantages` `[n]` A(n), `group_index` `[n]` the prompt,
     `node_index` `[n]` the node."""
     B, N, L = states.shape
-    P = prompt_ids.shape[1]
     nodes = torch.arange(1, N)
     child = states[:, nodes].reshape(-1, L)  # [B*(N-1), L]
     parent = states[:, tree.parent[nodes]].reshape(-1, L)
@@ -367,7 +366,9 @@ class TreeRollout(RolloutShape):
         score_fn: ScoreFn,
     ) -> ShapedBatch:
         tree, B = self.tree, prompt_ids.shape[0]
-        states = grow_tree(tree, self.points, prompt_ids, prompt_mask, seeds, self.gen_length, self.mask_id, continue_fn)
+        states = grow_tree(
+            tree, self.points, prompt_ids, prompt_mask, seeds, self.gen_length, self.mask_id, continue_fn
+        )
         leaves = states[:, tree.leaves].reshape(-1, self.gen_length)  # [B * num_leaves, L]
         if bool((leaves == self.mask_id).any()):
             raise RuntimeError("dtreerpo: a leaf of the tree still holds [MASK] after the last branch point")

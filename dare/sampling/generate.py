@@ -128,7 +128,9 @@ def continue_generate(
     config = config.for_model(spec)
     check_resumable(config)
     if not (first_step >= 0 and num_steps >= 1 and first_step + num_steps <= config.steps):
-        raise ValueError(f"steps [{first_step}, {first_step + num_steps}) are outside the schedule's {config.steps} steps")
+        raise ValueError(
+            f"steps [{first_step}, {first_step + num_steps}) are outside the schedule's {config.steps} steps"
+        )
     if responses.dim() != 2 or responses.shape != (prompts[0].shape[0], config.gen_length):
         raise ValueError(
             f"responses {tuple(responses.shape)}: need [{prompts[0].shape[0]}, gen_length={config.gen_length}]"

@@ -193,7 +193,6 @@ class RLTrainer(StageTrainer):
         metrics["reward/std"] = float(scores_t.std()) if len(scores) > 1 else 0.0
         return metrics
 
-
     def continue_responses(
         self, ids: torch.Tensor, mask: torch.Tensor, responses: torch.Tensor, seeds: torch.Tensor, first: int, n: int
     ) -> torch.Tensor:
