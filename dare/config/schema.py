@@ -483,11 +483,6 @@ def _model_spec(recipe: Recipe, file: Any):
     return config.diffusion_spec(), max_model_length(config)
 
 
-def recipe_model_spec(recipe: Recipe) -> Any:
-    """The `DiffusionSpec` of a validated recipe's model (what its stages decode with)."""
-    return _model_spec(recipe, None)[0]
-
-
 def max_model_length(config: Any) -> int | None:
     """The longest sequence a model config supports (max_position_embeddings or
     max_sequence_length), None when it declares neither."""
@@ -623,7 +618,6 @@ def _check_combinations(recipe: Recipe, file: Any) -> None:
 
 
 __all__ = [
-    "recipe_model_spec",
     "DataSpec",
     "EvalSpec",
     "LoggingSpec",

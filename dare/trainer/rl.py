@@ -28,7 +28,6 @@ from verl import DataProto
 from dare.algorithms import ALGORITHMS
 from dare.algorithms.base import RolloutShape
 from dare.algorithms.rollout import RolloutSpec
-from dare.config.schema import recipe_model_spec
 from dare.data.formatting import collate_prompts
 from dare.diffusion.rl_losses import compute_advantages
 from dare.diffusion.rl_registry import ADVANTAGES
@@ -39,6 +38,7 @@ from dare.trainer.metrics import rank_zero_metrics
 from dare.trainer.runtime import dp_call
 from dare.trainer.stage import STAGE_TRAINERS, StageContext
 from dare.trainer.stream import step_generator
+from dare.workers.builder import policy_spec
 from dare.workers.generation import TRAJECTORY_FILL
 
 
@@ -91,7 +91,7 @@ class RLTrainer(StageTrainer):
         self.scorer = None
         # the algorithm's own rollout shape (d-TreeRPO's tree), else None: G responses per prompt
         algo = ALGORITHMS.get(ctx.stage.algorithm)
-        spec = recipe_model_spec(ctx.recipe)
+        spec = policy_spec(ctx.recipe.to_dict()["model"], ctx.tokenizer)
         self.shape: RolloutShape | None = algo.rollout_shape(self.args, spec, ctx.recipe.data.gen_length)
 
     def setup(self) -> None:

@@ -88,7 +88,9 @@ def train_toy(
     model = tiny(family, V, seed=0)
     spec = model.diffusion_spec()
     # the rollout settings of an algorithm with its own rollout shape (the default one samples with `cfg`)
-    args.setdefault("sampling", {"algorithm": family, "steps": gen_length, "block_length": gen_length, "temperature": 1.0})
+    args.setdefault(
+        "sampling", {"algorithm": family, "steps": gen_length, "block_length": gen_length, "temperature": 1.0}
+    )
     algo = algorithm(name, spec, num_generations=num_generations, **args)
     shape = type(algo).rollout_shape(algo.args, spec, gen_length)
     if shape is not None:
@@ -140,7 +142,9 @@ def train_shaped(algo, shape, model: torch.nn.Module, steps: int, lr: float) -> 
         seeds = torch.arange(len(PROMPTS)) + 1000 * step
         shaped = shape.collect(batch_prompts.input_ids, batch_prompts.attention_mask, seeds, continue_fn, score_fn)
         batch = dict(shaped.batch)
-        batch["noise_seed"] = torch.arange(len(batch["input_ids"]) * algo.updates_per_step).view(-1, algo.updates_per_step)
+        batch["noise_seed"] = torch.arange(len(batch["input_ids"]) * algo.updates_per_step).view(
+            -1, algo.updates_per_step
+        )
         rewards.append(float(shaped.scores.mean()))
         policy_update(algo, model, opt, batch)
     return rewards

@@ -233,12 +233,11 @@ def test_dtreerpo_learns_a_rewarded_token_with_a_tiny_tree():
 sys.path.insert(0, str(Path(__file__).parent))
 from rl_toy import train_toy  # noqa: E402
 
-from dare.algorithms.dtreerpo import TreeRollout, grow_tree, segment_batch  # noqa: E402
+from dare.algorithms.dtreerpo import TreeRollout, grow_tree  # noqa: E402
 from dare.config.schema import build_recipe  # noqa: E402
 from dare.errors import RecipeError  # noqa: E402
 from dare.sampling.backend import DareSamplerBackend, RowGenerators, row_seed  # noqa: E402
 from dare.sampling.engine import prepare_prompts  # noqa: E402
-from dare.sampling.generate import continue_generate  # noqa: E402
 
 VT = 48  # the tree tests' vocabulary (the toy reward's)
 MT = VT - 1
@@ -283,7 +282,9 @@ def test_a_one_branch_tree_reproduces_the_plain_sampler(family):
     # seed: the leaf is the plain sampler's response for that seed, token for token
     seeds = [row_seed(3, 0), row_seed(4, 0)]
     chain = Tree.build(1, 1, 8)
-    same_seed = lambda i, m, r, s, first, n: continue_fn(i, m, r, torch.tensor(seeds).repeat_interleave(len(r) // 2), first, n)  # noqa: E731
+    same_seed = lambda i, m, r, s, first, n: continue_fn(
+        i, m, r, torch.tensor(seeds).repeat_interleave(len(r) // 2), first, n
+    )  # noqa: E731
     leaf = grow_tree(chain, branch_points(8, 8), ids, mask, torch.tensor([3, 4]), 8, MT, same_seed)[:, -1]
     plain = generate(model, (ids, mask), config, generator=RowGenerators(seeds, "cpu"))
     eos = model.diffusion_spec().eos_token_id
