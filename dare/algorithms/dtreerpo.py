@@ -428,6 +428,19 @@ class DTreeRPO(Algorithm):
         # k3 KL coefficient to the reference (0 = no reference forward)
         beta: float = 0.0
 
+        def level_widths(self) -> list[int]:
+            """Nodes per level below the root, s levels: G, G b, G b^2, ... (s <= steps, checked at
+            recipe load, makes the s + 1 branch points distinct)."""
+            return [self.num_generations * self.branch_factor**k for k in range(self.contraction)]
+
+        def train_rows_per_prompt(self) -> int:
+            """Segments per prompt (the memory plan's training rows)."""
+            return sum(self.level_widths())
+
+        def rollout_rows_per_prompt(self) -> int:
+            """Rows of the widest sampler call per prompt (the last level's)."""
+            return self.level_widths()[-1]
+
         def validate(self, key: str, file: Any) -> None:
             super().validate(key, file)
             checks = {

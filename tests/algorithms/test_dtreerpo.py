@@ -393,3 +393,23 @@ def test_only_a_backend_that_resumes_serves_the_tree():
     with pytest.raises(RecipeError, match="'sglang' cannot continue partial responses") as e:
         build_recipe(tree_recipe("llada", rollout_backend="sglang"))
     assert "stages[0].rollout_backend" in str(e.value)
+
+
+def test_the_memory_plan_counts_the_trees_segments_and_widest_level():
+    from dare.config.memory_plan import plan_recipe
+
+    def plan_terms(stage: dict) -> dict[str, int]:
+        raw = tree_recipe()
+        raw["stages"] = [{"kind": "rl", "steps": 1, "batch_size": 2, **stage}]
+        (planned,) = plan_recipe(build_recipe(raw)).stages
+        return {t.name.split(" (")[0]: t.nbytes for t in planned.terms}
+
+    sampling = {"algorithm": "llada", "steps": 12}
+    # G 2 x branch 3: 2 + 6 = 8 segments per prompt to train on, 6 rows in the widest sampler call
+    tree = plan_terms({"algorithm": "dtreerpo", "num_generations": 2, "branch_factor": 3, "sampling": sampling})
+    as_8 = plan_terms({"algorithm": "d1", "num_generations": 8, "sampling": sampling})
+    as_6 = plan_terms({"algorithm": "d1", "num_generations": 6, "sampling": sampling})
+    acts = [k for k in tree if k.startswith("activations")]
+    rollout = [k for k in tree if "logits" in k]
+    assert acts and rollout
+    assert all(tree[k] == as_8[k] for k in acts) and all(tree[k] == as_6[k] for k in rollout)
