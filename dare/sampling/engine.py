@@ -466,6 +466,8 @@ def _decode_block(
     masks_left = end - start  # host mirror: an upper bound on the masks of every active row
     for skipped in range(first):  # the mirror after the steps a resumed decode does not run
         planned = _host_count(policy, masks_left, skipped, num_steps)
+        if planned == 0:  # as in the loop below: a step that plans nothing is skipped
+            continue
         masks_left = 0 if policy.takes_all(skipped, num_steps) else masks_left - (planned or 0)
     # every step unmasks >= 1 token per active row or follows a schedule of num_steps steps
     max_iterations = max(num_steps, end - start) + sync_every
