@@ -11,6 +11,10 @@ Per step:
     -> group advantages (verl estimators)
     -> actor.update_actor: mu inner updates, each with one noise plan shared by old/ref/current
     -> sync the separate rollout's weights
+
+An algorithm that declares its own `RolloutShape` (`Algorithm.rollout_shape`, d-TreeRPO's tree)
+replaces the rollout, rewards and advantages above: `shaped_step` hands the shape the step's
+prompts, a resumed-decoding function on the rollout workers and the scorer, and trains on its batch.
 """
 
 from __future__ import annotations
