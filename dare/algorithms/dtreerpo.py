@@ -43,7 +43,8 @@ dare's sampler continued from each parent's partial response for b_{k-1} - b_k s
 schedule, every child with its own seed); the leaves are scored by the stage's reward functions,
 values and local advantages come from the functions below, and every non-root node becomes one
 row of the actor's batch (`segment_batch`). `num_generations` is G (DARE's `num_tree_samples`).
-The self-distillation term is implemented below but not wired into the registered loss.
+With `self_distillation: true` the loss adds lambda_t times the self-distillation term, computed
+from the children's own transition log-probs (`sibling_self_distillation`), u the stage's progress.
 
 Shapes: B prompts, N nodes, C children, L length, V vocabulary.
 """
@@ -223,7 +224,7 @@ def tree_segment_loss(
 
 
 def self_distillation_schedule(
-    step: int, max_steps: int, lambda_max: float, gamma: float, tau_max: float, beta: float
+    step: float, max_steps: float, lambda_max: float, gamma: float, tau_max: float, beta: float
 ) -> tuple[float, float]:
     """(lambda_t, tau_t) at training progress u = step / max_steps (clamped to [0, 1]):
     lambda_t = lambda_max (e^{gamma u} - 1) / (e^gamma - 1), tau_t = max(tau_max (1 - u)^beta, 1e-6)."""
@@ -268,6 +269,61 @@ def self_distillation_loss(
     q = q / (total[..., None] + eps)
     kl = (q * (torch.log(q + eps) - parent_log_probs)).sum(-1)  # [P, L], the support-only sum
     return kl[used].mean()
+
+
+def sibling_self_distillation(
+    log_prob: torch.Tensor,
+    child_ids: torch.Tensor,
+    active: torch.Tensor,
+    advantages: torch.Tensor,
+    group: torch.Tensor,
+    tau: float,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """`self_distillation_loss` on a segment batch, without the parent's full distribution.
+
+    The rows of one sibling group (same `group` id) are the children of one parent and score
+    their tokens from the same parent state, so log p_theta(v | x_p)_j for every token v that q_j
+    puts mass on is some child's own transition log-prob `log_prob[c, j]`. KL(q_j || p_j) =
+    sum_v q_v log q_v - sum_c (w_c / W_j) log_prob[c, j] over the positive children c that unmasked j.
+
+    Args:
+        log_prob: `[R, T]` transition log-probs (with grad), valid on `active`.
+        child_ids: `[R, T]` the children's tokens; active: `[R, T]` bool U(c).
+        advantages: `[R]`; group: `[R]` long, the sibling group of each row (whole groups only).
+        tau: tau_t.
+
+    Returns:
+        Scalar, the mean over (group, position) pairs with a vote (0 with none).
+    """
+    R, T = log_prob.shape
+    pos = advantages > 0
+    key = torch.unique(group, return_inverse=True)[1]  # [R] dense group ids
+    G = int(key.max()) + 1 if R else 0
+    a = (advantages / tau).masked_fill(~pos, -torch.inf)
+    top = torch.full((G,), -torch.inf, dtype=a.dtype, device=a.device).scatter_reduce(0, key, a, "amax")
+    e = torch.where(pos, torch.exp(a - top[key]), torch.zeros_like(a))  # softmax over positive siblings
+    w = e / torch.zeros(G, dtype=e.dtype, device=e.device).scatter_add(0, key, e)[key].clamp(min=1e-30)
+    votes = active & pos[:, None]  # [R, T]
+    if not bool(votes.any()):
+        return log_prob.sum() * 0.0
+    r, j = votes.nonzero(as_tuple=True)  # one vote per (child, position)
+    wv = w[r].to(log_prob.dtype)
+    pair = torch.unique(key[r] * T + j, return_inverse=True)[1]  # [M] (group, position) pair of each vote
+    n_pairs = int(pair.max()) + 1
+    total = torch.zeros(n_pairs, dtype=wv.dtype, device=wv.device).scatter_add(0, pair, wv)  # W_j
+    # q over the voted tokens of each pair: merge the votes of one (pair, token)
+    combo, inv = torch.unique(pair * (int(child_ids.max()) + 1) + child_ids[r, j], return_inverse=True)
+    q = torch.zeros(len(combo), dtype=wv.dtype, device=wv.device).scatter_add(0, inv, wv)
+    combo_pair = torch.zeros(len(combo), dtype=torch.long, device=wv.device).scatter(0, inv, pair)
+    q = q / (total[combo_pair] + eps)
+    neg_entropy = torch.zeros(n_pairs, dtype=wv.dtype, device=wv.device).scatter_add(
+        0, combo_pair, q * torch.log(q + eps)
+    )
+    cross = torch.zeros(n_pairs, dtype=log_prob.dtype, device=log_prob.device).scatter_add(
+        0, pair, wv / (total[pair] + eps) * log_prob[r, j]
+    )
+    return (neg_entropy.detach() - cross).mean()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,7 +384,8 @@ def segment_batch(
     `input_ids` `[n, P+L]` is [prompt | the node's state], `parent_input_ids` [prompt | its parent's
     state], `response_mask` the response columns (the completion; the node's state may still hold
     [MASK]), `transition_mask` U(n), `advantages` `[n]` A(n), `group_index` `[n]` the prompt,
-    `node_index` `[n]` the node."""
+    `node_index` / `parent_index` `[n]` the node and its parent (rows with the same prompt and
+    parent are a sibling group)."""
     B, N, L = states.shape
     nodes = torch.arange(1, N)
     child = states[:, nodes].reshape(-1, L)  # [B*(N-1), L]
@@ -346,6 +403,7 @@ def segment_batch(
         "advantages": advantages[:, nodes].reshape(-1).float(),
         "group_index": torch.arange(B).repeat_interleave(N - 1),
         "node_index": nodes.repeat(B),
+        "parent_index": tree.parent[nodes].repeat(B),
     }
 
 
@@ -414,6 +472,7 @@ class DTreeRPO(Algorithm):
     attention = ("full",)
     required_batch_keys = (
         "input_ids", "parent_input_ids", "attention_mask", "response_mask", "transition_mask", "advantages",
+        "group_index", "node_index", "parent_index",
     )  # fmt: skip
 
     @dataclass
@@ -427,6 +486,13 @@ class DTreeRPO(Algorithm):
         clip_eps: float = 0.2
         # k3 KL coefficient to the reference (0 = no reference forward)
         beta: float = 0.0
+        # self-distillation: lambda_t = lambda_max (e^{gamma u} - 1) / (e^gamma - 1),
+        # tau_t = max(tau_max (1 - u)^sd_beta, 1e-6), u = the stage's progress
+        self_distillation: bool = False
+        sd_lambda_max: float = 3e-3
+        sd_gamma: float = 2.0
+        sd_tau_max: float = 2.0
+        sd_beta: float = 0.7
 
         def level_widths(self) -> list[int]:
             """Nodes per level below the root, s levels: G, G b, G b^2, ... (s <= steps, checked at
@@ -448,6 +514,10 @@ class DTreeRPO(Algorithm):
                 "contraction": (self.contraction >= 1, ">= 1"),
                 "clip_eps": (0 < self.clip_eps < 1, "in (0, 1)"),
                 "beta": (self.beta >= 0, ">= 0"),
+                "sd_lambda_max": (self.sd_lambda_max >= 0, ">= 0"),
+                "sd_gamma": (self.sd_gamma > 0, "> 0"),
+                "sd_tau_max": (self.sd_tau_max > 0, "> 0"),
+                "sd_beta": (self.sd_beta >= 0, ">= 0"),
             }
             check_fields(self, checks, key, file)
             if self.dynamic_sampling.enabled:
@@ -478,6 +548,18 @@ class DTreeRPO(Algorithm):
 
     @classmethod
     def check_recipe(cls, recipe: Any, stage: Any, key: str, file: Any) -> None:
+        args = stage.args
+        if args.self_distillation:  # a sibling group must not be split across ranks or micro-batches
+            workers = recipe.resources.num_workers
+            per_prompt = args.train_rows_per_prompt()
+            rows = stage.batch_size * per_prompt
+            if stage.batch_size % workers or (rows // workers) % (stage.grad_accum * per_prompt):
+                raise RecipeError(
+                    file, f"{key}.grad_accum",
+                    f"self_distillation needs whole prompts' trees ({per_prompt} segments each) in every "
+                    f"micro-batch: batch_size {stage.batch_size} over {workers} workers x grad_accum "
+                    f"{stage.grad_accum} does not split into whole prompts",
+                )  # fmt: skip
         if not ROLLOUT_BACKENDS.get(stage.args.rollout_backend).resumes_partial:
             raise RecipeError(
                 file, f"{key}.rollout_backend",
@@ -510,10 +592,22 @@ class DTreeRPO(Algorithm):
 
     def compute_loss(self, model, batch):
         lp = self.logp(model, batch)
-        return tree_segment_loss(
-            batch.get("old_log_prob", lp.detach()), lp, batch["advantages"], batch["transition_mask"].bool(),
+        active = batch["transition_mask"].bool()
+        loss, metrics = tree_segment_loss(
+            batch.get("old_log_prob", lp.detach()), lp, batch["advantages"], active,
             self.args.clip_eps, ref_log_prob=batch.get("ref_log_prob"), beta=self.args.beta,
         )  # fmt: skip
+        if self.args.self_distillation:
+            if "train_progress" not in batch:
+                raise KeyError("dtreerpo: self_distillation needs the batch's train_progress (the stage's progress u)")
+            a = self.args
+            u = float(batch["train_progress"][0])
+            lam, tau = self_distillation_schedule(u, 1.0, a.sd_lambda_max, a.sd_gamma, a.sd_tau_max, a.sd_beta)
+            group = batch["group_index"] * (int(batch["node_index"].max()) + 1) + batch["parent_index"]
+            sd = sibling_self_distillation(lp, batch["input_ids"], active, batch["advantages"], group, tau)
+            loss = loss + lam * sd
+            metrics.update({"actor/sd_loss": float(sd.detach()), "actor/sd_lambda": lam, "actor/sd_tau": tau})
+        return loss, metrics
 
 
 __all__ = [
@@ -527,6 +621,7 @@ __all__ = [
     "response_mask_of",
     "segment_batch",
     "segment_plan",
+    "sibling_self_distillation",
     "self_distillation_loss",
     "self_distillation_schedule",
     "transition_mask",

@@ -236,6 +236,8 @@ class RLTrainer(StageTrainer):
         n = len(data)
         g = step_generator(ctx.recipe.seed, ctx.index, step, 3)
         data.batch["noise_seed"] = torch.randint(0, 2**62, (n, self.args.mu), generator=g)
+        # the stage's progress u in [0, 1) (schedules over training, e.g. d-TreeRPO's self-distillation)
+        data.batch["train_progress"] = torch.full((n,), step / max(1, ctx.stage.steps), dtype=torch.float64)
         if ctx.rollout is not None:
             ctx.rollout.release_rollout()
         out = ctx.actor.update_actor(data)

@@ -145,6 +145,7 @@ def train_shaped(algo, shape, model: torch.nn.Module, steps: int, lr: float) -> 
         batch["noise_seed"] = torch.arange(len(batch["input_ids"]) * algo.updates_per_step).view(
             -1, algo.updates_per_step
         )
+        batch["train_progress"] = torch.full((len(batch["input_ids"]),), step / steps, dtype=torch.float64)
         rewards.append(float(shaped.scores.mean()))
         policy_update(algo, model, opt, batch)
     return rewards

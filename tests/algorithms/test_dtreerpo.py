@@ -233,7 +233,7 @@ def test_dtreerpo_learns_a_rewarded_token_with_a_tiny_tree():
 sys.path.insert(0, str(Path(__file__).parent))
 from rl_toy import train_toy  # noqa: E402
 
-from dare.algorithms.dtreerpo import TreeRollout, grow_tree  # noqa: E402
+from dare.algorithms.dtreerpo import TreeRollout, grow_tree, sibling_self_distillation  # noqa: E402
 from dare.config.schema import build_recipe  # noqa: E402
 from dare.errors import RecipeError  # noqa: E402
 from dare.sampling.backend import DareSamplerBackend, RowGenerators, row_seed  # noqa: E402
@@ -413,3 +413,68 @@ def test_the_memory_plan_counts_the_trees_segments_and_widest_level():
     rollout = [k for k in tree if "logits" in k]
     assert acts and rollout
     assert all(tree[k] == as_8[k] for k in acts) and all(tree[k] == as_6[k] for k in rollout)
+
+
+def test_sibling_self_distillation_equals_the_dense_term_on_a_segment_batch():
+    # 3 parents x 3 children over 5 positions; the parents' full distributions are known, each
+    # child's transition log-prob is its parent's log-prob of its token (what the forward gives)
+    g = torch.Generator().manual_seed(0)
+    P, C, L, Vd = 3, 3, 5, 7
+    parent_lp = torch.log_softmax(torch.randn(P, L, Vd, generator=g, dtype=torch.float64), -1).requires_grad_()
+    tokens = torch.randint(0, Vd, (P, C, L), generator=g)
+    tokens[0, 1] = tokens[0, 0]  # two children agree on every position
+    active = torch.rand(P, C, L, generator=g) < 0.6
+    adv = torch.tensor([[0.5, 0.2, -0.7], [-0.1, -0.3, 0.4], [-1.0, -0.5, 0.0]], dtype=torch.float64)
+    dense = self_distillation_loss(parent_lp, tokens, active, adv, tau=0.7)
+    (g_dense,) = torch.autograd.grad(dense, parent_lp)
+    lp = parent_lp.gather(-1, tokens.transpose(1, 2)).transpose(1, 2).reshape(P * C, L)  # [rows, L]
+    group = torch.arange(P).repeat_interleave(C)
+    sparse = sibling_self_distillation(
+        lp, tokens.reshape(P * C, L), active.reshape(P * C, L), adv.reshape(-1), group, tau=0.7
+    )
+    (g_sparse,) = torch.autograd.grad(sparse, parent_lp)
+    torch.testing.assert_close(sparse, dense, atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(g_sparse, g_dense, atol=1e-7, rtol=1e-6)
+    assert dense.item() > 0
+    # no positive child: 0
+    zero = sibling_self_distillation(
+        lp, tokens.reshape(P * C, L), active.reshape(P * C, L), -adv.abs().reshape(-1), group, 0.7
+    )
+    assert zero.item() == 0.0
+
+
+def test_self_distillation_adds_lambda_t_times_the_term_and_needs_whole_groups_per_micro_batch():
+    from rl_toy import algorithm
+
+    model, _, ids, mask, continue_fn = tree_setup(block_length=4)
+    spec = model.diffusion_spec()
+    kw = {"num_generations": 2, "branch_factor": 2, "contraction": 2, "sampling": {"algorithm": "llada", "steps": 8}}
+    plain = algorithm("dtreerpo", spec, **kw)
+    with_sd = algorithm("dtreerpo", spec, **kw, self_distillation=True, sd_lambda_max=0.5)
+    shape = type(plain).rollout_shape(plain.args, spec, 8)
+
+    def scores(prompt_index, responses, rmask):  # spread rewards: every sibling group has positive advantages
+        return (((responses == 10) & rmask).sum(-1).float() + torch.arange(len(prompt_index)) % 3).tolist(), {}
+
+    batch = shape.collect(ids, mask, torch.tensor([3, 4]), continue_fn, scores).batch
+    batch["train_progress"] = torch.full((len(batch["input_ids"]),), 0.5, dtype=torch.float64)
+    loss0, _ = plain.compute_loss(model, batch)
+    loss1, m = with_sd.compute_loss(model, batch)
+    lam, tau = self_distillation_schedule(0.5, 1.0, 0.5, 2.0, 2.0, 0.7)
+    assert (m["actor/sd_lambda"], m["actor/sd_tau"]) == (lam, tau) and m["actor/sd_loss"] > 0
+    torch.testing.assert_close(loss1 - loss0, torch.tensor(lam * m["actor/sd_loss"]), atol=1e-6, rtol=1e-5)
+    del batch["train_progress"]
+    with pytest.raises(KeyError, match="train_progress"):
+        with_sd.compute_loss(model, batch)
+    # it trains in process
+    rewards = train_toy("dtreerpo", "llada", steps=4, gen_length=4, num_generations=2, branch_factor=2,
+                        self_distillation=True)  # fmt: skip
+    assert len(rewards) == 4
+    # 4 prompts x (2 + 4) segments over 2 workers x grad_accum 4: 3 segments per micro-batch, half a tree
+    raw = tree_recipe(self_distillation=True, batch_size=4, grad_accum=4, branch_factor=2)
+    raw["resources"] = {"num_workers": 2}
+    with pytest.raises(RecipeError, match="self_distillation needs whole prompts' trees") as e:
+        build_recipe(raw)
+    assert "stages[0].grad_accum" in str(e.value)
+    raw["stages"][0]["grad_accum"] = 2  # one prompt's tree per micro-batch
+    assert build_recipe(raw).stages[0].args.self_distillation
