@@ -25,11 +25,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OBJECTIVES = ["d1", "coupled_grpo", "wd1", "spg", "espo", "bgpo", "ebpo", "justgrpo", "cj_grpo", "tracerl"]
+OBJECTIVES = ["d1", "coupled_grpo", "wd1", "spg", "espo", "bgpo", "ebpo", "justgrpo", "cj_grpo", "tracerl", "dtreerpo"]
 # what an objective needs on the quickstart's 10-token answers (recipe overrides of the RL stage)
 NEEDS = {
     "justgrpo": ["stages.1.sampling.block_length=1", "stages.1.sampling.steps=10"],  # left to right, one per step
     "spg": ["stages.1.block_length=10"],  # SPG's blocks (32 by default) must divide the answer
+    # trees of 4 x 2 (8 leaves per prompt, as the others' 8 completions; 12 segments to train on)
+    "dtreerpo": ["stages.1.num_generations=4", "stages.1.branch_factor=2"],
 }
 
 

@@ -32,6 +32,42 @@ class CriticSpec:
             raise ValueError(f"critic: need lr > 0, weight_decay >= 0, grad_clip > 0, got {self}")
 
 
+# continue_fn(input_ids [n, P], attention_mask [n, P], responses [n, L], seeds [n], first_step, num_steps)
+# -> [n, L]: the rollout backend continuing partial responses for steps of the sampling schedule
+ContinueFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, int], torch.Tensor]
+# score_fn(prompt_index [n], responses [n, L], response_mask [n, L]) -> (rewards [n], reward metrics)
+ScoreFn = Callable[[list[int], torch.Tensor, torch.Tensor], tuple[list[float], dict[str, float]]]
+
+
+@dataclass
+class ShapedBatch:
+    """What a `RolloutShape` hands the RL trainer: the actor's batch (advantages included, one row
+    per training sequence), the rewards of the completions it scored (for metrics) and metrics."""
+
+    batch: dict[str, torch.Tensor]
+    scores: torch.Tensor
+    metrics: dict[str, float]
+    reward_metrics: dict[str, float]
+
+
+class RolloutShape:
+    """A rollout other than the RL trainer's default of `num_generations` independent responses
+    per prompt (d-TreeRPO's tree). The trainer hands it the step's prompts and seeds, a function
+    that continues partial responses through the stage's rollout backend and one that scores
+    finished responses; it returns the actor's batch. Declared by `Algorithm.rollout_shape`."""
+
+    def collect(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        seeds: torch.Tensor,
+        continue_fn: ContinueFn,
+        score_fn: ScoreFn,
+    ) -> ShapedBatch:
+        """prompt_ids / prompt_mask `[B, P]` (left-padded), seeds `[B]` one per prompt."""
+        raise NotImplementedError
+
+
 class Algorithm:
     """Base class. Subclasses set the class attributes and implement `compute_loss`."""
 
@@ -122,6 +158,13 @@ class Algorithm:
         return {}, {}
 
     @classmethod
+    def rollout_shape(cls, args: Any, spec: DiffusionSpec, gen_length: int) -> RolloutShape | None:
+        """How the RL trainer rolls out for this algorithm: None (the default) = `num_generations`
+        independent responses per prompt, scored and turned into group advantages by the trainer;
+        a `RolloutShape` = the shape builds the batch itself (d-TreeRPO's tree)."""
+        return None
+
+    @classmethod
     def check_recipe(cls, recipe: Any, stage: Any, key: str, file: Any) -> None:
         """Checks of the stage's arguments against the rest of the recipe (model, resources),
         at recipe load; raise `RecipeError` naming `key`."""
@@ -178,4 +221,15 @@ def row_generators(seeds: torch.Tensor) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(int(s)) for s in seeds.tolist()]
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "Backward", "CriticSpec", "register_algorithm", "row_generators"]
+__all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "Backward",
+    "ContinueFn",
+    "CriticSpec",
+    "RolloutShape",
+    "ScoreFn",
+    "ShapedBatch",
+    "register_algorithm",
+    "row_generators",
+]

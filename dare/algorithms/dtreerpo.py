@@ -36,11 +36,15 @@ that have A > 0:
     L_sd   = lambda_t * mean_{(p, j)} KL(q_j || p_theta(. | x_p)_j)
     lambda_t = lambda_max (e^{gamma u} - 1) / (e^gamma - 1),  tau_t = max(tau_max (1-u)^beta, 1e-6),  u = step / max_steps
 
-Not wired: a d-TreeRPO stage needs a tree rollout, which branches G x branch_factor^(s-1)
-partial denoisings from intermediate states and scores the leaves. The RL trainer's rollout
-produces G independent responses per prompt, and dare's samplers cannot resume from a partial
-state. Both are needed before an `Algorithm` class and a recipe can be written (see
-docs/algorithms/dtreerpo.md).
+Wiring (`algorithm: dtreerpo`): the class declares a `RolloutShape` (`TreeRollout`), so the RL
+trainer hands it the step's prompts instead of sampling G independent responses. The tree is
+grown level by level through the stage's rollout backend (`RolloutBackend.continue_generate`:
+dare's sampler continued from each parent's partial response for b_{k-1} - b_k steps of the same
+schedule, every child with its own seed); the leaves are scored by the stage's reward functions,
+values and local advantages come from the functions below, and every non-root node becomes one
+row of the actor's batch (`segment_batch`). `num_generations` is G (DARE's `num_tree_samples`).
+With `self_distillation: true` the loss adds lambda_t times the self-distillation term, computed
+from the children's own transition log-probs (`sibling_self_distillation`), u the stage's progress.
 
 Shapes: B prompts, N nodes, C children, L length, V vocabulary.
 """
@@ -48,12 +52,27 @@ Shapes: B prompts, N nodes, C children, L length, V vocabulary.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from dare.diffusion.estimators import NoisePlan
+from dare.algorithms.base import (
+    Algorithm,
+    ContinueFn,
+    RolloutShape,
+    ScoreFn,
+    ShapedBatch,
+    register_algorithm,
+)
+from dare.algorithms.rollout import RolloutSpec
+from dare.diffusion.estimators import NoisePlan, view_logp
 from dare.diffusion.rl_losses import k3_kl, masked_mean
+from dare.errors import RecipeError, check_fields
+from dare.models.spec import DiffusionSpec, ReferenceFn
+from dare.sampling.backend import ROLLOUT_BACKENDS, row_seed
+from dare.sampling.config import SamplingConfig
 
 # ---------------------------------------------------------------------------------------------
 # The tree
@@ -131,19 +150,28 @@ def local_advantages(tree: Tree, values: torch.Tensor) -> torch.Tensor:
 
 
 def transition_mask(
-    parent_ids: torch.Tensor, child_ids: torch.Tensor, completion: torch.Tensor, mask_id: int, eos_id: int
+    parent_ids: torch.Tensor,
+    child_ids: torch.Tensor,
+    completion: torch.Tensor,
+    mask_id: int,
+    eos_id: int | Sequence[int],
 ) -> torch.Tensor:
     """U(n): the completion tokens the transition unmasked, up to the child's first EOS
-    (inclusive). `[B, L]` ids and bool completion -> `[B, L]` bool."""
+    (inclusive; `eos_id` one end id or several). `[B, L]` ids and bool completion -> `[B, L]` bool."""
     unmasked = completion & (parent_ids == mask_id) & (child_ids != mask_id)  # [B, L]
-    is_eos = completion & (child_ids == eos_id)
+    ends = torch.tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), device=child_ids.device)
+    is_eos = completion & torch.isin(child_ids, ends)
     # positions after the first EOS of the child (an EOS strictly before them)
     after = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # [B, L]
     return unmasked & ~after
 
 
 def transition_plan(
-    parent_ids: torch.Tensor, child_ids: torch.Tensor, completion: torch.Tensor, mask_id: int, eos_id: int
+    parent_ids: torch.Tensor,
+    child_ids: torch.Tensor,
+    completion: torch.Tensor,
+    mask_id: int,
+    eos_id: int | Sequence[int],
 ) -> NoisePlan:
     """The estimator plan of a segment batch whose `input_ids` are the CHILD states: one view that
     masks the parent's [MASK] positions (so the view is the parent state x_p), weight 1 on U(n).
@@ -196,7 +224,7 @@ def tree_segment_loss(
 
 
 def self_distillation_schedule(
-    step: int, max_steps: int, lambda_max: float, gamma: float, tau_max: float, beta: float
+    step: float, max_steps: float, lambda_max: float, gamma: float, tau_max: float, beta: float
 ) -> tuple[float, float]:
     """(lambda_t, tau_t) at training progress u = step / max_steps (clamped to [0, 1]):
     lambda_t = lambda_max (e^{gamma u} - 1) / (e^gamma - 1), tau_t = max(tau_max (1 - u)^beta, 1e-6)."""
@@ -243,11 +271,357 @@ def self_distillation_loss(
     return kl[used].mean()
 
 
+def sibling_self_distillation(
+    log_prob: torch.Tensor,
+    child_ids: torch.Tensor,
+    active: torch.Tensor,
+    advantages: torch.Tensor,
+    group: torch.Tensor,
+    tau: float,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """`self_distillation_loss` on a segment batch, without the parent's full distribution.
+
+    The rows of one sibling group (same `group` id) are the children of one parent and score
+    their tokens from the same parent state, so log p_theta(v | x_p)_j for every token v that q_j
+    puts mass on is some child's own transition log-prob `log_prob[c, j]`. KL(q_j || p_j) =
+    sum_v q_v log q_v - sum_c (w_c / W_j) log_prob[c, j] over the positive children c that unmasked j.
+
+    Args:
+        log_prob: `[R, T]` transition log-probs (with grad), valid on `active`.
+        child_ids: `[R, T]` the children's tokens; active: `[R, T]` bool U(c).
+        advantages: `[R]`; group: `[R]` long, the sibling group of each row (whole groups only).
+        tau: tau_t.
+
+    Returns:
+        Scalar, the mean over (group, position) pairs with a vote (0 with none).
+    """
+    R, T = log_prob.shape
+    pos = advantages > 0
+    key = torch.unique(group, return_inverse=True)[1]  # [R] dense group ids
+    G = int(key.max()) + 1 if R else 0
+    a = (advantages / tau).masked_fill(~pos, -torch.inf)
+    top = torch.full((G,), -torch.inf, dtype=a.dtype, device=a.device).scatter_reduce(0, key, a, "amax")
+    e = torch.where(pos, torch.exp(a - top[key]), torch.zeros_like(a))  # softmax over positive siblings
+    w = e / torch.zeros(G, dtype=e.dtype, device=e.device).scatter_add(0, key, e)[key].clamp(min=1e-30)
+    votes = active & pos[:, None]  # [R, T]
+    if not bool(votes.any()):
+        return log_prob.sum() * 0.0
+    r, j = votes.nonzero(as_tuple=True)  # one vote per (child, position)
+    wv = w[r].to(log_prob.dtype)
+    pair = torch.unique(key[r] * T + j, return_inverse=True)[1]  # [M] (group, position) pair of each vote
+    n_pairs = int(pair.max()) + 1
+    total = torch.zeros(n_pairs, dtype=wv.dtype, device=wv.device).scatter_add(0, pair, wv)  # W_j
+    # q over the voted tokens of each pair: merge the votes of one (pair, token)
+    combo, inv = torch.unique(pair * (int(child_ids.max()) + 1) + child_ids[r, j], return_inverse=True)
+    q = torch.zeros(len(combo), dtype=wv.dtype, device=wv.device).scatter_add(0, inv, wv)
+    combo_pair = torch.zeros(len(combo), dtype=torch.long, device=wv.device).scatter(0, inv, pair)
+    q = q / (total[combo_pair] + eps)
+    neg_entropy = torch.zeros(n_pairs, dtype=wv.dtype, device=wv.device).scatter_add(
+        0, combo_pair, q * torch.log(q + eps)
+    )
+    cross = torch.zeros(n_pairs, dtype=log_prob.dtype, device=log_prob.device).scatter_add(
+        0, pair, wv / (total[pair] + eps) * log_prob[r, j]
+    )
+    return (neg_entropy.detach() - cross).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# The tree rollout and the segment batch
+# ---------------------------------------------------------------------------------------------
+
+
+def grow_tree(
+    tree: Tree,
+    points: list[int],
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    seeds: torch.Tensor,
+    gen_length: int,
+    mask_id: int,
+    continue_fn: ContinueFn,
+) -> torch.Tensor:
+    """Every node's response state `[B, N, L]`: the root all [MASK], each level-k node its parent's
+    state continued for steps [T - b_{k-1}, T - b_k) of the schedule (`points` = b_0 > ... > b_s),
+    one `continue_fn` call per level over every prompt's nodes of that level. Node n of prompt b
+    draws its noise from seed `row_seed(seeds[b], n)` alone."""
+    B, N, T = prompt_ids.shape[0], tree.parent.shape[0], points[0]
+    if len(points) != tree.num_levels + 1:
+        raise ValueError(f"{len(points)} branch points for a tree of {tree.num_levels} levels")
+    states = torch.full((B, N, gen_length), mask_id, dtype=torch.long)
+    for k in range(1, tree.num_levels + 1):
+        nodes = (tree.level == k).nonzero().squeeze(-1)  # [n_k]
+        parents = tree.parent[nodes]  # [n_k]
+        n_k = nodes.numel()
+        out = continue_fn(
+            prompt_ids.repeat_interleave(n_k, 0), prompt_mask.repeat_interleave(n_k, 0),
+            states[:, parents].reshape(B * n_k, gen_length),
+            torch.tensor([row_seed(int(s), int(n)) for s in seeds.tolist() for n in nodes.tolist()]),
+            T - points[k - 1], points[k - 1] - points[k],
+        )  # fmt: skip
+        states[:, nodes] = out.view(B, n_k, gen_length).cpu()
+    return states
+
+
+def response_mask_of(responses: torch.Tensor, end_ids: Sequence[int]) -> torch.Tensor:
+    """`[n, L]` bool: True up to and including each response's first end id (all True without one)."""
+    is_end = torch.isin(responses, torch.tensor(list(end_ids)))
+    before = (is_end.long().cumsum(-1) - is_end.long()) == 0  # no end id strictly before
+    return before
+
+
+def segment_batch(
+    tree: Tree,
+    states: torch.Tensor,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    advantages: torch.Tensor,
+    mask_id: int,
+    end_ids: Sequence[int],
+) -> dict[str, torch.Tensor]:
+    """The actor's batch: one row per (prompt, non-root node), prompt-major, nodes in tree order.
+
+    `input_ids` `[n, P+L]` is [prompt | the node's state], `parent_input_ids` [prompt | its parent's
+    state], `response_mask` the response columns (the completion; the node's state may still hold
+    [MASK]), `transition_mask` U(n), `advantages` `[n]` A(n), `group_index` `[n]` the prompt,
+    `node_index` / `parent_index` `[n]` the node and its parent (rows with the same prompt and
+    parent are a sibling group)."""
+    B, N, L = states.shape
+    nodes = torch.arange(1, N)
+    child = states[:, nodes].reshape(-1, L)  # [B*(N-1), L]
+    parent = states[:, tree.parent[nodes]].reshape(-1, L)
+    prompts = prompt_ids.repeat_interleave(N - 1, 0)
+    pmask = prompt_mask.bool().repeat_interleave(N - 1, 0)
+    completion = torch.cat([torch.zeros_like(pmask), torch.ones(len(child), L, dtype=torch.bool)], 1)
+    input_ids, parent_ids = torch.cat([prompts, child], 1), torch.cat([prompts, parent], 1)
+    return {
+        "input_ids": input_ids,
+        "parent_input_ids": parent_ids,
+        "attention_mask": torch.cat([pmask, torch.ones(len(child), L, dtype=torch.bool)], 1).long(),
+        "response_mask": completion,
+        "transition_mask": transition_mask(parent_ids, input_ids, completion, mask_id, end_ids),
+        "advantages": advantages[:, nodes].reshape(-1).float(),
+        "group_index": torch.arange(B).repeat_interleave(N - 1),
+        "node_index": nodes.repeat(B),
+        "parent_index": tree.parent[nodes].repeat(B),
+    }
+
+
+class TreeRollout(RolloutShape):
+    """d-TreeRPO's rollout: grow each prompt's tree, score its leaves, propagate values, take
+    local advantages, and return one training row per segment (`segment_batch`)."""
+
+    def __init__(self, tree: Tree, points: list[int], gen_length: int, mask_id: int, end_ids: Sequence[int]) -> None:
+        self.tree, self.points, self.gen_length = tree, points, gen_length
+        self.mask_id, self.end_ids = mask_id, tuple(end_ids)
+
+    def collect(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        seeds: torch.Tensor,
+        continue_fn: ContinueFn,
+        score_fn: ScoreFn,
+    ) -> ShapedBatch:
+        tree, B = self.tree, prompt_ids.shape[0]
+        states = grow_tree(
+            tree, self.points, prompt_ids, prompt_mask, seeds, self.gen_length, self.mask_id, continue_fn
+        )
+        leaves = states[:, tree.leaves].reshape(-1, self.gen_length)  # [B * num_leaves, L]
+        if bool((leaves == self.mask_id).any()):
+            raise RuntimeError("dtreerpo: a leaf of the tree still holds [MASK] after the last branch point")
+        rmask = response_mask_of(leaves, self.end_ids)
+        nl = tree.leaves.numel()
+        scores, reward_metrics = score_fn([i // nl for i in range(B * nl)], leaves, rmask)
+        rewards = torch.tensor(scores, dtype=torch.float64).view(B, nl)
+        values = propagate_values(tree, rewards)
+        adv = local_advantages(tree, values)
+        batch = segment_batch(tree, states, prompt_ids, prompt_mask, adv, self.mask_id, self.end_ids)
+        metrics = {
+            "rollout/response_length": float(rmask.sum(-1).float().mean()),
+            "rollout/tree_nodes": float(tree.parent.shape[0]),
+            "rollout/segment_tokens": float(batch["transition_mask"].sum(-1).float().mean()),
+            "tree/advantage_abs_mean": float(batch["advantages"].abs().mean()),
+        }
+        return ShapedBatch(batch, rewards.view(-1).float(), metrics, reward_metrics)
+
+
+# ---------------------------------------------------------------------------------------------
+# The registered algorithm
+# ---------------------------------------------------------------------------------------------
+
+
+def segment_plan(batch: dict[str, torch.Tensor], mask_id: int) -> NoisePlan:
+    """The one-view plan of a segment batch: the parent's [MASK] positions masked (the view is the
+    parent state), weight 1 on U(n) (`transition_plan` from the batch's stored mask)."""
+    completion = batch["response_mask"].bool()
+    view = completion & (batch["parent_input_ids"] == mask_id)
+    weights = batch["transition_mask"].float()
+    B = view.shape[0]
+    return NoisePlan(torch.zeros_like(completion), view[:, None], weights[:, None], torch.ones(B, device=view.device))
+
+
+@register_algorithm
+class DTreeRPO(Algorithm):
+    """d-TreeRPO (see the module docstring): PPO clip per segment with its local advantage."""
+
+    name = "dtreerpo"
+    kind = "rl"
+    # a segment is scored as one forward from the parent state; block attention would need the
+    # sampler's per-block states (not built)
+    attention = ("full",)
+    required_batch_keys = (
+        "input_ids", "parent_input_ids", "attention_mask", "response_mask", "transition_mask", "advantages",
+        "group_index", "node_index", "parent_index",
+    )  # fmt: skip
+
+    @dataclass
+    class Args(RolloutSpec):
+        # G: trees per prompt, the root's children (DARE's num_tree_samples)
+        num_generations: int = 4
+        # children of every later inner node
+        branch_factor: int = 4
+        # s: segments from the root to a leaf; branch points b_k = T - floor(k T / s)
+        contraction: int = 2
+        clip_eps: float = 0.2
+        # k3 KL coefficient to the reference (0 = no reference forward)
+        beta: float = 0.0
+        # self-distillation: lambda_t = lambda_max (e^{gamma u} - 1) / (e^gamma - 1),
+        # tau_t = max(tau_max (1 - u)^sd_beta, 1e-6), u = the stage's progress
+        self_distillation: bool = False
+        sd_lambda_max: float = 3e-3
+        sd_gamma: float = 2.0
+        sd_tau_max: float = 2.0
+        sd_beta: float = 0.7
+
+        def level_widths(self) -> list[int]:
+            """Nodes per level below the root, s levels: G, G b, G b^2, ... (s <= steps, checked at
+            recipe load, makes the s + 1 branch points distinct)."""
+            return [self.num_generations * self.branch_factor**k for k in range(self.contraction)]
+
+        def train_rows_per_prompt(self) -> int:
+            """Segments per prompt (the memory plan's training rows)."""
+            return sum(self.level_widths())
+
+        def rollout_rows_per_prompt(self) -> int:
+            """Rows of the widest sampler call per prompt (the last level's)."""
+            return self.level_widths()[-1]
+
+        def validate(self, key: str, file: Any) -> None:
+            super().validate(key, file)
+            checks = {
+                "branch_factor": (self.branch_factor >= 1, ">= 1"),
+                "contraction": (self.contraction >= 1, ">= 1"),
+                "clip_eps": (0 < self.clip_eps < 1, "in (0, 1)"),
+                "beta": (self.beta >= 0, ">= 0"),
+                "sd_lambda_max": (self.sd_lambda_max >= 0, ">= 0"),
+                "sd_gamma": (self.sd_gamma > 0, "> 0"),
+                "sd_tau_max": (self.sd_tau_max > 0, "> 0"),
+                "sd_beta": (self.sd_beta >= 0, ">= 0"),
+            }
+            check_fields(self, checks, key, file)
+            if self.dynamic_sampling.enabled:
+                raise RecipeError(
+                    file, f"{key}.dynamic_sampling", "not supported by dtreerpo (its tree has no independent groups)"
+                )
+
+    @property
+    def updates_per_step(self) -> int:
+        return self.args.mu
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.args.beta > 0
+
+    @classmethod
+    def resolved_sampling(cls, args: Any, spec: DiffusionSpec, gen_length: int) -> SamplingConfig:
+        return SamplingConfig(**args.rollout_sampling(gen_length)).for_model(spec)
+
+    @classmethod
+    def check_fit(cls, args: Any, spec: DiffusionSpec, gen_length: int) -> None:
+        from dare.sampling.generate import check_resumable
+
+        config = cls.resolved_sampling(args, spec, gen_length)
+        check_resumable(config)  # the tree continues partial responses
+        if args.contraction > config.steps:
+            raise ValueError(f"contraction={args.contraction} exceeds the sampling's {config.steps} steps")
+
+    @classmethod
+    def check_recipe(cls, recipe: Any, stage: Any, key: str, file: Any) -> None:
+        args = stage.args
+        if args.self_distillation:  # a sibling group must not be split across ranks or micro-batches
+            workers = recipe.resources.num_workers
+            per_prompt = args.train_rows_per_prompt()
+            rows = stage.batch_size * per_prompt
+            if stage.batch_size % workers or (rows // workers) % (stage.grad_accum * per_prompt):
+                raise RecipeError(
+                    file, f"{key}.grad_accum",
+                    f"self_distillation needs whole prompts' trees ({per_prompt} segments each) in every "
+                    f"micro-batch: batch_size {stage.batch_size} over {workers} workers x grad_accum "
+                    f"{stage.grad_accum} does not split into whole prompts",
+                )  # fmt: skip
+        if not ROLLOUT_BACKENDS.get(stage.args.rollout_backend).resumes_partial:
+            raise RecipeError(
+                file, f"{key}.rollout_backend",
+                f"{stage.args.rollout_backend!r} cannot continue partial responses, which the tree needs; use dare",
+            )  # fmt: skip
+
+    @classmethod
+    def rollout_shape(cls, args: Any, spec: DiffusionSpec, gen_length: int) -> TreeRollout:
+        config = cls.resolved_sampling(args, spec, gen_length)
+        points = branch_points(config.steps, args.contraction)
+        tree = Tree.build(args.num_generations, args.branch_factor, len(points) - 1)
+        return TreeRollout(tree, points, gen_length, spec.mask_token_id, config.end_token_ids(spec))
+
+    def logp(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """logp_i(n) `[B, P+L]` on U(n), 0 elsewhere (one forward of the parent states)."""
+        return view_logp(model, batch, segment_plan(batch, self.spec.mask_token_id), self.spec)[:, 0]
+
+    def prepare(
+        self, model: torch.nn.Module, reference: ReferenceFn | None, batch: dict[str, torch.Tensor]
+    ) -> list[dict[str, torch.Tensor]]:
+        """mu updates on the same segments; the old (mu > 1) and reference log-probs first."""
+        it = dict(batch)
+        with torch.no_grad():
+            if self.args.mu > 1:
+                it["old_log_prob"] = self.logp(model, batch)
+            if self.needs_reference:
+                with reference() as ref:
+                    it["ref_log_prob"] = self.logp(ref, batch)
+        return [it] * self.args.mu
+
+    def compute_loss(self, model, batch):
+        lp = self.logp(model, batch)
+        active = batch["transition_mask"].bool()
+        loss, metrics = tree_segment_loss(
+            batch.get("old_log_prob", lp.detach()), lp, batch["advantages"], active,
+            self.args.clip_eps, ref_log_prob=batch.get("ref_log_prob"), beta=self.args.beta,
+        )  # fmt: skip
+        if self.args.self_distillation:
+            if "train_progress" not in batch:
+                raise KeyError("dtreerpo: self_distillation needs the batch's train_progress (the stage's progress u)")
+            a = self.args
+            u = float(batch["train_progress"][0])
+            lam, tau = self_distillation_schedule(u, 1.0, a.sd_lambda_max, a.sd_gamma, a.sd_tau_max, a.sd_beta)
+            group = batch["group_index"] * (int(batch["node_index"].max()) + 1) + batch["parent_index"]
+            sd = sibling_self_distillation(lp, batch["input_ids"], active, batch["advantages"], group, tau)
+            loss = loss + lam * sd
+            metrics.update({"actor/sd_loss": float(sd.detach()), "actor/sd_lambda": lam, "actor/sd_tau": tau})
+        return loss, metrics
+
+
 __all__ = [
+    "DTreeRPO",
     "Tree",
+    "TreeRollout",
     "branch_points",
+    "grow_tree",
     "local_advantages",
     "propagate_values",
+    "response_mask_of",
+    "segment_batch",
+    "segment_plan",
+    "sibling_self_distillation",
     "self_distillation_loss",
     "self_distillation_schedule",
     "transition_mask",

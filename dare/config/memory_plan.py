@@ -270,8 +270,16 @@ def _views_per_row(stage: Any) -> int:
     return 1
 
 
+def _rows_per_prompt(args: Any, which: str) -> int:
+    """Sequences per prompt the stage trains on (`which` "train") or samples at once ("rollout"):
+    the Args' `train_rows_per_prompt()` / `rollout_rows_per_prompt()` when it declares them (a
+    tree rollout), else num_generations (1 without)."""
+    declared = getattr(args, f"{which}_rows_per_prompt", None)
+    return declared() if callable(declared) else getattr(args, "num_generations", 1)
+
+
 def _rows_per_micro_batch(stage: Any, workers: int) -> int:
-    rows = stage.batch_size * getattr(stage.args, "num_generations", 1)
+    rows = stage.batch_size * _rows_per_prompt(stage.args, "train")
     if stage.kind == "preference":
         rows *= 2  # chosen and rejected
     return max(1, -(-rows // (workers * stage.grad_accum))) * _views_per_row(stage)
@@ -288,7 +296,7 @@ def _rollout_terms(recipe: Any, stage: Any, config: Any, spec: Any, workers: int
     data = recipe.data
     sampling = {**getattr(stage.args, fields[0]), "gen_length": data.gen_length, "num_generations": 1}
     cfg = SamplingConfig(**sampling).for_model(spec)
-    rows = max(1, -(-stage.batch_size * getattr(stage.args, "num_generations", 1) // workers))
+    rows = max(1, -(-stage.batch_size * _rows_per_prompt(stage.args, "rollout") // workers))
     seq = data.max_prompt_length + data.gen_length
     layers = config.num_hidden_layers
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads

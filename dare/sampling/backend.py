@@ -80,6 +80,9 @@ class RolloutBackend(ABC):
     # does it honour `sampling.record_steps` (every step's state and x0-prediction, `StepRecorder`)?
     # Objectives that declare `Algorithm.records_steps` (MDPO) need one that does
     records_steps: ClassVar[bool] = True
+    # can `continue_generate` resume partial responses for a range of schedule steps (the tree
+    # rollouts of d-TreeRPO branch from intermediate states)?
+    resumes_partial: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.policy_version = 0
@@ -113,6 +116,20 @@ class RolloutBackend(ABC):
         self, prompts: PromptsLike, sampling: SamplingConfig | Mapping[str, Any], seeds: Sequence[int]
     ) -> Rollout:
         """`sampling.num_generations` responses per prompt, prompt-major; `seeds[i]` is prompt i's seed."""
+
+    def continue_generate(
+        self,
+        prompts: tuple[torch.Tensor, torch.Tensor],
+        responses: torch.Tensor,
+        sampling: SamplingConfig | Mapping[str, Any],
+        seeds: Sequence[int],
+        first_step: int,
+        num_steps: int,
+    ) -> torch.Tensor:
+        """Continue `responses` `[N, L]` (partly [MASK]) for steps [first_step, first_step + num_steps)
+        of the sampling schedule, one row per prompt, row i's noise from `seeds[i]` alone
+        (`dare.sampling.generate.continue_generate`). Returns the new `[N, L]` responses."""
+        raise ValueError(f"rollout backend {self.name!r} cannot continue partial responses; use rollout_backend: dare")
 
     @abstractmethod
     def update_weights(self, named_tensors: NamedTensors, version: int) -> None:
@@ -165,6 +182,7 @@ class DareSamplerBackend(RolloutBackend):
     """dare's own sampler (`dare.sampling.generate`): the exact reference backend."""
 
     name = "dare"
+    resumes_partial = True
 
     def __init__(self, model: ModelSource, device: str = "cpu") -> None:
         super().__init__()
@@ -199,6 +217,24 @@ class DareSamplerBackend(RolloutBackend):
             rollout = self._one_by_one(model, prompts, config, seeds)
         rollout.policy_version = self.policy_version
         return rollout
+
+    def continue_generate(
+        self,
+        prompts: tuple[torch.Tensor, torch.Tensor],
+        responses: torch.Tensor,
+        sampling: SamplingConfig | Mapping[str, Any],
+        seeds: Sequence[int],
+        first_step: int,
+        num_steps: int,
+    ) -> torch.Tensor:
+        from dare.sampling.generate import continue_generate
+
+        self._check_live()
+        seeds = check_seeds(seeds, responses.shape[0])
+        model = self.model
+        model.eval()
+        gens = RowGenerators(seeds, self.device)
+        return continue_generate(model, prompts, responses, as_sampling(sampling), gens, first_step, num_steps)
 
     def _one_by_one(self, model: torch.nn.Module, prompts: PromptsLike, config: SamplingConfig, seeds: list[int]):
         """Each prompt alone with its own generator, responses padded to one prompt width."""

@@ -92,6 +92,33 @@ class Sampler:
         )  # fmt: skip
         return runner.nfe, {}
 
+    @classmethod
+    def resumable(cls) -> bool:
+        """Can it continue a partly decoded response for a range of its schedule's steps
+        (`resume`)? Only the block engine's samplers can; one with its own loop cannot."""
+        return cls.decode is Sampler.decode
+
+    def resume(
+        self,
+        model: torch.nn.Module,
+        state: DecodeState,
+        config: SamplingConfig,
+        generator: torch.Generator | None,
+        step_range: tuple[int, int],
+    ) -> int:
+        """`decode`, but only the schedule's steps `step_range` on a `state` holding the response
+        after the steps before them (see `decode_blocks`); returns the forward passes."""
+        if not self.resumable():
+            raise ValueError(f"sampler {self.name!r} has its own decoding loop and cannot resume a partial response")
+        runner = self.runner(model, state, config)
+        decode_blocks(
+            state, runner, self.policy(config, generator), block_length=config.block_length, steps=config.steps,
+            cfg_scale=config.cfg_scale, suppress_ids=config.suppress_ids(state.spec),
+            confidence_end_inf=config.confidence_eos_eot_inf, sync_every=config.sync_every, compile=config.compile,
+            step_range=step_range,
+        )  # fmt: skip
+        return runner.nfe
+
     def run(
         self,
         model: torch.nn.Module,

@@ -521,19 +521,29 @@ def _host_count(policy: Policy, masks_left: int, step: int, num_steps: int) -> i
 
 def _decode_block(
     state: DecodeState, runner: Runner, policy: Policy, step_fn: DecodeStep,
-    start: int, end: int, num_steps: int, sync_every: int,
+    start: int, end: int, num_steps: int, sync_every: int, first: int = 0, stop: int | None = None,
 ) -> None:  # fmt: skip
     """Decode columns [start, end) until no mask is left. The host looks at device values only
     every `sync_every` steps (the done-check); in between, steps of rows that are done commit
     nothing, so the tokens are those of `sync_every=1` (greedy: identical; sampled: rules that
-    run a data-dependent number of steps may draw extra noise before the check sees the end)."""
+    run a data-dependent number of steps may draw extra noise before the check sees the end).
+
+    `first` / `stop`: run only the block's steps [first, stop) of its schedule (a resumed decode,
+    `decode_blocks`' `step_range`); the block then holds the state after step `first - 1`."""
     refreshed = False
-    step = iteration = 0
+    step, iteration = first, 0
     masks_left = end - start  # host mirror: an upper bound on the masks of every active row
+    for skipped in range(first):  # the mirror after the steps a resumed decode does not run
+        planned = _host_count(policy, masks_left, skipped, num_steps)
+        if planned == 0:  # as in the loop below: a step that plans nothing is skipped
+            continue
+        masks_left = 0 if policy.takes_all(skipped, num_steps) else masks_left - (planned or 0)
     # every step unmasks >= 1 token per active row or follows a schedule of num_steps steps
     max_iterations = max(num_steps, end - start) + sync_every
     while True:
         if masks_left == 0:  # a fixed-count schedule has unmasked the whole block
+            break
+        if stop is not None and step >= stop:
             break
         if check_every(iteration, sync_every) and not bool(state.eligible(start, end).any()):  # the only sync
             break
@@ -578,10 +588,18 @@ def decode_blocks(
     confidence_end_inf: bool,
     sync_every: int = 1,
     compile: bool = False,
+    step_range: tuple[int, int] | None = None,
 ) -> None:
     """Decode the response block by block (semi-autoregressive). Within a block, repeat
     plan -> forward -> propose -> select -> commit until the block has no mask left; the host
-    checks for that (and for rows that hit EOS) every `sync_every` steps and once per block."""
+    checks for that (and for rows that hit EOS) every `sync_every` steps and once per block.
+
+    `step_range` (a, b): run only the schedule's steps a..b-1, counted over all blocks (block i
+    owns the `split_evenly(steps, num_blocks)[i]` steps after those of the blocks before it), on a
+    `state` that holds the response after step a-1 (`dare.sampling.generate.continue_generate`).
+    Every block the range enters restarts per-row generators at that block's stream, as a full
+    decode does, so a range starting on a block boundary continues exactly as the full decode
+    would; one starting inside a block draws that block's stream from its start."""
     num_blocks = state.L // block_length
     steps_per_block = split_evenly(steps, num_blocks)
     step_fn = DecodeStep(
@@ -589,14 +607,21 @@ def decode_blocks(
         confidence_end_inf=confidence_end_inf, compile=compile,
     )  # fmt: skip
     runner.start(state.x)
+    lo, hi = step_range if step_range is not None else (0, steps)
+    offset = 0  # the global index of block b's first step
     for b, num_steps in enumerate(steps_per_block):
         start = state.P + b * block_length
         end = start + block_length
+        first, stop = max(lo - offset, 0), min(hi - offset, num_steps)
+        offset += num_steps
+        if step_range is not None and first >= stop:  # the range does not touch this block
+            continue
         if bool(state.finished.all()):
             break
         if hasattr(policy.generator, "start_block"):  # per-row generators restart per block: a row's
             policy.generator.start_block(b)  # noise never depends on how long other rows' blocks took
-        _decode_block(state, runner, policy, step_fn, start, end, num_steps, sync_every)
+        stop_at = None if step_range is None else stop
+        _decode_block(state, runner, policy, step_fn, start, end, num_steps, sync_every, first, stop_at)
         if b + 1 < num_blocks and not bool(state.finished.all()):
             runner.end_block(state.x, start, end)
 

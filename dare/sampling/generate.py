@@ -9,7 +9,7 @@ import torch
 
 from dare.models.spec import DiffusionSpec, model_spec
 from dare.sampling.config import SamplingConfig
-from dare.sampling.engine import DecodeResult, PromptBatch, PromptsLike, prepare_prompts
+from dare.sampling.engine import DecodeResult, DecodeState, PromptBatch, PromptsLike, prepare_prompts
 from dare.sampling.rollout import Rollout
 
 
@@ -92,4 +92,61 @@ def generate(
     return _finalize(result, batch, spec, config, time.perf_counter() - t0)
 
 
-__all__ = ["generate"]
+def check_resumable(config: SamplingConfig) -> None:
+    """Raise ValueError unless `config` (resolved) can continue a partial response for a given
+    number of its schedule's steps: the block engine's sampler, no KV cache (a resumed decode has
+    no cache of the steps it did not run) and a fixed step count per block (no threshold / factor
+    parallel decoding, whose blocks end after a data-dependent number of steps)."""
+    sampler = config.sampler_class()
+    if not sampler.resumable():
+        raise ValueError(f"algorithm={config.algorithm!r} has its own decoding loop and cannot resume a partial state")
+    if config.cache != "none":
+        raise ValueError(f"cache={config.cache!r}: resuming a partial state needs cache='none'")
+    if config.parallel:
+        raise ValueError("threshold / factor: resuming needs a fixed number of steps per block (no parallel decoding)")
+
+
+def continue_generate(
+    model: torch.nn.Module,
+    prompts: tuple[torch.Tensor, torch.Tensor],
+    responses: torch.Tensor,
+    config: SamplingConfig,
+    generator: torch.Generator | None,
+    first_step: int,
+    num_steps: int,
+) -> torch.Tensor:
+    """Continue partly decoded responses for `num_steps` steps of `config`'s schedule, from step
+    `first_step` (0-based, counted over all blocks), one row per prompt.
+
+    Args:
+        prompts: (input_ids `[N, P]`, attention_mask `[N, P]`) as in `generate`.
+        responses: `[N, gen_length]` the responses after step `first_step - 1` of the same schedule
+            (all [MASK] for `first_step` 0); [MASK] where not decoded yet.
+        generator: as in `generate` (per-row `RowGenerators` restart at every block the range enters).
+
+    Returns:
+        `[N, gen_length]` the responses after step `first_step + num_steps - 1`: still [MASK] where
+        the schedule decodes later, the first eos id after a row's finished response.
+    """
+    spec = model_spec(model)
+    config = config.for_model(spec)
+    check_resumable(config)
+    if not (first_step >= 0 and num_steps >= 1 and first_step + num_steps <= config.steps):
+        raise ValueError(
+            f"steps [{first_step}, {first_step + num_steps}) are outside the schedule's {config.steps} steps"
+        )
+    if responses.dim() != 2 or responses.shape != (prompts[0].shape[0], config.gen_length):
+        raise ValueError(
+            f"responses {tuple(responses.shape)}: need [{prompts[0].shape[0]}, gen_length={config.gen_length}]"
+        )
+    device = next(model.parameters()).device
+    batch = prepare_prompts(prompts, spec, 1, device)
+    state = DecodeState(batch, config.gen_length, spec, config.end_token_ids(spec))
+    state.response.copy_(responses.to(device))
+    state.update_finished()  # a response already complete stays as it is
+    with torch.no_grad():
+        config.sampler_class().resume(model, state, config, generator, (first_step, first_step + num_steps))
+    return state.response.clone()
+
+
+__all__ = ["check_resumable", "continue_generate", "generate"]

@@ -15,6 +15,10 @@ Per step:
        (`Algorithm.group_tensors`, e.g. MDPO's step advantages: they need whole groups)
     -> actor.update_actor: mu inner updates, each with one noise plan shared by old/ref/current
     -> sync the separate rollout's weights
+
+An algorithm that declares its own `RolloutShape` (`Algorithm.rollout_shape`, d-TreeRPO's tree)
+replaces the rollout, rewards and advantages above: `shaped_step` hands the shape the step's
+prompts, a resumed-decoding function on the rollout workers and the scorer, and trains on its batch.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch.nn.functional as F
 from verl import DataProto
 
 from dare.algorithms import ALGORITHMS
+from dare.algorithms.base import RolloutShape
 from dare.algorithms.rollout import RolloutSpec
 from dare.data.formatting import collate_prompts
 from dare.diffusion.rl_losses import compute_advantages
@@ -42,6 +47,7 @@ from dare.trainer.metrics import rank_zero_metrics
 from dare.trainer.runtime import dp_call
 from dare.trainer.stage import STAGE_TRAINERS, StageContext
 from dare.trainer.stream import step_generator
+from dare.workers.builder import policy_spec
 from dare.workers.generation import TRAJECTORY_FILL
 
 
@@ -95,6 +101,10 @@ class RLTrainer(StageTrainer):
         if self.algorithm.records_steps:  # the objective trains on every denoising step
             self.sampling["record_steps"] = True
         self.scorer = None
+        # the algorithm's own rollout shape (d-TreeRPO's tree), else None: G responses per prompt
+        algo = ALGORITHMS.get(ctx.stage.algorithm)
+        spec = policy_spec(ctx.recipe.to_dict()["model"], ctx.tokenizer)
+        self.shape: RolloutShape | None = algo.rollout_shape(self.args, spec, ctx.recipe.data.gen_length)
 
     def setup(self) -> None:
         self.scorer = build_scorer(self.args)
@@ -169,6 +179,8 @@ class RLTrainer(StageTrainer):
         return Round(data, row_of, scores, metrics, reward_metrics)
 
     def step(self, step: int) -> dict[str, float]:
+        if self.shape is not None:
+            return self.shaped_step(step)
         ctx, G = self.ctx, self.args.num_generations
         rnd = self.scored_round(step)
         if self.args.dynamic_sampling.enabled:
@@ -202,6 +214,59 @@ class RLTrainer(StageTrainer):
         metrics.update(adv_metrics)
         metrics["reward/mean"] = float(scores_t.mean())
         metrics["reward/std"] = float(scores_t.std()) if len(scores) > 1 else 0.0
+        return metrics
+
+    def continue_responses(
+        self, ids: torch.Tensor, mask: torch.Tensor, responses: torch.Tensor, seeds: torch.Tensor, first: int, n: int
+    ) -> torch.Tensor:
+        """A `RolloutShape`'s `continue_fn`: the rollout workers continue `responses` `[R, L]` for the
+        schedule's steps [first, first + n), one seed per row."""
+        data = DataProto.from_dict(
+            tensors={"input_ids": ids, "attention_mask": mask, "partial_response": responses, "rollout_seed": seeds},
+            meta_info={
+                "sampling": self.sampling, "rollout_backend": self.args.rollout_backend, "step_range": (first, first + n),
+            },
+        )  # fmt: skip
+        sampler = self.ctx.sampler
+        return dp_call(sampler.generate, data, sampler.world_size).batch["responses"]
+
+    def score_responses(
+        self, rows: list[dict[str, Any]], prompt_index: list[int], responses: torch.Tensor, rmask: torch.Tensor
+    ) -> tuple[list[float], dict[str, float]]:
+        """A `RolloutShape`'s `score_fn` over the step's `rows`: decode and score each response."""
+        tok = self.ctx.tokenizer
+        texts = [tok.decode(r[m].tolist(), skip_special_tokens=True) for r, m in zip(responses, rmask)]
+        return self.scorer.score([rows[i] for i in prompt_index], texts)
+
+    def shaped_step(self, step: int) -> dict[str, float]:
+        """A step of an algorithm with its own `RolloutShape`: the shape rolls out through the
+        rollout workers and builds the batch (advantages included); the actor updates on it."""
+        ctx = self.ctx
+        rows = self.stream.rows_at(step)
+        p = collate_prompts(rows, ctx.tokenizer)
+        seeds = torch.randint(0, 2**62, (len(rows),), generator=step_generator(ctx.recipe.seed, ctx.index, step, 2))
+        t0 = time.perf_counter()
+        shaped = self.shape.collect(
+            p["input_ids"], p["attention_mask"], seeds, self.continue_responses,
+            lambda idx, resp, m: self.score_responses(rows, idx, resp, m),
+        )  # fmt: skip
+        metrics = {"perf/rollout_s": time.perf_counter() - t0, **shaped.metrics}
+        data = DataProto.from_dict(tensors=shaped.batch)
+        n = len(data)
+        g = step_generator(ctx.recipe.seed, ctx.index, step, 3)
+        data.batch["noise_seed"] = torch.randint(0, 2**62, (n, self.args.mu), generator=g)
+        # the stage's progress u in [0, 1) (schedules over training, e.g. d-TreeRPO's self-distillation)
+        data.batch["train_progress"] = torch.full((n,), step / max(1, ctx.stage.steps), dtype=torch.float64)
+        if ctx.rollout is not None:
+            ctx.rollout.release_rollout()
+        out = ctx.actor.update_actor(data)
+        if ctx.rollout is not None:
+            ctx.rollout.resume_rollout()
+        ctx.sync_rollout()
+        metrics.update(rank_zero_metrics(out.meta_info["metrics"]))
+        metrics.update(shaped.reward_metrics)
+        metrics["reward/mean"] = float(shaped.scores.mean())
+        metrics["reward/std"] = float(shaped.scores.std()) if len(shaped.scores) > 1 else 0.0
         return metrics
 
 

@@ -11,7 +11,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dare.data.tasks import builtin_tokenizer
-from dare.models import tiny
+from dare.models import FAMILIES, load_config, tiny
 from dare.models.checkpoint import check_model_tokenizer, check_vocab, load_policy, load_policy_skeleton
 from dare.models.dtypes import DTYPES
 from dare.models.lora import apply_lora
@@ -52,6 +52,16 @@ def build_policy(
     return model
 
 
+def policy_spec(model_spec: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> Any:
+    """The `DiffusionSpec` of the policy `build_policy` builds (mask, end and pad ids), from its
+    config alone: the checkpoint's config.json, or the preset's with the tokenizer's ids."""
+    if model_spec.get("path"):
+        return load_config(model_spec["path"]).diffusion_spec()
+    overrides = {**model_token_ids(tokenizer), **model_spec.get("overrides", {})}
+    vocab = overrides.pop("vocab_size")
+    return FAMILIES.get(model_spec["family"]).tiny_config(vocab, **overrides).diffusion_spec()
+
+
 def build_replica(model_spec: dict[str, Any], tokenizer_dir: str, seed: int, init_from: str | None) -> PreTrainedModel:
     """A copy of the actor's policy for another role (rollout, reference), built the actor's way: the
     same modules (LoRA included), so the actor's state dict loads into it as is."""
@@ -78,4 +88,4 @@ def wrap_lora(model: PreTrainedModel, lora: dict[str, Any] | None, seed: int) ->
         )
 
 
-__all__ = ["build_policy", "build_replica", "load_tokenizer", "wrap_lora"]
+__all__ = ["build_policy", "build_replica", "load_tokenizer", "policy_spec", "wrap_lora"]

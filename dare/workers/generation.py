@@ -90,6 +90,8 @@ def generate_batch(backend: RolloutBackend, data: DataProto, rank: int) -> DataP
     from dare.sampling import SamplingConfig
 
     config = SamplingConfig(**data.meta_info.get("sampling", {}))
+    if "partial_response" in data.batch.keys():
+        return continue_batch(backend, data, config, rank)
     rollout = backend.generate(
         (data.batch["input_ids"], data.batch["attention_mask"]), config, row_seeds(data, rank).tolist()
     )
@@ -108,4 +110,18 @@ def generate_batch(backend: RolloutBackend, data: DataProto, rank: int) -> DataP
     return DataProto.from_dict(tensors=out)
 
 
-__all__ = ["TRAJECTORY_FILL", "RolloutBackends", "generate_batch", "row_seeds", "trajectory_tensors"]
+def continue_batch(backend: RolloutBackend, data: DataProto, config, rank: int) -> DataProto:
+    """`generate_batch` of a resumed decode (tree rollouts): continue each row's `partial_response`
+    `[N, L]` for the schedule's steps `meta_info["step_range"]` (first, stop); one seed per row.
+    Returns `responses` `[N, L]` (still [MASK] where later steps decode) and `policy_version`."""
+    first, stop = data.meta_info["step_range"]
+    prompts = (data.batch["input_ids"], data.batch["attention_mask"])
+    seeds = row_seeds(data, rank).tolist()
+    responses = backend.continue_generate(prompts, data.batch["partial_response"], config, seeds, first, stop - first)
+    version = -1 if backend.policy_version is None else backend.policy_version
+    return DataProto.from_dict(
+        tensors={"responses": responses.cpu(), "policy_version": torch.full((len(responses),), version)}
+    )
+
+
+__all__ = ["TRAJECTORY_FILL", "continue_batch", "RolloutBackends", "generate_batch", "row_seeds", "trajectory_tensors"]

@@ -20,7 +20,9 @@ from dare.config.schema import build_stage
 from dare.diffusion.rl_losses import compute_advantages
 from dare.models import tiny
 from dare.sampling import SamplingConfig, generate
-from dare.sampling.engine import STEP_RECORD_KEYS
+from dare.sampling.backend import RowGenerators
+from dare.sampling.engine import STEP_RECORD_KEYS, prepare_prompts
+from dare.sampling.generate import continue_generate
 from dare.workers.critic import Critic, ValueModel
 
 V = 48
@@ -100,7 +102,14 @@ def train_toy(
     in the batch before the policy update, then one critic update on its `critic_loss`."""
     model = tiny(family, V, seed=0)
     spec = model.diffusion_spec()
+    # the rollout settings of an algorithm with its own rollout shape (the default one samples with `cfg`)
+    args.setdefault(
+        "sampling", {"algorithm": family, "steps": gen_length, "block_length": gen_length, "temperature": 1.0}
+    )
     algo = algorithm(name, spec, num_generations=num_generations, **args)
+    shape = type(algo).rollout_shape(algo.args, spec, gen_length)
+    if shape is not None:
+        return train_shaped(algo, shape, model, steps, lr)
     cfg = SamplingConfig(
         algorithm=family, gen_length=gen_length, steps=gen_length, block_length=gen_length,
         temperature=1.0, num_generations=num_generations, record_steps=type(algo).records_steps,
@@ -123,4 +132,35 @@ def train_toy(
         policy_update(algo, model, opt, batch)
         if critic is not None:
             critic.update(batch, algo.critic_loss)
+    return rewards
+
+
+def train_shaped(algo, shape, model: torch.nn.Module, steps: int, lr: float) -> list[float]:
+    """`train_toy` of an algorithm with its own `RolloutShape`: the shape rolls out with dare's
+    sampler continuing partial responses (`continue_generate`, one generator per row seed) and
+    scores with the toy reward; the mean reward of the scored completions per step."""
+    spec = model.diffusion_spec()
+    config = SamplingConfig(**algo.args.rollout_sampling(shape.gen_length))
+    batch_prompts = prepare_prompts(PROMPTS, spec, 1, torch.device("cpu"))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def continue_fn(ids, mask, responses, seeds, first, n):
+        gens = RowGenerators(seeds.tolist(), "cpu")
+        return continue_generate(model, (ids, mask), responses, config, gens, first, n)
+
+    def score_fn(prompt_index, responses, rmask):
+        return target_fraction(responses, rmask).tolist(), {}
+
+    rewards = []
+    for step in range(steps):
+        model.eval()
+        seeds = torch.arange(len(PROMPTS)) + 1000 * step
+        shaped = shape.collect(batch_prompts.input_ids, batch_prompts.attention_mask, seeds, continue_fn, score_fn)
+        batch = dict(shaped.batch)
+        batch["noise_seed"] = torch.arange(len(batch["input_ids"]) * algo.updates_per_step).view(
+            -1, algo.updates_per_step
+        )
+        batch["train_progress"] = torch.full((len(batch["input_ids"]),), step / steps, dtype=torch.float64)
+        rewards.append(float(shaped.scores.mean()))
+        policy_update(algo, model, opt, batch)
     return rewards

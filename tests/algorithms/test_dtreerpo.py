@@ -4,9 +4,14 @@ that reproduce the sampler's per-token probabilities when a segment is one step,
 loss against DARE's written-out formula, self-distillation on hand-computed cases, and a tiny
 learning run with a test-local tree rollout.
 
-dare has no tree rollout, so there is no registered algorithm yet."""
+The registered algorithm (`algorithm: dtreerpo`): the tree rollout through dare's sampler (shape,
+children start from their parent's state, a one-branch tree reproduces the plain sampler), leaf
+rewards -> hand-computed advantages and segments, learning through `train_toy`, and the recipe
+checks."""
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,3 +226,255 @@ def test_dtreerpo_learns_a_rewarded_token_with_a_tiny_tree():
     # measured (seed 0, CPU fp32): see docs/algorithms/dtreerpo.md
     before, after = tree_train(8)
     assert before < 0.15 and after > before + 0.3, (before, after)
+
+
+# --- the registered algorithm and its tree rollout --------------------------------------------------
+
+sys.path.insert(0, str(Path(__file__).parent))
+from rl_toy import train_toy  # noqa: E402
+
+from dare.algorithms.dtreerpo import TreeRollout, grow_tree, sibling_self_distillation  # noqa: E402
+from dare.config.schema import build_recipe  # noqa: E402
+from dare.errors import RecipeError  # noqa: E402
+from dare.sampling.backend import DareSamplerBackend, RowGenerators, row_seed  # noqa: E402
+from dare.sampling.engine import prepare_prompts  # noqa: E402
+
+VT = 48  # the tree tests' vocabulary (the toy reward's)
+MT = VT - 1
+
+
+def tree_setup(family="llada", **sampling):
+    model = tiny(family, VT, seed=0).eval()
+    spec = model.diffusion_spec()
+    config = SamplingConfig(**{"algorithm": family, "gen_length": 8, "steps": 8, "temperature": 1.0, **sampling})
+    p = prepare_prompts([[5, 6, 7], [8, 9]], spec, 1, torch.device("cpu"))
+    backend = DareSamplerBackend(model, "cpu")
+
+    def continue_fn(ids, mask, resp, seeds, first, n):
+        return backend.continue_generate((ids, mask), resp, config, seeds.tolist(), first, n)
+
+    return model, config, p.input_ids, p.attention_mask, continue_fn
+
+
+def test_the_tree_rollout_has_the_trees_shape_and_children_start_from_their_parents_state():
+    # T = 8 steps in 2 blocks, s = 4: branch points 8, 6, 4, 2, 0; every step unmasks one token (no EOS)
+    _, config, ids, mask, continue_fn = tree_setup(block_length=4, logits_eos_inf=True)
+    tree = Tree.build(2, 2, 4)  # 1 + 2 + 4 + 8 + 16 nodes
+    states = grow_tree(tree, branch_points(8, 4), ids, mask, torch.tensor([3, 4]), 8, MT, continue_fn)
+    assert states.shape == (2, 31, 8)
+    assert (states[:, 0] == MT).all()
+    for n in range(1, 31):
+        parent, child = states[:, int(tree.parent[n])], states[:, n]
+        committed = parent != MT
+        assert torch.equal(child[committed], parent[committed])  # the child continues its parent
+        # level k has run 2k steps of one token each
+        assert ((child != MT).sum(-1) == 2 * int(tree.level[n])).all()
+    leaves = states[:, tree.leaves]
+    assert (leaves != MT).all()
+    # siblings differ (each child has its own seed); 16 leaves per prompt are not all alike
+    assert all(len(set(map(tuple, leaves[b].tolist()))) > 8 for b in range(2))
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_a_one_branch_tree_reproduces_the_plain_sampler(family):
+    model, config, ids, mask, continue_fn = tree_setup(family, block_length=1)
+    # s = T, every segment one sampler step (one-step blocks), each continued with the prompt's own
+    # seed: the leaf is the plain sampler's response for that seed, token for token
+    seeds = [row_seed(3, 0), row_seed(4, 0)]
+    chain = Tree.build(1, 1, 8)
+    same_seed = lambda i, m, r, s, first, n: continue_fn(
+        i, m, r, torch.tensor(seeds).repeat_interleave(len(r) // 2), first, n
+    )  # noqa: E731
+    leaf = grow_tree(chain, branch_points(8, 8), ids, mask, torch.tensor([3, 4]), 8, MT, same_seed)[:, -1]
+    plain = generate(model, (ids, mask), config, generator=RowGenerators(seeds, "cpu"))
+    eos = model.diffusion_spec().eos_token_id
+    after = (leaf == eos).long().cumsum(-1) - (leaf == eos).long() > 0
+    assert torch.equal(leaf.masked_fill(after, eos), plain.response_ids)
+    # s = 1 with the tree's own seeds: leaf n is the plain sampler's response for row_seed(seed, n)
+    star = Tree.build(2, 1, 1)
+    leaves = grow_tree(star, branch_points(8, 1), ids, mask, torch.tensor([3, 4]), 8, MT, continue_fn)[:, 1:]
+    own = [row_seed(s, n) for s in (3, 4) for n in (1, 2)]
+    ids2, mask2 = ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0)
+    plain2 = generate(model, (ids2, mask2), config, generator=RowGenerators(own, "cpu")).response_ids
+    after = (leaves == eos).long().cumsum(-1) - (leaves == eos).long() > 0
+    assert torch.equal(leaves.masked_fill(after, eos).reshape(4, 8), plain2)
+
+
+def test_leaf_rewards_become_hand_computed_advantages_and_segments():
+    # a 2 x 2 tree over T = 4 steps (branch at step 2); a scripted continue_fn, so every node is known
+    tree, L = Tree.build(2, 2, 2), 4
+    ids, mask = torch.tensor([[5, 6], [7, 8]]), torch.ones(2, 2, dtype=torch.bool)
+    EOS_T = 46
+    calls = []
+
+    def continue_fn(i, m, resp, seeds, first, n):
+        calls.append((len(resp), first, n))
+        out = resp.clone()
+        for r in range(len(out)):  # level 1 writes [1 + r % 2, 3]; level 2 writes [3 or 9, EOS]
+            if first == 0:
+                out[r, :2] = torch.tensor([1 + r % 2, 3])
+            else:
+                out[r, 2:] = torch.tensor([3 if r % 4 in (0, 1, 2) else 9, EOS_T])
+        return out
+
+    scored = []
+
+    def score_fn(prompt_index, responses, rmask):
+        scored.append(prompt_index)
+        return ((responses == 3) & rmask).sum(-1).div(4.0).tolist(), {"reward/x": 1.0}
+
+    shape = TreeRollout(tree, [4, 2, 0], L, MT, (EOS_T,))
+    out = shape.collect(ids, mask, torch.tensor([0, 1]), continue_fn, score_fn)
+    assert calls == [(4, 0, 2), (8, 2, 2)]  # one call per level: 2 prompts x 2, then 2 x 4 nodes
+    assert scored == [[0, 0, 0, 0, 1, 1, 1, 1]]
+    # leaves of each prompt: [1,3,3,E] [1,3,3,E] [2,3,3,E] [2,3,9,E]: rewards 0.5 0.5 0.5 0.25
+    assert out.scores.tolist() == [0.5, 0.5, 0.5, 0.25] * 2
+    # values: node 1 = 0.5, node 2 = 0.375; A(1) = 0.125, A(2) = -0.125; leaves 0, 0, 0.25, -0.25
+    a = out.batch["advantages"].view(2, 6)
+    torch.testing.assert_close(a[0], torch.tensor([0.125, -0.125, 0.0, 0.0, 0.25, -0.25]))
+    assert torch.equal(a[0], a[1])
+    b = out.batch
+    assert b["input_ids"].shape == (12, 6) and b["group_index"].tolist() == [0] * 6 + [1] * 6
+    assert b["node_index"].tolist() == [1, 2, 3, 4, 5, 6] * 2
+    assert b["input_ids"][0].tolist() == [5, 6, 1, 3, MT, MT]  # node 1: [prompt | its state]
+    assert b["parent_input_ids"][0].tolist() == [5, 6, MT, MT, MT, MT]  # the root
+    assert b["parent_input_ids"][2].tolist() == [5, 6, 1, 3, MT, MT]  # node 3's parent: node 1
+    # U(n): level-1 segments unmask columns 2-3, level-2 ones columns 4-5 (the EOS included)
+    assert b["transition_mask"][0].tolist() == [False, False, True, True, False, False]
+    assert b["transition_mask"][2].tolist() == [False, False, False, False, True, True]
+    assert b["response_mask"][0].tolist() == [False, False, True, True, True, True]
+
+
+@pytest.mark.parametrize("family,steps,gain", [("llada", 15, 0.5), ("dream", 20, 0.25)])
+def test_dtreerpo_learns_the_toy_reward_through_its_tree_rollout(family, steps, gain):
+    # G 2 x branch 2, T = 4 steps, s = 2: 4 leaves and 6 segments per prompt, 3 prompts
+    rewards = train_toy("dtreerpo", family, steps=steps, gen_length=4, num_generations=2, branch_factor=2)
+    # measured (2-core CPU, seed 0): see docs/algorithms/dtreerpo.md
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + gain, rewards
+
+
+def tree_recipe(family="llada", **stage) -> dict:
+    sampling = {"algorithm": "sdar", "steps": 12, "block_length": 4} if family == "sdar" else {"algorithm": family}
+    return {
+        "model": {"family": family, "preset": "tiny", "tokenizer": "builtin"},
+        "data": {"train": "builtin:sort", "gen_length": 12},
+        "eval": {"enabled": False, "sampling": sampling},
+        "stages": [{"kind": "rl", "algorithm": "dtreerpo", "steps": 1, "batch_size": 2, "num_generations": 2,
+                    "sampling": {**sampling, "steps": 12}, **stage}],
+    }  # fmt: skip
+
+
+def test_a_dtreerpo_recipe_loads_with_its_settings():
+    args = build_recipe(tree_recipe(branch_factor=3, contraction=3, beta=0.01)).stages[0].args
+    assert (args.num_generations, args.branch_factor, args.contraction, args.beta) == (2, 3, 3, 0.01)
+
+
+@pytest.mark.parametrize(
+    "family,stage,key,message",
+    [
+        ("sdar", {}, "stages[0].algorithm", r"'dtreerpo' needs full attention, but the model \(sdar\)"),
+        ("llada", {"sampling": {"algorithm": "llada", "steps": 12, "cache": "prefix"}}, "stages[0]",
+         "resuming a partial state needs cache='none'"),
+        ("llada", {"sampling": {"algorithm": "llada", "steps": 12, "threshold": 0.9}}, "stages[0]",
+         "fixed number of steps per block"),
+        ("llada", {"contraction": 13}, "stages[0]", "contraction=13 exceeds the sampling's 12 steps"),
+        ("llada", {"branch_factor": 0}, "stages[0].branch_factor", ">= 1"),
+        ("llada", {"dynamic_sampling": {"enabled": True}}, "stages[0].dynamic_sampling", "not supported by dtreerpo"),
+    ],
+)  # fmt: skip
+def test_recipe_load_refuses_what_the_tree_cannot_run(family, stage, key, message):
+    with pytest.raises(RecipeError, match=message) as e:
+        build_recipe(tree_recipe(family, **stage))
+    assert key in str(e.value)
+
+
+def test_only_a_backend_that_resumes_serves_the_tree():
+    with pytest.raises(RecipeError, match="'sglang' cannot continue partial responses") as e:
+        build_recipe(tree_recipe("llada", rollout_backend="sglang"))
+    assert "stages[0].rollout_backend" in str(e.value)
+
+
+def test_the_memory_plan_counts_the_trees_segments_and_widest_level():
+    from dare.config.memory_plan import plan_recipe
+
+    def plan_terms(stage: dict) -> dict[str, int]:
+        raw = tree_recipe()
+        raw["stages"] = [{"kind": "rl", "steps": 1, "batch_size": 2, **stage}]
+        (planned,) = plan_recipe(build_recipe(raw)).stages
+        return {t.name.split(" (")[0]: t.nbytes for t in planned.terms}
+
+    sampling = {"algorithm": "llada", "steps": 12}
+    # G 2 x branch 3: 2 + 6 = 8 segments per prompt to train on, 6 rows in the widest sampler call
+    tree = plan_terms({"algorithm": "dtreerpo", "num_generations": 2, "branch_factor": 3, "sampling": sampling})
+    as_8 = plan_terms({"algorithm": "d1", "num_generations": 8, "sampling": sampling})
+    as_6 = plan_terms({"algorithm": "d1", "num_generations": 6, "sampling": sampling})
+    acts = [k for k in tree if k.startswith("activations")]
+    rollout = [k for k in tree if "logits" in k]
+    assert acts and rollout
+    assert all(tree[k] == as_8[k] for k in acts) and all(tree[k] == as_6[k] for k in rollout)
+
+
+def test_sibling_self_distillation_equals_the_dense_term_on_a_segment_batch():
+    # 3 parents x 3 children over 5 positions; the parents' full distributions are known, each
+    # child's transition log-prob is its parent's log-prob of its token (what the forward gives)
+    g = torch.Generator().manual_seed(0)
+    P, C, L, Vd = 3, 3, 5, 7
+    parent_lp = torch.log_softmax(torch.randn(P, L, Vd, generator=g, dtype=torch.float64), -1).requires_grad_()
+    tokens = torch.randint(0, Vd, (P, C, L), generator=g)
+    tokens[0, 1] = tokens[0, 0]  # two children agree on every position
+    active = torch.rand(P, C, L, generator=g) < 0.6
+    adv = torch.tensor([[0.5, 0.2, -0.7], [-0.1, -0.3, 0.4], [-1.0, -0.5, 0.0]], dtype=torch.float64)
+    dense = self_distillation_loss(parent_lp, tokens, active, adv, tau=0.7)
+    (g_dense,) = torch.autograd.grad(dense, parent_lp)
+    lp = parent_lp.gather(-1, tokens.transpose(1, 2)).transpose(1, 2).reshape(P * C, L)  # [rows, L]
+    group = torch.arange(P).repeat_interleave(C)
+    sparse = sibling_self_distillation(
+        lp, tokens.reshape(P * C, L), active.reshape(P * C, L), adv.reshape(-1), group, tau=0.7
+    )
+    (g_sparse,) = torch.autograd.grad(sparse, parent_lp)
+    torch.testing.assert_close(sparse, dense, atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(g_sparse, g_dense, atol=1e-7, rtol=1e-6)
+    assert dense.item() > 0
+    # no positive child: 0
+    zero = sibling_self_distillation(
+        lp, tokens.reshape(P * C, L), active.reshape(P * C, L), -adv.abs().reshape(-1), group, 0.7
+    )
+    assert zero.item() == 0.0
+
+
+def test_self_distillation_adds_lambda_t_times_the_term_and_needs_whole_groups_per_micro_batch():
+    from rl_toy import algorithm
+
+    model, _, ids, mask, continue_fn = tree_setup(block_length=4)
+    spec = model.diffusion_spec()
+    kw = {"num_generations": 2, "branch_factor": 2, "contraction": 2, "sampling": {"algorithm": "llada", "steps": 8}}
+    plain = algorithm("dtreerpo", spec, **kw)
+    with_sd = algorithm("dtreerpo", spec, **kw, self_distillation=True, sd_lambda_max=0.5)
+    shape = type(plain).rollout_shape(plain.args, spec, 8)
+
+    def scores(prompt_index, responses, rmask):  # spread rewards: every sibling group has positive advantages
+        return (((responses == 10) & rmask).sum(-1).float() + torch.arange(len(prompt_index)) % 3).tolist(), {}
+
+    batch = shape.collect(ids, mask, torch.tensor([3, 4]), continue_fn, scores).batch
+    batch["train_progress"] = torch.full((len(batch["input_ids"]),), 0.5, dtype=torch.float64)
+    loss0, _ = plain.compute_loss(model, batch)
+    loss1, m = with_sd.compute_loss(model, batch)
+    lam, tau = self_distillation_schedule(0.5, 1.0, 0.5, 2.0, 2.0, 0.7)
+    assert (m["actor/sd_lambda"], m["actor/sd_tau"]) == (lam, tau) and m["actor/sd_loss"] > 0
+    torch.testing.assert_close(loss1 - loss0, torch.tensor(lam * m["actor/sd_loss"]), atol=1e-6, rtol=1e-5)
+    del batch["train_progress"]
+    with pytest.raises(KeyError, match="train_progress"):
+        with_sd.compute_loss(model, batch)
+    # it trains in process
+    rewards = train_toy("dtreerpo", "llada", steps=4, gen_length=4, num_generations=2, branch_factor=2,
+                        self_distillation=True)  # fmt: skip
+    assert len(rewards) == 4
+    # 4 prompts x (2 + 4) segments over 2 workers x grad_accum 4: 3 segments per micro-batch, half a tree
+    raw = tree_recipe(self_distillation=True, batch_size=4, grad_accum=4, branch_factor=2)
+    raw["resources"] = {"num_workers": 2}
+    with pytest.raises(RecipeError, match="self_distillation needs whole prompts' trees") as e:
+        build_recipe(raw)
+    assert "stages[0].grad_accum" in str(e.value)
+    raw["stages"][0]["grad_accum"] = 2  # one prompt's tree per micro-batch
+    assert build_recipe(raw).stages[0].args.self_distillation
