@@ -4,13 +4,18 @@ For each seed:
   1. `base`: `recipes/quickstart.yaml` as is (SFT, then coupled-GRPO for its steps); its RL stage
      takes T_base seconds.
   2. `dyn`: the same recipe with `stages.1.dynamic_sampling: {enabled: true, max_rounds: R}` and the
-     same number of RL steps (accuracy at equal steps; a step rolls out more prompts, so it is slower:
-     T_dyn seconds).
-  3. `dyn_wall`: the dynamic run again with the RL steps cut to steps * T_base / T_dyn, so its RL stage
-     takes about T_base (accuracy at equal wall time). Skipped when the dynamic run was not slower.
+     same number of RL steps (accuracy at equal steps; a step rolls out more prompts, so it is slower).
+  3. `dyn_wall`: the dynamic run again with the RL steps cut to steps / c, where c is the dynamic
+     step's cost in base steps, so its RL stage takes about T_base (accuracy at equal wall time).
+     Skipped when the dynamic run was not slower.
+The cost ratio c is measured within each run, not from the two runs' seconds: on a shared machine
+the load changes between runs (measured here: the same update took 4.45 s a step in one run and
+0.59 s in the next). Both runs train on the same batch shape every step, so the update time is the
+unit: c = (1 + rollout_s / update_s of the dynamic run) / (1 + rollout_s / update_s of the base
+run), each ratio summed over its own run's steps (`perf/rollout_s`, `perf/update_s`).
 The SFT stage is identical in every run of a seed (same seed, same recipe up to the RL stage).
 With `--ratio-seeds K` only the first K seeds run step 2; later seeds cut their RL steps with the
-mean time ratio T_base / T_dyn of those (a step's extra cost is the extra rollout rounds, a
+mean cost ratio of those (a step's extra cost is the extra rollout rounds, a
 property of the method and the task more than of the seed), which saves one run per seed.
 Prints one table (accuracy on the eval prompts, greedy, RL-stage seconds) and the mean / spread.
 
@@ -42,12 +47,15 @@ def run(out: Path, seed: int, overrides: list[str]) -> dict[str, float]:
     dare("run", str(RECIPE), f"seed={seed}", f"output_dir={out}", "stages.1.sft_control=false", *overrides)
     state = json.loads((out / "run_state.json").read_text())
     metrics = [json.loads(line) for line in (out / "stage-2-rl" / "metrics.jsonl").read_text().splitlines()]
+    rollout_s = sum(m.get("perf/rollout_s", 0.0) for m in metrics)
+    update_s = sum(m.get("perf/update_s", 0.0) for m in metrics)
     kept = [m["dynamic/groups_kept"] for m in metrics if "dynamic/groups_kept" in m]
     rounds = [m["dynamic/rounds"] for m in metrics if "dynamic/rounds" in m]
     return {
         "sft": state["eval"]["1"]["accuracy"],
         "rl": state["eval"]["2"]["accuracy"],
         "rl_s": state["stage_seconds"]["2"],
+        "step_cost": 1.0 + rollout_s / update_s,  # a step's time in units of its update's
         "steps": max((m.get("step", 0) for m in metrics), default=0),
         "kept": statistics.mean(kept) if kept else float("nan"),
         "rounds": statistics.mean(rounds) if rounds else float("nan"),
@@ -75,12 +83,12 @@ def main() -> None:
     dyn = ["stages.1.dynamic_sampling.enabled=true", f"stages.1.dynamic_sampling.max_rounds={a.max_rounds}"]
     steps = rl_steps(a.set)
     rows = []
-    ratios = []  # T_base / T_dyn at equal steps, per seed that ran both
+    ratios = []  # base step cost / dynamic step cost, per seed that ran both
     for i, seed in enumerate(a.seeds):
         base = run(out / f"seed{seed}" / "base", seed, a.set)
         if a.ratio_seeds is None or i < a.ratio_seeds:
             same_steps = run(out / f"seed{seed}" / "dyn", seed, [*a.set, *dyn])
-            ratios.append(base["rl_s"] / same_steps["rl_s"])
+            ratios.append(base["step_cost"] / same_steps["step_cost"])  # load-independent, see above
             ratio = ratios[-1]
         else:
             same_steps, ratio = None, statistics.mean(ratios)
@@ -104,6 +112,8 @@ def main() -> None:
         vals = [100 * r[key]["rl"] for r in rows if r[key]]
         spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
         print(f"{key}: mean {statistics.mean(vals):.1f} ± {spread:.1f} (std over {len(vals)} seeds)")
+    print(f"dynamic step cost / base step cost (update-time units, seeds {a.seeds[: len(ratios)]}): "
+          f"{[round(1 / x, 2) for x in ratios]}")  # fmt: skip
     gains = [100 * (r["dyn_wall"]["rl"] - r["base"]["rl"]) for r in rows]
     print(f"dynamic - base at equal wall time: mean {statistics.mean(gains):.1f} points, per seed "
           f"{[round(g, 1) for g in gains]}")  # fmt: skip
