@@ -177,6 +177,24 @@ class Algorithm:
         a context manager yielding the reference model (None when not needed)."""
         return [batch]
 
+    def replayed_updates(
+        self,
+        model: torch.nn.Module,
+        reference,
+        batch: dict[str, torch.Tensor],
+        log_prob: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+    ) -> list[dict[str, torch.Tensor]]:
+        """A `prepare` for `args.mu` updates on the same batch: `old_log_prob` (mu > 1) and
+        `ref_log_prob` (when `needs_reference`) computed first by `log_prob(model, batch)`, no grad."""
+        it = dict(batch)
+        with torch.no_grad():
+            if self.args.mu > 1:
+                it["old_log_prob"] = log_prob(model, batch)
+            if self.needs_reference:
+                with reference() as ref:
+                    it["ref_log_prob"] = log_prob(ref, batch)
+        return [it] * self.args.mu
+
     def compute_loss(
         self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, float]]:

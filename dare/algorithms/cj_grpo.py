@@ -157,14 +157,7 @@ class CJGRPO(GRPO):
         self, model: torch.nn.Module, reference: ReferenceFn | None, batch: dict[str, torch.Tensor]
     ) -> list[dict[str, torch.Tensor]]:
         """mu updates on the same trajectory; the old (mu > 1) and reference replays first."""
-        it = dict(batch)
-        with torch.no_grad():
-            if self.args.mu > 1:
-                it["old_log_prob"] = self.replay(model, batch)
-            if self.needs_reference:
-                with reference() as ref:
-                    it["ref_log_prob"] = self.replay(ref, batch)
-        return [it] * self.args.mu
+        return self.replayed_updates(model, reference, batch, self.replay)
 
     def compute_loss(self, model, batch):
         logp = self.replay(model, batch)  # [B, T]

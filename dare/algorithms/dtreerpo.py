@@ -581,14 +581,7 @@ class DTreeRPO(Algorithm):
         self, model: torch.nn.Module, reference: ReferenceFn | None, batch: dict[str, torch.Tensor]
     ) -> list[dict[str, torch.Tensor]]:
         """mu updates on the same segments; the old (mu > 1) and reference log-probs first."""
-        it = dict(batch)
-        with torch.no_grad():
-            if self.args.mu > 1:
-                it["old_log_prob"] = self.logp(model, batch)
-            if self.needs_reference:
-                with reference() as ref:
-                    it["ref_log_prob"] = self.logp(ref, batch)
-        return [it] * self.args.mu
+        return self.replayed_updates(model, reference, batch, self.logp)
 
     def compute_loss(self, model, batch):
         lp = self.logp(model, batch)

@@ -242,15 +242,12 @@ class MDPO(Algorithm):
         self, model: torch.nn.Module, reference: ReferenceFn | None, batch: dict[str, torch.Tensor]
     ) -> list[dict[str, torch.Tensor]]:
         """mu updates on the same steps; the old (mu > 1) and reference log-probs `[B, k, L]` first."""
-        it = dict(batch)
         k = batch["train_steps"].shape[1]
-        with torch.no_grad():
-            if self.args.mu > 1:
-                it["old_log_prob"] = torch.stack([self.step_log_prob(model, batch, j) for j in range(k)], 1)
-            if self.needs_reference:
-                with reference() as ref:
-                    it["ref_log_prob"] = torch.stack([self.step_log_prob(ref, batch, j) for j in range(k)], 1)
-        return [it] * self.args.mu
+
+        def log_prob(m: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+            return torch.stack([self.step_log_prob(m, b, j) for j in range(k)], 1)  # [B, k, L]
+
+        return self.replayed_updates(model, reference, batch, log_prob)
 
     def step_loss(
         self, model: torch.nn.Module, batch: dict[str, torch.Tensor], j: int

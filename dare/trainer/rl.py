@@ -196,24 +196,33 @@ class RLTrainer(StageTrainer):
         for k, v in extra.items():
             data.batch[k] = v
         adv_metrics = {**adv_metrics, **group_metrics}
-        g = step_generator(ctx.recipe.seed, ctx.index, step, 3)
-        data.batch["noise_seed"] = torch.randint(0, 2**62, (len(scores), self.args.mu), generator=g)
+        data.batch["noise_seed"] = self.noise_seeds(step, len(scores))
         if ctx.critic is not None:  # the algorithm declared a critic: its values go with the batch
             data.batch["scores"] = scores_t
             data.batch["values"] = ctx.critic.compute_values(data).batch["values"]  # [N, P+G]
+        metrics.update(self.update(data))
+        metrics.update(rnd.reward_metrics)
+        metrics.update(adv_metrics)
+        return {**metrics, **reward_stats(scores_t)}
+
+    def noise_seeds(self, step: int, n: int) -> torch.Tensor:
+        """`[n, mu]`: each row's estimator noise seed for each of the step's updates."""
+        g = step_generator(self.ctx.recipe.seed, self.ctx.index, step, 3)
+        return torch.randint(0, 2**62, (n, self.args.mu), generator=g)
+
+    def update(self, data: DataProto) -> dict[str, float]:
+        """The actor's (and a critic's) update on the step's batch, then the weight sync to the
+        rollout; returns their metrics."""
+        ctx = self.ctx
         if ctx.rollout is not None:  # a separate rollout frees its device memory while the actor trains
             ctx.rollout.release_rollout()
         out = ctx.actor.update_actor(data)
         if ctx.rollout is not None:
             ctx.rollout.resume_rollout()
         ctx.sync_rollout()
-        metrics.update(rank_zero_metrics(out.meta_info["metrics"]))
+        metrics = rank_zero_metrics(out.meta_info["metrics"])
         if ctx.critic is not None:
             metrics.update(rank_zero_metrics(ctx.critic.update_critic(data).meta_info["metrics"]))
-        metrics.update(rnd.reward_metrics)
-        metrics.update(adv_metrics)
-        metrics["reward/mean"] = float(scores_t.mean())
-        metrics["reward/std"] = float(scores_t.std()) if len(scores) > 1 else 0.0
         return metrics
 
     def continue_responses(
@@ -253,21 +262,17 @@ class RLTrainer(StageTrainer):
         metrics = {"perf/rollout_s": time.perf_counter() - t0, **shaped.metrics}
         data = DataProto.from_dict(tensors=shaped.batch)
         n = len(data)
-        g = step_generator(ctx.recipe.seed, ctx.index, step, 3)
-        data.batch["noise_seed"] = torch.randint(0, 2**62, (n, self.args.mu), generator=g)
+        data.batch["noise_seed"] = self.noise_seeds(step, n)
         # the stage's progress u in [0, 1) (schedules over training, e.g. d-TreeRPO's self-distillation)
         data.batch["train_progress"] = torch.full((n,), step / max(1, ctx.stage.steps), dtype=torch.float64)
-        if ctx.rollout is not None:
-            ctx.rollout.release_rollout()
-        out = ctx.actor.update_actor(data)
-        if ctx.rollout is not None:
-            ctx.rollout.resume_rollout()
-        ctx.sync_rollout()
-        metrics.update(rank_zero_metrics(out.meta_info["metrics"]))
+        metrics.update(self.update(data))
         metrics.update(shaped.reward_metrics)
-        metrics["reward/mean"] = float(shaped.scores.mean())
-        metrics["reward/std"] = float(shaped.scores.std()) if len(shaped.scores) > 1 else 0.0
-        return metrics
+        return {**metrics, **reward_stats(shaped.scores)}
+
+
+def reward_stats(scores: torch.Tensor) -> dict[str, float]:
+    """`reward/mean` and `reward/std` of a step's scores `[N]`."""
+    return {"reward/mean": float(scores.mean()), "reward/std": float(scores.std()) if len(scores) > 1 else 0.0}
 
 
 def step_texts(batch: Any, tokenizer: Any) -> list[str]:
