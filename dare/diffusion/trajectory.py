@@ -17,10 +17,16 @@ from dare.models.spec import DiffusionSpec, aligned_logits
 
 
 def response_logits(
-    model: torch.nn.Module, spec: DiffusionSpec, x: torch.Tensor, valid: torch.Tensor | None, P: int
+    model: torch.nn.Module,
+    spec: DiffusionSpec,
+    x: torch.Tensor,
+    valid: torch.Tensor | None,
+    P: int,
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Aligned logits of the response columns: x `[N, P+L]` -> `[N, L, V]` (`valid` None: no padding)."""
-    out = model(x, attention_mask=valid)
+    """Aligned logits of the response columns: x `[N, P+L]` -> `[N, L, V]`. `valid`: the 2-D padding
+    mask, None (no padding) or, with `positions`, a full mask (`dare.models.layers.full_attention_mask`)."""
+    out = model(x, attention_mask=valid, position_ids=positions)
     return aligned_logits(out.logits, spec)[:, P:]
 
 

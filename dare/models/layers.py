@@ -165,6 +165,16 @@ def _default_positions(valid: torch.Tensor, offset: torch.Tensor | int = 0) -> t
     return offset + (valid.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def full_attention_mask(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a bidirectional forward without a cache over a left-padded batch `valid` `[B, T]`: the
+    explicit mask `[B, 1, T, T]` and positions `[B, T]` that `build_attention_context` builds from the
+    2-D mask (keys = valid tokens, a query always sees itself). A decode loop builds them once and
+    passes them at every step, so no forward reads the mask's content from the device."""
+    T = valid.shape[1]
+    eye = torch.eye(T, dtype=torch.bool, device=valid.device)
+    return (valid.bool()[:, None, :] | eye)[:, None], _default_positions(valid)
+
+
 def block_visibility(q_pos: torch.Tensor, k_pos: torch.Tensor, block_size: int) -> torch.Tensor:
     """Block-causal rule: `[B, Q]`, `[B, K]` -> `[B, Q, K]` bool, key block <= query block."""
     return (k_pos // block_size)[:, None, :] <= (q_pos // block_size)[:, :, None]
@@ -316,6 +326,7 @@ __all__ = [
     "attend",
     "block_visibility",
     "build_attention_context",
+    "full_attention_mask",
     "rotary_cos_sin",
     "run_decoder",
 ]

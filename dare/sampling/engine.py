@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dare.models.layers import full_attention_mask
 from dare.models.spec import DiffusionSpec, aligned_logits
 from dare.sampling.kv_cache import StaticKVCache
 from dare.sampling.ops import split_evenly, token_probability
@@ -243,6 +244,12 @@ class FullAttentionRunner:
         # the padding mask the forwards get: none for an unpadded batch (read once here), so the
         # model's attention never reads validity from the device inside the decode loop
         self.mask = self.padding_mask()
+        # padded and no cache: the full mask `[N, 1, T, T]` (a query always sees itself) and the
+        # positions, built once, exactly as the model would build them from the 2-D mask at every
+        # forward after reading whether any key is padded (a device read per step)
+        self.full_mask = self.full_positions = None
+        if self.mask is not None and cache == "none":
+            self.full_mask, self.full_positions = full_attention_mask(self.valid)
         # one preallocated cache for the whole decode, refilled in place at every block start
         self.cache = None if cache == "none" else StaticKVCache(state.x.shape[1])
         self.nfe = 0
@@ -280,7 +287,10 @@ class FullAttentionRunner:
         counter in the compiled code)."""
         inp = self._inputs(x)
         L = end - start
-        if self.cache_mode == "none" or refresh:
+        if self.full_mask is not None:  # padded, no cache
+            out = self.model(inp, attention_mask=self.full_mask, position_ids=self.full_positions)
+            logits = aligned_logits(out.logits[:, start - 1 : end], self.spec)[:, 1:]  # [N, L, V]
+        elif self.cache_mode == "none" or refresh:
             if self.cache is not None:
                 self.cache.reset()
             out = self.model(

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from dare.diffusion.trajectory import response_logits, tempered_log_probs
+from dare.models.layers import full_attention_mask
 from dare.models.spec import DiffusionSpec
 from dare.sampling.base import ENGINE_OPTIONS, SAMPLERS, WholeResponseSampler
 from dare.sampling.config import SamplingConfig
@@ -51,8 +52,8 @@ class Trajectory:
 
 @dataclass
 class _TrajectoryStep:
-    """One step of `sample_trajectory` as a function of tensors: (x `[N, P+L]`, valid `[N, P+L]` or None,
-    k `[N]`) -> (tokens, transfer, logp, prob), each `[N, L]`."""
+    """One step of `sample_trajectory` as a function of tensors: (x `[N, P+L]`, the mask and positions
+    `response_logits` takes, k `[N]`) -> (tokens, transfer, logp, prob), each `[N, L]`."""
 
     model: torch.nn.Module
     spec: DiffusionSpec
@@ -63,10 +64,11 @@ class _TrajectoryStep:
     suppress_ids: tuple[int, ...]
 
     def __call__(
-        self, x: torch.Tensor, valid: torch.Tensor | None, k: torch.Tensor
+        self, x: torch.Tensor, valid: torch.Tensor | None, positions: torch.Tensor | None, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         spec, P, T = self.spec, self.P, self.temperature
-        logits = process_logits(response_logits(self.model, spec, x, valid, P), None, 0.0, spec, self.suppress_ids)
+        logits = response_logits(self.model, spec, x, valid, P, positions)
+        logits = process_logits(logits, None, 0.0, spec, self.suppress_ids)
         tokens = gumbel_argmax(logits, T, self.generator)  # [N, L]
         prob = token_probability(logits, tokens)  # [N, L] at temperature 1
         eligible = x[:, P:] == spec.mask_token_id
@@ -103,7 +105,8 @@ def sample_trajectory(
     device = input_ids.device
     x = torch.cat([input_ids, torch.full((N, gen_length), spec.mask_token_id, device=device)], 1)  # [N, P+L]
     valid = torch.cat([attention_mask.bool(), torch.ones(N, gen_length, dtype=torch.bool, device=device)], 1)
-    mask = None if bool(valid.all()) else valid  # no padding: no mask, so no device read in the loop
+    # no padding: no mask; padding: the full mask and positions built once (no device read in the loop)
+    mask, positions = (None, None) if bool(valid.all()) else full_attention_mask(valid)
     step_of = torch.full((N, gen_length), -1, dtype=torch.long, device=device)
     logp = torch.full((N, gen_length), math.nan, dtype=torch.float64, device=device)
     conf_out = torch.full((N, gen_length), math.nan, dtype=torch.float64, device=device)
@@ -112,7 +115,7 @@ def sample_trajectory(
     )
     with torch.no_grad():
         for j, k in enumerate(split_evenly(gen_length, steps)):  # a fixed schedule: no done-check
-            tokens, transfer, lp, prob = step(x, mask, torch.full((N,), k, device=device))
+            tokens, transfer, lp, prob = step(x, mask, positions, torch.full((N,), k, device=device))
             x[:, P:] = torch.where(transfer, tokens, x[:, P:])
             step_of = torch.where(transfer, j, step_of)
             logp = torch.where(transfer, lp, logp)

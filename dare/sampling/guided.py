@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from dare.diffusion.trajectory import response_logits
+from dare.models.layers import full_attention_mask
 from dare.models.spec import DiffusionSpec
 from dare.sampling.base import ENGINE_OPTIONS, SAMPLERS, WholeResponseSampler
 from dare.sampling.config import SamplingConfig
@@ -104,7 +105,10 @@ class _RGASStep:
     def __init__(self, model: GuidedModel, state: DecodeState, config: SamplingConfig, generator) -> None:
         self.disc, self.policy, self.guidance = model.discriminator, model.policy, model.guidance
         self.spec, self.P, self.valid = state.spec, state.P, state.valid
-        self.policy_mask = None if bool(state.valid.all()) else state.valid  # no padding: no device read per step
+        # no padding: no mask; padding: the full mask and positions built once (no device read per step)
+        self.policy_mask, self.policy_positions = (
+            (None, None) if bool(state.valid.all()) else full_attention_mask(state.valid)
+        )
         self.response = torch.zeros_like(state.valid)
         self.response[:, state.P :] = True  # [N, P+L]: the positions the discriminator scores
         self.temperature, self.generator = config.temperature, generator
@@ -114,7 +118,11 @@ class _RGASStep:
     def _policy_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         spec = self.spec
         logits = process_logits(
-            response_logits(self.policy, spec, x, self.policy_mask, self.P), None, 0.0, spec, self.suppress
+            response_logits(self.policy, spec, x, self.policy_mask, self.P, self.policy_positions),
+            None,
+            0.0,
+            spec,
+            self.suppress,
         )
         return logits, logits.log_softmax(-1)
 
