@@ -79,6 +79,9 @@ def main() -> None:
     ap.add_argument("--max-rounds", type=int, default=4, help="dynamic_sampling.max_rounds")
     ap.add_argument("--set", nargs="*", default=[], help="extra dotted overrides for every run")
     ap.add_argument(
+        "--cost-ratio", type=float, default=None, help="base / dynamic step cost for every seed (no step 2)"
+    )
+    ap.add_argument(
         "--ratio-seeds", type=int, default=None, help="run the equal-steps dynamic run for these first seeds only"
     )
     a = ap.parse_args()
@@ -89,7 +92,9 @@ def main() -> None:
     ratios = []  # base step cost / dynamic step cost, per seed that ran both
     for i, seed in enumerate(a.seeds):
         base = run(out / f"seed{seed}" / "base", seed, a.set)
-        if a.ratio_seeds is None or i < a.ratio_seeds:
+        if a.cost_ratio is not None:
+            same_steps, ratio = None, a.cost_ratio
+        elif a.ratio_seeds is None or i < a.ratio_seeds:
             same_steps = run(out / f"seed{seed}" / "dyn", seed, [*a.set, *dyn])
             ratios.append(base["step_cost"] / same_steps["step_cost"])  # load-independent, see above
             ratio = ratios[-1]
