@@ -101,10 +101,10 @@ class LLaDASampler(Sampler):
     def _check_schedule(config: SamplingConfig) -> None:
         if config.schedule not in STEP_SCHEDULES:
             raise ValueError(f"schedule: {STEP_SCHEDULES.unknown_message(config.schedule)}")
-        need = STEP_SCHEDULES.get(config.schedule).steps_per_block
-        if config.parallel and need(2) is not None:
+        if config.parallel and config.schedule != "linear":  # the default: a parallel rule replaces it
             rule = "threshold" if config.threshold is not None else "factor"
             raise ValueError(f"{rule}: schedule={config.schedule!r} fixes the tokens per step; choose one")
+        need = STEP_SCHEDULES.get(config.schedule).steps_per_block
         block = config.block_length or config.gen_length
         if config.gen_length % block:  # reported by the block check
             return
