@@ -27,9 +27,11 @@ Deviation: the official loss counts every completion position unmasked at a step
 after the first end id included; dare trains `response_mask` tokens only (the rollout keeps no
 step for the tail), as its other GRPO objectives do.
 
-Not implemented here (sampler side, left): the paper's ASS schedule (K = log2(gen_length) steps,
-step i unmasking 2^i tokens) and EOSER (EOS confidence scaled by a gamma rising from
-`eos_min_gamma` 0.01 to 1). Any dare sampler's trajectory can be replayed; the replay is exact for
+The paper's samplers are options of the llada sampler (`dare.sampling.llada`): ASS
+(`schedule: ascending`, K = log2(gen_length) steps, step i unmasking 2^i tokens) and EOSER
+(`eos_gamma`, the EOS confidence scaled by a factor rising from 0.01 to 1); the rollout records the
+model's unscaled probabilities, so the replay is unchanged. Any dare sampler's trajectory can be
+replayed; the replay is exact for
 tokens up to the first end id of a row whose later tokens were unmasked after them (the rollout
 keeps no step for tokens after the first end id; they are shown as end ids in every state).
 

@@ -102,6 +102,16 @@ class SamplingConfig:
     # LLaDA `confidence_eos_eot_inf`: end ids get confidence -inf, so they are unmasked last
     # (the intended effect; upstream's chained assignment only does it for one id at T > 0).
     confidence_eos_eot_inf: bool = False
+    # Tokens per step of a fixed-count block (llada; `dare.sampling.ops.STEP_SCHEDULES`):
+    # "linear" splits the block's masks evenly over its steps (LLaDA); "ascending" is CJ-GRPO's ASS
+    # (step i unmasks 2^i tokens, the last step the rest: floor(log2(block_length)) steps a block).
+    schedule: str = "linear"
+    # CJ-GRPO's EOSER (llada): [gamma_min, gamma_max] with 0 < min <= max <= 1. The confidence of a
+    # proposed eos token (the model's eos_token_ids) is multiplied by
+    # gamma_min + (gamma_max - gamma_min) * progress, progress running over the block's steps as the
+    # schedule defines it (linear: step / (steps - 1); ascending: (2^(step+1) - 1) / 2^steps), so
+    # eos is committed late. The recorded probability is the model's, unscaled. None = off.
+    eos_gamma: tuple[float, float] | None = None
     # LLaDA2.1 token editing (llada2): a decoded, non-prompt token of the current block is replaced
     # by a differing prediction whose probability exceeds this; None = off (LLaDA2.0 decoding).
     # LLaDA2.1's generate uses 0.9. In (0, 1].
@@ -127,6 +137,7 @@ class SamplingConfig:
             raise ValueError(f"algorithm: {SAMPLERS.unknown_message(self.algorithm)}")
         sampler = SAMPLERS.get(self.algorithm)
         set_("extra_eos_token_ids", tuple(int(i) for i in self.extra_eos_token_ids))
+        set_("eos_gamma", self._gamma_pair(self.eos_gamma))
         self._check_ranges()
         self._check_options(sampler)
         if self.remasking is None:
@@ -157,6 +168,20 @@ class SamplingConfig:
             self._check_blocks()
 
     # --- checks -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _gamma_pair(value: Any) -> tuple[float, float] | None:
+        """`eos_gamma` as a (min, max) float pair (YAML gives a list), checked."""
+        if value is None:
+            return None
+        ok = isinstance(value, (list, tuple)) and len(value) == 2
+        ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if not ok or not 0 < value[0] <= value[1] <= 1:
+            raise ValueError(
+                f"eos_gamma={value!r}: must be a pair [gamma_min, gamma_max] with 0 < gamma_min <= gamma_max <= 1 "
+                "(the factor on eos confidences rises from gamma_min at the first step to gamma_max)"
+            )
+        return float(value[0]), float(value[1])
 
     def _check_ranges(self) -> None:
         def need(ok: bool, name: str, rule: str) -> None:

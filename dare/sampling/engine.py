@@ -434,12 +434,26 @@ class DecodeStep:
         self.compile = compile
         # a recording decode keeps the probability of every proposed token, not only the committed ones
         self.full_prob = state.recorder is not None
+        # EOSER scales the model's own eos ids (the official `tokenizer.eos_token_id`), not the extra end ids
+        self.eos_ids = torch.tensor(state.spec.eos_token_ids, dtype=torch.long, device=state.x.device)
+        self._eos_factors: dict[tuple[int, int], torch.Tensor] = {}
         self._run = StepFunction(self.step, state.x.device, runner, compile=compile)
 
     def fn(self, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`step`, compiled or eager, counting its forward pass (outside the compiled code)."""
         self.runner.nfe += 1
-        return self._run(*args)
+        return self._run(*args, self._eos_factor(*args[-2:]))
+
+    def _eos_factor(self, step: int, num_steps: int) -> torch.Tensor | None:
+        """The policy's EOSER factor as a 0-d device tensor (a Python float would specialise the
+        compiled step on its value), made once per (step, block steps)."""
+        factor = self.policy.end_confidence_factor(step, num_steps)
+        if factor is None:
+            return None
+        key = (step, num_steps)
+        if key not in self._eos_factors:
+            self._eos_factors[key] = torch.tensor(factor, dtype=torch.float64, device=self.state.x.device)
+        return self._eos_factors[key]
 
     def step(
         self,
@@ -452,9 +466,11 @@ class DecodeStep:
         force: bool,
         step: int,
         num_steps: int,
+        eos_factor: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(tokens, transfer, prob), each `[N, L]`: proposed tokens, the positions to commit, and
-        the probability of each committed token (NaN elsewhere; of every token when `full_prob`)."""
+        the probability of each committed token (NaN elsewhere; of every token when `full_prob`).
+        `eos_factor` (EOSER): multiplies the confidence of proposed eos tokens before selection."""
         cond, uncond = self.runner.forward(x, start, end, refresh)
         logits = process_logits(cond, uncond, self.cfg_scale, self.state.spec, self.suppress_ids)  # [N, L, V] f64
         tokens, conf = self.policy.propose(logits)
@@ -465,6 +481,8 @@ class DecodeStep:
         else:
             if self.confidence_end_inf:
                 conf = conf.masked_fill(torch.isin(tokens, self.state.end_ids), -math.inf)
+            if eos_factor is not None:
+                conf = torch.where(torch.isin(tokens, self.eos_ids), conf * eos_factor, conf)
             transfer = self.policy.select(conf, eligible, k, step, num_steps) & eligible
         prob = token_probability(logits, tokens)
         if not self.full_prob:

@@ -5,10 +5,20 @@ Nie et al., arXiv 2502.09992), plus Fast-dLLM's caches and parallel decoding (NV
 Each step of a block:
   x0   = Gumbel-argmax(logits / T) with float64 noise (argmax at T = 0);
   conf = softmax(logits)[x0] in float64 ("low_confidence", un-noised logits) or U[0, 1) ("random");
-  commit the k most confident masked positions of the current block, k from the even split of
-  the block's masks over its steps (remainder first) — or, with `threshold` / `factor`, every
-  position the parallel rule accepts (at least one), looping until the block is done.
-Guidance (cfg_scale), `logits_eos_inf` and `confidence_eos_eot_inf` are applied by the engine.
+  commit the k most confident masked positions of the current block, k from the block's
+  `schedule` (`ops.STEP_SCHEDULES`: "linear", the even split of its masks over its steps,
+  remainder first; "ascending", CJ-GRPO's ASS, 2^i at step i and the rest at the last) — or, with
+  `threshold` / `factor`, every position the parallel rule accepts (at least one), looping until
+  the block is done.
+Guidance (cfg_scale), `logits_eos_inf`, `confidence_eos_eot_inf` and EOSER's `eos_gamma` factor
+(`end_confidence_factor`) are applied by the engine.
+
+CJ-GRPO's samplers (arXiv 2509.23924; official yjyddq/EOSER-ASS-RL `eval/generate.py`
+`eoser_generate` / `ass_generate` / `eoser_ass_generate`): with one block (block_length =
+gen_length, the official `block_num` 1) `schedule: ascending` and `eos_gamma` give the official
+tokens. With several blocks each block runs its own schedule and EOSER ramp; the official
+multi-block ASS layout (unequal blocks of 2^(p+1) - 1, 2^(p+1), ..., 2^(S-1) + 1 tokens) is not
+built.
 """
 
 from __future__ import annotations
@@ -18,8 +28,9 @@ import torch
 from dare.sampling.base import ENGINE_OPTIONS, SAMPLERS, STEP_RECORDING, Policy, Sampler
 from dare.sampling.config import SamplingConfig
 from dare.sampling.ops import (
+    STEP_SCHEDULES,
+    end_confidence_factor,
     gumbel_argmax,
-    linear_step_count,
     parallel_transfer,
     token_probability,
     topk_transfer,
@@ -31,7 +42,13 @@ class LLaDAPolicy(Policy):
     def plan(self, remaining: torch.Tensor, step: int, num_steps: int) -> torch.Tensor | None:
         if self.config.parallel:
             return None
-        return linear_step_count(remaining, step, num_steps)
+        return STEP_SCHEDULES.get(self.config.schedule).count(remaining, step, num_steps)
+
+    def end_confidence_factor(self, step: int, num_steps: int) -> float | None:
+        if self.config.eos_gamma is None:
+            return None
+        progress = STEP_SCHEDULES.get(self.config.schedule).progress(step, num_steps)
+        return end_confidence_factor(self.config.eos_gamma, progress)
 
     def propose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x0 = gumbel_argmax(logits, self.config.temperature, self.generator)  # [N, L]
@@ -56,7 +73,18 @@ class LLaDASampler(Sampler):
     remasking_choices = ("low_confidence", "random")
     cache_choices = ("none", "prefix", "dual")
     options = (
-        frozenset({"remasking", "cfg_scale", "cache", "threshold", "factor", "confidence_eos_eot_inf"})
+        frozenset(
+            {
+                "remasking",
+                "cfg_scale",
+                "cache",
+                "threshold",
+                "factor",
+                "confidence_eos_eot_inf",
+                "schedule",
+                "eos_gamma",
+            }
+        )
         | ENGINE_OPTIONS
         | STEP_RECORDING
     )
@@ -66,6 +94,46 @@ class LLaDASampler(Sampler):
         if config.parallel and config.remasking == "random":
             rule = "threshold" if config.threshold is not None else "factor"
             raise ValueError(f"{rule}: parallel decoding compares confidences, but remasking='random' has none")
+        cls._check_schedule(config)
+        cls._check_eos_gamma(config)
+
+    @staticmethod
+    def _check_schedule(config: SamplingConfig) -> None:
+        if config.schedule not in STEP_SCHEDULES:
+            raise ValueError(f"schedule: {STEP_SCHEDULES.unknown_message(config.schedule)}")
+        if config.parallel and config.schedule != "linear":  # the default: a parallel rule replaces it
+            rule = "threshold" if config.threshold is not None else "factor"
+            raise ValueError(f"{rule}: schedule={config.schedule!r} fixes the tokens per step; choose one")
+        need = STEP_SCHEDULES.get(config.schedule).steps_per_block
+        block = config.block_length or config.gen_length
+        if config.gen_length % block:  # reported by the block check
+            return
+        per_block = need(block)
+        if per_block is None:
+            return
+        if per_block < 1:
+            raise ValueError(f"block_length={block}: schedule={config.schedule!r} needs blocks of at least 2 tokens")
+        want = per_block * (config.gen_length // block)
+        if config.steps != want:
+            raise ValueError(
+                f"steps={config.steps}: schedule={config.schedule!r} takes {per_block} step(s) per block of "
+                f"block_length={block} (step i unmasks 2^i tokens, the last step the rest) x "
+                f"{config.gen_length // block} block(s); set steps={want}"
+            )
+
+    @staticmethod
+    def _check_eos_gamma(config: SamplingConfig) -> None:
+        if config.eos_gamma is None:
+            return
+        if config.remasking == "random":
+            raise ValueError("eos_gamma: EOSER scales eos confidences, but remasking='random' has none")
+        if config.parallel:
+            raise ValueError(
+                "eos_gamma: EOSER ramps over the block's fixed steps; threshold / factor decode a data-dependent "
+                "number of steps"
+            )
+        if config.confidence_eos_eot_inf:
+            raise ValueError("eos_gamma and confidence_eos_eot_inf both hold back end tokens; choose one")
 
     def policy(self, config: SamplingConfig, generator: torch.Generator | None) -> Policy:
         return LLaDAPolicy(config, generator)

@@ -13,8 +13,12 @@ Shapes: N rows (prompts x generations), L positions of the current block, V voca
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+
+from dare.registry import Registry
 
 # A finite stand-in for -inf in rank keys: a confidence of -inf (e.g. EOS suppressed by
 # `confidence_eos_eot_inf`) must still outrank a position that is not eligible at all.
@@ -173,6 +177,56 @@ def linear_step_count(remaining: torch.Tensor, step: int, num_steps: int) -> tor
     return torch.div(remaining + left - 1, left, rounding_mode="floor")
 
 
+def ascending_step_count(remaining: torch.Tensor, step: int, num_steps: int) -> torch.Tensor:
+    """ASS (ascending step size, CJ-GRPO, arXiv 2509.23924): step i unmasks 2^i tokens and the
+    last step everything left, so a block of B tokens takes floor(log2 B) steps (B = 8: 1, 2, 5;
+    B = 16: 1, 2, 4, 9). Capped by `remaining` `[N]` (a row that ran short of masks takes the rest)."""
+    if step >= num_steps - 1:
+        return remaining.clone()
+    return torch.clamp(remaining, max=2**step)
+
+
+def ascending_steps(block_length: int) -> int:
+    """The steps ASS takes for a block: floor(log2(block_length))."""
+    return block_length.bit_length() - 1
+
+
+def linear_progress(step: int, num_steps: int) -> float:
+    """EOSER's position in a block of evenly sized steps: step / (num_steps - 1), in [0, 1]."""
+    return step / (num_steps - 1) if num_steps > 1 else 1.0
+
+
+def ascending_progress(step: int, num_steps: int) -> float:
+    """EOSER's position in an ASS block: the share of a 2^S-token block unmasked after step i,
+    (2^(i+1) - 1) / 2^S (the official `ass_sampling`; it never reaches 1)."""
+    return (2 ** (step + 1) - 1) / 2**num_steps if num_steps > 1 else 1.0
+
+
+def end_confidence_factor(gamma: tuple[float, float], progress: float) -> float:
+    """EOSER's factor on an end token's confidence: gamma_min + (gamma_max - gamma_min) * progress,
+    so early steps (progress 0) reject EOS most and the last ones least."""
+    low, high = gamma
+    return low + (high - low) * progress
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """How many tokens each step of a fixed-count block unmasks (`SamplingConfig.schedule`).
+
+    count(remaining [N], step, num_steps) -> [N]; progress(step, num_steps) -> EOSER's
+    interpolation point in [0, 1]; steps_per_block(block_length) -> the step count the schedule
+    needs per block, or None when any count >= 1 works."""
+
+    count: Callable[[torch.Tensor, int, int], torch.Tensor]
+    progress: Callable[[int, int], float]
+    steps_per_block: Callable[[int], int | None]
+
+
+STEP_SCHEDULES: Registry[StepSchedule] = Registry("step schedule")
+STEP_SCHEDULES.register("linear", StepSchedule(linear_step_count, linear_progress, lambda block_length: None))
+STEP_SCHEDULES.register("ascending", StepSchedule(ascending_step_count, ascending_progress, ascending_steps))
+
+
 def dream_timesteps(num_steps: int, eps: float) -> list[float]:
     """Dream's time grid linspace(1, eps, steps + 1), in float64."""
     return torch.linspace(1.0, eps, num_steps + 1, dtype=torch.float64).tolist()
@@ -191,28 +245,36 @@ def dream_step_count(remaining: torch.Tensor, step: int, num_steps: int, eps: fl
 
 def planned_counts(rule: str, total: int, num_steps: int, eps: float = 1e-3, first_step: int = 0) -> list[int]:
     """The schedule a fixed-count rule follows for one block that starts with `total` masks:
-    one count per step from `first_step` (zero counts included). `rule` is "linear" or "dream"."""
+    one count per step from `first_step` (zero counts included). `rule` is "dream" or a
+    `STEP_SCHEDULES` name ("linear", "ascending")."""
+    if rule == "dream":
+        count = lambda remaining, step, num_steps: dream_step_count(remaining, step, num_steps, eps)  # noqa: E731
+    elif rule in STEP_SCHEDULES:
+        count = STEP_SCHEDULES.get(rule).count
+    else:
+        raise ValueError(f"rule must be 'dream' or one of {STEP_SCHEDULES.names()}, got {rule!r}")
     counts, remaining = [], torch.tensor([total])
     for step in range(first_step, num_steps):
-        if rule == "linear":
-            k = linear_step_count(remaining, step, num_steps)
-        elif rule == "dream":
-            k = dream_step_count(remaining, step, num_steps, eps)
-        else:
-            raise ValueError(f"rule must be 'linear' or 'dream', got {rule!r}")
-        k = torch.minimum(k, remaining)
+        k = torch.minimum(count(remaining, step, num_steps), remaining)
         counts.append(int(k))
         remaining = remaining - k
     return counts
 
 
 __all__ = [
+    "STEP_SCHEDULES",
+    "StepSchedule",
+    "ascending_progress",
+    "ascending_step_count",
+    "ascending_steps",
     "dream_step_count",
     "dream_timesteps",
+    "end_confidence_factor",
     "factor_transfer",
     "filter_top_k_top_p",
     "gumbel_argmax",
     "gumbel_argmax_from_uniform",
+    "linear_progress",
     "linear_step_count",
     "parallel_transfer",
     "planned_counts",

@@ -34,6 +34,10 @@ class Policy:
         engine then knows, without a sync, that the block is done after this step)."""
         return False
 
+    def end_confidence_factor(self, step: int, num_steps: int) -> float | None:
+        """The factor on the confidence of a proposed eos token at `step` (EOSER), or None for none."""
+        return None
+
     def propose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidate tokens `[N, L]` and their confidence `[N, L]` (float64; higher = unmask
         first) from processed float64 logits `[N, L, V]`."""

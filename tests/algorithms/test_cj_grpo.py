@@ -46,14 +46,24 @@ def test_loss_on_a_hand_computed_case():
     assert loss.item() == pytest.approx(2 / 3 + 0.04 * kl)
 
 
-@pytest.mark.parametrize("family", ["llada", "dream", "sdar"])
-def test_trajectory_replay_reproduces_the_samplers_step_probabilities(family):
+# the paper's samplers: ASS (8 tokens in 3 steps: 1, 2, 5) with EOSER; the replay scores the model's
+# probabilities, which the rollout records unscaled by EOSER's factor
+ASS_EOSER = dict(steps=3, schedule="ascending", eos_gamma=(0.01, 1.0))
+
+
+@pytest.mark.parametrize(
+    ("family", "extra"),
+    [("llada", {}), ("dream", {}), ("sdar", {}), ("llada", ASS_EOSER)],
+    ids=["llada", "dream", "sdar", "llada_ass_eoser"],
+)
+def test_trajectory_replay_reproduces_the_samplers_step_probabilities(family, extra):
     model = tiny(family, V).eval()
     spec = model.diffusion_spec()
     block = spec.block_size or 8  # SDAR decodes its own blocks (block-causal), the others one block
     cfg = SamplingConfig(
-        algorithm=family, gen_length=8, steps=8, block_length=block, temperature=1.0, num_generations=4
-    )
+        **{"algorithm": family, "gen_length": 8, "steps": 8, "block_length": block, "temperature": 1.0,
+           "num_generations": 4, **extra}
+    )  # fmt: skip
     rollout = generate(model, PROMPTS, cfg, generator=torch.Generator().manual_seed(0))
     batch = rl_batch(rollout)
     with torch.no_grad():
@@ -61,6 +71,8 @@ def test_trajectory_replay_reproduces_the_samplers_step_probabilities(family):
     P = rollout.prompt_ids.shape[1]
     full = rollout.response_mask.all(-1)  # rows that never hit an end id: exact replay
     assert int(full.sum()) >= 5
+    if extra:  # the trajectory followed the ascending schedule
+        assert all(torch.bincount(rollout.decode_step[n]).tolist() == [1, 2, 5] for n in torch.nonzero(full)[:, 0])
     sampled = rollout.confidence.log()[full]  # the sampler's log p of each token when committed
     torch.testing.assert_close(lp[:, P:][full], sampled.float(), atol=1e-5, rtol=0)
     # it is the trajectory that matters: the same tokens replayed in another order differ

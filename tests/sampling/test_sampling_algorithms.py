@@ -29,6 +29,19 @@ CASES = {
     "llada_eos_conf": ("llada", dict(algorithm="llada", confidence_eos_eot_inf=True, **G16), True, "linear"),
     "llada_prefix": ("llada", dict(algorithm="llada", cache="prefix", **G16), True, "linear"),
     "llada_dual": ("llada", dict(algorithm="llada", cache="dual", **G16), True, "linear"),
+    "llada_ascending": (
+        "llada",
+        dict(algorithm="llada", gen_length=16, block_length=8, steps=6, schedule="ascending"),
+        True,
+        "ascending",
+    ),  # fmt: skip
+    "llada_eoser": ("llada", dict(algorithm="llada", eos_gamma=(0.01, 1.0), **G16), True, "linear"),
+    "llada_eoser_ascending": (
+        "llada",
+        dict(algorithm="llada", gen_length=16, steps=4, schedule="ascending", eos_gamma=(0.01, 1.0)),
+        True,
+        "ascending",
+    ),  # fmt: skip
     "llada_threshold": ("llada", dict(algorithm="llada", threshold=0.4, **G16), True, None),
     "llada_factor_dual": ("llada", dict(algorithm="llada", cache="dual", factor=1.5, **G16), True, None),
     "dream_entropy": ("dream", dict(algorithm="dream", **G16), True, "dream"),

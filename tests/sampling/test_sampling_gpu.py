@@ -49,6 +49,11 @@ GRAPH_CASES = [
     ("llada", dict(algorithm="llada", gen_length=16, block_length=8, cache="dual", threshold=0.5)),
     ("dream", dict(algorithm="dream", gen_length=16, block_length=8, steps=8, cache="dual")),
     ("sdar", dict(algorithm="sdar", gen_length=16, steps=8)),
+    # CJ-GRPO's ASS + EOSER: the EOS factor is a per-step tensor input of the graph
+    (
+        "llada",
+        dict(algorithm="llada", gen_length=16, block_length=8, steps=6, schedule="ascending", eos_gamma=(0.01, 1.0)),
+    ),
     # the samplers with their own loop (sampled: the noise is drawn between the compiled pieces)
     ("llada", dict(algorithm="first_hitting", gen_length=16, block_length=8, temperature=1.0)),
     ("llada", dict(algorithm="few_step", gen_length=16, steps=4, remasking="random", temperature=1.0)),

@@ -232,6 +232,11 @@ COMPILE_CASES = {
     "llada_none": ("llada", dict(algorithm="llada", gen_length=8, steps=4)),
     "llada_prefix": ("llada", dict(algorithm="llada", gen_length=8, steps=4, cache="prefix")),
     "llada_dual": ("llada", dict(algorithm="llada", gen_length=8, steps=4, cache="dual")),
+    # CJ-GRPO's ASS + EOSER: the EOS factor enters the step as a tensor
+    "llada_ass_eoser": ("llada", dict(algorithm="llada", gen_length=8, steps=3, schedule="ascending",
+                                      eos_gamma=(0.01, 1.0))),
+    "llada_ass_eoser_T1": ("llada", dict(algorithm="llada", gen_length=8, steps=3, schedule="ascending",
+                                         eos_gamma=(0.01, 1.0), temperature=1.0)),
     "dream_none": ("dream", dict(algorithm="dream", gen_length=8, steps=4)),
     "dream_prefix": ("dream", dict(algorithm="dream", gen_length=8, steps=4, cache="prefix")),
     "dream_dual": ("dream", dict(algorithm="dream", gen_length=8, steps=4, cache="dual")),

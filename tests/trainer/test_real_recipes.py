@@ -125,14 +125,25 @@ def data_file(path: str, tmp: Path) -> str:
 # --- the rehearsal ------------------------------------------------------------------------------
 
 
+def rehearsal_steps(sampling: dict, one_per_step: bool) -> int:
+    """Sampling steps at the rehearsal's length: one per token stays one per token, the ascending
+    schedule (ASS) takes log2(GEN) steps for its one block, anything else 8."""
+    if sampling.get("schedule") == "ascending":
+        return GEN.bit_length() - 1
+    return GEN if one_per_step else 8
+
+
 def shrink(raw: dict, tmp: Path) -> list[str]:
     """`dare run` overrides that keep everything a recipe chooses but its scale (and point its
     data paths at the rehearsal files)."""
     out = [f"output_dir={tmp / 'run'}", "resources.device=cpu", "resources.num_workers=1",
            f"data.gen_length={GEN}", "data.max_prompt_length=480", "eval.num_prompts=4", "eval.batch_size=4",
            "eval.limit=2"]  # fmt: skip
-    one_per_step = raw["eval"].get("sampling", {}).get("steps") == raw["data"]["gen_length"]
-    out.append(f"eval.sampling.steps={GEN if one_per_step else 8}")
+    eval_sampling = raw["eval"].get("sampling", {})
+    one_per_step = eval_sampling.get("steps") == raw["data"]["gen_length"]
+    out.append(f"eval.sampling.steps={rehearsal_steps(eval_sampling, one_per_step)}")
+    if "gen_length" in eval_sampling:
+        out.append(f"eval.sampling.gen_length={GEN}")
     for key in ("train", "eval"):
         out.append(f"data.{key}={data_file(raw['data'][key], tmp)}")
     for name, path in raw["eval"].get("benchmark_files", {}).items():
@@ -149,7 +160,7 @@ def shrink(raw: dict, tmp: Path) -> list[str]:
             small["ref_sync_every"] = 1  # a re-sync happens within the two steps
         if "sampling" in stage:  # one token per step (an AR-order rollout) stays one token per step
             one_per_step = stage["sampling"].get("steps") == raw["data"]["gen_length"]
-            small["sampling.steps"] = GEN if one_per_step else 8
+            small["sampling.steps"] = rehearsal_steps(stage["sampling"], one_per_step)
         out += [f"stages.{i}.{k}={v}" for k, v in small.items()]
     return out
 
