@@ -118,6 +118,8 @@ def main() -> None:
               f"{100 * w['rl']:.1f} ({r['wall_steps']}, {w['rl_s']:.0f}, {w['kept']:.1f}/{w['rounds']:.1f}) |")  # fmt: skip
     for key in ("base", "dyn", "dyn_wall"):
         vals = [100 * r[key]["rl"] for r in rows if r[key]]
+        if not vals:
+            continue
         spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
         print(f"{key}: mean {statistics.mean(vals):.1f} ± {spread:.1f} (std over {len(vals)} seeds)")
     print(f"dynamic step cost / base step cost (update-time units, seeds {a.seeds[: len(ratios)]}): "
