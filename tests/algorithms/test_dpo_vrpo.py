@@ -6,6 +6,7 @@ The end-to-end learning run through `dare run` is in tests/trainer/test_preferen
 import contextlib
 import copy
 import json
+import random
 
 import pytest
 import torch
@@ -172,6 +173,34 @@ def test_builtin_preference_task_and_loading():
         load_dataset_spec("builtin:sort", n=3, kind="preference")
     with pytest.raises(ValueError, match="mistakes must be one of"):
         get_task("pref-sort", mistakes="typo")
+
+
+def test_noisy_demonstrations_honour_the_error_rate_and_leave_pairs_and_eval_alone():
+    clean = get_task("pref-sort", mistakes="reverse").generate("train", 400, seed=0)
+    task = get_task("pref-sort", mistakes="reverse", demo_error_rate=0.4)
+    rows = task.generate("train", 400, seed=0)
+    wrong = [r for r in rows if r["response"] != r["chosen"]]
+    assert len(wrong) == 163  # fixed seed: 0.41 of 400 (binomial s.e. 0.025 around 0.4)
+    for r, c in zip(rows, clean, strict=True):
+        assert (r["prompt"], r["chosen"], r["rejected"], r["ground_truth"]) == (
+            c["prompt"], c["chosen"], c["rejected"], c["ground_truth"])  # fmt: skip
+        assert task.score(r["chosen"], r["ground_truth"]) == 1.0 and task.score(r["rejected"], r["ground_truth"]) == 0
+    for r in wrong:  # a wrong demonstration is the pair's rejected answer: here the descending order
+        descending = "".join(sorted(r["chosen"], reverse=True))
+        assert r["response"] == r["rejected"] == (descending if descending != r["chosen"] else r["rejected"])
+    wrong555 = task.wrong_answer({"response": "555", "ground_truth": "555"}, random.Random(0))
+    assert len(wrong555) == 3 and wrong555 != "555"  # reversed is itself: a substitution instead
+    assert task.generate("eval", 100, seed=0) == clean_eval(100)  # eval rows: correct responses, unchanged
+    assert rows[:50] == task.generate("train", 50, seed=0)  # prefix-stable
+    for bad in (1.0, -0.1, "0.4", True):
+        with pytest.raises(ValueError, match="demo_error_rate must be a number in"):
+            get_task("pref-sort", demo_error_rate=bad)
+    with pytest.raises(ValueError, match="'reverse' needs edits 1"):
+        get_task("pref-sort", mistakes="reverse", edits=2)
+
+
+def clean_eval(n: int) -> list[dict]:
+    return get_task("pref-sort", mistakes="reverse").generate("eval", n, seed=0)
 
 
 def ultrafeedback_rows(n: int) -> list[dict]:

@@ -67,6 +67,11 @@ def test_stage_kind_follows_from_the_algorithm(tmp_path):
         (edit(stages__0__lr_schedule="cosin"), "stages[0].lr_schedule", "did you mean 'cosine'?"),
         (edit(stages__0__grad_accum=3), "stages[0].grad_accum", "must divide batch_size=8"),
         (edit(data__on_error="ignore"), "data.on_error", "must be one of ['skip', 'fail']"),
+        (
+            edit(data__train="builtin:pref-sort", data__task_args={"demo_error_rate": 1.5}),
+            "data.task_args",
+            "demo_error_rate must be a number in [0, 1), got 1.5",
+        ),
     ],
 )
 def test_bad_keys_and_values_name_the_key(tmp_path, recipe, key, message):
