@@ -1,31 +1,40 @@
-"""Every RL objective against the same SFT start and a compute-matched SFT control.
+"""Every RL objective from the same SFT checkpoint, at equal wall time, against one SFT control.
 
-For each task, seed and objective: run the quickstart recipe (`recipes/quickstart.yaml`: SFT to a
-plateau on few demonstrations, then an RL stage on fresh prompts with `sft_control: true`) with
-the RL stage's `algorithm` replaced by the objective (plus the few settings an objective needs on
-this task, `NEEDS`), and read the SFT, RL and control accuracies from the run. The control is the
-same SFT checkpoint given the RL stage's wall time of further SFT, so every objective is compared
-with SFT at equal wall time. Prints one table (mean ± std over seeds, and whether the objective
-beat the control on every seed).
+For each task and seed: one SFT stage to a plateau on few demonstrations (the quickstart recipe's
+stage 1, `recipes/quickstart.yaml` with `data.train=builtin:<task>`), then, for every objective,
+that recipe's RL stage with `algorithm` replaced by the objective (plus the few settings an
+objective needs on this task, `NEEDS`), started from a copy of the same SFT run. Dynamic sampling
+is off: the table compares the objectives themselves.
 
-    .venv/bin/python benchmarks/algorithms.py --tasks sort countdown --seeds 0 1 2 --out runs/algorithms
+Equal wall time: each objective's seconds per step is measured once per task (a short probe from
+seed 0's checkpoint, under the same load as the table: `--jobs` runs at once), and its step count
+set to `--seconds / (seconds per step)`. The control is the SFT checkpoint given one run's
+training wall time of further SFT (`sft_control: true` on the first objective's run, at the SFT
+stage's final lr); every objective's own training seconds are printed next to it, so the match can
+be read off the table.
+
+    .venv/bin/python benchmarks/algorithms.py --tasks sort countdown --seeds 0 1 2 --seconds 60 --jobs 2
 
 `--set` passes extra dotted overrides to every run (e.g. a smoke test of the wiring:
-`--set stages.0.steps=20 stages.1.steps=2 eval.num_prompts=50 eval.benchmarks=[]`).
+`--set stages.0.steps=20 eval.num_prompts=50 --seconds 3`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OBJECTIVES = ["d1", "coupled_grpo", "wd1", "spg", "espo", "bgpo", "ebpo", "justgrpo", "cj_grpo", "tracerl", "dtreerpo"]
+OBJECTIVES = [
+    "d1", "coupled_grpo", "wd1", "spg", "espo", "bgpo", "ebpo", "justgrpo", "cj_grpo", "mdpo", "tracerl", "dtreerpo",
+]  # fmt: skip
 # what an objective needs on the quickstart's 10-token answers (recipe overrides of the RL stage)
 NEEDS = {
     "justgrpo": ["stages.1.sampling.block_length=1", "stages.1.sampling.steps=10"],  # left to right, one per step
@@ -33,6 +42,8 @@ NEEDS = {
     # trees of 4 x 2 (8 leaves per prompt, as the others' 8 completions; 12 segments to train on)
     "dtreerpo": ["stages.1.num_generations=4", "stages.1.branch_factor=2"],
 }
+COMMON = ["stages.1.dynamic_sampling.enabled=false", "eval.benchmarks=[]", "stages.1.save_every=0"]
+PROBE_STEPS = 6
 
 
 def dare(*args: str) -> tuple[int, str]:
@@ -40,20 +51,54 @@ def dare(*args: str) -> tuple[int, str]:
     return out.returncode, out.stderr[-2000:]
 
 
-def run_one(task: str, seed: int, objective: str, out: Path, extra: list[str]) -> dict:
-    run = out / task / objective / f"seed{seed}"
+def recipe_args(task: str, seed: int, run: Path, extra: list[str]) -> list[str]:
+    return [str(ROOT / "recipes/quickstart.yaml"), f"data.train=builtin:{task}", f"seed={seed}", f"output_dir={run}",
+            *COMMON, *extra]  # fmt: skip
+
+
+def sft_run(task: str, seed: int, out: Path, extra: list[str]) -> Path:
+    """The shared SFT stage of (task, seed): a run whose RL stage is one d1 step (discarded)."""
+    run = out / task / "sft" / f"seed{seed}"
+    if not (run / "run_state.json").is_file() or 0 not in json.loads((run / "run_state.json").read_text())["completed"]:
+        rc, err = dare("run", *recipe_args(task, seed, run, [*extra, "stages.1.steps=1", "stages.1.sft_control=false"]))
+        if rc != 0:
+            raise RuntimeError(f"SFT run {run} failed: {err}")
+    return run
+
+
+def clone_sft(base: Path, run: Path) -> None:
+    """A fresh run folder holding only `base`'s finished SFT stage (its checkpoint, evaluations,
+    tokenizer): `dare run` then resumes at the RL stage."""
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    for name in ("tokenizer", "stage-1-sft"):
+        shutil.copytree(base / name, run / name)
+    s = json.loads((base / "run_state.json").read_text())
+    keep = {"completed": [0], "trained": [0], "eval": {k: s["eval"][k] for k in ("0", "1")}}
+    keep["stage_seconds"] = {"1": s["stage_seconds"]["1"]}
+    (run / "run_state.json").write_text(json.dumps(keep))
+
+
+def rl_run(task: str, seed: int, objective: str, steps: int, out: Path, extra: list[str], control: bool, tag: str):
+    run = out / task / objective / f"{tag}seed{seed}"
+    clone_sft(out / task / "sft" / f"seed{seed}", run)
+    over = [
+        f"stages.1.algorithm={objective}",
+        f"stages.1.steps={steps}",
+        f"stages.1.sft_control={str(control).lower()}",
+    ]
     t0 = time.perf_counter()
-    rc, err = dare(
-        "run", str(ROOT / "recipes/quickstart.yaml"), f"data.train=builtin:{task}", f"seed={seed}",
-        f"output_dir={run}", f"stages.1.algorithm={objective}", *NEEDS.get(objective, []), *extra,
-    )  # fmt: skip
-    row = {"task": task, "seed": seed, "objective": objective, "rc": rc, "s": time.perf_counter() - t0}
+    rc, err = dare("run", *recipe_args(task, seed, run, [*extra, *over, *NEEDS.get(objective, [])]))
+    row = {"task": task, "seed": seed, "objective": objective, "steps": steps, "rc": rc, "s": time.perf_counter() - t0}
     if rc != 0:
         row["error"] = err.strip().splitlines()[-1] if err.strip() else "no output"
         return row
     state = json.loads((run / "run_state.json").read_text())
-    control = state["control"]["2"]
-    row.update(sft=state["eval"]["1"]["accuracy"], rl=state["eval"]["2"]["accuracy"], control=control["accuracy"])
+    row.update(sft=state["eval"]["1"]["accuracy"], rl=state["eval"]["2"]["accuracy"])
+    row["train_s"] = state["stage_seconds"]["2"]
+    if control:
+        row["control"] = state["control"]["2"]["accuracy"]
+        row["control_steps"] = state["control"]["2"]["steps"]
     return row
 
 
@@ -66,28 +111,56 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["sort", "countdown"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--objectives", nargs="+", default=OBJECTIVES)
+    ap.add_argument("--seconds", type=float, default=60.0, help="training wall time of every RL stage")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at once (each one thread)")
     ap.add_argument("--out", default="runs/algorithms")
     ap.add_argument("--set", nargs="*", default=[], help="extra dotted overrides for every run")
     a = ap.parse_args()
-    rows = []
+    out = Path(a.out)
+    pool = ThreadPoolExecutor(a.jobs)
+
+    def log(row: dict) -> dict:
+        print(json.dumps(row), flush=True)
+        with open(out / "rows.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        return row
+
+    out.mkdir(parents=True, exist_ok=True)
+    list(pool.map(lambda ts: sft_run(*ts, out, a.set), [(t, s) for t in a.tasks for s in a.seeds]))
+    # seconds per step of each objective on each task, measured under the table's load
+    probes = list(pool.map(
+        lambda to: log({**rl_run(to[0], a.seeds[0], to[1], PROBE_STEPS, out, a.set, False, "probe-"), "probe": True}),
+        [(t, o) for t in a.tasks for o in a.objectives],
+    ))  # fmt: skip
+    steps = {(p["task"], p["objective"]): max(1, round(a.seconds * PROBE_STEPS / p["train_s"])) if p["rc"] == 0 else 0
+             for p in probes}  # fmt: skip
+    jobs = [(t, s, o, o == a.objectives[0]) for t in a.tasks for s in a.seeds for o in a.objectives if steps[(t, o)]]
+    rows = list(pool.map(lambda j: log(rl_run(j[0], j[1], j[2], steps[(j[0], j[2])], out, a.set, j[3], "")), jobs))
+    rows += [{**p, "steps": 0} for p in probes if p["rc"] != 0]
+
+    print(f"\nRL stages of {a.seconds:.0f} s each ({a.jobs} runs at once, one thread each); control: SFT for "
+          f"the {a.objectives[0]} run's wall time\n")  # fmt: skip
+    print("| task | objective | steps | train s | SFT % | RL % | control % | RL > control, every seed | failed |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for task in a.tasks:
-        for objective in a.objectives:
-            for seed in a.seeds:
-                rows.append(run_one(task, seed, objective, Path(a.out), a.set))
-                print(json.dumps(rows[-1]), flush=True)
-    print("\n| task | objective | SFT % | RL % | control % | RL > control on every seed | runs failed |")
-    print("|---|---|---|---|---|---|---|")
-    for task in a.tasks:
+        controls = {r["seed"]: r["control"] for r in rows if r["task"] == task and "control" in r}
+        if controls:
+            c = [100 * v for v in controls.values()]
+            print(f"| {task} | SFT control | - | - | - | - | {mean_std(c)} | - | - |")
         for objective in a.objectives:
             mine = [r for r in rows if r["task"] == task and r["objective"] == objective]
             ok = [r for r in mine if r["rc"] == 0]
             failed = len(mine) - len(ok)
             if not ok:
-                print(f"| {task} | {objective} | - | - | - | - | {failed}: {mine[0].get('error', '')[:120]} |")
+                err = mine[0].get("error", "")[:120] if mine else ""
+                print(f"| {task} | {objective} | - | - | - | - | - | - | {failed}: {err} |")
                 continue
-            cols = [mean_std([100 * r[k] for r in ok]) for k in ("sft", "rl", "control")]
-            wins = all(r["rl"] > r["control"] for r in ok) and not failed
-            print(f"| {task} | {objective} | {' | '.join(cols)} | {'yes' if wins else 'no'} | {failed} |")
+            cols = [mean_std([100 * r[k] for r in ok]) for k in ("sft", "rl")]
+            wins = all(r["seed"] in controls and r["rl"] > controls[r["seed"]] for r in ok) and not failed
+            secs = statistics.mean(r["train_s"] for r in ok)
+            print(f"| {task} | {objective} | {ok[0]['steps']} | {secs:.0f} | {' | '.join(cols)} | "
+                  f"{mean_std([100 * controls[r['seed']] for r in ok if r['seed'] in controls]) if controls else '-'} | "
+                  f"{'yes' if wins else 'no'} | {failed} |")  # fmt: skip
 
 
 if __name__ == "__main__":
