@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from runs import ROOT, clone_first_stage, dare, first_stage_done, two_se
+
+from dare.config import load_recipe
+
 OBJECTIVES = [
     "d1", "coupled_grpo", "wd1", "spg", "espo", "bgpo", "ebpo", "justgrpo", "cj_grpo", "mdpo", "tracerl", "dtreerpo",
 ]  # fmt: skip
@@ -49,42 +49,24 @@ COMMON = ["stages.1.dynamic_sampling.enabled=false", "eval.benchmarks=[]", "stag
 PROBE_STEPS = 6
 
 
-def dare(*args: str) -> tuple[int, str]:
-    out = subprocess.run([sys.executable, "-m", "dare.cli", *args], capture_output=True, text=True)
-    return out.returncode, out.stderr[-2000:]
-
-
 def recipe_args(task: str, seed: int, run: Path, extra: list[str]) -> list[str]:
     return [str(ROOT / "recipes/quickstart.yaml"), f"data.train=builtin:{task}", f"seed={seed}", f"output_dir={run}",
             *COMMON, *TASK_SETTINGS.get(task, []), *extra]  # fmt: skip
 
 
 def sft_run(task: str, seed: int, out: Path, extra: list[str]) -> Path:
-    """The shared SFT stage of (task, seed): a run whose RL stage is one d1 step (discarded)."""
+    """The shared SFT stage of (task, seed): a run whose RL stage is one step (discarded)."""
     run = out / task / "sft" / f"seed{seed}"
-    if not (run / "run_state.json").is_file() or 0 not in json.loads((run / "run_state.json").read_text())["completed"]:
+    if not first_stage_done(run):
         rc, err = dare("run", *recipe_args(task, seed, run, [*extra, "stages.1.steps=1", "stages.1.sft_control=false"]))
         if rc != 0:
             raise RuntimeError(f"SFT run {run} failed: {err}")
     return run
 
 
-def clone_sft(base: Path, run: Path) -> None:
-    """A fresh run folder holding only `base`'s finished SFT stage (its checkpoint, evaluations,
-    tokenizer): `dare run` then resumes at the RL stage."""
-    shutil.rmtree(run, ignore_errors=True)
-    run.mkdir(parents=True)
-    for name in ("tokenizer", "stage-1-sft"):
-        shutil.copytree(base / name, run / name)
-    s = json.loads((base / "run_state.json").read_text())
-    keep = {"completed": [0], "trained": [0], "eval": {k: s["eval"][k] for k in ("0", "1")}}
-    keep["stage_seconds"] = {"1": s["stage_seconds"]["1"]}
-    (run / "run_state.json").write_text(json.dumps(keep))
-
-
 def rl_run(task: str, seed: int, objective: str, steps: int, out: Path, extra: list[str], control: bool, tag: str):
     run = out / task / objective / f"{tag}seed{seed}"
-    clone_sft(out / task / "sft" / f"seed{seed}", run)
+    clone_first_stage(out / task / "sft" / f"seed{seed}", run)
     over = [
         f"stages.1.algorithm={objective}",
         f"stages.1.steps={steps}",
@@ -118,8 +100,16 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (each one thread)")
     ap.add_argument("--out", default="runs/algorithms")
     ap.add_argument("--set", nargs="*", default=[], help="extra dotted overrides for every run")
+    ap.add_argument("--table-only", action="store_true", help="print the table of the runs logged in OUT/rows.jsonl")
     a = ap.parse_args()
     out = Path(a.out)
+    n_eval = load_recipe(str(ROOT / "recipes/quickstart.yaml"), a.set).eval.num_prompts
+    if a.table_only:
+        rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines() if line.strip()]
+        probes = [r for r in rows if r.get("probe")]
+        rows = [r for r in rows if not r.get("probe")] + [{**p, "steps": 0} for p in probes if p["rc"] != 0]
+        print_table(rows, a.tasks, a.objectives, a.seconds, a.jobs, n_eval)
+        return
     pool = ThreadPoolExecutor(a.jobs)
 
     def log(row: dict) -> dict:
@@ -141,29 +131,39 @@ def main() -> None:
     rows = list(pool.map(lambda j: log(rl_run(j[0], j[1], j[2], steps[(j[0], j[2])], out, a.set, j[3], "")), jobs))
     rows += [{**p, "steps": 0} for p in probes if p["rc"] != 0]
 
-    print(f"\nRL stages of {a.seconds:.0f} s each ({a.jobs} runs at once, one thread each); control: SFT for "
-          f"the {a.objectives[0]} run's wall time\n")  # fmt: skip
-    print("| task | objective | steps | train s | SFT % | RL % | control % | RL > control, every seed | failed |")
+    print_table(rows, a.tasks, a.objectives, a.seconds, a.jobs, n_eval)
+
+
+def print_table(rows: list[dict], tasks: list[str], objectives: list[str], seconds: float, jobs: int, n: int) -> None:
+    print(f"\nRL stages of {seconds:.0f} s each ({jobs} runs at once, one thread each); control: SFT for "
+          f"the {objectives[0]} run's wall time; {n} eval prompts\n")  # fmt: skip
+    print("| task | objective | steps | train s | SFT % | RL % | RL - control, per seed | beats control, every seed "
+          "(by > 2 s.e.) | failed |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
-    for task in a.tasks:
+    for task in tasks:
         controls = {r["seed"]: r["control"] for r in rows if r["task"] == task and "control" in r}
         if controls:
             c = [100 * v for v in controls.values()]
-            print(f"| {task} | SFT control | - | - | - | - | {mean_std(c)} | - | - |")
-        for objective in a.objectives:
-            mine = [r for r in rows if r["task"] == task and r["objective"] == objective]
+            print(f"| {task} | SFT control | - | - | - | {mean_std(c)} | - | - | - |")
+        for objective in objectives:
+            mine = sorted(
+                (r for r in rows if r["task"] == task and r["objective"] == objective), key=lambda r: r["seed"]
+            )
             ok = [r for r in mine if r["rc"] == 0]
             failed = len(mine) - len(ok)
             if not ok:
                 err = mine[0].get("error", "")[:120] if mine else ""
                 print(f"| {task} | {objective} | - | - | - | - | - | - | {failed}: {err} |")
                 continue
+            paired = [r for r in ok if r["seed"] in controls]
+            gains = " / ".join(f"{100 * (r['rl'] - controls[r['seed']]):+.1f}" for r in paired)
+            wins = bool(paired) and len(paired) == len(mine) and all(r["rl"] > controls[r["seed"]] for r in paired)
+            sig = wins and all(r["rl"] - controls[r["seed"]] > two_se(r["rl"], controls[r["seed"]], n) for r in paired)
+            verdict = "yes (yes)" if sig else "yes (no)" if wins else "no"
             cols = [mean_std([100 * r[k] for r in ok]) for k in ("sft", "rl")]
-            wins = all(r["seed"] in controls and r["rl"] > controls[r["seed"]] for r in ok) and not failed
             secs = statistics.mean(r["train_s"] for r in ok)
-            print(f"| {task} | {objective} | {ok[0]['steps']} | {secs:.0f} | {' | '.join(cols)} | "
-                  f"{mean_std([100 * controls[r['seed']] for r in ok if r['seed'] in controls]) if controls else '-'} | "
-                  f"{'yes' if wins else 'no'} | {failed} |")  # fmt: skip
+            print(f"| {task} | {objective} | {ok[0]['steps']} | {secs:.0f} | {' | '.join(cols)} | {gains} | {verdict} | "
+                  f"{failed} |")  # fmt: skip
 
 
 if __name__ == "__main__":

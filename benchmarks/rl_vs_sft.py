@@ -17,22 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from runs import ROOT, two_se
 
 
 def dare(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "dare.cli", *args], check=True, stdout=subprocess.DEVNULL)
-
-
-def two_se(p: float, q: float, n: int) -> float:
-    """Two standard errors of the difference of two accuracies, each on n prompts."""
-    return 2 * math.sqrt((p * (1 - p) + q * (1 - q)) / n)
 
 
 def main() -> None:
