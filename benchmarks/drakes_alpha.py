@@ -1,7 +1,7 @@
 """DRAKES's reward-vs-KL trade-off: one SFT checkpoint, the DRAKES stage at several alphas.
 
 DRAKES (arXiv 2410.13643) reports the reward it reaches against the KL to the pretrained model
-as the KL weight alpha varies. This runs a DRAKES recipe (default `recipes/drakes_noisy.yaml`)
+as the KL weight alpha varies. This runs a DRAKES recipe (default `recipes/drakes_quickstart.yaml`)
 once for its SFT stage, then its DRAKES stage from that same checkpoint at each `--alphas` value
 (2 runs at once, one thread each), and prints, per alpha: the exact-match accuracy on the eval
 prompts, and the mean hard-sample reward (`reward/mean`) and KL to the SFT model (`actor/kl`,
@@ -29,7 +29,7 @@ def last_mean(metrics: Path, key: str, n: int = 10) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--recipe", default=str(ROOT / "recipes/drakes_noisy.yaml"))
+    ap.add_argument("--recipe", default=str(ROOT / "recipes/drakes_quickstart.yaml"))
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.001, 0.01, 0.1, 1.0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2)
@@ -65,7 +65,8 @@ def main() -> None:
         if "error" in r:
             print(f"| {r['alpha']:g} | failed: {r['error'][:100]} | | |")
         else:
-            print(f"| {r['alpha']:g} | {100 * r['accuracy']:.1f} | {r['reward']:.3f} | {r['kl']:.3f} |")
+            kl = f"{r['kl']:.3f}" if r["alpha"] > 0 else "not computed (no reference at alpha 0)"
+            print(f"| {r['alpha']:g} | {100 * r['accuracy']:.1f} | {r['reward']:.3f} | {kl} |")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,7 @@ than two standard errors (binomial, of the difference of two accuracies on n eva
 The same script measures the DRAKES and preference quickstarts (`--recipe`).
 
     .venv/bin/python benchmarks/rl_vs_sft.py --seeds 0 1 2 --out runs/rl_vs_sft
-    .venv/bin/python benchmarks/rl_vs_sft.py --recipe recipes/drakes_quickstart.yaml --out runs/drakes_seeds \\
-        --set stages.1.sft_control=true
+    .venv/bin/python benchmarks/rl_vs_sft.py --recipe recipes/drakes_quickstart.yaml --out runs/drakes_seeds
 """
 
 from __future__ import annotations
