@@ -28,9 +28,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from runs import ROOT, clone_first_stage, dare, first_stage_done, two_se
-
 from dare.config import load_recipe
+from runs import ROOT, clone_first_stage, dare, first_stage_done, two_se
 
 OBJECTIVES = [
     "d1", "coupled_grpo", "wd1", "spg", "espo", "bgpo", "ebpo", "justgrpo", "cj_grpo", "mdpo", "tracerl", "dtreerpo",
@@ -105,10 +104,8 @@ def main() -> None:
     out = Path(a.out)
     n_eval = load_recipe(str(ROOT / "recipes/quickstart.yaml"), a.set).eval.num_prompts
     if a.table_only:
-        rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines() if line.strip()]
-        probes = [r for r in rows if r.get("probe")]
-        rows = [r for r in rows if not r.get("probe")] + [{**p, "steps": 0} for p in probes if p["rc"] != 0]
-        print_table(rows, a.tasks, a.objectives, a.seconds, a.jobs, n_eval)
+        logged = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines() if line.strip()]
+        print_table(table_rows(logged), a.tasks, a.objectives, a.seconds, a.jobs, n_eval)
         return
     pool = ThreadPoolExecutor(a.jobs)
 
@@ -129,9 +126,13 @@ def main() -> None:
              for p in probes}  # fmt: skip
     jobs = [(t, s, o, o == a.objectives[0]) for t in a.tasks for s in a.seeds for o in a.objectives if steps[(t, o)]]
     rows = list(pool.map(lambda j: log(rl_run(j[0], j[1], j[2], steps[(j[0], j[2])], out, a.set, j[3], "")), jobs))
-    rows += [{**p, "steps": 0} for p in probes if p["rc"] != 0]
+    print_table(table_rows(probes + rows), a.tasks, a.objectives, a.seconds, a.jobs, n_eval)
 
-    print_table(rows, a.tasks, a.objectives, a.seconds, a.jobs, n_eval)
+
+def table_rows(logged: list[dict]) -> list[dict]:
+    """The table's rows from the logged ones: every run, and a failed probe as its objective's failure."""
+    runs = [r for r in logged if not r.get("probe")]
+    return runs + [{**r, "steps": 0} for r in logged if r.get("probe") and r["rc"] != 0]
 
 
 def print_table(rows: list[dict], tasks: list[str], objectives: list[str], seconds: float, jobs: int, n: int) -> None:

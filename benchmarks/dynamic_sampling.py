@@ -30,16 +30,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from runs import ROOT, dare_live
+
 RECIPE = ROOT / "recipes/quickstart.yaml"
-
-
-def dare(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "dare.cli", *args], check=True, stdout=subprocess.DEVNULL)
 
 
 def run(out: Path, seed: int, overrides: list[str]) -> dict[str, float]:
@@ -47,7 +42,7 @@ def run(out: Path, seed: int, overrides: list[str]) -> dict[str, float]:
     with): RL-stage accuracy, seconds and steps."""
     done = out / "run_state.json"
     if not (done.is_file() and "2" in json.loads(done.read_text()).get("eval", {})):
-        dare("run", str(RECIPE), f"seed={seed}", f"output_dir={out}", "stages.1.sft_control=false", *overrides)
+        dare_live("run", str(RECIPE), f"seed={seed}", f"output_dir={out}", "stages.1.sft_control=false", *overrides)
     state = json.loads(done.read_text())
     metrics = [json.loads(line) for line in (out / "stage-2-rl" / "metrics.jsonl").read_text().splitlines()]
     rollout_s = sum(m.get("perf/rollout_s", 0.0) for m in metrics)

@@ -17,15 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-from runs import ROOT, two_se
-
-
-def dare(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "dare.cli", *args], check=True, stdout=subprocess.DEVNULL)
+from runs import ROOT, dare_live, two_se
 
 
 def main() -> None:
@@ -49,7 +43,7 @@ def main() -> None:
     for seed in a.seeds:
         run = out / f"seed{seed}"
         # a finished run is not repeated (dare run on its own output_dir skips completed stages)
-        dare("run", str(a.recipe), f"seed={seed}", f"output_dir={run}", *a.set)
+        dare_live("run", str(a.recipe), f"seed={seed}", f"output_dir={run}", *a.set)
         state = json.loads((run / "run_state.json").read_text())
         control = state["control"][str(k)]
         rows.append({

@@ -23,6 +23,11 @@ def dare(*args: str) -> tuple[int, str]:
     return out.returncode, out.stderr[-2000:]
 
 
+def dare_live(*args: str) -> None:
+    """Run the dare CLI with its progress on stderr; raises if it fails."""
+    subprocess.run([sys.executable, "-m", "dare.cli", *args], check=True, stdout=subprocess.DEVNULL)
+
+
 def first_stage_done(run: Path) -> bool:
     state = run / "run_state.json"
     return state.is_file() and 0 in json.loads(state.read_text())["completed"]
