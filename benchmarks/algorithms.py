@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dare.config import load_recipe
+
 from runs import ROOT, clone_first_stage, dare, first_stage_done, two_se
 
 OBJECTIVES = [
