@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 # syncs, and whether the step is compiled.
 ENGINE_OPTIONS = frozenset({"sync_every", "compile"})
 # `record_steps` (`StepRecorder`): declared by the block-engine samplers whose recording an objective
-# can replay (full attention: LLaDA, Dream); the others refuse it as an unused option
+# can replay (LLaDA, Dream, SDAR); the others refuse it as an unused option
 STEP_RECORDING = frozenset({"record_steps"})
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from dare.models.spec import DiffusionSpec
-from dare.sampling.base import ENGINE_OPTIONS, SAMPLERS, Policy, Sampler
+from dare.sampling.base import ENGINE_OPTIONS, SAMPLERS, STEP_RECORDING, Policy, Sampler
 from dare.sampling.config import SamplingConfig
 from dare.sampling.engine import BlockCausalRunner, DecodeState, Runner
 from dare.sampling.ops import linear_step_count, sample_tokens, topk_transfer
@@ -55,7 +55,9 @@ class SDARSampler(Sampler):
     remasking_choices = ("low_confidence_static", "low_confidence_dynamic", "sequential")
     cache_choices = ("block", "none")
     options = (
-        frozenset({"remasking", "top_p", "top_k", "cache", "threshold", "confidence_eos_eot_inf"}) | ENGINE_OPTIONS
+        frozenset({"remasking", "top_p", "top_k", "cache", "threshold", "confidence_eos_eot_inf"})
+        | ENGINE_OPTIONS
+        | STEP_RECORDING
     )
 
     @classmethod

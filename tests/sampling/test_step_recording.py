@@ -23,7 +23,13 @@ def _pair(model, **cfg):
 
 @pytest.mark.parametrize(
     "family,extra",
-    [("llada", {}), ("llada", {"block_length": 4, "cache": "dual"}), ("dream", {"cache": "prefix", "block_length": 4})],
+    [
+        ("llada", {}),
+        ("llada", {"block_length": 4, "cache": "dual"}),
+        ("dream", {"cache": "prefix", "block_length": 4}),
+        ("sdar", {"block_length": 4}),  # S = 8 steps over its 2 blocks, the block KV cache
+        ("sdar", {"block_length": 8, "cache": "none"}),  # one decoding block of 2 model blocks
+    ],
 )
 def test_recording_changes_no_token_and_records_the_decode(models, family, extra):
     cfg = {"algorithm": family, "gen_length": 8, "steps": 8, "temperature": 1.0, "num_generations": 2, **extra}
@@ -69,7 +75,6 @@ def test_a_decode_that_stops_early_is_padded_with_its_final_response(models):
     [
         ({"algorithm": "llada", "threshold": 0.9}, "record_steps: a parallel-decoding rule"),
         ({"algorithm": "few_step", "steps": 4}, "record_steps=True is not used by algorithm 'few_step'"),
-        ({"algorithm": "sdar"}, "record_steps=True is not used by algorithm 'sdar'"),
         ({"algorithm": "llada", "record_steps": 1}, "record_steps=1: must be true or false"),
     ],
 )
