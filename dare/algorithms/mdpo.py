@@ -31,13 +31,19 @@ the logits alignment dare's `aligned_logits` already applies.
 
 Wiring (the registered `mdpo` algorithm, kind "rl"): it declares `records_steps`, so the RL
 trainer has the rollout record every step (`sampling.record_steps`: `step_state`,
-`step_prediction`, `step_confidence` `[B, S, L]`, S = sampling.steps; `dare.sampling.engine.
-StepRecorder`) and scores every step's x0-prediction text with the stage's rewards (`step_rewards`
-`[B, S]`); `group_tensors` computes the step advantages and the selected steps on the driver (they
-need whole groups and the whole batch); the loss is the mean over the selected steps of
-`mdpo_step_loss`, each step backpropagated on its own (one step's activations alive at a time).
-Families: full attention (LLaDA, Dream); SDAR (block attention) is refused at recipe load (the
-replay here is a full-attention forward of the state).
+`step_prediction`, `step_confidence` `[B, S, L]`, S = sampling.steps counted over all blocks, the
+recorded steps first in decoding order and the rest padded with the final response;
+`dare.sampling.engine.StepRecorder`) and scores every step's x0-prediction text with the stage's
+rewards (`step_rewards` `[B, S]`); `group_tensors` computes the step advantages and the selected
+steps on the driver (they need whole groups and the whole batch); the loss is the mean over the
+selected steps of `mdpo_step_loss`, each step backpropagated on its own (one step's activations
+alive at a time).
+
+Families: LLaDA, Dream (full attention) and SDAR (block attention). A step predicts only the
+block it decodes: its x0-prediction fills that block's masks and leaves a later block's masks as
+they are (no prediction, no confidence), so the loss counts the positions masked in x_t and filled
+in x0_t, and a step's reward scores the text up to its block. The replay (`mdpo_step_log_prob`) is
+the attention kind's view forward of the state, the logits the sampler drew that step from.
 
 Shapes: B rows, S recorded steps, L response length, V vocabulary.
 """
@@ -54,8 +60,9 @@ import torch
 from dare.algorithms.base import Algorithm, Backward, register_algorithm
 from dare.algorithms.cj_grpo import response_start
 from dare.algorithms.rollout import RolloutSpec
+from dare.diffusion.estimators import VIEW_FORWARDS, ViewInputs
 from dare.diffusion.rl_losses import masked_mean
-from dare.diffusion.trajectory import response_logits, tempered_log_probs
+from dare.diffusion.trajectory import tempered_log_probs
 from dare.errors import check_fields
 from dare.models.spec import DiffusionSpec, ReferenceFn
 
@@ -111,10 +118,17 @@ def mdpo_step_log_prob(
 ) -> torch.Tensor:
     """log p_theta(x0_t | x_t) per response token at logits / temperature: prompt `[B, P]`,
     state and prediction `[B, L]` -> `[B, L]` (the official trainer scores every position; the
-    loss keeps the masked ones)."""
+    loss keeps the ones the step predicted).
+
+    The state goes through its attention kind's view forward (`VIEW_FORWARDS`) with the state
+    itself as the context: full attention reads the state as it is; block attention (SDAR) gives a
+    token of block k the prompt, the state's blocks before k and its own block's state, which is
+    the sampler's forward of that step (SDAR never changes a committed block, and a decoding block
+    of several model blocks sees its earlier ones as they stand in the state)."""
     x = torch.cat([prompt_ids, state], 1)  # [B, P+L]
     valid = torch.cat([prompt_mask.bool(), torch.ones_like(state, dtype=torch.bool)], 1)
-    logits = response_logits(model, spec, x, valid, prompt_ids.shape[1])  # [B, L, V]
+    views = ViewInputs(x, x, valid, prompt_mask.long().sum(-1))
+    logits = VIEW_FORWARDS.get(spec.attention)(model, views, spec)[:, prompt_ids.shape[1] :]  # [B, L, V]
     lp = tempered_log_probs(logits, spec, temperature)  # [B, L, V]
     return lp.gather(-1, prediction[..., None])[..., 0]
 
@@ -193,7 +207,6 @@ def _rows(batch: dict[str, torch.Tensor], key: str, j: int) -> torch.Tensor:
 class MDPO(Algorithm):
     name = "mdpo"
     kind = "rl"
-    attention = ("full",)  # the step replay is a full-attention forward of the state
     records_steps = True
     backward_per_sample = True  # one selected step's graph alive at a time
     required_batch_keys = (

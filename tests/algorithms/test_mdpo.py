@@ -1,14 +1,16 @@
 """MDPO: the step advantages on a hand-computed case and their defining property (a step is
 credited for the reward it changed, never for earlier steps), the step loss by hand, a tiny
-model learning with them on a step-recording rollout; the registered `mdpo` algorithm: its driver
-tensors, its per-step backward, its learning through dare's recording sampler (`train_toy`), and
-what it refuses at recipe load. (The RL trainer's step-reward path: tests/trainer/test_rl_step_rewards.py.)"""
+model learning with them on a step-recording rollout; the step replay equals the log-prob the
+sampler drew each prediction with (LLaDA, Dream, SDAR), a step predicting only its own block; the
+registered `mdpo` algorithm: its driver tensors, its per-step backward, its learning through dare's
+recording sampler (`train_toy`, SDAR too), and what it refuses at recipe load. (The RL trainer's step-reward path: tests/trainer/test_rl_step_rewards.py.)"""
 
 import math
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from rl_toy import V, add_step_rewards, algorithm, rl_batch, target_fraction, train_toy  # noqa: I001
 
 from dare.algorithms.mdpo import (
@@ -19,9 +21,11 @@ from dare.algorithms.mdpo import (
     raw_step_advantages,
     select_train_steps,
 )
+from dare.cli import main
 from dare.config import RecipeError, build_recipe
 from dare.models import aligned_logits, tiny
-from dare.sampling import SamplingConfig, generate
+from dare.sampling import SamplingConfig, engine, generate
+from dare.sampling.engine import process_logits
 from dare.sampling.ops import gumbel_argmax, token_probability
 
 
@@ -131,6 +135,50 @@ def test_mdpo_learns_the_toy_reward():
     assert sum(final[-5:]) / 5 > sum(final[:5]) / 5 + 0.2, final
 
 
+@pytest.mark.parametrize("family", ["llada", "dream", "sdar"])
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_the_step_replay_is_the_log_prob_the_sampler_drew_each_prediction_with(family, temperature, monkeypatch):
+    # a recorded decode of 2 blocks x 4 steps, prompts of 3 and 2 tokens (padded, and not on an SDAR
+    # block boundary); the sampler's own logits of every step are caught where the engine processes them
+    seen = []
+
+    def spy(*args):
+        seen.append(process_logits(*args))
+        return seen[-1]
+
+    monkeypatch.setattr(engine, "process_logits", spy)
+    model = tiny(family, V, seed=0).eval()
+    spec, M = model.diffusion_spec(), V - 1
+    cfg = SamplingConfig(algorithm=family, gen_length=8, steps=8, block_length=4, temperature=temperature,
+                         num_generations=2, record_steps=True)  # fmt: skip
+    out = generate(model, [[5, 6, 7], [8, 9]], cfg, generator=torch.Generator().manual_seed(0))
+    state, pred, conf = (out.extras[k] for k in ("step_state", "step_prediction", "step_confidence"))
+    # S = the schedule's 8 steps over both blocks: one record per sampler forward, then (a decode
+    # that stopped early at EOS) the final response, with nothing to predict
+    assert state.shape == (4, 8, 8) and 4 < len(seen) <= 8
+    assert (state[:, len(seen) :] == pred[:, len(seen) :]).all() and (conf[:, len(seen) :] == 0).all()
+    blocks = []
+    for t in range(len(seen)):
+        masked = state[:, t] == M
+        predicted = masked & (pred[:, t] != M)  # what MDPO's loss counts
+        first = int(predicted.any(0).nonzero()[0])
+        lo = first - first % 4  # the block step t decodes
+        blocks.append(lo)
+        block = torch.zeros(8, dtype=torch.bool)
+        block[lo : lo + 4] = True
+        # the step predicts every mask of its block and nothing of a later block
+        assert torch.equal(predicted, masked & block) and (conf[:, t][~predicted] == 0).all()
+        with torch.no_grad():
+            lp = mdpo_step_log_prob(model, spec, out.prompt_ids, out.prompt_mask, state[:, t], pred[:, t], temperature)
+        sampler = (seen[t] / temperature).log_softmax(-1)  # [N, 4, V]: what the step drew from
+        expected = torch.zeros(4, 8, dtype=torch.float64)
+        expected[:, lo : lo + 4] = sampler.gather(-1, pred[:, t, lo : lo + 4, None])[..., 0]
+        torch.testing.assert_close(lp.double()[predicted], expected[predicted], atol=1e-5, rtol=0)
+        if temperature == 1.0:  # the recorded confidence is the sampler's probability at T = 1
+            torch.testing.assert_close(lp.double()[predicted], conf[:, t].double().log()[predicted], atol=1e-5, rtol=0)
+    assert blocks == sorted(blocks) and blocks[-1] == 4  # both blocks decoded, in order
+
+
 # --- the registered algorithm -------------------------------------------------------------------
 
 
@@ -186,7 +234,7 @@ def test_mu_updates_score_the_old_policy_once():
     assert torch.isfinite(loss) and m["actor/pg_clipfrac"] == 0.0
 
 
-@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.parametrize("family", ["llada", "dream", "sdar"])
 def test_the_registered_mdpo_learns_the_toy_reward(family):
     rewards = train_toy("mdpo", family, steps=20, sampling={"temperature": 1.0})
     # measured (2-core CPU, seed 0): see docs/algorithms/mdpo.md
@@ -205,7 +253,6 @@ def _recipe(family: str, **stage):
 @pytest.mark.parametrize(
     "family,stage,key,message",
     [
-        ("sdar", {}, r"stages\[0\]\.algorithm", r"'mdpo' needs full attention, but the model \(sdar\) uses 'block'"),
         ("llada", {"sample_train_steps": 0}, r"stages\[0\]\.sample_train_steps", ">= 1"),
         ("llada", {"sampling": {"threshold": 0.9}}, r"stages\[0\]\.sampling", "record_steps: a parallel-decoding rule"),
         (
@@ -226,3 +273,13 @@ def test_what_mdpo_cannot_train_is_refused_at_recipe_load(family, stage, key, me
     with pytest.raises(RecipeError, match=key) as e:
         build_recipe(_recipe(family, **stage))
     assert e.match(message)
+
+
+def test_an_sdar_mdpo_recipe_passes_the_dry_run(tmp_path, capsys):
+    path = tmp_path / "mdpo_sdar.yaml"
+    sampling = {"algorithm": "sdar", "steps": 8, "block_length": 4}
+    raw = _recipe("sdar", sampling=sampling)
+    raw["eval"]["sampling"] = sampling
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path), "--dry-run"]) == 0
+    assert f"# {path}: valid (1 stage(s))" in capsys.readouterr().out
