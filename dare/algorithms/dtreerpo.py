@@ -46,6 +46,19 @@ row of the actor's batch (`segment_batch`). `num_generations` is G (DARE's `num_
 With `self_distillation: true` the loss adds lambda_t times the self-distillation term, computed
 from the children's own transition log-probs (`sibling_self_distillation`), u the stage's progress.
 
+Families: LLaDA, Dream (full attention) and SDAR (block attention). A segment's log-probs are one
+view forward (`view_logp`, `VIEW_FORWARDS` of the model's attention kind) with the parent state as
+the noisy view and the child state as the context. Under block attention a token of model block k
+then sees the prompt, the child's blocks before k and the parent's state of block k: the state the
+SDAR sampler was in at the segment's first step in block k (it never changes a committed block, so
+the child's earlier blocks are the ones the sampler decoded block k after). A one-step segment is
+thus scored from the logits the sampler drew it from, as under full attention. That holds when a
+decoding block is one model block (`block_length` = the model's `block_size`, SDAR's default); with
+a decoding block of several model blocks, a token of a later model block is conditioned on the
+child's, not the parent's, earlier model blocks of the same decoding block (one view cannot give
+those blocks in the parent's state and the blocks after them the child's). The tree rollout
+continues partial responses (`continue_generate`), which SDAR's sampler does with `cache: none`.
+
 Shapes: B prompts, N nodes, C children, L length, V vocabulary.
 """
 
@@ -467,9 +480,6 @@ class DTreeRPO(Algorithm):
 
     name = "dtreerpo"
     kind = "rl"
-    # a segment is scored as one forward from the parent state; block attention would need the
-    # sampler's per-block states (not built)
-    attention = ("full",)
     required_batch_keys = (
         "input_ids", "parent_input_ids", "attention_mask", "response_mask", "transition_mask", "advantages",
         "group_index", "node_index", "parent_index",

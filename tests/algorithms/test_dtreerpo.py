@@ -31,7 +31,9 @@ from dare.diffusion.estimators import view_logp
 from dare.diffusion.trajectory import trajectory_states
 from dare.models import tiny
 from dare.models.spec import aligned_logits
+from dare.sampling import engine
 from dare.sampling.config import SamplingConfig
+from dare.sampling.engine import process_logits
 from dare.sampling.generate import generate
 
 V = 16
@@ -117,6 +119,54 @@ def test_one_step_transitions_reproduce_the_samplers_token_probabilities(family)
         torch.testing.assert_close(lp.exp().double()[U], expected[U], atol=1e-5, rtol=1e-4)
         seen |= U
     assert torch.equal(seen, out.response_mask)
+
+
+def test_sdar_segments_score_each_block_from_the_state_the_sampler_decoded_it_from(monkeypatch):
+    # SDAR, 2 blocks of 4 over 4 steps (2 per block), prompts of 3 and 2 tokens (padded, off the block
+    # grid). Segments [0, 1), [1, 3), [3, 4): the middle one ends block 0 and starts block 1. Block
+    # attention scores a token of block k from the parent's state of block k with the child's blocks
+    # before k, which is the state of the segment's first step in block k: every segment here takes
+    # one step per block, so its log-prob is the sum of the sampler's log-probs over its steps.
+    seen = []  # the model logits of every sampler step, as the engine receives them
+
+    def spy(logits, *args):
+        seen.append(logits.double().log_softmax(-1))  # [N, 4, V]
+        return process_logits(logits, *args)
+
+    monkeypatch.setattr(engine, "process_logits", spy)
+    model = tiny("sdar", V).eval()
+    spec = model.diffusion_spec()
+    cfg = SamplingConfig(algorithm="sdar", gen_length=8, steps=4, block_length=4, temperature=1.0,
+                         num_generations=2, logits_eos_inf=True)  # fmt: skip
+    out = generate(model, [[5, 6, 7], [8, 9]], cfg, torch.Generator().manual_seed(0))
+    assert out.response_mask.all() and len(seen) == 4
+    N, P, L = 4, out.prompt_ids.shape[1], 8
+    states = trajectory_states(out.response_ids, out.decode_step, 5, M)  # [5, N, L], state j before step j
+    sampler_lp = torch.zeros(N, L, dtype=torch.float64)  # log-prob of each token at its decode step
+    for j in range(4):
+        lo = 4 * (j // 2)
+        drawn = out.decode_step[:, lo : lo + 4] == j
+        step_lp = seen[j].gather(-1, out.response_ids[:, lo : lo + 4, None])[..., 0]
+        sampler_lp[:, lo : lo + 4] = torch.where(drawn, step_lp, sampler_lp[:, lo : lo + 4])
+    from rl_toy import algorithm
+
+    algo = algorithm("dtreerpo", spec)
+    prompt_mask = out.prompt_mask.long()
+    for a, b in [(0, 1), (1, 3), (3, 4)]:
+        parent = torch.cat([out.prompt_ids, states[a]], 1)
+        child = torch.cat([out.prompt_ids, states[b]], 1)
+        completion = torch.cat([torch.zeros(N, P, dtype=torch.bool), torch.ones(N, L, dtype=torch.bool)], 1)
+        batch = {
+            "input_ids": child, "parent_input_ids": parent, "response_mask": completion,
+            "attention_mask": torch.cat([prompt_mask, torch.ones(N, L, dtype=torch.long)], 1),
+            "transition_mask": transition_mask(parent, child, completion, M, EOS),
+        }  # fmt: skip
+        with torch.no_grad():
+            lp = algo.logp(model, batch)[:, P:].double()  # [N, L], 0 outside U(n)
+        U = batch["transition_mask"][:, P:]
+        assert torch.equal(U, (out.decode_step >= a) & (out.decode_step < b))
+        torch.testing.assert_close(lp[U], sampler_lp[U], atol=1e-5, rtol=0)
+        torch.testing.assert_close(lp.sum(-1), torch.where(U, sampler_lp, 0.0).sum(-1), atol=1e-5, rtol=0)
 
 
 def test_segment_loss_matches_the_written_out_formula():
@@ -256,9 +306,10 @@ def tree_setup(family="llada", **sampling):
     return model, config, p.input_ids, p.attention_mask, continue_fn
 
 
-def test_the_tree_rollout_has_the_trees_shape_and_children_start_from_their_parents_state():
+@pytest.mark.parametrize("family,sampling", [("llada", {}), ("sdar", {"cache": "none"})])
+def test_the_tree_rollout_has_the_trees_shape_and_children_start_from_their_parents_state(family, sampling):
     # T = 8 steps in 2 blocks, s = 4: branch points 8, 6, 4, 2, 0; every step unmasks one token (no EOS)
-    _, config, ids, mask, continue_fn = tree_setup(block_length=4, logits_eos_inf=True)
+    _, config, ids, mask, continue_fn = tree_setup(family, block_length=4, logits_eos_inf=True, **sampling)
     tree = Tree.build(2, 2, 4)  # 1 + 2 + 4 + 8 + 16 nodes
     states = grow_tree(tree, branch_points(8, 4), ids, mask, torch.tensor([3, 4]), 8, MT, continue_fn)
     assert states.shape == (2, 31, 8)
@@ -275,17 +326,22 @@ def test_the_tree_rollout_has_the_trees_shape_and_children_start_from_their_pare
     assert all(len(set(map(tuple, leaves[b].tolist()))) > 8 for b in range(2))
 
 
-@pytest.mark.parametrize("family", ["llada", "dream"])
-def test_a_one_branch_tree_reproduces_the_plain_sampler(family):
-    model, config, ids, mask, continue_fn = tree_setup(family, block_length=1)
-    # s = T, every segment one sampler step (one-step blocks), each continued with the prompt's own
-    # seed: the leaf is the plain sampler's response for that seed, token for token
+@pytest.mark.parametrize(
+    "family,sampling,levels",
+    [("llada", {"block_length": 1}, 8), ("dream", {"block_length": 1}, 8),
+     ("sdar", {"block_length": 4, "cache": "none"}, 2)],
+)  # fmt: skip
+def test_a_one_branch_tree_reproduces_the_plain_sampler(family, sampling, levels):
+    model, config, ids, mask, continue_fn = tree_setup(family, **sampling)
+    # every segment one block (LLaDA, Dream: one-step blocks, s = T; SDAR: its 2 blocks of 4 steps),
+    # each continued with the prompt's own seed: the leaf is the plain sampler's response for that
+    # seed, token for token
     seeds = [row_seed(3, 0), row_seed(4, 0)]
-    chain = Tree.build(1, 1, 8)
+    chain = Tree.build(1, 1, levels)
     same_seed = lambda i, m, r, s, first, n: continue_fn(
         i, m, r, torch.tensor(seeds).repeat_interleave(len(r) // 2), first, n
     )  # noqa: E731
-    leaf = grow_tree(chain, branch_points(8, 8), ids, mask, torch.tensor([3, 4]), 8, MT, same_seed)[:, -1]
+    leaf = grow_tree(chain, branch_points(8, levels), ids, mask, torch.tensor([3, 4]), 8, MT, same_seed)[:, -1]
     plain = generate(model, (ids, mask), config, generator=RowGenerators(seeds, "cpu"))
     eos = model.diffusion_spec().eos_token_id
     after = (leaf == eos).long().cumsum(-1) - (leaf == eos).long() > 0
@@ -345,17 +401,23 @@ def test_leaf_rewards_become_hand_computed_advantages_and_segments():
     assert b["response_mask"][0].tolist() == [False, False, True, True, True, True]
 
 
-@pytest.mark.parametrize("family,steps,gain", [("llada", 15, 0.5), ("dream", 20, 0.25)])
+@pytest.mark.parametrize("family,steps,gain", [("llada", 15, 0.5), ("dream", 20, 0.25), ("sdar", 12, 0.35)])
 def test_dtreerpo_learns_the_toy_reward_through_its_tree_rollout(family, steps, gain):
     # G 2 x branch 2, T = 4 steps, s = 2: 4 leaves and 6 segments per prompt, 3 prompts
-    rewards = train_toy("dtreerpo", family, steps=steps, gen_length=4, num_generations=2, branch_factor=2)
+    # (SDAR: one block of 4, resumed without a KV cache)
+    sdar = {"sampling": {"algorithm": "sdar", "steps": 4, "temperature": 1.0, "cache": "none"}}
+    rewards = train_toy(
+        "dtreerpo", family, steps=steps, gen_length=4, num_generations=2, branch_factor=2,
+        **(sdar if family == "sdar" else {}),
+    )  # fmt: skip
     # measured (2-core CPU, seed 0): see docs/algorithms/dtreerpo.md
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert last > first + gain, rewards
 
 
 def tree_recipe(family="llada", **stage) -> dict:
-    sampling = {"algorithm": "sdar", "steps": 12, "block_length": 4} if family == "sdar" else {"algorithm": family}
+    sdar = {"algorithm": "sdar", "steps": 12, "block_length": 4, "cache": "none"}
+    sampling = sdar if family == "sdar" else {"algorithm": family}
     return {
         "model": {"family": family, "preset": "tiny", "tokenizer": "builtin"},
         "data": {"train": "builtin:sort", "gen_length": 12},
@@ -370,10 +432,22 @@ def test_a_dtreerpo_recipe_loads_with_its_settings():
     assert (args.num_generations, args.branch_factor, args.contraction, args.beta) == (2, 3, 3, 0.01)
 
 
+def test_an_sdar_dtreerpo_recipe_passes_the_dry_run(tmp_path, capsys):
+    import yaml
+
+    from dare.cli import main
+
+    path = tmp_path / "dtreerpo_sdar.yaml"
+    path.write_text(yaml.safe_dump(tree_recipe("sdar", branch_factor=3)))
+    assert main(["run", str(path), "--dry-run"]) == 0
+    assert f"# {path}: valid (1 stage(s))" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "family,stage,key,message",
     [
-        ("sdar", {}, "stages[0].algorithm", r"'dtreerpo' needs full attention, but the model \(sdar\)"),
+        ("sdar", {"sampling": {"algorithm": "sdar", "steps": 12}}, "stages[0]",
+         "resuming a partial state needs cache='none'"),
         ("llada", {"sampling": {"algorithm": "llada", "steps": 12, "cache": "prefix"}}, "stages[0]",
          "resuming a partial state needs cache='none'"),
         ("llada", {"sampling": {"algorithm": "llada", "steps": 12, "threshold": 0.9}}, "stages[0]",
