@@ -1,7 +1,7 @@
 """Diffusion sampling: one entry point, `generate(model, prompts, SamplingConfig) -> Rollout`.
 
 Algorithms are registered by name in `SAMPLERS` (one file each): "llada" (low-confidence
-remasking, semi-AR blocks, CFG), "dream" (origin / maskgit_plus / topk_margin / entropy), both
+remasking, semi-AR blocks, CFG; MDPO's running-confidence remasking, `remasking: rcr`), "dream" (origin / maskgit_plus / topk_margin / entropy), both
 with Fast-dLLM's prefix / dual caches and threshold / factor parallel decoding; "sdar"
 (block-causal decoding with a block KV cache); "llada2" (LLaDA2's threshold block decoding, with
 LLaDA2.1's token editing); "first_hitting" (exact one-token-per-event).

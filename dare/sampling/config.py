@@ -73,7 +73,8 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0
     # Order in which masks are revealed. None = the algorithm's default (first listed):
-    # llada: low_confidence | random; dream: entropy | maskgit_plus | topk_margin | origin;
+    # llada: low_confidence | random | rcr (MDPO's running-confidence remasking: decoded tokens of low
+    # draw-time confidence go back to mask; cache none, no threshold / factor); dream: entropy | maskgit_plus | topk_margin | origin;
     # sdar: low_confidence_static | low_confidence_dynamic | sequential.
     remasking: str | None = None
     # Dream: > 0 draws the positions to unmask from softmax(confidence / alg_temp) instead of top-k.

@@ -3,7 +3,8 @@
 - `prepare_prompts`: token lists or an (input_ids, attention_mask) pair -> a left-padded batch,
   each prompt repeated `num_generations` times.
 - `DecodeState`: the sequence being decoded plus the trajectory (per response token: the decode
-  step and the model's probability of the token when it was decoded) and per-row EOS stopping.
+  step and the model's probability of the token when it was decoded) and per-row EOS stopping;
+  `revise` sends decoded tokens back to mask (a policy that `remasks`: MDPO's RCR).
 - Runners: how the logits of the current block are computed.
   `FullAttentionRunner` (LLaDA, Dream): no cache, Fast-dLLM prefix cache or dual cache, and
   classifier-free guidance. `BlockCausalRunner` (SDAR): prompt prefill, block KV cache (or a
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -113,6 +115,8 @@ class DecodeState:
         self.valid = torch.cat([batch.attention_mask, torch.ones_like(masks, dtype=torch.bool)], dim=1)  # [N, T]
         self.decode_step = torch.full((N, gen_length), -1, dtype=torch.long, device=device)
         self.confidence = torch.full((N, gen_length), math.nan, dtype=torch.float64, device=device)
+        # the rank confidence each decoded token was drawn with (what a policy that `remasks` ranks it by)
+        self.score = torch.full((N, gen_length), math.nan, dtype=torch.float64, device=device)
         self.row_steps = torch.zeros(N, dtype=torch.long, device=device)  # decoding iterations per row
         self.finished = torch.zeros(N, dtype=torch.bool, device=device)
         # every step's state / prediction / confidences, when the config asks (`record_steps`)
@@ -138,6 +142,18 @@ class DecodeState:
         self.decode_step[:, r0:r1] = torch.where(transfer, steps, self.decode_step[:, r0:r1])
         self.confidence[:, r0:r1] = torch.where(transfer, prob, self.confidence[:, r0:r1])
         self.row_steps += active.long()
+
+    def revise(self, start: int, transfer: torch.Tensor, score: torch.Tensor, remask: torch.Tensor) -> None:
+        """After `commit`: keep the rank confidence `score` of the tokens committed at `transfer` and
+        send the decoded tokens at `remask` back to mask (their trajectory cleared: a redraw writes
+        it again). transfer/score/remask `[N, W]` for columns [start, start+W)."""
+        end = start + transfer.shape[1]
+        r0, r1 = start - self.P, end - self.P
+        self.score[:, r0:r1] = torch.where(transfer, score, self.score[:, r0:r1])
+        self.x[:, start:end].masked_fill_(remask, self.mask_id)
+        self.decode_step[:, r0:r1].masked_fill_(remask, -1)
+        self.confidence[:, r0:r1].masked_fill_(remask, math.nan)
+        self.score[:, r0:r1].masked_fill_(remask, math.nan)
 
     def first_end(self) -> torch.Tensor:
         """Index of the first end id in each response, gen_length where there is none. `[N]`"""
@@ -408,6 +424,16 @@ def process_logits(
     return out
 
 
+class StepOutput(NamedTuple):
+    """What one `DecodeStep` returns, each `[N, W]` over the step's columns."""
+
+    tokens: torch.Tensor  # proposed tokens
+    transfer: torch.Tensor  # bool, the positions to commit
+    prob: torch.Tensor  # the probability of each committed token (NaN elsewhere; of every token when recording)
+    score: torch.Tensor  # the rank confidence of each proposal
+    remask: torch.Tensor | None  # bool, decoded tokens sent back to mask (None unless the policy `remasks`)
+
+
 class DecodeStep:
     """One denoising step of a block as one function of tensors: the forward pass and the
     unmasking rule (logits processing, `propose`, `select`, the trajectory probability), with
@@ -439,7 +465,7 @@ class DecodeStep:
         self._eos_factors: dict[tuple[int, int], torch.Tensor] = {}
         self._run = StepFunction(self.step, state.x.device, runner, compile=compile)
 
-    def fn(self, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def fn(self, *args) -> StepOutput:
         """`step`, compiled or eager, counting its forward pass (outside the compiled code)."""
         self.runner.nfe += 1
         return self._run(*args, self._eos_factor(*args[-2:]))
@@ -467,13 +493,14 @@ class DecodeStep:
         step: int,
         num_steps: int,
         eos_factor: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(tokens, transfer, prob), each `[N, L]`: proposed tokens, the positions to commit, and
-        the probability of each committed token (NaN elsewhere; of every token when `full_prob`).
-        `eos_factor` (EOSER): multiplies the confidence of proposed eos tokens before selection."""
+    ) -> StepOutput:
+        """The step's `StepOutput` for columns [start, end) (the block; for a policy that `remasks`,
+        every response column up to the block's end). `eos_factor` (EOSER): multiplies the
+        confidence of proposed eos tokens before selection."""
         cond, uncond = self.runner.forward(x, start, end, refresh)
         logits = process_logits(cond, uncond, self.cfg_scale, self.state.spec, self.suppress_ids)  # [N, L, V] f64
         tokens, conf = self.policy.propose(logits)
+        remask = None
         if force:  # the block's first token, from the block-start forward (shifted logits + cache)
             first = torch.zeros_like(eligible)
             first[:, 0] = True
@@ -483,11 +510,27 @@ class DecodeStep:
                 conf = conf.masked_fill(torch.isin(tokens, self.state.end_ids), -math.inf)
             if eos_factor is not None:
                 conf = torch.where(torch.isin(tokens, self.eos_ids), conf * eos_factor, conf)
-            transfer = self.policy.select(conf, eligible, k, step, num_steps) & eligible
+            if self.policy.remasks:
+                transfer, remask = self.revise(x, conf, eligible, k, start, end, step, num_steps)
+            else:
+                transfer = self.policy.select(conf, eligible, k, step, num_steps) & eligible
         prob = token_probability(logits, tokens)
         if not self.full_prob:
             prob = torch.where(transfer, prob, math.nan)
-        return tokens, transfer, prob
+        return StepOutput(tokens, transfer, prob, conf, remask)
+
+    def revise(
+        self, x: torch.Tensor, conf: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor,
+        start: int, end: int, step: int, num_steps: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """(transfer, remask) `[N, W]` of a policy that `remasks`: the decoded tokens compete with
+        the step's proposals for decoded + k places, each ranked by the confidence it was drawn
+        with, so the count of tokens held after the step follows the schedule."""
+        s = self.state
+        decoded = (x[:, start:end] != s.mask_id) & ~s.finished[:, None]  # [N, W]
+        running = torch.where(eligible, conf, s.score[:, start - s.P : end - s.P])  # [N, W]
+        keep = self.policy.select(running, eligible | decoded, k + decoded.sum(-1), step, num_steps)
+        return keep & eligible, decoded & ~keep
 
 
 # torch.compile backend of `compile=True`; None = inductor. Tests set "aot_eager" (same graph
@@ -557,7 +600,12 @@ def _decode_block(
     run a data-dependent number of steps may draw extra noise before the check sees the end).
 
     `first` / `stop`: run only the block's steps [first, stop) of its schedule (a resumed decode,
-    `decode_blocks`' `step_range`); the block then holds the state after step `first - 1`."""
+    `decode_blocks`' `step_range`); the block then holds the state after step `first - 1`.
+
+    A policy that `remasks` (RCR) works on the columns [P, end): the tokens of earlier blocks stay
+    in its ranking (the official RCR loop ranks every decoded token), and its rows never stop
+    early at an end id (a token before it may still go back to mask), so the whole schedule runs."""
+    lo = state.P if policy.remasks else start  # the first column a step ranks and writes
     refreshed = False
     step, iteration = first, 0
     masks_left = end - start  # host mirror: an upper bound on the masks of every active row
@@ -573,13 +621,13 @@ def _decode_block(
             break
         if stop is not None and step >= stop:
             break
-        if check_every(iteration, sync_every) and not bool(state.eligible(start, end).any()):  # the only sync
+        if check_every(iteration, sync_every) and not bool(state.eligible(lo, end).any()):  # the only sync
             break
         iteration += 1
         if step >= max_iterations:
             raise RuntimeError(f"block at column {start} still has masks after {step} steps ({type(policy).__name__})")
         force = runner.forced_first and not refreshed
-        eligible = state.eligible(start, end)  # [N, L]
+        eligible = state.eligible(lo, end)  # [N, W]
         k = None
         if not force:
             planned = _host_count(policy, masks_left, step, num_steps)
@@ -592,13 +640,16 @@ def _decode_block(
                 masks_left -= planned
         else:
             masks_left -= 1
-        tokens, transfer, prob = step_fn.fn(state.x, eligible, k, start, end, not refreshed, force, step, num_steps)
-        refreshed = True
+        out = step_fn.fn(state.x, eligible, k, lo, end, not refreshed, force, step, num_steps)
+        refreshed, prob = True, out.prob
         if state.recorder is not None:  # the state before the commit, the full prediction
-            state.recorder.record(state, start, tokens, prob, eligible)
-            prob = torch.where(transfer, prob, math.nan)
-        state.commit(start, tokens, transfer, prob, eligible.any(-1))
-        state.update_finished()
+            state.recorder.record(state, lo, out.tokens, prob, eligible)
+            prob = torch.where(out.transfer, prob, math.nan)
+        state.commit(lo, out.tokens, out.transfer, prob, eligible.any(-1))
+        if out.remask is not None:
+            state.revise(lo, out.transfer, out.score, out.remask)
+        if not policy.remasks:
+            state.update_finished()
         if not force and policy.takes_all(step, num_steps):
             masks_left = 0
         step += 1
@@ -665,6 +716,7 @@ __all__ = [
     "STEP_RECORD_KEYS",
     "StepRecorder",
     "StepFunction",
+    "StepOutput",
     "check_every",
     "compile_step",
     "decode_blocks",

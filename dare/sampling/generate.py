@@ -96,7 +96,8 @@ def check_resumable(config: SamplingConfig) -> None:
     """Raise ValueError unless `config` (resolved) can continue a partial response for a given
     number of its schedule's steps: the block engine's sampler, no KV cache (a resumed decode has
     no cache of the steps it did not run) and a fixed step count per block (no threshold / factor
-    parallel decoding, whose blocks end after a data-dependent number of steps)."""
+    parallel decoding, whose blocks end after a data-dependent number of steps), and a policy that
+    commits for good (not RCR, which re-ranks decoded tokens by their draw-time confidences)."""
     sampler = config.sampler_class()
     if not sampler.resumable():
         raise ValueError(f"algorithm={config.algorithm!r} has its own decoding loop and cannot resume a partial state")
@@ -104,6 +105,11 @@ def check_resumable(config: SamplingConfig) -> None:
         raise ValueError(f"cache={config.cache!r}: resuming a partial state needs cache='none'")
     if config.parallel:
         raise ValueError("threshold / factor: resuming needs a fixed number of steps per block (no parallel decoding)")
+    if sampler.policy(config, None).remasks:
+        raise ValueError(
+            f"remasking={config.remasking!r}: it ranks decoded tokens by the confidence they were drawn with, "
+            "which a partial response does not carry, so it cannot resume one"
+        )
 
 
 def continue_generate(

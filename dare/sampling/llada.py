@@ -19,6 +19,23 @@ gen_length, the official `block_num` 1) `schedule: ascending` and `eos_gamma` gi
 tokens. With several blocks each block runs its own schedule and EOSER ramp; the official
 multi-block ASS layout (unequal blocks of 2^(p+1) - 1, 2^(p+1), ..., 2^(S-1) + 1 tokens) is not
 built.
+
+MDPO's Running Confidence Remasking (`remasking: rcr`; He et al., arXiv 2508.13148, official
+autonomousvision/mdpo `src/mdlm_generation_utils.py` `diffusion_generate(rcr=True)`): a decoded
+token is not final. Every position keeps a running confidence, the probability its current token
+had when it was drawn (softmax(logits / T)[x0], tempered as the official loop does; plain
+softmax at T = 0); each step draws every masked position of the response up to the block's end,
+then keeps the decoded + k positions with the highest running confidence (k: the schedule's count
+for the step) and sends the rest back to mask, so a token committed early with a low confidence
+is redrawn once enough better ones exist. The number of tokens held after each step follows the
+schedule, as with low_confidence. The ranking covers earlier blocks too (the official ranks every
+decoded token of the sequence), so with several blocks a token of a finished block can go back
+to mask. Differences from the official loop, by design: the schedule is dare's (`linear`: the
+even split, remainder first; the official uses MaskGIT's linear schedule, ceil(M (t+1) / S)
+tokens held after step t: the same counts when the steps divide the block), no top-p / top-k
+(the official default top_p 0.95 renormalises the confidence over the nucleus), and the prompt
+and later blocks never enter the ranking (the official gives them confidence 1.0, so on exact
+ties at 1.0 it could remask a prompt token).
 """
 
 from __future__ import annotations
@@ -39,6 +56,9 @@ from dare.sampling.ops import (
 
 
 class LLaDAPolicy(Policy):
+    """low_confidence and random remasking: commit the k most confident (or random) masked
+    positions of the block."""
+
     def plan(self, remaining: torch.Tensor, step: int, num_steps: int) -> torch.Tensor | None:
         if self.config.parallel:
             return None
@@ -66,11 +86,32 @@ class LLaDAPolicy(Policy):
         return topk_transfer(conf, eligible, k)
 
 
+class RunningConfidencePolicy(LLaDAPolicy):
+    """MDPO's RCR (module docstring): the schedule's counts and top-k rule of `LLaDAPolicy`, applied
+    by the engine to decoded tokens and proposals together (`remasks`)."""
+
+    remasks = True
+
+    def propose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        T = self.config.temperature
+        x0 = gumbel_argmax(logits, T, self.generator)  # [N, W]
+        # the running confidence: the probability of x0 under the distribution it was drawn from
+        return x0, token_probability(logits / T if T > 0 else logits, x0)
+
+
+# remasking strategy -> policy; the first is the default
+REMASKING_POLICIES: dict[str, type[LLaDAPolicy]] = {
+    "low_confidence": LLaDAPolicy,
+    "random": LLaDAPolicy,
+    "rcr": RunningConfidencePolicy,
+}
+
+
 @SAMPLERS.register("llada")
 class LLaDASampler(Sampler):
     name = "llada"
     attention = "full"
-    remasking_choices = ("low_confidence", "random")
+    remasking_choices = tuple(REMASKING_POLICIES)
     cache_choices = ("none", "prefix", "dual")
     options = (
         frozenset(
@@ -96,6 +137,23 @@ class LLaDASampler(Sampler):
             raise ValueError(f"{rule}: parallel decoding compares confidences, but remasking='random' has none")
         cls._check_schedule(config)
         cls._check_eos_gamma(config)
+        cls._check_remasks(config)
+
+    @staticmethod
+    def _check_remasks(config: SamplingConfig) -> None:
+        if not REMASKING_POLICIES[config.remasking].remasks:
+            return
+        if config.parallel:
+            rule = "threshold" if config.threshold is not None else "factor"
+            raise ValueError(
+                f"{rule}: remasking={config.remasking!r} holds the schedule's count of tokens after each step; "
+                "a parallel rule has no count"
+            )
+        if config.cache != "none":
+            raise ValueError(
+                f"cache={config.cache!r}: remasking={config.remasking!r} may send any decoded token back to mask, "
+                "so no K/V can be kept across steps; use cache: none"
+            )
 
     @staticmethod
     def _check_schedule(config: SamplingConfig) -> None:
@@ -136,7 +194,7 @@ class LLaDASampler(Sampler):
             raise ValueError("eos_gamma and confidence_eos_eot_inf both hold back end tokens; choose one")
 
     def policy(self, config: SamplingConfig, generator: torch.Generator | None) -> Policy:
-        return LLaDAPolicy(config, generator)
+        return REMASKING_POLICIES[config.remasking](config, generator)
 
 
-__all__ = ["LLaDAPolicy", "LLaDASampler"]
+__all__ = ["REMASKING_POLICIES", "LLaDAPolicy", "LLaDASampler", "RunningConfidencePolicy"]

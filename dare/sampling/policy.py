@@ -1,10 +1,11 @@
 """The per-step decisions of a masked-diffusion algorithm (`Policy`): the block engine
 (`dare.sampling.engine`) owns the loop, caches, trajectory and EOS stopping, and calls `plan`,
-`propose` and `select` at every step."""
+`propose` and `select` at every step. A policy that `remasks` (MDPO's RCR) may also send decoded
+tokens back to mask: the engine then ranks them together with the step's proposals."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -17,7 +18,17 @@ class Policy:
     `config` holds its settings, `generator` is the source of every random draw.
 
     Shapes: N rows, L positions of the current block, V vocabulary.
+
+    Attributes:
+        remasks: False (the default): a committed token stays. True (RCR): every step ranks the
+            decoded tokens of the response up to the current block's end together with the masked
+            positions; `select` then gets the columns [response start, block end), with the
+            decoded ones `eligible` too and carrying the confidence they were drawn with, and
+            `k` = decoded + planned tokens: it returns the positions that hold a token after the
+            step, and the decoded ones it leaves out go back to mask (redrawn at a later step).
     """
+
+    remasks: ClassVar[bool] = False
 
     def __init__(self, config: SamplingConfig, generator: torch.Generator | None) -> None:
         self.config = config

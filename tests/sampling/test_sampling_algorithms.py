@@ -42,6 +42,10 @@ CASES = {
         True,
         "ascending",
     ),  # fmt: skip
+    # MDPO's RCR: one block (with two, a token of the first block may be redrawn during the second, which
+    # the block-order check below refuses by design); decode steps are those of each token's last draw,
+    # so its held counts are checked in test_rcr_sampler.py instead of here
+    "llada_rcr": ("llada", dict(algorithm="llada", remasking="rcr", gen_length=16, steps=8), True, None),
     "llada_threshold": ("llada", dict(algorithm="llada", threshold=0.4, **G16), True, None),
     "llada_factor_dual": ("llada", dict(algorithm="llada", cache="dual", factor=1.5, **G16), True, None),
     "dream_entropy": ("dream", dict(algorithm="dream", **G16), True, "dream"),

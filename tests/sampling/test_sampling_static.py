@@ -237,6 +237,9 @@ COMPILE_CASES = {
                                       eos_gamma=(0.01, 1.0))),
     "llada_ass_eoser_T1": ("llada", dict(algorithm="llada", gen_length=8, steps=3, schedule="ascending",
                                          eos_gamma=(0.01, 1.0), temperature=1.0)),
+    # MDPO's RCR: the remasking rule runs inside the step, the running confidences enter as state
+    "llada_rcr": ("llada", dict(algorithm="llada", gen_length=8, steps=4, remasking="rcr")),
+    "llada_rcr_T1": ("llada", dict(algorithm="llada", gen_length=8, steps=4, remasking="rcr", temperature=1.0)),
     "dream_none": ("dream", dict(algorithm="dream", gen_length=8, steps=4)),
     "dream_prefix": ("dream", dict(algorithm="dream", gen_length=8, steps=4, cache="prefix")),
     "dream_dual": ("dream", dict(algorithm="dream", gen_length=8, steps=4, cache="dual")),
