@@ -70,11 +70,11 @@ def trajectory_token_logp(
     states = trajectory_states(response, step_of, num_steps, spec.mask_token_id)  # [S, N, L]
     x = torch.cat([input_ids.expand(num_steps, N, P), states], -1).reshape(num_steps * N, P + L)
     valid = torch.cat([attention_mask.bool(), torch.ones(N, L, dtype=torch.bool, device=x.device)], 1)
-    # the attention kind's forward (block models: the state as the noisy half of [x_t ; x_0], the
-    # clean sequence as context, so a token sees its own block's state and the clean blocks before)
-    context = torch.cat([input_ids, response], -1).repeat(num_steps, 1)  # [S*N, P+L]
+    # the attention kind's forward (block models: the state as the noisy half of [x_t ; x_0] and as
+    # its own context, so a token sees its own block's state and the earlier blocks as they stood in
+    # that state: committed blocks, and a decoding block's earlier model blocks still partly masked)
     prompt_len = attention_mask.long().sum(-1).repeat(num_steps)  # [S*N]
-    views = ViewInputs(x, context, valid.repeat(num_steps, 1), prompt_len)
+    views = ViewInputs(x, x, valid.repeat(num_steps, 1), prompt_len)
     logits = VIEW_FORWARDS.get(spec.attention)(model, views, spec)[:, P:]  # [S*N, L, V]
     lp = tempered_log_probs(logits, spec, temperature)  # [S*N, L, V]
     tok = response.repeat(num_steps, 1)  # [S*N, L]
