@@ -14,17 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from runs import ROOT, clone_first_stage, dare, first_stage_done
-
-
-def last_mean(metrics: Path, key: str, n: int = 10) -> float:
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    vals = [r[key] for r in rows if key in r][-n:]
-    return statistics.mean(vals) if vals else float("nan")
+from runs import ROOT, clone_first_stage, dare, first_stage_done, last_mean
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -28,9 +29,21 @@ def dare_live(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "dare.cli", *args], check=True, stdout=subprocess.DEVNULL)
 
 
-def first_stage_done(run: Path) -> bool:
+def stage_done(run: Path, stage: int) -> bool:
+    """Whether the run folder's stage `stage` (0-based) has finished."""
     state = run / "run_state.json"
-    return state.is_file() and 0 in json.loads(state.read_text())["completed"]
+    return state.is_file() and stage in json.loads(state.read_text())["completed"]
+
+
+def first_stage_done(run: Path) -> bool:
+    return stage_done(run, 0)
+
+
+def last_mean(metrics: Path, key: str, n: int = 10) -> float:
+    """Mean of `key` over the last n rows of a stage's metrics.jsonl that have it (nan if none)."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    vals = [r[key] for r in rows if key in r][-n:]
+    return statistics.mean(vals) if vals else float("nan")
 
 
 def clone_first_stage(base: Path, run: Path, stage_dir: str = "stage-1-sft") -> None:

@@ -21,18 +21,7 @@ import statistics
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from runs import ROOT, clone_first_stage, dare, two_se
-
-
-def last_mean(metrics: Path, key: str, n: int = 10) -> float:
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    vals = [r[key] for r in rows if key in r][-n:]
-    return statistics.mean(vals) if vals else float("nan")
-
-
-def finished(run: Path, stage: int) -> bool:
-    state = run / "run_state.json"
-    return state.is_file() and stage in json.loads(state.read_text())["completed"]
+from runs import ROOT, clone_first_stage, dare, last_mean, stage_done, two_se
 
 
 def run_or_fail(*args: str) -> None:
@@ -60,12 +49,12 @@ def main() -> None:
 
     def vrpo(seed: int) -> None:  # SFT, the VRPO stage and its control
         run = out / f"seed{seed}" / "vrpo"
-        if not finished(run, k - 1):
+        if not stage_done(run, k - 1):
             run_or_fail(*common, f"seed={seed}", f"output_dir={run}", f"stages.{k - 1}.sft_control=true")
 
     def dpo(seed: int) -> None:  # the same stage with independent policy / reference noise
         base, run = out / f"seed{seed}" / "vrpo", out / f"seed{seed}" / "dpo"
-        if not finished(run, k - 1):
+        if not stage_done(run, k - 1):
             clone_first_stage(base, run, stage_dir=f"stage-1-{recipe.stages[0].name}")
             run_or_fail(*common, f"seed={seed}", f"output_dir={run}", f"stages.{k - 1}.algorithm=dpo",
                         f"stages.{k - 1}.sft_control=false")  # fmt: skip
@@ -78,8 +67,10 @@ def main() -> None:
     for seed in a.seeds:
         runs = {alg: out / f"seed{seed}" / alg for alg in ("vrpo", "dpo")}
         states = {alg: json.loads((r / "run_state.json").read_text()) for alg, r in runs.items()}
-        row = {"seed": seed, "sft": states["vrpo"]["eval"][str(k - 1)]["accuracy"],
-               "control": states["vrpo"]["control"][str(k)]["accuracy"]}  # fmt: skip
+        control = states["vrpo"]["control"][str(k)]
+        row = {"seed": seed, "sft": states["vrpo"]["eval"][str(k - 1)]["accuracy"], "control": control["accuracy"],
+               "vrpo_s": states["vrpo"]["stage_seconds"][str(k)], "control_steps": control["steps"],
+               "control_s": control["seconds"]}  # fmt: skip
         for alg, r in runs.items():
             metrics = next(r.glob(f"stage-{k}-*/metrics.jsonl"))
             row[alg] = states[alg]["eval"][str(k)]["accuracy"]
@@ -88,12 +79,14 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     print(f"\n{stage.steps} steps, beta {stage.args.beta:g}, n_t {stage.args.num_samples}, {n} eval prompts")
-    print("| seed | SFT % | VRPO % | DPO % | control % | VRPO - DPO (2 s.e.) | s VRPO / DPO (nats) |")
+    print("| seed | SFT % | VRPO % (stage s) | DPO at equal budget % | SFT control % (steps, s) "
+          "| VRPO - DPO (2 s.e.) | s VRPO / DPO (nats) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         d, se2 = 100 * (r["vrpo"] - r["dpo"]), 100 * two_se(r["vrpo"], r["dpo"], n)
-        print(f"| {r['seed']} | {100 * r['sft']:.1f} | {100 * r['vrpo']:.1f} | {100 * r['dpo']:.1f} | "
-              f"{100 * r['control']:.1f} | {d:+.1f} ({se2:.1f}) | {r['s_vrpo']:.1f} / {r['s_dpo']:.1f} |")  # fmt: skip
+        print(f"| {r['seed']} | {100 * r['sft']:.1f} | {100 * r['vrpo']:.1f} ({r['vrpo_s']:.0f}) | {100 * r['dpo']:.1f} | "
+              f"{100 * r['control']:.1f} ({r['control_steps']}, {r['control_s']:.0f}) | {d:+.1f} ({se2:.1f}) | "
+              f"{r['s_vrpo']:.1f} / {r['s_dpo']:.1f} |")  # fmt: skip
     for key in ("sft", "vrpo", "dpo", "control"):
         vals = [100 * r[key] for r in rows]
         spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
